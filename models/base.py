@@ -1,0 +1,49 @@
+"""The interface every anomaly model implements, so one training loop and one replica serve all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ScoreOutput:
+    """Per-item scores of one batch: higher means more anomalous."""
+
+    score: torch.Tensor  # (N,)
+    anomaly_map: torch.Tensor  # (N, H, W), the per-pixel map the score derives from
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) raw score components
+
+
+class AnomalyModel(nn.Module):
+    """Base class: inputs are uint8 windows (N, T, C, H, W), T = ``window_length``.
+
+    For a video model the last frame of the window is the one being scored and the first
+    T-1 frames are its context; still-image models have T = 1.
+    """
+
+    name: str = "abstract"
+    window_length: int = 1
+    channels: int = 3
+    image_size: int = 256
+    # Weights of the raw score terms when they are combined after per-video min-max normalisation.
+    term_weights: dict[str, float] = {}
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames -> float input in [-1, 1]."""
+        return frames.float() / 127.5 - 1.0
+
+    def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms on a batch of uint8 windows; key ``loss`` is the total to minimise."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement training_loss")
+
+    def score(self, windows: torch.Tensor) -> ScoreOutput:
+        raise NotImplementedError(f"{type(self).__name__} does not implement score")
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": learning_rate}]
+
+    def initialise_from_frames(self, frames: torch.Tensor) -> None:
+        """Data-dependent initialisation from uint8 training frames (N, C, H, W); default: nothing."""

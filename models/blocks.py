@@ -1,0 +1,72 @@
+"""Small convolutional building blocks shared by the models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
+    """Four positional channels (x, y, x*y, x^2+y^2) in [-1, 1] grid units for a (N, C, H, W) tensor."""
+    n, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    coords = torch.stack([gx, gy, gx * gy, (gx**2 + gy**2) / 2.0])
+    return coords.unsqueeze(0).expand(n, -1, -1, -1)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 conv-BN-ReLU; with ``bare_last`` the second conv has no BN/ReLU (encoder output)."""
+
+    def __init__(self, cin: int, cout: int, bare_last: bool = False) -> None:
+        last: nn.Module = nn.Conv2d(cout, cout, 3, 1, 1) if bare_last else ConvBNReLU(cout, cout)
+        super().__init__(ConvBNReLU(cin, cout), last)
+
+
+class CoordDoubleConv(nn.Module):
+    """DoubleConv whose input is concatenated with the positional channels (CoordConv)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = DoubleConv(cin + 4, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([x, coordinate_channels(x)], dim=1))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvBNReLU(channels, channels),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+def box_mean(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Mean over every (height, width) box of a (N, 1, H, W) map (valid positions only)."""
+    height = min(height, x.shape[-2])
+    width = min(width, x.shape[-1])
+    return F.avg_pool2d(x, (height, width), stride=1)
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute horizontal and vertical differences, padded back to the input size."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs()
+    return F.pad(dx, (0, 1, 0, 0)), F.pad(dy, (0, 0, 0, 1))

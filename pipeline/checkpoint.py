@@ -1,0 +1,74 @@
+"""Checkpoint files: model name + hyper-parameters + weights (+ optimizer state while training)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+
+from models.base import AnomalyModel
+from models.registry import MODELS, build_model
+from pipeline.errors import AnomstreamError
+
+FORMAT = "anomstream-checkpoint/1"
+
+
+def save_checkpoint(path: Path, model: AnomalyModel, extra: dict[str, Any] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "model": model.name, "params": asdict(model.config),
+               "state_dict": model.state_dict(), **(extra or {})}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
+    """The checkpoint's contents; ``expected_model`` guards against a checkpoint of another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnomstreamError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise AnomstreamError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise AnomstreamError(f"{path}: not an anomstream checkpoint")
+    if expected_model is not None and payload["model"] != expected_model:
+        raise AnomstreamError(f"{path}: checkpoint is for model {payload['model']!r}, not {expected_model!r}")
+    return payload
+
+
+def checkpoint_params(payload: dict[str, Any], path: str | Path) -> Any:
+    """The checkpoint's hyper-parameters as its model's config dataclass."""
+    name = payload["model"]
+    if name not in MODELS:
+        raise AnomstreamError(f"{path}: checkpoint model {name!r} is unknown to this version")
+    try:
+        return TypeAdapter(MODELS[name][1]).validate_python(payload["params"])
+    except ValidationError as error:
+        raise AnomstreamError(f"{path}: checkpoint hyper-parameters do not fit {name!r}: {error.errors()[0]['msg']}") from None
+
+
+def load_model(path: str | Path, expected_model: str | None = None) -> tuple[AnomalyModel, dict[str, Any]]:
+    """Build the checkpoint's model with its weights, in eval mode."""
+    payload = read_checkpoint(path, expected_model)
+    name = payload["model"]
+    model = build_model(name, checkpoint_params(payload, path))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise AnomstreamError(f"{path}: weights do not fit model {name!r}: {str(error).splitlines()[0]}") from None
+    model.eval()
+    return model, payload
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

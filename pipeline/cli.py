@@ -1,0 +1,195 @@
+"""The ``anomstream`` command line: demo, train, score, eval, live, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.assets import SHIPPED_CHECKPOINT
+from pipeline.errors import AnomstreamError
+
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.training import train
+
+    config = load_config(args.config)
+    if args.data:
+        config.train.data = args.data
+    if args.epochs:
+        config.train.epochs = args.epochs
+    if args.output_dir:
+        config.train.output_dir = args.output_dir
+    path = train(config, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _score_settings(args: argparse.Namespace):
+    """The config's score section with command-line overrides, and the model the config names."""
+    from pipeline.config import ScoreSection, load_config
+
+    config = load_config(args.config) if args.config else None
+    settings = config.score if config else ScoreSection()
+    updates = {k: v for k, v in {"replicas": args.replicas, "batch_size": args.batch_size}.items() if v}
+    return settings.model_copy(update=updates), config.model.name if config else None
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.overwrite and args.resume:
+        raise AnomstreamError("--overwrite and --resume exclude each other")
+    return "overwrite" if args.overwrite else "resume" if args.resume else "create"
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pipeline.orchestrator import score_sources
+
+    settings, model_name = _score_settings(args)
+    report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
+                           progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name)
+    print(f"store: {report.store}  streams: {len(report.streams)}  frames: {report.frames}  "
+          f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device})")
+    for stream_id, stream in report.streams.items():
+        if stream.error:
+            print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.frames})", file=sys.stderr)
+    return 2 if report.errors else 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.labels import load_frame_labels
+    from pipeline.results import evaluate, store_pixel_auc
+
+    labels = load_frame_labels(args.dataset, args.labels)
+    evaluation = evaluate(args.store, labels, args.normalisation, args.smoothing, args.combine)
+    if args.pixel:
+        evaluation.pixel_auc = store_pixel_auc(args.store, _mask_reader(args.dataset, args.labels))
+    for method, result in evaluation.results.items():
+        print(f"{method:8s} micro AUC {result.micro:.4f}  macro AUC {result.macro:.4f}  ({result.frames} frames)")
+    if evaluation.pixel_auc is not None:
+        print(f"pixel AUROC {evaluation.pixel_auc:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(evaluation.to_dict(), indent=2))
+        print(f"json: {args.json}")
+    return 0
+
+
+def _mask_reader(dataset: str, labels_path: str):
+    from pipeline.labels import avenue_masks, ped2_masks
+
+    if dataset == "ped2":
+        return lambda stream_id: ped2_masks(labels_path, stream_id)
+    if dataset == "avenue":
+        return lambda stream_id: avenue_masks(Path(labels_path) / f"{int(stream_id)}_label.mat")
+    raise AnomstreamError(f"--pixel: no pixel masks for dataset {dataset!r}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    outputs = run_demo(Path(args.out), args.replicas, progress=not args.quiet)
+    for name, path in outputs.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from pipeline.orchestrator import score_sources
+
+    settings, model_name = _score_settings(args)
+    report = score_sources([args.camera], args.checkpoint, args.out, settings, _mode(args), args.address,
+                           progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name)
+    print(f"store: {report.store}  frames: {report.frames}")
+    return 2 if report.errors else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run_bench
+
+    run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomstream", description="Streaming anomaly detection in video and images.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="score the bundled Ped2 clip with the shipped checkpoint")
+    demo.add_argument("--out", default="anomstream_demo", help="output folder (default: ./anomstream_demo)")
+    demo.add_argument("--replicas", type=int, default=2, help="model replicas (default 2)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_cmd_demo)
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="YAML config (e.g. configs/ped2_dmad_cpu.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    train.add_argument("--data", help="override train.data (frame folders or videos of normal data)")
+    train.add_argument("--epochs", type=int, help="override train.epochs")
+    train.add_argument("--output-dir", help="override train.output_dir")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=_cmd_train)
+
+    def scoring_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint (default: shipped Ped2 DMAD)")
+        sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ...")
+        sub.add_argument("--out", required=True, help="zarr store to write (STORE.zarr)")
+        sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 1)")
+        sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
+        sub.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
+        sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
+        sub.add_argument("--max-frames", type=int, help="stop each live stream after this many frames")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
+    score.add_argument("sources", nargs="+", help="video file, frame folder, folder of clips, device index or rtsp/http URL")
+    scoring_options(score)
+    score.set_defaults(run=_cmd_score)
+
+    live = commands.add_parser("live", help="score a live camera (device index, rtsp:// or http(s)://)")
+    live.add_argument("camera", help="device index (0) or stream URL")
+    scoring_options(live)
+    live.set_defaults(run=_cmd_live)
+
+    evaluate = commands.add_parser("eval", help="frame-level (and pixel-level) AUC of a store against labels")
+    evaluate.add_argument("store", help="zarr store written by 'anomstream score'")
+    evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech"], help="label layout")
+    evaluate.add_argument("--labels", required=True,
+                          help="ped2: dataset root (frame_labels_ped2.npy, testing/); avenue: testing_label_mask/; "
+                               "shanghaitech: test_frame_mask/")
+    evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal"], choices=["offline", "causal", "raw"],
+                          help="score normalisations to report (default: offline causal)")
+    evaluate.add_argument("--smoothing", type=int, default=0, help="window of temporal smoothing (centred offline, trailing causal)")
+    evaluate.add_argument("--combine", default="score", choices=["score", "terms"],
+                          help="'score': stored frame score; 'terms': official DMAD weighted terms")
+    evaluate.add_argument("--pixel", action="store_true", help="also pixel AUROC from the stored maps")
+    evaluate.add_argument("--json", help="write the results as JSON here")
+    evaluate.set_defaults(run=_cmd_eval)
+
+    bench = commands.add_parser("bench", help="decode / model / naive loop / pipeline fps and their ratios")
+    bench.add_argument("--source", default="../shared/data/ped2/testing/frames/04", help="clip to benchmark on")
+    bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--repeats", type=int, default=4, help="times the clip is scored per measurement (default 4)")
+    bench.add_argument("--out", default="bench_out", help="scratch folder for stores")
+    bench.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except AnomstreamError as error:
+        cause = getattr(error, "cause", None) or error  # raised inside a Ray actor
+        print(f"error: {cause}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: what was written is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""YAML configs validated into typed objects; a wrong key is a one-line error naming it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from models.registry import MODELS
+from pipeline.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class ModelSection(_Strict):
+    name: str
+    params: Any = None  # the model's own hyper-parameter dataclass, validated by name
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+        return name
+
+
+class TrainSection(_Strict):
+    data: str = Field(description="training source: frame folders / videos of normal data")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    output_dir: str = "runs/train"
+    log_every: int = Field(50, ge=1)
+
+
+class ScoreSection(_Strict):
+    batch_size: int = Field(16, ge=1, le=256, description="frames per replica call")
+    replicas: int = Field(1, ge=1)
+    in_flight_per_replica: int = Field(2, ge=1)
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica when no GPU")
+    replica_threads: int | None = Field(None, ge=1, description="torch threads per CPU replica")
+    gpu_fraction: float = Field(0.5, gt=0, le=1)
+
+
+class AnomstreamConfig(_Strict):
+    model: ModelSection
+    train: TrainSection | None = None
+    score: ScoreSection = ScoreSection()
+
+    def model_params(self) -> Any:
+        return self.model.params
+
+    def to_dict(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["model"]["params"] = asdict(self.model.params)
+        return data
+
+
+def _format_error(source: str, error: ValidationError, prefix: str = "") -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        message = "unknown key"
+    else:
+        message = first["msg"]
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{source}: {location}: {message}{more}"
+
+
+def parse_config(data: Any, source: str = "config") -> AnomstreamConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping with keys model, train, score")
+    model = data.get("model")
+    if isinstance(model, dict):
+        model = dict(model)
+        name = model.pop("name", None)
+        data = {**data, "model": {"name": name, "params": None}}
+        params_data = model
+    else:
+        params_data = {}
+    try:
+        config = AnomstreamConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(source, error)) from None
+    _, params_class = MODELS[config.model.name]
+    try:
+        config.model.params = TypeAdapter(params_class).validate_python(params_data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(source, error, prefix="model")) from None
+    return config
+
+
+def load_config(path: str | Path) -> AnomstreamConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,31 @@
+"""Encode frames into an H.264 mp4 with PyAV (OpenCV cannot write H.264)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: int = 25, crf: int = 20) -> int:
+    """Write RGB uint8 (H, W, 3) frames; returns the number written. The index goes first
+    (faststart), so a player or decoder can start before the file is complete."""
+    import av
+
+    count = 0
+    with av.open(str(path), mode="w", options={"movflags": "faststart"}) as container:
+        stream = None
+        for image in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+                stream.height, stream.width = image.shape[0] - image.shape[0] % 2, image.shape[1] - image.shape[1] % 2
+                stream.pix_fmt = "yuv420p"
+            image = np.ascontiguousarray(image[: stream.height, : stream.width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+            count += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return count

@@ -1,0 +1,19 @@
+"""User-facing errors: printed as one line by the CLI, exit code 2."""
+
+
+class AnomstreamError(Exception):
+    """Bad input (a path, a file, a config key, a camera): the message names the thing."""
+
+    exit_code = 2
+
+
+class SourceError(AnomstreamError):
+    """A source cannot be opened or broke while decoding."""
+
+
+class ConfigError(AnomstreamError):
+    """A config file or key is wrong."""
+
+
+class StoreError(AnomstreamError):
+    """An output store exists, is from another run, or cannot be written."""

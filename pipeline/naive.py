@@ -1,0 +1,32 @@
+"""The single-process reference loop (decode -> model -> zarr), the baseline the pipeline must beat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.base import AnomalyModel
+from pipeline.sources import open_sources
+from pipeline.store import ResultStore, result_arrays
+from pipeline.windows import EndOfStream, window_batches
+from workers.replica import ReplicaCore
+
+
+def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 16, threads: int | None = None) -> int:
+    """Score every stream of ``spec`` in this process; returns frames written."""
+    core = ReplicaCore(checkpoint, threads)
+    model: AnomalyModel = core.model
+    store = ResultStore(out, {"model": model.name, "term_weights": model.term_weights}, mode="overwrite")
+    arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))
+    frames = 0
+    for source in open_sources(spec):
+        store.open_stream(source.stream_id, arrays, batch_size, source.frame_count, {"source": source.describe()})
+        error = None
+        for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
+                                   model.image_size, model.channels):
+            if isinstance(item, EndOfStream):
+                error = item.error
+                break
+            store.write(source.stream_id, item.start, core.score(item))
+            frames += item.size
+        store.close_stream(source.stream_id, error)
+    return frames

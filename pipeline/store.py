@@ -1,0 +1,152 @@
+"""zarr v3 result store: one group per stream with per-frame arrays, written in chunk-aligned batches.
+
+The store knows arrays, not models: a stream is opened with the per-frame arrays it will hold
+(``score``, ``map``, ``frame_index``, ``timestamp``, ``valid`` and any extra score terms), and
+batches arrive in frame order. Arrays are preallocated when the frame count is known and grown
+by whole chunks otherwise (live streams). ``written`` in each group's attrs says how many frames
+are safely on disk, which is what ``--resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.errors import StoreError
+
+STORE_FORMAT = "anomstream-store/1"
+
+
+@dataclass
+class ArraySpec:
+    dtype: str
+    frame_shape: tuple[int, ...] = ()
+    dimension_names: tuple[str, ...] = ()
+    fill_value: Any = 0
+
+
+def result_arrays(map_shape: tuple[int, int], term_names: list[str]) -> dict[str, ArraySpec]:
+    """The per-frame arrays of a scoring run."""
+    specs = {
+        "score": ArraySpec("float32", fill_value=np.nan),
+        "map": ArraySpec("float16", map_shape, ("y", "x"), fill_value=np.nan),
+        "frame_index": ArraySpec("int64", fill_value=-1),
+        "timestamp": ArraySpec("float64", fill_value=np.nan),
+        "valid": ArraySpec("bool", fill_value=False),
+    }
+    for name in term_names:
+        specs[f"term_{name}"] = ArraySpec("float32", fill_value=np.nan)
+    return specs
+
+
+class ResultStore:
+    """Writer side of a store. ``mode``: 'create' (refuse an existing store), 'overwrite', 'resume'."""
+
+    def __init__(self, path: str | Path, run_attrs: dict[str, Any], mode: str = "create") -> None:
+        self.path = Path(path)
+        if mode not in ("create", "overwrite", "resume"):
+            raise ValueError(f"unknown store mode {mode!r}")
+        exists = self.path.exists() and any(self.path.iterdir()) if self.path.is_dir() else self.path.exists()
+        if exists and mode == "create":
+            raise StoreError(f"{self.path}: store already exists; pass --overwrite to replace it or --resume to continue it")
+        if mode == "resume" and exists:
+            self.root = self._open_existing()
+            self._check_same_run(run_attrs)
+        else:
+            try:
+                self.root = zarr.open_group(str(self.path), mode="w")
+            except Exception as error:  # noqa: BLE001
+                raise StoreError(f"{self.path}: cannot create store ({error})") from None
+            self.root.attrs.update({"format": STORE_FORMAT, "created": _now(), **run_attrs})
+        self.streams: dict[str, zarr.Group] = {}
+        self.chunk: dict[str, int] = {}
+
+    def _open_existing(self) -> zarr.Group:
+        try:
+            root = zarr.open_group(str(self.path), mode="r+")
+        except Exception:  # noqa: BLE001
+            raise StoreError(f"{self.path}: not a zarr store") from None
+        if root.attrs.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path}: store format {root.attrs.get('format')!r} is not {STORE_FORMAT!r} "
+                             f"(written by another version); score into a new store or pass --overwrite")
+        return root
+
+    def _check_same_run(self, run_attrs: dict[str, Any]) -> None:
+        for key in ("model", "checkpoint_sha256"):
+            if key in run_attrs and self.root.attrs.get(key) != run_attrs[key]:
+                raise StoreError(f"{self.path}: cannot resume: store was written with {key} "
+                                 f"{self.root.attrs.get(key)!r}, this run has {run_attrs[key]!r}")
+
+    def written(self, stream_id: str) -> int:
+        """Frames already on disk for a stream (0 if the stream is new)."""
+        if stream_id in self.root:
+            return int(self.root[stream_id].attrs.get("written", 0))
+        return 0
+
+    def open_stream(self, stream_id: str, arrays: dict[str, ArraySpec], chunk: int,
+                    frame_count: int | None, attrs: dict[str, Any]) -> None:
+        if stream_id in self.root and self.written(stream_id) > 0:
+            group = self.root[stream_id]
+        else:
+            group = self.root.create_group(stream_id, overwrite=True)
+            capacity = _round_up(frame_count if frame_count else chunk * 8, chunk)
+            for name, spec in arrays.items():
+                group.create_array(
+                    name, shape=(capacity, *spec.frame_shape), chunks=(chunk, *spec.frame_shape),
+                    dtype=spec.dtype, fill_value=spec.fill_value,
+                    dimension_names=("frame", *spec.dimension_names),
+                )
+            group.attrs.update({"written": 0, "complete": False, "error": None, **attrs})
+        self.streams[stream_id] = group
+        self.chunk[stream_id] = chunk
+
+    def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
+        """Write frames [start, start + n) of every array; batches arrive in frame order."""
+        group = self.streams[stream_id]
+        n = len(next(iter(values.values())))
+        end = start + n
+        capacity = group["score"].shape[0]
+        if end > capacity:
+            new_capacity = _round_up(max(end, capacity * 2), self.chunk[stream_id])
+            for name in values:
+                array = group[name]
+                array.resize((new_capacity, *array.shape[1:]))
+        for name, data in values.items():
+            group[name][start:end] = data
+        group.attrs["written"] = end
+
+    def close_stream(self, stream_id: str, error: str | None = None) -> None:
+        group = self.streams[stream_id]
+        written = int(group.attrs["written"])
+        for name in list(group.array_keys()):
+            array = group[name]
+            if array.shape[0] != written:
+                array.resize((written, *array.shape[1:]))
+        group.attrs.update({"complete": error is None, "error": error, "finished": _now()})
+
+
+def open_results(path: str | Path) -> zarr.Group:
+    """Reader side: the store's root group, checked for format."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001
+        raise StoreError(f"{path}: not a zarr store") from None
+    if root.attrs.get("format") != STORE_FORMAT:
+        raise StoreError(f"{path}: not an anomstream store (format {root.attrs.get('format')!r})")
+    return root
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

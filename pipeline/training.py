@@ -1,0 +1,124 @@
+"""One training loop for every model: AdamW + cosine schedule, a checkpoint per epoch, resume.
+
+Model selection never looks at test labels: the checkpoint shipped is the last epoch's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.base import AnomalyModel
+from models.registry import build_model
+from pipeline.checkpoint import read_checkpoint, save_checkpoint
+from pipeline.config import AnomstreamConfig
+from pipeline.errors import ConfigError
+from pipeline.preprocess import prepare_frame
+from pipeline.sources import open_sources
+
+
+def load_clips(spec: str, size: int, channels: int, progress: bool = True) -> list[np.ndarray]:
+    """Every stream of ``spec`` decoded and prepared: one uint8 (N, C, size, size) array each."""
+    clips = []
+    sources = open_sources(spec)
+    for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress):
+        frames = [prepare_frame(frame.image, size, channels) for frame in source.frames()]
+        clips.append(np.stack(frames))
+    return clips
+
+
+class WindowDataset(Dataset):
+    """All windows of ``length`` consecutive frames inside each clip (never across clips)."""
+
+    def __init__(self, clips: list[np.ndarray], length: int) -> None:
+        self.clips = clips
+        self.length = length
+        self.index = [(c, s) for c, clip in enumerate(clips) for s in range(len(clip) - length + 1)]
+        if not self.index:
+            raise ConfigError(f"training data has no clip with {length} frames")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> torch.Tensor:
+        clip, start = self.index[item]
+        return torch.from_numpy(self.clips[clip][start:start + self.length])
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _median_sample(clips: list[np.ndarray], limit: int = 512) -> torch.Tensor:
+    frames = np.concatenate(clips)
+    step = max(1, len(frames) // limit)
+    return torch.from_numpy(frames[::step])
+
+
+def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``config``'s model on ``config.train.data``; returns the final checkpoint path."""
+    if config.train is None:
+        raise ConfigError("config has no 'train' section")
+    settings = config.train
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    generator = seed_everything(settings.seed)
+    model: AnomalyModel = build_model(config.model.name, config.model.params)
+    clips = load_clips(settings.data, model.image_size, model.channels, progress)
+    dataset = WindowDataset(clips, model.window_length)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator)
+    optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * len(loader))
+    output = Path(settings.output_dir)
+    last_path = output / "last.pt"
+    start_epoch = 0
+    if resume and last_path.exists():
+        state = read_checkpoint(last_path)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"]
+    else:
+        model.initialise_from_frames(_median_sample(clips))
+    log_path = output / "train_log.jsonl"
+    output.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        totals: dict[str, float] = {}
+        started = time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
+        for step, windows in enumerate(bar, 1):
+            terms = model.training_loss(windows)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+            if step % settings.log_every == 0:
+                bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+        record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
+                  "samples_per_s": round(len(loader) * settings.batch_size / (time.time() - started), 2),
+                  **{k: v / len(loader) for k, v in totals.items()}}
+        with log_path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+        save_checkpoint(last_path, model, {
+            "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "config": config.to_dict(), "train_loss": record["loss"],
+        })
+    final_path = output / "model.pt"
+    save_checkpoint(final_path, model, {"epoch": settings.epochs, "config": config.to_dict()})
+    return final_path

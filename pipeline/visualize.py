@@ -1,0 +1,90 @@
+"""Pictures of a scored stream: a score-over-time PNG and an overlay video (heatmap + score trace)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.sources import Source
+
+
+def _anomalous_spans(labels: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], labels.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def plot_scores(path: Path, frame_index: np.ndarray, score: np.ndarray, title: str,
+                labels: np.ndarray | None = None) -> Path:
+    """Score over frames; labelled anomalous frames shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=110)
+    if labels is not None:
+        for i, (start, end) in enumerate(_anomalous_spans(labels)):
+            ax.axvspan(start - 0.5, end - 0.5, color="tab:red", alpha=0.15, label="labelled anomalous" if i == 0 else None)
+    ax.plot(frame_index, score, color="tab:blue", lw=1.5, label="anomaly score")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _trace_panel(width: int, height: int, score: np.ndarray, upto: int, low: float, high: float) -> np.ndarray:
+    panel = np.full((height, width, 3), 24, np.uint8)
+    known = np.flatnonzero(~np.isnan(score[: upto + 1]))
+    if len(known) > 1:
+        xs = (known / max(len(score) - 1, 1) * (width - 1)).astype(np.int32)
+        ys = (height - 4 - (score[known] - low) / max(high - low, 1e-9) * (height - 8)).astype(np.int32)
+        cv2.polylines(panel, [np.stack([xs, ys], 1)], False, (80, 200, 255), 1, cv2.LINE_AA)
+    value = score[upto]
+    text = f"frame {upto}  score {value:.3f}" if not np.isnan(value) else f"frame {upto}  (no score: warm-up)"
+    cv2.putText(panel, text, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (230, 230, 230), 1, cv2.LINE_AA)
+    return panel
+
+
+def write_overlay(path: Path, source: Source, maps: np.ndarray, score: np.ndarray, fps: float = 25.0,
+                  trace_height: int = 48) -> Path:
+    """H.264 mp4 (PyAV): each frame with its anomaly map as a heatmap, and the score trace below."""
+    import av
+
+    finite = maps[np.isfinite(maps)]
+    map_high = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    scored = score[np.isfinite(score)]
+    low, high = (float(scored.min()), float(scored.max())) if scored.size else (0.0, 1.0)
+    container = av.open(str(path), mode="w")
+    stream = None
+    try:
+        for frame in source.frames():
+            if frame.index >= len(score):
+                break
+            image = frame.image
+            h, w = image.shape[:2]
+            if stream is None:
+                stream = container.add_stream("libx264", rate=round(fps))
+                stream.width, stream.height = w - w % 2, (h + trace_height) - (h + trace_height) % 2
+                stream.pix_fmt = "yuv420p"
+            heat_map = maps[frame.index]
+            if np.isfinite(heat_map).all():
+                scaled = np.clip(heat_map.astype(np.float32) / max(map_high, 1e-9), 0, 1)
+                heat = cv2.applyColorMap((cv2.resize(scaled, (w, h)) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+                image = cv2.addWeighted(image, 0.6, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.4, 0)
+            composed = np.vstack([image, _trace_panel(w, trace_height, score, frame.index, low, high)])
+            composed = np.ascontiguousarray(composed[: stream.height, : stream.width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(composed, format="rgb24")):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    finally:
+        container.close()
+    return path

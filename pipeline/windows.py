@@ -1,0 +1,118 @@
+"""The source -> window step: prepared frames grouped into batches of scoring windows.
+
+A ``WindowBatch`` holds B target frames plus up to T-1 frames of context before them, so a
+replica can build every (T, C, H, W) window without state of its own. Targets with no full
+window (the first T-1 frames of a stream) are marked invalid and get a NaN score.
+
+Line-scan cameras slot in before this step: :func:`assemble_tiles` turns a stream of pixel rows
+into overlapping 2-D tiles, which are frames like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import SourceError
+from pipeline.preprocess import prepare_frame
+from pipeline.sources import Frame
+
+
+@dataclass
+class WindowBatch:
+    stream_id: str
+    sequence: int  # batch number within the stream, from 0
+    start: int  # frame index of the first target
+    frames: np.ndarray  # uint8 (context + B, C, H, W)
+    context: int  # frames before the first target held in ``frames``
+    frame_index: np.ndarray  # (B,) int64
+    timestamp: np.ndarray  # (B,) float64
+    window_length: int
+
+    @property
+    def size(self) -> int:
+        return len(self.frame_index)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Targets whose full window of ``window_length`` frames is present."""
+        positions = self.context + np.arange(self.size)
+        return positions >= self.window_length - 1
+
+    def windows(self) -> np.ndarray:
+        """(n_valid, T, C, H, W) windows of the valid targets."""
+        t = self.window_length
+        positions = self.context + np.flatnonzero(self.valid)
+        return np.stack([self.frames[p - t + 1:p + 1] for p in positions]) if len(positions) else \
+            np.empty((0, t, *self.frames.shape[1:]), dtype=self.frames.dtype)
+
+
+@dataclass
+class EndOfStream:
+    """What a window step yields last: how the stream ended."""
+
+    stream_id: str
+    frames: int
+    error: str | None = None
+
+
+def window_batches(frames: Iterator[Frame], stream_id: str, window_length: int, batch_size: int,
+                   image_size: int, channels: int, skip_before: int = 0) -> Iterator[WindowBatch | EndOfStream]:
+    """Prepare frames once and group them into batches; a source error ends the stream after the
+    frames decoded before it are flushed (so they are still scored)."""
+    context_size = window_length - 1
+    history: list[np.ndarray] = []  # the last ``context_size`` prepared frames before the batch
+    pending: list[tuple[np.ndarray, int, float]] = []
+    sequence = 0
+    count = 0
+
+    def flush() -> WindowBatch | None:
+        nonlocal history, pending, sequence
+        if not pending:
+            return None
+        images = [p[0] for p in pending]
+        batch = WindowBatch(
+            stream_id=stream_id, sequence=sequence, start=pending[0][1],
+            frames=np.stack(history + images), context=len(history),
+            frame_index=np.array([p[1] for p in pending], dtype=np.int64),
+            timestamp=np.array([p[2] for p in pending], dtype=np.float64), window_length=window_length,
+        )
+        history = (history + images)[len(history + images) - context_size:] if context_size else []
+        pending = []
+        sequence += 1
+        return batch if batch.frame_index[-1] >= skip_before else None
+
+    error = None
+    try:
+        for frame in frames:
+            pending.append((prepare_frame(frame.image, image_size, channels), frame.index, frame.timestamp))
+            count += 1
+            if len(pending) == batch_size:
+                batch = flush()
+                if batch is not None:
+                    yield batch
+    except SourceError as failure:
+        error = str(failure)
+    batch = flush()
+    if batch is not None:
+        yield batch
+    yield EndOfStream(stream_id, count, error)
+
+
+def assemble_tiles(rows: Iterator[Frame], tile_height: int, stride: int) -> Iterator[Frame]:
+    """Line-scan rows (each a (1, W, 3) image) -> overlapping (tile_height, W, 3) tiles every ``stride`` rows.
+
+    Tile k covers rows [k*stride, k*stride + tile_height); its timestamp is that of its last row.
+    """
+    if not 0 < stride <= tile_height:
+        raise ValueError(f"stride must be in 1..tile_height, got {stride}")
+    buffer: list[np.ndarray] = []
+    tile_index = 0
+    for row in rows:
+        buffer.append(row.image.reshape(-1, *row.image.shape[-2:])[0])
+        if len(buffer) == tile_height:
+            yield Frame(row.stream_id, tile_index, row.timestamp, np.stack(buffer))
+            tile_index += 1
+            buffer = buffer[stride:]

@@ -1,0 +1,44 @@
+import pytest
+import yaml
+
+from models.dmad import DMADConfig
+from pipeline.cli import main
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
+
+REPO_CONFIGS = ["configs/ped2_dmad_cpu.yaml", "configs/ped2_dmad.yaml"]
+
+
+@pytest.mark.parametrize("path", REPO_CONFIGS)
+def test_shipped_configs_validate(path):
+    config = load_config(path)
+    assert isinstance(config.model.params, DMADConfig)
+    assert config.train.epochs >= 10
+
+
+def test_cpu_config_is_smaller_than_paper_config():
+    cpu, paper = load_config(REPO_CONFIGS[0]).model.params, load_config(REPO_CONFIGS[1]).model.params
+    assert cpu.image_size < paper.image_size and cpu.widths[0] < paper.widths[0]
+    assert paper.widths == (32, 64, 128, 256) and paper.memory_size == 200
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"model": {"name": "dmad", "widht": 3}}, "cfg.yaml: model.widht: unknown key"),
+    ({"model": {"name": "dmad", "image_size": "big"}}, "cfg.yaml: model.image_size: Input should be a valid integer"),
+    ({"model": {"name": "nope"}}, "cfg.yaml: model.name: Value error, unknown model 'nope'"),
+    ({"model": {"name": "dmad"}, "train": {"data": "x", "epohcs": 3}}, "cfg.yaml: train.epohcs: unknown key"),
+    ({"model": {"name": "dmad"}, "score": {"batch_size": 0}}, "cfg.yaml: score.batch_size: Input should be greater"),
+    ({"modle": {}}, "cfg.yaml: model: Field required"),
+])
+def test_bad_keys_are_one_line_errors_naming_the_key(data, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, "cfg.yaml")
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_cli_exits_2_on_bad_config(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "dmad", "widths": [1, 2]}, "train": {"data": "x"}}))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: model.widths") and "\n" not in err

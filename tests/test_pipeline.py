@@ -1,0 +1,130 @@
+"""End to end through Ray: decode actors -> replicas -> writer, and the CLI's handling of bad input."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from pipeline.checkpoint import file_sha256
+from pipeline.cli import main
+from pipeline.config import ScoreSection
+from pipeline.labels import ped2_frame_labels
+from pipeline.orchestrator import score_sources
+from pipeline.results import evaluate
+from pipeline.sources import open_sources
+from pipeline.store import ResultStore, open_results, result_arrays
+from pipeline.windows import WindowBatch, window_batches
+from workers.replica import ReplicaCore
+
+# Micro AUC (offline per-video min-max) of the shipped checkpoint on Ped2 test clips 01+02, measured
+# 0.888 with `anomstream score` + `anomstream eval` (docs/results.md); the bound leaves a margin.
+SHIPPED_AUC_CLIPS_01_02 = 0.86
+
+
+def _assert_complete_stream(group, frames, window_length=5):
+    np.testing.assert_array_equal(group["frame_index"][:], np.arange(frames))
+    score, valid = group["score"][:], group["valid"][:]
+    assert np.isnan(score[: window_length - 1]).all() and not valid[: window_length - 1].any()
+    assert np.isfinite(score[window_length - 1:]).all() and valid[window_length - 1:].all()
+    assert np.all(np.diff(group["timestamp"][:]) > 0)
+    maps = group["map"][:]
+    assert maps.shape[0] == frames and np.isfinite(maps[window_length - 1:]).all()
+    assert group.attrs["complete"] is True and group.attrs["written"] == frames
+
+
+def test_two_replicas_keep_every_frame_once_in_order(ray_session, ped2, sample_clip, shipped_checkpoint, tmp_path):
+    out = tmp_path / "run.zarr"
+    report = score_sources([str(sample_clip), str(ped2 / "testing" / "frames" / "01")], str(shipped_checkpoint), out,
+                           ScoreSection(replicas=2, batch_size=8), progress=False)
+    assert report.frames == 360 and not report.errors and report.replicas == 2
+    root = open_results(out)
+    assert sorted(root.group_keys()) == ["01", "ped2_test02"]
+    for stream_id in ("01", "ped2_test02"):
+        _assert_complete_stream(root[stream_id], 180)
+    assert root.attrs["model"] == "dmad" and root.attrs["checkpoint_sha256"] == file_sha256(shipped_checkpoint)
+    assert root.attrs["config"]["model"]["image_size"] == 128 and root.attrs["anomstream_version"]
+    dataset = xr.open_zarr(out, group="01", consolidated=False)
+    assert dataset["score"].dims == ("frame",) and dataset.sizes["frame"] == 180
+
+    # the same frames scored in one process (no Ray) give the same scores
+    core = ReplicaCore(str(shipped_checkpoint), threads=1)
+    source = open_sources(str(ped2 / "testing" / "frames" / "01"))[0]
+    batches = [b for b in window_batches(source.frames(), "01", 5, 8, 128, 1) if isinstance(b, WindowBatch)]
+    expected = np.concatenate([core.score(b)["score"] for b in batches])
+    np.testing.assert_allclose(root["01"]["score"][:], expected, rtol=1e-4, equal_nan=True)
+    torch.set_num_threads(2)
+
+
+def test_shipped_checkpoint_auc_on_two_ped2_clips(ray_session, ped2, shipped_checkpoint, tmp_path):
+    out = tmp_path / "ped2.zarr"
+    frames = ped2 / "testing" / "frames"
+    score_sources([str(frames / "01"), str(frames / "02")], str(shipped_checkpoint), out, ScoreSection(replicas=1),
+                  progress=False)
+    result = evaluate(out, ped2_frame_labels(ped2), ["offline", "causal"]).results
+    assert result["offline"].frames == 2 * 176
+    assert result["offline"].micro > SHIPPED_AUC_CLIPS_01_02
+    assert result["causal"].micro > 0.5
+
+
+def test_truncated_video_keeps_frames_before_the_cut(ray_session, sample_clip, shipped_checkpoint, tmp_path, capsys):
+    data = sample_clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    out = tmp_path / "cut.zarr"
+    code = main(["score", str(cut), "--checkpoint", str(shipped_checkpoint), "--out", str(out), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{cut}: video is truncated: decoded" in err[0]
+    decoded = int(err[0].split("decoded ")[1].split(" of")[0])
+    assert 20 < decoded < 180
+    group = open_results(out)["cut"]
+    np.testing.assert_array_equal(group["frame_index"][:], np.arange(decoded))
+    assert np.isfinite(group["score"][4:]).all()
+    assert group.attrs["complete"] is False and "truncated" in group.attrs["error"]
+
+
+def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, shipped_checkpoint, tmp_path, capsys):
+    out = tmp_path / "s.zarr"
+    args = ["score", str(sample_clip), "--checkpoint", str(shipped_checkpoint), "--out", str(out), "--quiet"]
+    # a store from an interrupted run: the first 3 batches of 16 written, then nothing
+    core = ReplicaCore(str(shipped_checkpoint), threads=1)
+    store = ResultStore(out, {"model": "dmad", "checkpoint_sha256": file_sha256(shipped_checkpoint)})
+    store.open_stream("ped2_test02", result_arrays((128, 128), list(core.model.term_weights)), 16, 180, {})
+    source = open_sources(str(sample_clip))[0]
+    for batch in window_batches(source.frames(), source.stream_id, 5, 16, 128, 1):
+        if isinstance(batch, WindowBatch) and batch.sequence < 3:
+            store.write("ped2_test02", batch.start, core.score(batch))
+    first = open_results(out)["ped2_test02"]["score"][:48]
+    torch.set_num_threads(2)
+
+    assert main(args) == 2
+    assert "store already exists; pass --overwrite to replace it or --resume to continue it" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    group = open_results(out)["ped2_test02"]
+    _assert_complete_stream(group, 180)
+    np.testing.assert_array_equal(group["score"][:48], first)
+    assert main(args + ["--resume"]) == 0  # complete: nothing to do, nothing lost
+    assert open_results(out)["ped2_test02"].attrs["written"] == 180
+    assert main(args + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p: ["rtsp://127.0.0.1:9/cam"], "rtsp://127.0.0.1:9/cam: camera is unreachable"),
+    (lambda p: [str(p / "missing.mp4")], "missing.mp4: no such file or folder"),
+    (lambda p: [str(p)], "folder holds no images, frame folders or videos"),
+])
+def test_bad_sources_exit_2_with_one_line(ray_session, shipped_checkpoint, tmp_path, capsys, make_args, message):
+    (tmp_path / "empty").mkdir()
+    source_args = make_args(tmp_path / "empty")
+    code = main(["score", *source_args, "--checkpoint", str(shipped_checkpoint), "--out", str(tmp_path / "o.zarr"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_checkpoint_for_another_model_is_refused(ray_session, sample_clip, tmp_path, capsys):
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
+    code = main(["score", str(sample_clip), "--checkpoint", str(foreign), "--out", str(tmp_path / "o.zarr")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {foreign}: not an anomstream checkpoint"
+    assert not (tmp_path / "o.zarr").exists()

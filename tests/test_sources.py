@@ -1,0 +1,130 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.encode import encode_video
+from pipeline.errors import SourceError
+from pipeline.sources import (
+    CameraSource,
+    FrameFolderSource,
+    ImageFolderSource,
+    VideoFileSource,
+    open_sources,
+)
+
+
+def _write_numbered(folder: Path, numbers: list[int]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in numbers:
+        cv2.imwrite(str(folder / f"{n}.png"), np.full((8, 8, 3), n, np.uint8))
+
+
+def test_frame_folder_numeric_order(tmp_path):
+    _write_numbered(tmp_path / "clip", [10, 2, 1, 33, 3])
+    source = FrameFolderSource(tmp_path / "clip")
+    values = [int(frame.image[0, 0, 0]) for frame in source.frames()]
+    assert values == [1, 2, 3, 10, 33]
+    assert [p.name for p in source.paths] == ["1.png", "2.png", "3.png", "10.png", "33.png"]
+
+
+def test_ped2_folder_exact_count_and_order(ped2):
+    folder = ped2 / "testing" / "frames" / "01"
+    frames = list(FrameFolderSource(folder).frames())
+    assert len(frames) == 180
+    assert [f.index for f in frames] == list(range(180))
+    for k in (0, 9, 179):
+        expected = cv2.cvtColor(cv2.imread(str(folder / f"{k:03d}.jpg")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(frames[k].image, expected)
+
+
+def test_ped2_mp4_encoding_keeps_count_and_order(ped2, tmp_path):
+    folder = ped2 / "testing" / "frames" / "01"
+    originals = [f.image for f in FrameFolderSource(folder).frames()][:40]
+    video = tmp_path / "01.mp4"
+    assert encode_video(originals, video) == 40
+    decoded = [f.image for f in VideoFileSource(video).frames()]
+    assert len(decoded) == 40
+    for k, image in enumerate(decoded):
+        errors = [np.abs(image.astype(int) - o.astype(int)).mean() for o in originals]
+        assert int(np.argmin(errors)) == k
+
+
+def test_bundled_clip_decodes_all_frames(sample_clip):
+    source = VideoFileSource(sample_clip)
+    frames = list(source.frames())
+    assert source.frame_count == len(frames) == 180
+    assert frames[0].image.shape == (240, 360, 3)
+    assert [f.stream_id for f in frames[:1]] == ["ped2_test02"]
+
+
+def test_avenue_and_vtest_decode(shared_data):
+    assert sum(1 for _ in VideoFileSource(shared_data / "avenue" / "testing_videos" / "08.avi").frames()) == 36
+    vtest = VideoFileSource(shared_data / "vtest.avi")
+    first = [f for _, f in zip(range(12), vtest.frames())]
+    assert vtest.frame_count == 795 and len(first) == 12 and first[0].image.shape == (576, 768, 3)
+
+
+def test_folder_of_clips_gives_one_stream_each(ped2):
+    sources = open_sources(str(ped2 / "testing" / "frames"))
+    assert [s.stream_id for s in sources] == [f"{k:02d}" for k in range(1, 13)]
+    assert sum(s.frame_count for s in sources) == 2010
+
+
+def test_image_folder_skips_undecodable(tmp_path):
+    _write_numbered(tmp_path, [1, 2])
+    (tmp_path / "3.png").write_bytes(b"not an image")
+    source = ImageFolderSource(tmp_path)
+    assert [int(f.image[0, 0, 0]) for f in source.frames()] == [1, 2]
+    assert len(source.skipped) == 1 and "3.png: cannot decode image" in source.skipped[0]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "no such file or folder"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "folder holds no images, frame folders or videos"),
+    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "unsupported file type .txt"),
+])
+def test_bad_paths_name_the_path(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(SourceError, match=message) as error:
+        open_sources(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_garbage_video_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 4096)
+    with pytest.raises(SourceError, match=r"bad.mp4: cannot decode video"):
+        VideoFileSource(bad)
+
+
+def test_unreachable_camera_fails_fast():
+    source = CameraSource("rtsp://127.0.0.1:9/none", open_timeout_s=2)
+    with pytest.raises(SourceError, match="rtsp://127.0.0.1:9/none: camera is unreachable"):
+        next(source.frames())
+
+
+@pytest.fixture
+def http_server(shared_data):
+    """A loopback HTTP server over ../shared/data, standing in for an IP camera."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shared_data))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_http_camera_streams_frames_until_max(http_server):
+    sources = open_sources(f"{http_server}/vtest.avi", max_frames=30)
+    assert len(sources) == 1 and isinstance(sources[0], CameraSource) and sources[0].is_live
+    frames = list(sources[0].frames())
+    assert len(frames) == 30 and [f.index for f in frames] == list(range(30))
+    assert frames[0].image.shape == (576, 768, 3)
+    assert all(b.timestamp >= a.timestamp for a, b in zip(frames, frames[1:]))

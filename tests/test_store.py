@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from pipeline.errors import StoreError
+from pipeline.store import ResultStore, open_results, result_arrays
+
+ARRAYS = result_arrays((4, 6), ["a"])
+
+
+def _batch(start, n):
+    return {"score": np.arange(start, start + n, dtype=np.float32), "map": np.ones((n, 4, 6), np.float16),
+            "frame_index": np.arange(start, start + n), "timestamp": np.arange(start, start + n) / 10.0,
+            "valid": np.ones(n, bool), "term_a": np.zeros(n, np.float32)}
+
+
+def test_preallocated_batches_and_unknown_length_growth(tmp_path):
+    store = ResultStore(tmp_path / "s.zarr", {"model": "m"})
+    store.open_stream("known", ARRAYS, 8, 20, {"source": "x"})
+    store.open_stream("live", ARRAYS, 8, None, {"source": "cam"})
+    assert store.root["known"]["map"].shape == (24, 4, 6)
+    for start in range(0, 20, 8):
+        store.write("known", start, _batch(start, min(8, 20 - start)))
+    for start in range(0, 100, 8):
+        store.write("live", start, _batch(start, 8))
+    store.close_stream("known")
+    store.close_stream("live", error="camera stopped")
+    root = open_results(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(root["known"]["score"][:], np.arange(20))
+    assert root["live"]["score"].shape == (104,) and root["live"].attrs["error"] == "camera stopped"
+    assert root["known"].attrs["complete"] is True and root["known"]["map"].chunks == (8, 4, 6)
+    dataset = xr.open_zarr(tmp_path / "s.zarr", group="known", consolidated=False)
+    assert dataset["map"].dims == ("frame", "y", "x") and dataset.sizes["frame"] == 20
+
+
+def test_existing_store_is_refused_unless_overwrite_or_resume(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc"})
+    store.open_stream("v", ARRAYS, 8, 16, {})
+    store.write("v", 0, _batch(0, 8))
+    with pytest.raises(StoreError, match="s.zarr: store already exists; pass --overwrite"):
+        ResultStore(path, {"model": "m"})
+    with pytest.raises(StoreError, match="cannot resume: store was written with checkpoint_sha256 'abc'"):
+        ResultStore(path, {"model": "m", "checkpoint_sha256": "other"}, mode="resume")
+    resumed = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc"}, mode="resume")
+    assert resumed.written("v") == 8
+    resumed.open_stream("v", ARRAYS, 8, 16, {})
+    resumed.write("v", 8, _batch(8, 8))
+    resumed.close_stream("v")
+    np.testing.assert_array_equal(open_results(path)["v"]["score"][:], np.arange(16))
+    assert ResultStore(path, {"model": "m"}, mode="overwrite").written("v") == 0
+
+
+def test_store_from_another_version_is_refused(tmp_path):
+    path = tmp_path / "old.zarr"
+    zarr.open_group(str(path), mode="w").attrs["format"] = "anomstream-store/0"
+    with pytest.raises(StoreError, match="old.zarr: store format 'anomstream-store/0' is not"):
+        ResultStore(path, {}, mode="resume")
+    with pytest.raises(StoreError, match="not an anomstream store"):
+        open_results(path)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from pipeline.errors import SourceError
+from pipeline.sources import Frame
+from pipeline.windows import EndOfStream, WindowBatch, assemble_tiles, window_batches
+
+
+def _frames(n, size=8, fail_after=None):
+    for i in range(n):
+        if fail_after is not None and i == fail_after:
+            raise SourceError(f"clip: broken after frame {i}")
+        yield Frame("clip", i, i / 10, np.full((size, size, 3), i, np.uint8))
+
+
+def _collect(items):
+    items = list(items)
+    assert isinstance(items[-1], EndOfStream)
+    return [b for b in items if isinstance(b, WindowBatch)], items[-1]
+
+
+def test_windows_hold_previous_frames_across_batches():
+    batches, end = _collect(window_batches(_frames(23), "clip", 5, 8, 8, 1))
+    assert [b.size for b in batches] == [8, 8, 7] and end.frames == 23 and end.error is None
+    targets = np.concatenate([b.frame_index for b in batches])
+    np.testing.assert_array_equal(targets, np.arange(23))
+    valid = np.concatenate([b.valid for b in batches])
+    assert not valid[:4].any() and valid[4:].all()
+    for batch in batches:
+        windows = batch.windows()
+        for window, target in zip(windows, batch.frame_index[batch.valid]):
+            np.testing.assert_array_equal(window[:, 0, 0, 0], np.arange(target - 4, target + 1))
+
+
+def test_source_error_flushes_frames_decoded_before_it():
+    batches, end = _collect(window_batches(_frames(50, fail_after=13), "clip", 5, 8, 8, 3))
+    assert sum(b.size for b in batches) == 13
+    assert end.frames == 13 and "broken after frame 13" in end.error
+    assert batches[0].frames.shape[1:] == (3, 8, 8)
+
+
+def test_skip_before_drops_written_batches_but_keeps_context():
+    batches, _ = _collect(window_batches(_frames(20), "clip", 5, 4, 8, 1, skip_before=8))
+    assert batches[0].start == 8 and batches[0].context == 4
+    assert batches[0].valid.all()
+
+
+def test_line_scan_rows_become_overlapping_tiles():
+    rows = (Frame("line", i, float(i), np.full((1, 6, 3), i, np.uint8)) for i in range(20))
+    tiles = list(assemble_tiles(rows, tile_height=8, stride=4))
+    assert len(tiles) == 4  # rows 0-7, 4-11, 8-15, 12-19
+    assert [t.image.shape for t in tiles] == [(8, 6, 3)] * 4
+    np.testing.assert_array_equal(tiles[1].image[:, 0, 0], np.arange(4, 12))
+    assert [t.index for t in tiles] == [0, 1, 2, 3] and tiles[-1].timestamp == 19.0
+    with pytest.raises(ValueError):
+        list(assemble_tiles(iter([]), 4, 5))

@@ -1,0 +1,26 @@
+"""Decode actor: one per source; turns its frames into window batches on request."""
+
+from __future__ import annotations
+
+import ray
+
+from pipeline.sources import Source
+from pipeline.windows import EndOfStream, WindowBatch, window_batches
+
+
+@ray.remote
+class DecodeActor:
+    def __init__(self, source: Source, window_length: int, batch_size: int, image_size: int,
+                 channels: int, skip_before: int = 0) -> None:
+        self.stream_id = source.stream_id
+        self._batches = window_batches(source.frames(), source.stream_id, window_length, batch_size,
+                                       image_size, channels, skip_before)
+
+    @ray.method(num_returns=2)
+    def next_batch(self) -> tuple[dict, WindowBatch | None]:
+        """(small header for the driver, the batch itself or None at the end of the stream)."""
+        item = next(self._batches)
+        if isinstance(item, EndOfStream):
+            return {"stream_id": item.stream_id, "end": True, "frames": item.frames, "error": item.error}, None
+        return {"stream_id": item.stream_id, "end": False, "sequence": item.sequence,
+                "start": item.start, "size": item.size}, item
