@@ -63,7 +63,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.results import evaluate, store_pixel_auc
 
     labels = load_frame_labels(args.dataset, args.labels)
-    evaluation = evaluate(args.store, labels, args.normalisation, args.smoothing, args.combine)
+    evaluation = evaluate(args.store, labels, args.normalisation, args.smoothing, args.combine,
+                          robust=args.robust_smoothing)
     if args.pixel:
         evaluation.pixel_auc = store_pixel_auc(args.store, _mask_reader(args.dataset, args.labels))
     for method, result in evaluation.results.items():
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal"], choices=["offline", "causal", "raw"],
                           help="score normalisations to report (default: offline causal)")
     evaluate.add_argument("--smoothing", type=int, default=0, help="window of temporal smoothing (centred offline, trailing causal)")
+    evaluate.add_argument("--robust-smoothing", action="store_true",
+                          help="offline: DMAD's 11-frame robust window (mean of the 5 values nearest the window mean)")
     evaluate.add_argument("--combine", default="score", choices=["score", "terms"],
                           help="'score': stored frame score; 'terms': official DMAD weighted terms")
     evaluate.add_argument("--pixel", action="store_true", help="also pixel AUROC from the stored maps")

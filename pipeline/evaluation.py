@@ -2,7 +2,7 @@
 
 Normalisations:
 - ``offline``: per-video min-max (uses the whole video, as the papers do), optional centred
-  smoothing;
+  smoothing (a plain mean, or DMAD's robust window);
 - ``causal``: running min-max over frames up to t only, optional trailing mean: what a live
   stream can do;
 - ``raw``: the scores as stored.
@@ -52,24 +52,32 @@ def trailing_mean(scores: np.ndarray, window: int) -> np.ndarray:
 
 
 def robust_window_mean(scores: np.ndarray, window: int = 11, keep: int = 5,
-                       weights: np.ndarray = DMAD_WINDOW_WEIGHTS) -> np.ndarray:
+                       weights: np.ndarray = DMAD_WINDOW_WEIGHTS, edge_pad: bool = False) -> np.ndarray:
     """DMAD's Ped2 smoothing: in each centred window, a weighted mean of the ``keep`` values closest
-    to the window mean. The first window//2 outputs are set to the minimum normalised score (0),
-    the last repeat the last full window's value. Non-causal."""
-    views = sliding_window_view(scores, window)
+    to the window mean. Non-causal. As the authors ran it (``edge_pad=False``), the first window//2
+    outputs are 0 (the lowest min-max score) and the last repeat the last full window; with
+    ``edge_pad`` the series is padded with its edge values instead, which suits one video at a time."""
+    half = window // 2
+    values = np.pad(scores, half, mode="edge") if edge_pad else scores
+    views = sliding_window_view(values, window)
     distance = np.abs(views - views.mean(axis=1, keepdims=True))
     order = np.argsort(distance, axis=1, kind="stable")[:, :keep]
     mask = np.zeros_like(views)
     np.put_along_axis(mask, order, 1.0, axis=1)
     weighted = mask * weights
     inner = (views * weighted).sum(axis=1) / weighted.sum(axis=1)
-    half = window // 2
+    if edge_pad:
+        return inner
     return np.concatenate([np.zeros(half), inner, np.full(half, inner[-1])])
 
 
-def normalise(scores: np.ndarray, method: str, smoothing: int = 0) -> np.ndarray:
+def normalise(scores: np.ndarray, method: str, smoothing: int = 0, robust: bool = False) -> np.ndarray:
+    """``robust``: DMAD's robust 11-frame window instead of a plain mean (offline only)."""
     if method == "offline":
-        return centred_mean(minmax(scores), smoothing)
+        scaled = minmax(scores)
+        return robust_window_mean(scaled, edge_pad=True) if robust else centred_mean(scaled, smoothing)
+    if robust:
+        raise AnomstreamError("robust smoothing looks at future frames: only with offline normalisation")
     if method == "causal":
         return trailing_mean(running_minmax(scores), smoothing)
     if method == "raw":

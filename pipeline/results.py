@@ -58,7 +58,7 @@ class Evaluation:
 
 
 def evaluate(path: str | Path, labels: dict[str, np.ndarray], normalisations: list[str], smoothing: int = 0,
-             combine: str = "score", streams_only: list[str] | None = None) -> Evaluation:
+             combine: str = "score", streams_only: list[str] | None = None, robust: bool = False) -> Evaluation:
     streams, attrs = read_scores(path)
     if streams_only:
         streams = {k: v for k, v in streams.items() if k in streams_only}
@@ -72,7 +72,7 @@ def evaluate(path: str | Path, labels: dict[str, np.ndarray], normalisations: li
         frame_labels[stream_id] = labels[stream_id][stream.frame_index]
     results = {}
     for method in normalisations:
-        scores = {k: normalise(v, method, smoothing) for k, v in raw.items()}
+        scores = {k: normalise(v, method, smoothing, robust and method == "offline") for k, v in raw.items()}
         results[method] = frame_auc(scores, frame_labels)
     return Evaluation(results)
 

@@ -69,3 +69,14 @@ def test_unknown_dataset_and_missing_labels_are_errors(tmp_path):
         load_frame_labels("ucf", tmp_path)
     with pytest.raises(AnomstreamError, match="expected frame_labels_ped2.npy"):
         load_frame_labels("ped2", tmp_path)
+
+
+def test_robust_window_removes_single_spikes_per_video():
+    series = np.zeros(30)
+    series[12] = 1.0  # one-frame spike: not among the 5 values nearest its window's mean
+    series[20:] = 1.0  # a sustained rise survives
+    smoothed = robust_window_mean(series, edge_pad=True)
+    assert smoothed.shape == series.shape and smoothed[12] == 0.0
+    assert smoothed[25:].min() == 1.0
+    with pytest.raises(AnomstreamError, match="robust smoothing looks at future frames"):
+        normalise(series, "causal", robust=True)

@@ -1,5 +1,7 @@
 """End to end through Ray: decode actors -> replicas -> writer, and the CLI's handling of bad input."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -55,15 +57,19 @@ def test_two_replicas_keep_every_frame_once_in_order(ray_session, ped2, sample_c
     torch.set_num_threads(2)
 
 
-def test_shipped_checkpoint_auc_on_two_ped2_clips(ray_session, ped2, shipped_checkpoint, tmp_path):
-    out = tmp_path / "ped2.zarr"
+def test_shipped_checkpoint_auc_on_two_ped2_clips(ray_session, ped2, shipped_checkpoint, tmp_path, capsys):
+    out, report = tmp_path / "ped2.zarr", tmp_path / "eval.json"
     frames = ped2 / "testing" / "frames"
-    score_sources([str(frames / "01"), str(frames / "02")], str(shipped_checkpoint), out, ScoreSection(replicas=1),
-                  progress=False)
-    result = evaluate(out, ped2_frame_labels(ped2), ["offline", "causal"]).results
-    assert result["offline"].frames == 2 * 176
-    assert result["offline"].micro > SHIPPED_AUC_CLIPS_01_02
-    assert result["causal"].micro > 0.5
+    assert main(["score", str(frames / "01"), str(frames / "02"), "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(out), "--dataset", "ped2", "--labels", str(ped2), "--pixel", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(report.read_text())
+    assert result["offline"]["frames"] == 2 * 176 and set(result["offline"]["per_video"]) == {"01", "02"}
+    assert result["offline"]["micro_auc"] > SHIPPED_AUC_CLIPS_01_02
+    assert result["causal"]["micro_auc"] > 0.5 and 0.5 < result["pixel_auc"] <= 1.0
+    assert f"offline  micro AUC {result['offline']['micro_auc']:.4f}" in printed
+    # the library call gives what the CLI printed
+    assert evaluate(out, ped2_frame_labels(ped2), ["offline"]).results["offline"].micro == result["offline"]["micro_auc"]
 
 
 def test_truncated_video_keeps_frames_before_the_cut(ray_session, sample_clip, shipped_checkpoint, tmp_path, capsys):
