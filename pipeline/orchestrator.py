@@ -89,14 +89,145 @@ def _unique_ids(sources: list[Source]) -> None:
 
 
 class _Stream:
-    def __init__(self, source: Source, actor: Any, first_sequence: int) -> None:
-        self.source = source
+    def __init__(self, actor: Any, first_sequence: int) -> None:
         self.actor = actor
         self.decode_pending = False
-        self.ended: dict | None = None
-        self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (start, result ref)
+        self.ended: dict | None = None  # the decoder's end-of-stream header
+        self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (start, result ref), not yet written
         self.next_sequence = first_sequence  # batches before it are in the store already (resume)
         self.in_flight = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.ended is not None and self.in_flight == 0 and not self.results
+
+
+class _ScoringRun:
+    """The driver's event loop: keeps replicas busy, decoders just ahead, writes in frame order."""
+
+    def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection,
+                 writer: Any, replicas: list, report: RunReport, progress: bool, max_active_streams: int | None) -> None:
+        self.model, self.arrays, self.settings = model, arrays, settings
+        self.writer, self.replicas, self.report = writer, replicas, report
+        self.capacity = settings.replicas * settings.in_flight_per_replica
+        self.active_limit = max_active_streams or max(2, settings.replicas + 1)
+        self.waiting = deque(sources)
+        self.active: dict[str, _Stream] = {}
+        self.ready: deque[tuple[str, dict, Any]] = deque()  # decoded batches waiting for a replica
+        self.decode_refs: dict[Any, tuple[str, Any]] = {}
+        self.score_refs: dict[Any, tuple[str, dict, int]] = {}
+        self.replica_load = [0] * len(replicas)
+        self.write_refs: deque = deque()
+        known = all(s.frame_count for s in sources)
+        self.bar = tqdm(total=sum(s.frame_count for s in sources) if known else None, desc="scoring",
+                        unit="frame", disable=not progress)
+
+    def run(self) -> None:
+        try:
+            self._start_streams()
+            while self.active or self.waiting:
+                self._request_decodes()
+                self._dispatch()
+                pending = list(self.decode_refs) + list(self.score_refs)
+                if not pending:
+                    self._settle()
+                    continue
+                ref = ray.wait(pending, num_returns=1)[0][0]
+                if ref in self.decode_refs:
+                    self._on_decoded(ref)
+                else:
+                    self._on_scored(ref)
+                self._start_streams()
+        finally:
+            self.bar.close()
+            self._close_unfinished()
+
+    def _start_streams(self) -> None:
+        while self.waiting and len(self.active) < self.active_limit:
+            source = self.waiting.popleft()
+            self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
+            if ray.get(self.writer.is_complete.remote(source.stream_id)):
+                stream_report.skipped = True
+                self.bar.update(source.frame_count or 0)
+                continue
+            done = ray.get(self.writer.written.remote(source.stream_id))
+            ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
+                                                   source.frame_count, {"source": source.describe(), "fps": source.fps}))
+            self.bar.update(done)
+            stream_report.frames = done
+            actor = DecodeActor.options(num_cpus=SMALL_CPU).remote(
+                source, self.model.window_length, self.settings.batch_size, self.model.image_size,
+                self.model.channels, done)
+            self.active[source.stream_id] = _Stream(actor, first_sequence=done // self.settings.batch_size)
+
+    def _request_decodes(self) -> None:
+        for stream_id, stream in self.active.items():
+            if stream.ended is None and not stream.decode_pending and len(self.ready) < self.capacity:
+                header_ref, batch_ref = stream.actor.next_batch.remote()
+                self.decode_refs[header_ref] = (stream_id, batch_ref)
+                stream.decode_pending = True
+
+    def _dispatch(self) -> None:
+        while self.ready and sum(self.replica_load) < self.capacity:
+            stream_id, header, batch_ref = self.ready.popleft()
+            target = min(range(len(self.replicas)), key=self.replica_load.__getitem__)
+            self.replica_load[target] += 1
+            self.active[stream_id].in_flight += 1
+            self.score_refs[self.replicas[target].score.remote(batch_ref)] = (stream_id, header, target)
+
+    def _on_decoded(self, ref: Any) -> None:
+        stream_id, batch_ref = self.decode_refs.pop(ref)
+        stream = self.active[stream_id]
+        stream.decode_pending = False
+        header = ray.get(ref)
+        if header["end"]:
+            stream.ended = header
+            self._flush(stream_id)
+        else:
+            self.ready.append((stream_id, header, batch_ref))
+
+    def _on_scored(self, ref: Any) -> None:
+        stream_id, header, target = self.score_refs.pop(ref)
+        self.replica_load[target] -= 1
+        stream = self.active[stream_id]
+        stream.in_flight -= 1
+        stream.results[header["sequence"]] = (header["start"], ref)
+        self.report.streams[stream_id].frames += header["size"]
+        self.bar.update(header["size"])
+        self._flush(stream_id)
+
+    def _flush(self, stream_id: str) -> None:
+        """Send the stream's results that are next in frame order to the writer; close it when done."""
+        stream = self.active[stream_id]
+        while stream.next_sequence in stream.results:
+            start, result_ref = stream.results.pop(stream.next_sequence)
+            self.write_refs.append(self.writer.write.remote(stream_id, start, result_ref))
+            stream.next_sequence += 1
+        while len(self.write_refs) > 2 * self.capacity:
+            ray.get(self.write_refs.popleft())
+        if stream.finished:
+            self._close(stream_id, stream.ended["error"])
+
+    def _close(self, stream_id: str, error: str | None) -> None:
+        while self.write_refs:
+            ray.get(self.write_refs.popleft())
+        ray.get(self.writer.close_stream.remote(stream_id, error))
+        self.report.streams[stream_id].error = error
+        ray.kill(self.active.pop(stream_id).actor)
+
+    def _settle(self) -> None:
+        """Nothing in flight: finish what can be finished, start what waits, or fail loudly."""
+        state = (tuple(self.active), len(self.waiting))
+        for stream_id in list(self.active):
+            self._flush(stream_id)
+        self._start_streams()
+        if (tuple(self.active), len(self.waiting)) == state:
+            raise RuntimeError(f"scoring stalled: streams {sorted(self.active)} wait on nothing")
+
+    def _close_unfinished(self) -> None:
+        """After an interruption or error: keep every frame already written, mark the streams."""
+        for stream_id in list(self.active):
+            self._close(stream_id, "interrupted")
 
 
 def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: ScoreSection,
@@ -108,8 +239,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     _unique_ids(sources)
     payload = read_checkpoint(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
-    map_shape = (model.image_size, model.image_size)
-    arrays = result_arrays(map_shape, list(model.term_weights))
+    arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))
     run_attrs = {
         "model": model.name, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
         "config": {"model": payload["params"], "score": settings.model_dump()},
@@ -121,117 +251,13 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     ray.get(writer.open.remote(str(out), run_attrs, mode))
     options, threads = _replica_options(settings)
     replicas = [ReplicaActor.options(**options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
-    devices = ray.get([replica.device.remote() for replica in replicas])
-    report = RunReport(Path(out), replicas=len(replicas), device=devices[0])
-    started = time.time()  # actors are up: from here the clock measures throughput
-    capacity = settings.replicas * settings.in_flight_per_replica
-    active_limit = max_active_streams or max(2, settings.replicas + 1)
-    waiting = deque(sources)
-    active: dict[str, _Stream] = {}
-    ready: deque[tuple[str, dict, Any]] = deque()  # decoded batches waiting for a replica
-    decode_refs: dict[Any, tuple[str, Any]] = {}
-    score_refs: dict[Any, tuple[str, dict, int]] = {}
-    replica_load = [0] * len(replicas)
-    write_refs: deque = deque()
-    total = sum(s.frame_count or 0 for s in sources) if all(s.frame_count for s in sources) else None
-    bar = tqdm(total=total, desc="scoring", unit="frame", disable=not progress)
-
-    def start_streams() -> None:
-        while waiting and len(active) < active_limit:
-            source = waiting.popleft()
-            report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
-            if ray.get(writer.is_complete.remote(source.stream_id)):
-                stream_report.skipped = True
-                bar.update(source.frame_count or 0)
-                continue
-            done = ray.get(writer.written.remote(source.stream_id))
-            ray.get(writer.open_stream.remote(source.stream_id, arrays, settings.batch_size, source.frame_count,
-                                              {"source": source.describe(), "fps": source.fps}))
-            bar.update(done)
-            stream_report.frames = done
-            actor = DecodeActor.options(num_cpus=SMALL_CPU).remote(
-                source, model.window_length, settings.batch_size, model.image_size, model.channels, done)
-            active[source.stream_id] = _Stream(source, actor, first_sequence=done // settings.batch_size)
-
-    def request_decodes() -> None:
-        for stream_id, stream in active.items():
-            if stream.ended is None and not stream.decode_pending and len(ready) < capacity:
-                header_ref, batch_ref = stream.actor.next_batch.remote()
-                decode_refs[header_ref] = (stream_id, batch_ref)
-                stream.decode_pending = True
-
-    def dispatch() -> None:
-        while ready and sum(replica_load) < capacity:
-            stream_id, header, batch_ref = ready.popleft()
-            target = min(range(len(replicas)), key=replica_load.__getitem__)
-            replica_load[target] += 1
-            active[stream_id].in_flight += 1
-            score_refs[replicas[target].score.remote(batch_ref)] = (stream_id, header, target)
-
-    def flush_writes(stream_id: str) -> None:
-        stream = active[stream_id]
-        while stream.next_sequence in stream.results:
-            start, result_ref = stream.results.pop(stream.next_sequence)
-            write_refs.append(writer.write.remote(stream_id, start, result_ref))
-            stream.next_sequence += 1
-        while len(write_refs) > 2 * capacity:
-            _collect_write(write_refs.popleft())
-        if stream.ended is not None and stream.in_flight == 0 and not stream.results:
-            while write_refs:
-                _collect_write(write_refs.popleft())
-            ray.get(writer.close_stream.remote(stream_id, stream.ended["error"]))
-            report.streams[stream_id].error = stream.ended["error"]
-            ray.kill(stream.actor)
-            del active[stream_id]
-
-    def _collect_write(ref: Any) -> None:
-        ray.get(ref)
-
     try:
-        start_streams()
-        while active or waiting:
-            request_decodes()
-            dispatch()
-            pending = list(decode_refs) + list(score_refs)
-            if not pending:
-                state = (tuple(active), len(waiting))
-                for stream_id in list(active):
-                    flush_writes(stream_id)
-                start_streams()
-                if (tuple(active), len(waiting)) == state:
-                    raise RuntimeError(f"scoring stalled: streams {sorted(active)} wait on nothing")
-                continue
-            done, _ = ray.wait(pending, num_returns=1)
-            ref = done[0]
-            if ref in decode_refs:
-                stream_id, batch_ref = decode_refs.pop(ref)
-                stream = active[stream_id]
-                stream.decode_pending = False
-                header = ray.get(ref)
-                if header["end"]:
-                    stream.ended = header
-                    flush_writes(stream_id)
-                else:
-                    ready.append((stream_id, header, batch_ref))
-            else:
-                stream_id, header, target = score_refs.pop(ref)
-                replica_load[target] -= 1
-                stream = active[stream_id]
-                stream.in_flight -= 1
-                stream.results[header["sequence"]] = (header["start"], ref)
-                report.streams[stream_id].frames += header["size"]
-                bar.update(header["size"])
-                flush_writes(stream_id)
-            start_streams()
+        devices = ray.get([replica.device.remote() for replica in replicas])
+        report = RunReport(Path(out), replicas=len(replicas), device=devices[0])
+        started = time.time()  # actors are up: from here the clock measures throughput
+        _ScoringRun(sources, model, arrays, settings, writer, replicas, report, progress, max_active_streams).run()
+        report.seconds = time.time() - started
     finally:
-        bar.close()
-        for stream_id, stream in list(active.items()):  # interrupted: keep what is written
-            while write_refs:
-                _collect_write(write_refs.popleft())
-            ray.get(writer.close_stream.remote(stream_id, "interrupted"))
-            ray.kill(stream.actor)
         for actor in (*replicas, writer):
             ray.kill(actor)
-    report.seconds = time.time() - started
     return report
-
