@@ -51,3 +51,22 @@ def shipped_checkpoint() -> Path:
 def sample_clip() -> Path:
     assert SAMPLE_CLIP.is_file(), f"bundled clip missing: {SAMPLE_CLIP}"
     return SAMPLE_CLIP
+
+
+@pytest.fixture
+def http_server(shared_data):
+    """A loopback HTTP server over ../shared/data, standing in for an IP camera."""
+    import functools
+    import http.server
+    import threading
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(shared_data))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

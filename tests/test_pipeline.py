@@ -134,3 +134,16 @@ def test_checkpoint_for_another_model_is_refused(ray_session, sample_clip, tmp_p
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: {foreign}: not an anomstream checkpoint"
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_live_http_camera_through_the_pipeline(ray_session, http_server, shipped_checkpoint, tmp_path, capsys):
+    out = tmp_path / "live.zarr"
+    code = main(["live", f"{http_server}/vtest.avi", "--max-frames", "40", "--checkpoint", str(shipped_checkpoint),
+                 "--out", str(out), "--quiet"])
+    assert code == 0 and "frames: 40" in capsys.readouterr().out
+    root = open_results(out)
+    (stream_id,) = list(root.group_keys())
+    group = root[stream_id]
+    _assert_complete_stream(group, 40)
+    assert group.attrs["source"] == f"{http_server}/vtest.avi"
+    assert group["timestamp"][0] > 1.7e9  # wall-clock time of a live frame

@@ -105,22 +105,6 @@ def test_unreachable_camera_fails_fast():
         next(source.frames())
 
 
-@pytest.fixture
-def http_server(shared_data):
-    """A loopback HTTP server over ../shared/data, standing in for an IP camera."""
-    import functools
-    import http.server
-    import threading
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shared_data))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def test_http_camera_streams_frames_until_max(http_server):
     sources = open_sources(f"{http_server}/vtest.avi", max_frames=30)
     assert len(sources) == 1 and isinstance(sources[0], CameraSource) and sources[0].is_live
