@@ -235,10 +235,11 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
                   max_frames: int | None = None, max_active_streams: int | None = None,
                   expected_model: str | None = None) -> RunReport:
     """Score every stream of ``specs`` into the zarr store ``out``; returns what was written."""
-    sources = [source for spec in specs for source in open_sources(spec, max_frames)]
-    _unique_ids(sources)
     payload = read_checkpoint(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
+    still_images = model.window_length == 1
+    sources = [source for spec in specs for source in open_sources(spec, max_frames, still_images)]
+    _unique_ids(sources)
     arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))
     run_attrs = {
         "model": model.name, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),

@@ -227,12 +227,12 @@ class CameraSource(Source):
             capture.release()
 
 
-def open_sources(spec: str, max_frames: int | None = None) -> list[Source]:
+def open_sources(spec: str, max_frames: int | None = None, still_images: bool = False) -> list[Source]:
     """Resolve one source spec into sources.
 
     - a video file -> one stream named after the file
-    - a folder of images -> one frame-folder stream (use ``image_folder=True`` semantics via
-      :func:`open_image_folder` for unordered stills)
+    - a folder of images -> one stream: frames of a video in numeric order, or with
+      ``still_images`` independent stills (an undecodable image is skipped and reported)
     - a folder of video files and/or frame folders (e.g. Ped2 ``testing/frames``) -> one stream each
     - a camera: a device index (``0``) or an rtsp/http(s) URL
     """
@@ -246,13 +246,13 @@ def open_sources(spec: str, max_frames: int | None = None) -> list[Source]:
             raise SourceError(f"{spec}: unsupported file type {path.suffix or '(none)'}; "
                               f"expected a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
         return [VideoFileSource(path)]
+    folder_source = ImageFolderSource if still_images else FrameFolderSource
     if list_images(path):
-        return [FrameFolderSource(path)]
-    children = sorted(path.iterdir(), key=numeric_sort_key)
+        return [folder_source(path)]
     sources: list[Source] = []
-    for child in children:
+    for child in sorted(path.iterdir(), key=numeric_sort_key):
         if child.is_dir() and list_images(child):
-            sources.append(FrameFolderSource(child))
+            sources.append(folder_source(child))
         elif child.is_file() and child.suffix.lower() in VIDEO_SUFFIXES:
             sources.append(VideoFileSource(child))
     if not sources:
