@@ -17,6 +17,7 @@ shipped image). Sizes are constructor arguments so a CPU config can shrink them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class DMADConfig:
     fine_max_px: float = 3.0
     background_lr_factor: float = 50.0
     # scoring: "paper" = max box(A_rec) + alpha * max box(A_df); "official" = 0.2a + 0.4b + 0.6c raw
-    score: str = "paper"
+    score: Literal["paper", "official"] = "paper"
     alpha: float = 1.0
     score_box: tuple[int, int] = (16, 14)  # (height, width) at 256 px, scaled with image_size
     offset_box: tuple[int, int] = (7, 18)

@@ -29,6 +29,7 @@ def test_cpu_config_is_smaller_than_paper_config():
     ({"model": {"name": "dmad"}, "train": {"data": "x", "epohcs": 3}}, "cfg.yaml: train.epohcs: unknown key"),
     ({"model": {"name": "dmad"}, "score": {"batch_size": 0}}, "cfg.yaml: score.batch_size: Input should be greater"),
     ({"modle": {}}, "cfg.yaml: model: Field required"),
+    ({"model": {"name": "dmad", "score": "best"}}, "cfg.yaml: model.score: Input should be 'paper' or 'official'"),
 ])
 def test_bad_keys_are_one_line_errors_naming_the_key(data, message):
     with pytest.raises(ConfigError) as error:
