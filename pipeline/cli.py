@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", required=True,
                           help="ped2: dataset root (frame_labels_ped2.npy, testing/); avenue: testing_label_mask/; "
                                "shanghaitech: test_frame_mask/")
-    evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal"], choices=["offline", "causal", "raw"],
-                          help="score normalisations to report (default: offline causal)")
+    evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal", "raw"], choices=["offline", "causal", "raw"],
+                          help="score normalisations to report (default: all three; raw and causal use no future frames)")
     evaluate.add_argument("--smoothing", type=int, default=0, help="window of temporal smoothing (centred offline, trailing causal)")
     evaluate.add_argument("--robust-smoothing", action="store_true",
                           help="offline: DMAD's 11-frame robust window (mean of the 5 values nearest the window mean)")
