@@ -95,11 +95,11 @@ class _Stream:
         self.ended: dict | None = None  # the decoder's end-of-stream header
         self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (start, result ref), not yet written
         self.next_sequence = first_sequence  # batches before it are in the store already (resume)
-        self.in_flight = 0
+        self.unscored = 0  # decoded batches queued for or inside a replica
 
     @property
     def finished(self) -> bool:
-        return self.ended is not None and self.in_flight == 0 and not self.results
+        return self.ended is not None and self.unscored == 0 and not self.results
 
 
 class _ScoringRun:
@@ -172,7 +172,6 @@ class _ScoringRun:
             stream_id, header, batch_ref = self.ready.popleft()
             target = min(range(len(self.replicas)), key=self.replica_load.__getitem__)
             self.replica_load[target] += 1
-            self.active[stream_id].in_flight += 1
             self.score_refs[self.replicas[target].score.remote(batch_ref)] = (stream_id, header, target)
 
     def _on_decoded(self, ref: Any) -> None:
@@ -184,13 +183,14 @@ class _ScoringRun:
             stream.ended = header
             self._flush(stream_id)
         else:
+            stream.unscored += 1
             self.ready.append((stream_id, header, batch_ref))
 
     def _on_scored(self, ref: Any) -> None:
         stream_id, header, target = self.score_refs.pop(ref)
         self.replica_load[target] -= 1
         stream = self.active[stream_id]
-        stream.in_flight -= 1
+        stream.unscored -= 1
         stream.results[header["sequence"]] = (header["start"], ref)
         self.report.streams[stream_id].frames += header["size"]
         self.bar.update(header["size"])

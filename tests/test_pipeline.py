@@ -147,3 +147,17 @@ def test_live_http_camera_through_the_pipeline(ray_session, http_server, shipped
     _assert_complete_stream(group, 40)
     assert group.attrs["source"] == f"{http_server}/vtest.avi"
     assert group["timestamp"][0] > 1.7e9  # wall-clock time of a live frame
+
+
+def test_many_streams_through_one_busy_replica(ray_session, sample_clip, shipped_checkpoint, tmp_path):
+    """More streams than replica slots: decoded batches queue, and no stream closes before they are written."""
+    out = tmp_path / "many.zarr"
+    settings = ScoreSection(replicas=1, in_flight_per_replica=2, batch_size=16)
+    report = score_sources([str(sample_clip)] * 3, str(shipped_checkpoint), out, settings, progress=False,
+                           max_active_streams=3)
+    assert sorted(report.streams) == ["ped2_test02", "ped2_test02_1", "ped2_test02_2"] and report.frames == 540
+    root = open_results(out)
+    scores = [root[stream_id]["score"][:] for stream_id in sorted(report.streams)]
+    for stream_id in report.streams:
+        _assert_complete_stream(root[stream_id], 180)
+    np.testing.assert_array_equal(scores[0], scores[2])  # the same clip scores the same in every stream
