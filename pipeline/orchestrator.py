@@ -105,12 +105,12 @@ class _Stream:
 class _ScoringRun:
     """The driver's event loop: keeps replicas busy, decoders just ahead, writes in frame order."""
 
-    def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection,
-                 writer: Any, replicas: list, report: RunReport, progress: bool, max_active_streams: int | None) -> None:
+    def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection, writer: Any,
+                 replicas: list, decoders: list, report: RunReport, progress: bool) -> None:
         self.model, self.arrays, self.settings = model, arrays, settings
         self.writer, self.replicas, self.report = writer, replicas, report
+        self.free_decoders = list(decoders)  # at most one source per decoder at a time
         self.capacity = settings.replicas * settings.in_flight_per_replica
-        self.active_limit = max_active_streams or max(2, settings.replicas + 1)
         self.waiting = deque(sources)
         self.active: dict[str, _Stream] = {}
         self.ready: deque[tuple[str, dict, Any]] = deque()  # decoded batches waiting for a replica
@@ -143,7 +143,7 @@ class _ScoringRun:
             self._close_unfinished()
 
     def _start_streams(self) -> None:
-        while self.waiting and len(self.active) < self.active_limit:
+        while self.waiting and self.free_decoders:
             source = self.waiting.popleft()
             self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
             if ray.get(self.writer.is_complete.remote(source.stream_id)):
@@ -155,9 +155,9 @@ class _ScoringRun:
                                                    source.frame_count, {"source": source.describe(), "fps": source.fps}))
             self.bar.update(done)
             stream_report.frames = done
-            actor = DecodeActor.options(num_cpus=SMALL_CPU).remote(
-                source, self.model.window_length, self.settings.batch_size, self.model.image_size,
-                self.model.channels, done)
+            actor = self.free_decoders.pop()
+            actor.open.remote(source, self.model.window_length, self.settings.batch_size, self.model.image_size,
+                              self.model.channels, done)
             self.active[source.stream_id] = _Stream(actor, first_sequence=done // self.settings.batch_size)
 
     def _request_decodes(self) -> None:
@@ -213,7 +213,7 @@ class _ScoringRun:
             ray.get(self.write_refs.popleft())
         ray.get(self.writer.close_stream.remote(stream_id, error))
         self.report.streams[stream_id].error = error
-        ray.kill(self.active.pop(stream_id).actor)
+        self.free_decoders.append(self.active.pop(stream_id).actor)
 
     def _settle(self) -> None:
         """Nothing in flight: finish what can be finished, start what waits, or fail loudly."""
@@ -252,13 +252,16 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     ray.get(writer.open.remote(str(out), run_attrs, mode))
     options, threads = _replica_options(settings)
     replicas = [ReplicaActor.options(**options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
+    decoder_count = min(len(sources), max_active_streams or settings.replicas + 1)
+    decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
     try:
         devices = ray.get([replica.device.remote() for replica in replicas])
+        ray.get([decoder.ready.remote() for decoder in decoders])
         report = RunReport(Path(out), replicas=len(replicas), device=devices[0])
         started = time.time()  # actors are up: from here the clock measures throughput
-        _ScoringRun(sources, model, arrays, settings, writer, replicas, report, progress, max_active_streams).run()
+        _ScoringRun(sources, model, arrays, settings, writer, replicas, decoders, report, progress).run()
         report.seconds = time.time() - started
     finally:
-        for actor in (*replicas, writer):
+        for actor in (*replicas, *decoders, writer):
             ray.kill(actor)
     return report

@@ -64,6 +64,7 @@ class ResultStore:
                 raise StoreError(f"{self.path}: cannot create store ({error})") from None
             self.root.attrs.update({"format": STORE_FORMAT, "created": _now(), **run_attrs})
         self.streams: dict[str, zarr.Group] = {}
+        self.arrays: dict[str, dict[str, zarr.Array]] = {}  # open handles: no metadata read per write
         self.chunk: dict[str, int] = {}
 
     def _open_existing(self) -> zarr.Group:
@@ -103,28 +104,27 @@ class ResultStore:
                 )
             group.attrs.update({"written": 0, "complete": False, "error": None, **attrs})
         self.streams[stream_id] = group
+        self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
         self.chunk[stream_id] = chunk
 
     def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Write frames [start, start + n) of every array; batches arrive in frame order."""
-        group = self.streams[stream_id]
+        arrays = self.arrays[stream_id]
         n = len(next(iter(values.values())))
         end = start + n
-        capacity = group["score"].shape[0]
+        capacity = arrays["score"].shape[0]
         if end > capacity:
             new_capacity = _round_up(max(end, capacity * 2), self.chunk[stream_id])
-            for name in values:
-                array = group[name]
+            for array in arrays.values():
                 array.resize((new_capacity, *array.shape[1:]))
         for name, data in values.items():
-            group[name][start:end] = data
-        group.attrs["written"] = end
+            arrays[name][start:end] = data
+        self.streams[stream_id].attrs["written"] = end
 
     def close_stream(self, stream_id: str, error: str | None = None) -> None:
         group = self.streams[stream_id]
         written = int(group.attrs["written"])
-        for name in list(group.array_keys()):
-            array = group[name]
+        for array in self.arrays[stream_id].values():
             if array.shape[0] != written:
                 array.resize((written, *array.shape[1:]))
         group.attrs.update({"complete": error is None, "error": error, "finished": _now()})

@@ -18,9 +18,9 @@ from pipeline.store import ResultStore, open_results, result_arrays
 from pipeline.windows import WindowBatch, window_batches
 from workers.replica import ReplicaCore
 
-# Micro AUC (offline per-video min-max) of the shipped checkpoint on Ped2 test clips 01+02, measured
-# 0.888 with `anomstream score` + `anomstream eval` (docs/results.md); the bound leaves a margin.
-SHIPPED_AUC_CLIPS_01_02 = 0.86
+# Micro AUC of the shipped checkpoint on Ped2 test clips 01+02, measured with `anomstream score` +
+# `anomstream eval` on 2026-11-23: offline 0.950, raw 0.920, causal 0.730; the bounds leave a margin.
+SHIPPED_AUC_CLIPS_01_02 = 0.92
 
 
 def _assert_complete_stream(group, frames, window_length=5):
@@ -66,7 +66,8 @@ def test_shipped_checkpoint_auc_on_two_ped2_clips(ray_session, ped2, shipped_che
     result = json.loads(report.read_text())
     assert result["offline"]["frames"] == 2 * 176 and set(result["offline"]["per_video"]) == {"01", "02"}
     assert result["offline"]["micro_auc"] > SHIPPED_AUC_CLIPS_01_02
-    assert result["causal"]["micro_auc"] > 0.5 and 0.5 < result["pixel_auc"] <= 1.0
+    assert result["raw"]["micro_auc"] > 0.88 and result["causal"]["micro_auc"] > 0.65
+    assert 0.5 < result["pixel_auc"] <= 1.0
     assert f"offline  micro AUC {result['offline']['micro_auc']:.4f}" in printed
     # the library call gives what the CLI printed
     assert evaluate(out, ped2_frame_labels(ped2), ["offline"]).results["offline"].micro == result["offline"]["micro_auc"]

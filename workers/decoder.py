@@ -1,4 +1,8 @@
-"""Decode actor: one per source; turns its frames into window batches on request."""
+"""Decode actor: owns one source at a time and turns its frames into window batches on request.
+
+Actors are pooled by the driver: when a source ends, the same actor opens the next one, so a
+job of many short clips does not pay a process start per clip.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from pipeline.windows import EndOfStream, WindowBatch, window_batches
 
 @ray.remote
 class DecodeActor:
-    def __init__(self, source: Source, window_length: int, batch_size: int, image_size: int,
-                 channels: int, skip_before: int = 0) -> None:
-        self.stream_id = source.stream_id
+    def ready(self) -> bool:
+        return True
+
+    def open(self, source: Source, window_length: int, batch_size: int, image_size: int, channels: int,
+             skip_before: int = 0) -> None:
         self._batches = window_batches(source.frames(), source.stream_id, window_length, batch_size,
                                        image_size, channels, skip_before)
 
