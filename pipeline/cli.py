@@ -109,7 +109,10 @@ def _cmd_live(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
-    run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out)
+    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"json: {args.json}")
     return 0
 
 
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint (default: shipped Ped2 DMAD)")
         sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ...")
         sub.add_argument("--out", required=True, help="zarr store to write (STORE.zarr)")
-        sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 1)")
+        sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
         sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
         sub.add_argument("--address", help="join this Ray cluster (default: start a local one)")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -176,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=4, help="times the clip is scored per measurement (default 4)")
-    bench.add_argument("--out", default="bench_out", help="scratch folder for stores")
+    bench.add_argument("--out", default="bench_out", help="scratch folder for stores (removed afterwards)")
+    bench.add_argument("--json", help="also write the results as JSON here")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

@@ -43,7 +43,7 @@ class TrainSection(_Strict):
 
 class ScoreSection(_Strict):
     batch_size: int = Field(16, ge=1, le=256, description="frames per replica call")
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(2, ge=1, description="model replicas; 2 one-thread replicas beat 1 two-thread one on 2 cores")
     in_flight_per_replica: int = Field(2, ge=1)
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica when no GPU")
     replica_threads: int | None = Field(None, ge=1, description="torch threads per CPU replica")
