@@ -37,6 +37,8 @@ def ped2_masks(root: str | Path, stream_id: str) -> Iterator[np.ndarray]:
     import cv2
 
     folder = Path(root) / "testing" / "gt" / f"Test{int(stream_id):03d}_gt"
+    if not folder.is_dir():
+        raise AnomstreamError(f"{folder}: no pixel masks for stream {stream_id!r} (UCSD Ped2 layout)")
     paths = [p for p in sorted(folder.iterdir(), key=numeric_sort_key) if p.suffix.lower() in (".png", ".bmp")]
     if not paths:
         raise AnomstreamError(f"{folder}: no mask images")

@@ -68,12 +68,14 @@ class RunReport:
         return [s.error for s in self.streams.values() if s.error]
 
 
-def _replica_options(settings: ScoreSection) -> tuple[dict[str, Any], int | None]:
+def _replica_options(settings: ScoreSection, helper_cpus: float) -> tuple[dict[str, Any], int | None]:
+    """Ray options and torch threads of a replica: a GPU fraction when the cluster has GPUs, else an
+    equal share of the CPUs left by the decoders and the writer (so that nothing pends)."""
     resources = ray.cluster_resources()
     if resources.get("GPU", 0) >= settings.gpu_fraction:
         return {"num_gpus": settings.gpu_fraction, "num_cpus": SMALL_CPU}, settings.replica_threads
     cpus = resources.get("CPU", 1.0)
-    share = max(SMALL_CPU, (cpus - 4 * SMALL_CPU) / settings.replicas)
+    share = max(SMALL_CPU, (cpus - helper_cpus) / settings.replicas)
     threads = settings.replica_threads or max(1, int(cpus // settings.replicas))
     return {"num_cpus": min(settings.replica_cpus, share)}, threads
 
@@ -250,9 +252,9 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     ensure_ray(address)
     writer = WriterActor.options(num_cpus=SMALL_CPU).remote()
     ray.get(writer.open.remote(str(out), run_attrs, mode))
-    options, threads = _replica_options(settings)
-    replicas = [ReplicaActor.options(**options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
     decoder_count = min(len(sources), max_active_streams or settings.replicas + 1)
+    options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
+    replicas = [ReplicaActor.options(**options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
     decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
     try:
         devices = ray.get([replica.device.remote() for replica in replicas])

@@ -162,3 +162,13 @@ def test_many_streams_through_one_busy_replica(ray_session, sample_clip, shipped
     for stream_id in report.streams:
         _assert_complete_stream(root[stream_id], 180)
     np.testing.assert_array_equal(scores[0], scores[2])  # the same clip scores the same in every stream
+
+
+def test_more_replicas_than_cores_do_not_pend(ray_session, sample_clip, shipped_checkpoint, tmp_path):
+    """CPU shares are split so that every actor fits: 3 replicas and 4 decoders on a 2-core node still run."""
+    report = score_sources([str(sample_clip)] * 4, str(shipped_checkpoint), tmp_path / "r3.zarr",
+                           ScoreSection(replicas=3, batch_size=32), progress=False)
+    assert report.replicas == 3 and report.frames == 720
+    root = open_results(tmp_path / "r3.zarr")
+    for stream_id in report.streams:
+        _assert_complete_stream(root[stream_id], 180)
