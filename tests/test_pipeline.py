@@ -172,3 +172,19 @@ def test_more_replicas_than_cores_do_not_pend(ray_session, sample_clip, shipped_
     root = open_results(tmp_path / "r3.zarr")
     for stream_id in report.streams:
         _assert_complete_stream(root[stream_id], 180)
+
+
+def test_avenue_video_pixel_auroc_when_every_frame_is_anomalous(ray_session, shared_data, shipped_checkpoint,
+                                                                tmp_path, capsys):
+    avenue = shared_data / "avenue"
+    out = tmp_path / "avenue.zarr"
+    assert main(["score", str(avenue / "testing_videos" / "08.avi"), "--out", str(out), "--quiet"]) == 0
+    assert open_results(out)["08"].attrs["written"] == 36
+    labels = str(avenue / "testing_label_mask")
+    assert main(["eval", str(out), "--dataset", "avenue", "--labels", labels]) == 2
+    assert "labels of the scored frames are all one class" in capsys.readouterr().err
+    assert main(["eval", str(out), "--dataset", "avenue", "--labels", labels, "--pixel"]) == 0
+    printed = capsys.readouterr().out
+    assert "frame AUC: undefined" in printed
+    pixel = float(printed.split("pixel AUROC ")[1].split()[0])
+    assert 0.0 < pixel < 1.0
