@@ -64,8 +64,12 @@ def http_server(shared_data):
         def log_message(self, *args) -> None:
             pass
 
+    class QuietServer(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            pass  # a camera client that stops reading (max_frames) breaks the pipe: expected
+
     handler = functools.partial(QuietHandler, directory=str(shared_data))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
