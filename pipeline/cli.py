@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.assets import SHIPPED_CHECKPOINT
-from pipeline.errors import AnomstreamError
+from pipeline.errors import AnomstreamError, UndefinedMetricError
 
 
 
@@ -66,8 +66,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         evaluation = evaluate(args.store, labels, args.normalisation, args.smoothing, args.combine,
                               robust=args.robust_smoothing)
-    except AnomstreamError as error:
-        if not args.pixel or "all one class" not in str(error):
+    except UndefinedMetricError as error:
+        if not args.pixel:
             raise
         print(f"frame AUC: undefined ({error})")  # e.g. a test video anomalous throughout: pixels still count
         evaluation = Evaluation({})

@@ -17,3 +17,7 @@ class ConfigError(AnomstreamError):
 
 class StoreError(AnomstreamError):
     """An output store exists, is from another run, or cannot be written."""
+
+
+class UndefinedMetricError(AnomstreamError):
+    """A metric has no value for these labels (e.g. AUC when every frame is anomalous)."""

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.metrics import roc_auc_score
 
-from pipeline.errors import AnomstreamError
+from pipeline.errors import AnomstreamError, UndefinedMetricError
 
 NORMALISATIONS = ("offline", "causal", "raw")
 DMAD_WINDOW_WEIGHTS = np.array([1, 1, 1, 1, 1.2, 1.6, 1.2, 1, 1, 1, 1])
@@ -113,7 +113,7 @@ def frame_auc(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> F
     all_scores = np.concatenate(list(scores.values()))
     all_labels = np.concatenate([labels[k] for k in scores])
     if all_labels.min() == all_labels.max():
-        raise AnomstreamError("labels of the scored frames are all one class: AUC is undefined")
+        raise UndefinedMetricError("labels of the scored frames are all one class: AUC is undefined")
     micro = float(roc_auc_score(all_labels, all_scores))
     macro = float(np.mean(list(per_video.values()))) if per_video else float("nan")
     return FrameAUC(micro, macro, per_video, len(all_scores))
@@ -123,5 +123,5 @@ def pixel_auc(maps: np.ndarray, masks: np.ndarray) -> float:
     """Pixel AUROC over all pooled pixels; maps and masks of the same shape (N, H, W)."""
     y = masks.reshape(-1).astype(bool)
     if y.all() or not y.any():
-        raise AnomstreamError("pixel masks are all one class: pixel AUROC is undefined")
+        raise UndefinedMetricError("pixel masks are all one class: pixel AUROC is undefined")
     return float(roc_auc_score(y, maps.reshape(-1).astype(np.float32)))
