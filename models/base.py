@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,8 @@ class AnomalyModel(nn.Module):
     image_size: int = 256
     # Weights of the raw score terms when they are combined after per-video min-max normalisation.
     term_weights: dict[str, float] = {}
+    # False for models fitted only by statistics (e.g. a Gaussian on frozen features): no epochs run.
+    trains_by_gradient: bool = True
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float input in [-1, 1]."""
@@ -47,3 +50,7 @@ class AnomalyModel(nn.Module):
 
     def initialise_from_frames(self, frames: torch.Tensor) -> None:
         """Data-dependent initialisation from uint8 training frames (N, C, H, W); default: nothing."""
+
+    def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """After gradient training, one pass over the training windows (uint8, in order, eval mode)
+        for models that fit statistics of normal data (densities, score ranges); default: nothing."""

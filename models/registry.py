@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from models.adtr import ADTR, ADTRConfig
 from models.base import AnomalyModel
 from models.dmad import DMAD, DMADConfig
+from models.favae import FAVAE, FAVAEConfig
+from models.padim import PaDiM, PaDiMConfig
 
 MODELS: dict[str, tuple[type[AnomalyModel], type]] = {
     "dmad": (DMAD, DMADConfig),
+    "adtr": (ADTR, ADTRConfig),
+    "favae": (FAVAE, FAVAEConfig),
+    "padim": (PaDiM, PaDiMConfig),
 }
 
 

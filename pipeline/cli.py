@@ -7,8 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from models.errors import BackboneError
 from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.errors import AnomstreamError, UndefinedMetricError
+
+STILL_DATASETS = ("mtd", "mvtec")
 
 
 
@@ -55,11 +58,33 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for stream_id, stream in report.streams.items():
         if stream.error:
             print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.frames})", file=sys.stderr)
+        for message in stream.unreadable:
+            print(f"warning: {stream_id}: skipped {message}", file=sys.stderr)
     return 2 if report.errors else 0
+
+
+def _cmd_eval_stills(args: argparse.Namespace) -> int:
+    from pipeline.image_results import evaluate_stills
+
+    evaluation = evaluate_stills(args.store, args.labels)
+    print(f"{evaluation.images} images ({evaluation.normal_images} normal)")
+    rows = {"pooled": evaluation.pooled, **evaluation.per_class}
+    for name, metrics in rows.items():
+        shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if key != "images")
+        print(f"{name:14s} {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(evaluation.to_dict(), indent=2))
+        print(f"json: {args.json}")
+    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.labels import load_frame_labels
+
+    if args.dataset in STILL_DATASETS:
+        return _cmd_eval_stills(args)
+    if not args.labels:
+        raise AnomstreamError(f"--labels is required for dataset {args.dataset}")
     from pipeline.results import Evaluation, evaluate, store_pixel_auc
 
     labels = load_frame_labels(args.dataset, args.labels)
@@ -154,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
-    score.add_argument("sources", nargs="+", help="video file, frame folder, folder of clips, device index or rtsp/http URL")
+    score.add_argument("sources", nargs="+", help="video file, frame folder, folder of clips or images, device index, "
+                                                 "rtsp/http URL, or a labelled still dataset mtd:ROOT / mvtec:CATEGORY")
     scoring_options(score)
     score.set_defaults(run=_cmd_score)
 
@@ -163,12 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     scoring_options(live)
     live.set_defaults(run=_cmd_live)
 
-    evaluate = commands.add_parser("eval", help="frame-level (and pixel-level) AUC of a store against labels")
+    evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")
-    evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech"], help="label layout")
-    evaluate.add_argument("--labels", required=True,
+    evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech", *STILL_DATASETS],
+                          help="label layout; mtd / mvtec: stores scored from mtd:ROOT or mvtec:CATEGORY, "
+                               "labels and masks found from the dataset")
+    evaluate.add_argument("--labels",
                           help="ped2: dataset root (frame_labels_ped2.npy, testing/); avenue: testing_label_mask/; "
-                               "shanghaitech: test_frame_mask/")
+                               "shanghaitech: test_frame_mask/; mtd / mvtec: the dataset folder if it moved since scoring")
     evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal", "raw"], choices=["offline", "causal", "raw"],
                           help="score normalisations to report (default: all three; raw and causal use no future frames)")
     evaluate.add_argument("--smoothing", type=int, default=0, help="window of temporal smoothing (centred offline, trailing causal)")
@@ -195,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except AnomstreamError as error:
+    except (AnomstreamError, BackboneError) as error:
         cause = getattr(error, "cause", None) or error  # raised inside a Ray actor
         print(f"error: {cause}", file=sys.stderr)
         return error.exit_code

@@ -37,6 +37,8 @@ def ensure_ray(address: str | None = None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray runs workers at nice 15: any busy process on the machine would starve the replicas ~30x
+    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except ConnectionError as error:
@@ -48,7 +50,8 @@ class StreamReport:
     source: str
     frames: int = 0
     error: str | None = None
-    skipped: bool = False
+    skipped: bool = False  # already complete in the store (resume)
+    unreadable: list[str] = field(default_factory=list)  # still images that could not be decoded
 
 
 @dataclass
@@ -90,13 +93,23 @@ def _unique_ids(sources: list[Source]) -> None:
             seen[source.stream_id] = 0
 
 
+def _stream_attrs(source: Source) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps}
+    if hasattr(source, "items"):
+        attrs["items"] = source.items()  # still images: frame_index -> file
+    return attrs
+
+
 class _Stream:
-    def __init__(self, actor: Any, first_sequence: int) -> None:
+    def __init__(self, actor: Any, first_sequence: int, written: int) -> None:
         self.actor = actor
         self.decode_pending = False
         self.ended: dict | None = None  # the decoder's end-of-stream header
         self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (start, result ref), not yet written
         self.next_sequence = first_sequence  # batches before it are in the store already (resume)
+        # rows are written one after another: a still image that cannot be decoded leaves no empty
+        # row (its frame index is simply absent), so the row is not always the frame index
+        self.next_row = written
         self.unscored = 0  # decoded batches queued for or inside a replica
 
     @property
@@ -154,13 +167,13 @@ class _ScoringRun:
                 continue
             done = ray.get(self.writer.written.remote(source.stream_id))
             ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
-                                                   source.frame_count, {"source": source.describe(), "fps": source.fps}))
+                                                   source.frame_count, _stream_attrs(source)))
             self.bar.update(done)
             stream_report.frames = done
             actor = self.free_decoders.pop()
             actor.open.remote(source, self.model.window_length, self.settings.batch_size, self.model.image_size,
                               self.model.channels, done)
-            self.active[source.stream_id] = _Stream(actor, first_sequence=done // self.settings.batch_size)
+            self.active[source.stream_id] = _Stream(actor, done // self.settings.batch_size, done)
 
     def _request_decodes(self) -> None:
         for stream_id, stream in self.active.items():
@@ -193,7 +206,7 @@ class _ScoringRun:
         self.replica_load[target] -= 1
         stream = self.active[stream_id]
         stream.unscored -= 1
-        stream.results[header["sequence"]] = (header["start"], ref)
+        stream.results[header["sequence"]] = (header["size"], ref)
         self.report.streams[stream_id].frames += header["size"]
         self.bar.update(header["size"])
         self._flush(stream_id)
@@ -202,19 +215,21 @@ class _ScoringRun:
         """Send the stream's results that are next in frame order to the writer; close it when done."""
         stream = self.active[stream_id]
         while stream.next_sequence in stream.results:
-            start, result_ref = stream.results.pop(stream.next_sequence)
-            self.write_refs.append(self.writer.write.remote(stream_id, start, result_ref))
+            size, result_ref = stream.results.pop(stream.next_sequence)
+            self.write_refs.append(self.writer.write.remote(stream_id, stream.next_row, result_ref))
+            stream.next_row += size
             stream.next_sequence += 1
         while len(self.write_refs) > 2 * self.capacity:
             ray.get(self.write_refs.popleft())
         if stream.finished:
-            self._close(stream_id, stream.ended["error"])
+            self._close(stream_id, stream.ended["error"], stream.ended.get("skipped", []))
 
-    def _close(self, stream_id: str, error: str | None) -> None:
+    def _close(self, stream_id: str, error: str | None, skipped: list[str] | None = None) -> None:
         while self.write_refs:
             ray.get(self.write_refs.popleft())
-        ray.get(self.writer.close_stream.remote(stream_id, error))
+        ray.get(self.writer.close_stream.remote(stream_id, error, skipped or []))
         self.report.streams[stream_id].error = error
+        self.report.streams[stream_id].unreadable = skipped or []
         self.free_decoders.append(self.active.pop(stream_id).actor)
 
     def _settle(self) -> None:

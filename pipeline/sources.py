@@ -83,23 +83,43 @@ class FrameFolderSource(Source):
             yield Frame(self.stream_id, index, index / self.fps, read_image(path))
 
 
-class ImageFolderSource(FrameFolderSource):
-    """Still images scored one by one; an image that cannot be decoded is skipped and reported."""
+class ImageListSource(Source):
+    """Still images from a list, as one stream. The frame index is the position in the list, so an
+    image that cannot be decoded leaves a gap (it is skipped and listed in ``skipped``) and every
+    stored frame still names its file through ``items()``."""
 
-    def __init__(self, folder: Path, stream_id: str | None = None) -> None:
-        super().__init__(folder, stream_id, fps=1.0)
+    def __init__(self, paths: list[Path], stream_id: str, description: str) -> None:
+        if not paths:
+            raise SourceError(f"{description}: no images")
+        self.paths = paths
+        self.stream_id = stream_id
+        self.frame_count = len(paths)
+        self.fps = 1.0
+        self.description = description
         self.skipped: list[str] = []
 
+    def describe(self) -> str:
+        return self.description
+
+    def items(self) -> list[str]:
+        return [str(p) for p in self.paths]
+
     def frames(self) -> Iterator[Frame]:
-        index = 0
-        for path in self.paths:
+        for index, path in enumerate(self.paths):
             try:
                 image = read_image(path)
             except SourceError as error:
                 self.skipped.append(str(error))
                 continue
             yield Frame(self.stream_id, index, float(index), image)
-            index += 1
+
+
+def image_folder_source(folder: Path, stream_id: str | None = None) -> ImageListSource:
+    """A folder of independent still images."""
+    paths = list_images(folder)
+    if not paths:
+        raise SourceError(f"{folder}: no image files in folder")
+    return ImageListSource(paths, stream_id or folder.name, str(folder))
 
 
 class VideoFileSource(Source):
@@ -227,7 +247,8 @@ class CameraSource(Source):
             capture.release()
 
 
-def open_sources(spec: str, max_frames: int | None = None, still_images: bool = False) -> list[Source]:
+def open_sources(spec: str, max_frames: int | None = None, still_images: bool = False,
+                 dataset_split: str = "test") -> list[Source]:
     """Resolve one source spec into sources.
 
     - a video file -> one stream named after the file
@@ -235,7 +256,13 @@ def open_sources(spec: str, max_frames: int | None = None, still_images: bool = 
       ``still_images`` independent stills (an undecodable image is skipped and reported)
     - a folder of video files and/or frame folders (e.g. Ped2 ``testing/frames``) -> one stream each
     - a camera: a device index (``0``) or an rtsp/http(s) URL
+    - a labelled still-image dataset: ``mtd:ROOT`` or ``mvtec:CATEGORY`` (``?split=train|test``),
+      one stream per class (see :mod:`pipeline.datasets`)
     """
+    from pipeline.datasets import dataset_sources, is_dataset_spec
+
+    if is_dataset_spec(spec):
+        return dataset_sources(spec, dataset_split)
     if spec.isdigit() or spec.startswith(CAMERA_SCHEMES):
         return [CameraSource(spec, max_frames=max_frames)]
     path = Path(spec)
@@ -246,7 +273,7 @@ def open_sources(spec: str, max_frames: int | None = None, still_images: bool = 
             raise SourceError(f"{spec}: unsupported file type {path.suffix or '(none)'}; "
                               f"expected a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
         return [VideoFileSource(path)]
-    folder_source = ImageFolderSource if still_images else FrameFolderSource
+    folder_source = image_folder_source if still_images else FrameFolderSource
     if list_images(path):
         return [folder_source(path)]
     sources: list[Source] = []

@@ -121,13 +121,14 @@ class ResultStore:
             arrays[name][start:end] = data
         self.streams[stream_id].attrs["written"] = end
 
-    def close_stream(self, stream_id: str, error: str | None = None) -> None:
+    def close_stream(self, stream_id: str, error: str | None = None, unreadable: list[str] | None = None) -> None:
         group = self.streams[stream_id]
         written = int(group.attrs["written"])
         for array in self.arrays[stream_id].values():
             if array.shape[0] != written:
                 array.resize((written, *array.shape[1:]))
-        group.attrs.update({"complete": error is None, "error": error, "finished": _now()})
+        group.attrs.update({"complete": error is None, "error": error, "finished": _now(),
+                            "unreadable": list(unreadable or [])})
 
 
 def open_results(path: str | Path) -> zarr.Group:

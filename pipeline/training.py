@@ -24,10 +24,11 @@ from pipeline.preprocess import prepare_frame
 from pipeline.sources import open_sources
 
 
-def load_clips(spec: str, size: int, channels: int, progress: bool = True) -> list[np.ndarray]:
-    """Every stream of ``spec`` decoded and prepared: one uint8 (N, C, size, size) array each."""
+def load_clips(spec: str, size: int, channels: int, progress: bool = True, still_images: bool = False) -> list[np.ndarray]:
+    """Every stream of ``spec`` decoded and prepared: one uint8 (N, C, size, size) array each
+    (a labelled dataset spec gives its train split)."""
     clips = []
-    sources = open_sources(spec)
+    sources = open_sources(spec, still_images=still_images, dataset_split="train")
     for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress):
         frames = [prepare_frame(frame.image, size, channels) for frame in source.frames()]
         clips.append(np.stack(frames))
@@ -74,12 +75,33 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
         torch.set_num_threads(settings.threads)
     generator = seed_everything(settings.seed)
     model: AnomalyModel = build_model(config.model.name, config.model.params)
-    clips = load_clips(settings.data, model.image_size, model.channels, progress)
+    clips = load_clips(settings.data, model.image_size, model.channels, progress, still_images=model.window_length == 1)
     dataset = WindowDataset(clips, model.window_length)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator)
+    output = Path(settings.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if model.trains_by_gradient:
+        _gradient_epochs(model, loader, settings, config, generator, output, resume, clips, progress)
+    if type(model).fit_statistics is not AnomalyModel.fit_statistics:
+        _fit_statistics(model, dataset, settings.batch_size, progress)
+    final_path = output / "model.pt"
+    save_checkpoint(final_path, model, {"epoch": settings.epochs if model.trains_by_gradient else 0,
+                                        "config": config.to_dict()})
+    return final_path
+
+
+def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, progress: bool) -> None:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.inference_mode():
+        model.fit_statistics(tqdm(loader, desc="fit statistics", unit="batch", disable=not progress))
+
+
+def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
+                     generator: torch.Generator, output: Path, resume: bool, clips: list[np.ndarray],
+                     progress: bool) -> None:
     optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * len(loader))
-    output = Path(settings.output_dir)
     last_path = output / "last.pt"
     start_epoch = 0
     if resume and last_path.exists():
@@ -93,7 +115,6 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     else:
         model.initialise_from_frames(_median_sample(clips))
     log_path = output / "train_log.jsonl"
-    output.mkdir(parents=True, exist_ok=True)
     for epoch in range(start_epoch, settings.epochs):
         model.train()
         totals: dict[str, float] = {}
@@ -119,6 +140,4 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "config": config.to_dict(), "train_loss": record["loss"],
         })
-    final_path = output / "model.pt"
-    save_checkpoint(final_path, model, {"epoch": settings.epochs, "config": config.to_dict()})
-    return final_path
+

@@ -9,7 +9,7 @@ from pipeline.errors import SourceError
 from pipeline.sources import (
     CameraSource,
     FrameFolderSource,
-    ImageFolderSource,
+    ImageListSource,
     VideoFileSource,
     open_sources,
 )
@@ -76,7 +76,7 @@ def test_image_folder_skips_undecodable(tmp_path):
     _write_numbered(tmp_path, [1, 2])
     (tmp_path / "3.png").write_bytes(b"not an image")
     (source,) = open_sources(str(tmp_path), still_images=True)
-    assert isinstance(source, ImageFolderSource)
+    assert isinstance(source, ImageListSource)
     assert [int(f.image[0, 0, 0]) for f in source.frames()] == [1, 2]
     assert len(source.skipped) == 1 and "3.png: cannot decode image" in source.skipped[0]
 

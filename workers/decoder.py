@@ -19,6 +19,7 @@ class DecodeActor:
 
     def open(self, source: Source, window_length: int, batch_size: int, image_size: int, channels: int,
              skip_before: int = 0) -> None:
+        self._source = source
         self._batches = window_batches(source.frames(), source.stream_id, window_length, batch_size,
                                        image_size, channels, skip_before)
 
@@ -27,6 +28,7 @@ class DecodeActor:
         """(small header for the driver, the batch itself or None at the end of the stream)."""
         item = next(self._batches)
         if isinstance(item, EndOfStream):
-            return {"stream_id": item.stream_id, "end": True, "frames": item.frames, "error": item.error}, None
+            return {"stream_id": item.stream_id, "end": True, "frames": item.frames, "error": item.error,
+                    "skipped": list(getattr(self._source, "skipped", []))}, None
         return {"stream_id": item.stream_id, "end": False, "sequence": item.sequence,
                 "start": item.start, "size": item.size}, item

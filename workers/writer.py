@@ -31,5 +31,5 @@ class WriterActor:
         self.store.write(stream_id, start, values)
         return start + len(values["score"])
 
-    def close_stream(self, stream_id: str, error: str | None = None) -> None:
-        self.store.close_stream(stream_id, error)
+    def close_stream(self, stream_id: str, error: str | None = None, unreadable: list[str] | None = None) -> None:
+        self.store.close_stream(stream_id, error, unreadable)

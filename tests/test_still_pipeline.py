@@ -1,0 +1,81 @@
+"""Still images end to end: train (fit) a model on an MTD-layout folder, score it through Ray,
+evaluate image / pixel AUROC and PRO from the store; undecodable images are kept out and reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.store import open_results
+
+
+@pytest.fixture(scope="module")
+def small_mtd(shared_data, tmp_path_factory) -> Path:
+    """10 defect-free and 3 crack images of MTD (with masks) in the MTD layout, plus one broken
+    JPEG that sorts first among the cracks."""
+    root = tmp_path_factory.mktemp("mtd")
+    for name, count in (("MT_Free", 10), ("MT_Crack", 3)):
+        (root / name / "Imgs").mkdir(parents=True)
+        for path in sorted((shared_data / "mtd" / name / "Imgs").glob("*.jpg"))[:count]:
+            shutil.copy(path, root / name / "Imgs" / path.name)
+            shutil.copy(path.with_suffix(".png"), root / name / "Imgs" / path.with_suffix(".png").name)
+    (root / "MT_Crack" / "Imgs" / "exp0_num_0.jpg").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+@pytest.fixture(scope="module")
+def padim_checkpoint(small_mtd, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("padim")
+    config = folder / "padim.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "padim", "image_size": 64},
+        "train": {"data": f"mtd:{small_mtd}?split=train", "batch_size": 4, "threads": 1, "output_dir": str(folder)},
+    }))
+    assert main(["train", str(config), "--quiet"]) == 0
+    return folder / "model.pt"
+
+
+def test_mtd_scored_through_ray_and_evaluated(ray_session, small_mtd, padim_checkpoint, tmp_path, capsys):
+    store = tmp_path / "mtd.zarr"
+    assert main(["score", f"mtd:{small_mtd}", "--checkpoint", str(padim_checkpoint), "--out", str(store),
+                 "--replicas", "2", "--batch-size", "2", "--quiet"]) == 0
+    assert "warning: MT_Crack: skipped " in capsys.readouterr().err
+    root = open_results(store)
+    assert sorted(root.group_keys()) == ["MT_Crack", "MT_Free"]
+    free, crack = root["MT_Free"], root["MT_Crack"]
+    np.testing.assert_array_equal(free["frame_index"][:], [0, 1])  # 10 - int(0.8 * 10) held-out normals
+    np.testing.assert_array_equal(crack["frame_index"][:], [1, 2, 3])  # the broken first image left a gap
+    assert crack.attrs["items"][0].endswith("exp0_num_0.jpg") and crack.attrs["complete"] is True
+    assert len(crack.attrs["unreadable"]) == 1 and "exp0_num_0.jpg: cannot decode image" in crack.attrs["unreadable"][0]
+    assert crack["map"].shape == (3, 64, 64) and np.isfinite(crack["score"][:]).all()
+
+    result_path = tmp_path / "eval.json"
+    assert main(["eval", str(store), "--dataset", "mtd", "--json", str(result_path)]) == 0
+    result = json.loads(result_path.read_text())
+    assert result["images"] == 5 and result["normal_images"] == 2
+    assert set(result["per_class"]) == {"MT_Crack"} and result["per_class"]["MT_Crack"]["images"] == 3
+    for metric in ("image_auroc", "pixel_auroc", "pro"):
+        assert 0.0 <= result["pooled"][metric] <= 1.0
+
+    moved = tmp_path / "moved"
+    shutil.copytree(small_mtd, moved)
+    assert main(["eval", str(store), "--dataset", "mtd", "--labels", str(moved), "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["pooled"] == result["pooled"]
+
+
+def test_plain_image_folder_scores_but_has_no_labels(ray_session, small_mtd, padim_checkpoint, tmp_path, capsys):
+    store = tmp_path / "plain.zarr"
+    assert main(["score", str(small_mtd / "MT_Crack" / "Imgs"), "--checkpoint", str(padim_checkpoint),
+                 "--out", str(store), "--replicas", "1", "--quiet"]) == 0
+    (group,) = [open_results(store)[k] for k in open_results(store).group_keys()]
+    # every file of the folder, masks included, is a still: 3 cracks + their 3 masks (+ the broken one)
+    assert group.attrs["written"] == 6 and len(group.attrs["unreadable"]) == 1
+    capsys.readouterr()
+    assert main(["eval", str(store), "--dataset", "mtd"]) == 2
+    assert "was not scored from a labelled dataset" in capsys.readouterr().err
