@@ -51,6 +51,10 @@ class AnomalyModel(nn.Module):
     def initialise_from_frames(self, frames: torch.Tensor) -> None:
         """Data-dependent initialisation from uint8 training frames (N, C, H, W); default: nothing."""
 
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called after every optimizer step with the share of training done (0..1), e.g. for a
+        momentum (EMA) target network; default: nothing."""
+
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         """After gradient training, one pass over the training windows (uint8, in order, eval mode)
         for models that fit statistics of normal data (densities, score ranges); default: nothing."""

@@ -70,3 +70,32 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs()
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs()
     return F.pad(dx, (0, 1, 0, 0)), F.pad(dy, (0, 0, 0, 1))
+
+
+def instance_norm_double_conv(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 convolutions, each with instance norm and ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.InstanceNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.InstanceNorm2d(cout), nn.ReLU())
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skips, instance norm, ``levels`` resolutions from ``base`` channels:
+    (N, cin, H, W) -> (N, cout, H, W) logits; H and W divisible by 2^(levels-1)."""
+
+    def __init__(self, cin: int, cout: int, base: int = 64, levels: int = 4) -> None:
+        super().__init__()
+        block = instance_norm_double_conv
+        widths = [base * 2 ** k for k in range(levels)]
+        self.down = nn.ModuleList(block(a, b) for a, b in zip([cin, *widths[:-1]], widths))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.merge = nn.ModuleList(block(2 * a, a) for a in widths[:-1])
+        self.head = nn.Conv2d(base, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for level in reversed(range(len(self.up))):
+            x = self.merge[level](torch.cat([self.up[level](x), skips[level]], dim=1))
+        return self.head(x)

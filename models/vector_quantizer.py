@@ -32,3 +32,31 @@ class VectorQuantizer(nn.Module):
         loss = F.mse_loss(quantised, z.detach()) + self.beta * F.mse_loss(z, quantised.detach())
         straight_through = z + (quantised - z).detach()
         return straight_through, loss, indices.view(n, h, w)
+
+
+class EMAVectorQuantizer(VectorQuantizer):
+    """Codebook learned by exponential moving averages of the assigned encoder outputs (VQ-VAE-2);
+    the loss holds only the commitment term. ``codebook`` is a buffer-like parameter without grad."""
+
+    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99, eps: float = 1e-5) -> None:
+        super().__init__(num_codes, dim, beta)
+        self.codebook.requires_grad_(False)
+        self.codebook.data.normal_()
+        self.decay, self.eps = decay, eps
+        self.register_buffer("cluster_size", torch.zeros(num_codes))
+        self.register_buffer("code_sum", self.codebook.data.clone())
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, _, indices = super().forward(z)
+        if self.training:
+            with torch.no_grad():
+                flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                one_hot = F.one_hot(indices.flatten(), len(self.codebook)).type(flat.dtype)
+                self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)
+                self.code_sum.mul_(self.decay).add_(one_hot.t() @ flat, alpha=1 - self.decay)
+                total = self.cluster_size.sum()
+                smoothed = (self.cluster_size + self.eps) / (total + len(self.codebook) * self.eps) * total
+                self.codebook.data.copy_(self.code_sum / smoothed[:, None])
+        quantised = self.codebook[indices].permute(0, 3, 1, 2)
+        loss = self.beta * F.mse_loss(z, quantised.detach())
+        return z + (quantised - z).detach(), loss, indices

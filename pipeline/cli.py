@@ -26,6 +26,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config.train.epochs = args.epochs
     if args.output_dir:
         config.train.output_dir = args.output_dir
+    if args.stage1:
+        if not hasattr(config.model.params, "stage1_checkpoint"):
+            raise AnomstreamError(f"--stage1: model {config.model.name} has no stage-1 checkpoint")
+        config.model.params.stage1_checkpoint = args.stage1
     path = train(config, resume=args.resume, progress=not args.quiet)
     print(f"checkpoint: {path}")
     return 0
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="override train.data (frame folders or videos of normal data)")
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--output-dir", help="override train.output_dir")
+    train.add_argument("--stage1", help="DSR: the stage-1 (discrete VQ-VAE) checkpoint to build on")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_cmd_train)
 

@@ -24,11 +24,13 @@ from pipeline.preprocess import prepare_frame
 from pipeline.sources import open_sources
 
 
-def load_clips(spec: str, size: int, channels: int, progress: bool = True, still_images: bool = False) -> list[np.ndarray]:
+def load_clips(spec: str | list[str], size: int, channels: int, progress: bool = True,
+               still_images: bool = False) -> list[np.ndarray]:
     """Every stream of ``spec`` decoded and prepared: one uint8 (N, C, size, size) array each
     (a labelled dataset spec gives its train split)."""
     clips = []
-    sources = open_sources(spec, still_images=still_images, dataset_split="train")
+    specs = [spec] if isinstance(spec, str) else spec
+    sources = [s for one in specs for s in open_sources(one, still_images=still_images, dataset_split="train")]
     for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress):
         frames = [prepare_frame(frame.image, size, channels) for frame in source.frames()]
         clips.append(np.stack(frames))
@@ -83,7 +85,10 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     if model.trains_by_gradient:
         _gradient_epochs(model, loader, settings, config, generator, output, resume, clips, progress)
     if type(model).fit_statistics is not AnomalyModel.fit_statistics:
+        started = time.time()
         _fit_statistics(model, dataset, settings.batch_size, progress)
+        with (output / "train_log.jsonl").open("a") as log:
+            log.write(json.dumps({"fit_statistics_seconds": round(time.time() - started, 1)}) + "\n")
     final_path = output / "model.pt"
     save_checkpoint(final_path, model, {"epoch": settings.epochs if model.trains_by_gradient else 0,
                                         "config": config.to_dict()})
@@ -101,7 +106,8 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
                      generator: torch.Generator, output: Path, resume: bool, clips: list[np.ndarray],
                      progress: bool) -> None:
     optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * len(loader))
+    total_steps = settings.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     last_path = output / "last.pt"
     start_epoch = 0
     if resume and last_path.exists():
@@ -126,6 +132,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
             terms["loss"].backward()
             optimizer.step()
             scheduler.step()
+            model.after_optimizer_step(scheduler.last_epoch / total_steps)
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach())
             if step % settings.log_every == 0:

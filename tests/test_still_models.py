@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from models.adtr import ADTR, ADTRConfig
+from models.ds2 import DS2, DS2Config
+from models.dsr import DSR, DSRConfig
 from models.backbones import FrozenBackbone
 from models.errors import BackboneError
 from models.favae import FAVAE, FAVAEConfig
@@ -20,8 +22,13 @@ SMALL = {
     "adtr": (ADTR, ADTRConfig(image_size=64, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, feedforward=64,
                               dropout=0.0, score_box=4)),
     "favae": (FAVAE, FAVAEConfig(image_size=64, latent=16, widths=(8, 16, 32), bottleneck=8)),
+    "ds2": (DS2, DS2Config(image_size=64, view_size=64, projector_hidden=32, projector_out=16, patch=32,
+                           patch_stride=16, pca_dims=8, map_sigma=8.0)),
     "padim": (PaDiM, PaDiMConfig(image_size=64)),
+    "dsr": (DSR, DSRConfig(image_size=64, hidden=16, embedding_dim=8, codebook_size=32, restriction_widths=(8, 8, 8),
+                           detection_base=4, upsampling_base=4)),
 }
+DSR_STAGE1 = DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage": "discrete"})
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def test_score_shapes_and_checkpoint_round_trip(name, mtd_images, tmp_path):
     model_class, config = SMALL[name]
     model = model_class(config).eval()
     normal, cracks = mtd_images
-    if name == "padim":
+    if name in ("padim", "ds2"):
         with pytest.raises(RuntimeError, match="only after fit_statistics"):
             model.score(cracks)
         model.fit_statistics([normal[:6], normal[6:]])
@@ -56,10 +63,10 @@ def test_score_shapes_and_checkpoint_round_trip(name, mtd_images, tmp_path):
         torch.testing.assert_close(loaded.score(cracks).score, scored.score)
 
 
-@pytest.mark.parametrize("name", ["adtr", "favae"])
+@pytest.mark.parametrize("name", ["adtr", "favae", "ds2", "dsr-stage1"])
 def test_loss_decreases_on_real_images(name, mtd_images):
     torch.manual_seed(0)
-    model_class, config = SMALL[name]
+    model_class, config = (DSR, DSR_STAGE1) if name == "dsr-stage1" else SMALL[name]
     model = model_class(config).train()
     normal, _ = mtd_images
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -70,8 +77,41 @@ def test_loss_decreases_on_real_images(name, mtd_images):
         loss.backward()
         optimizer.step()
         losses.append(float(loss))
+    if name == "ds2":  # negative cosine: from about 0 towards -4 (two scales)
+        assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+        return
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
-    assert not any(p.requires_grad for p in model.backbone.parameters())
+    if hasattr(model, "backbone"):
+        assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_ds2_positive_pairs_follow_the_crop_boxes():
+    # view 1 = the whole 64 px image (2x2 bins centred at 16 / 48, diagonal 45.3), view 2 = its
+    # top-left quarter (bins centred at 8 / 24). delta 0.3 -> pairs closer than 13.6 px: view 1's
+    # top-left bin (16, 16) is 11.3 px from all four of view 2's bins, every other bin >= 25 px away.
+    model = DS2(DS2Config(image_size=64, view_size=64, projector_hidden=8, projector_out=8, delta=0.3))
+    boxes = (torch.tensor([[0.0, 0.0, 64.0, 64.0]]), torch.tensor([[0.0, 0.0, 32.0, 32.0]]))
+    flips = (torch.tensor([False]), torch.tensor([False]))
+    features = (torch.ones(1, 4, 2, 2), torch.ones(1, 4, 2, 2))
+    positive = model._positives(boxes, flips, 2, features)
+    assert positive.shape == (1, 4, 4)
+    assert positive[0, 0].all() and not positive[0, 1:].any()
+    centres, diagonal = DS2._bin_centres(boxes[0], torch.tensor([True]), 2)
+    assert centres[0].tolist() == [[16.0, 48.0], [16.0, 16.0], [48.0, 48.0], [48.0, 16.0]]  # flipped columns
+    assert diagonal[0] == pytest.approx(32 * 2 ** 0.5)
+
+
+def test_ds2_target_network_follows_by_momentum():
+    model = DS2(DS2Config(image_size=64, view_size=64, projector_hidden=8, projector_out=8, momentum=0.9))
+    online = next(model.backbone.parameters())
+    target = next(model.target_backbone.parameters())
+    with torch.no_grad():
+        online.add_(1.0)
+    before = target.clone()
+    model.after_optimizer_step(0.0)
+    torch.testing.assert_close(target, 0.9 * before + 0.1 * online)
+    model.after_optimizer_step(1.0)  # momentum 1 at the end: the target no longer moves
+    torch.testing.assert_close(target, 0.9 * before + 0.1 * online)
 
 
 def test_padim_ranks_cracks_above_held_out_normal_images(shared_data):
@@ -125,3 +165,41 @@ def test_cli_names_a_missing_backbone_file(tmp_path, capsys):
     }))
     assert main(["train", str(config), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'r18.pth'}: backbone weights file for resnet18 not found"
+
+
+def test_dsr_detection_stage_builds_on_stage1_and_switches_to_upsampling(mtd_images, tmp_path):
+    torch.manual_seed(0)
+    stage1 = DSR(DSR_STAGE1)
+    save_checkpoint(tmp_path / "stage1.pt", stage1)
+    config = DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage1_checkpoint": str(tmp_path / "stage1.pt")})
+    model = DSR(config)
+    model.initialise_from_frames(mtd_images[0])
+    torch.testing.assert_close(model.discrete.quantise_lo.codebook, stage1.discrete.quantise_lo.codebook)
+    model.train()
+    assert not model.discrete.training  # the stage-1 subspace stays frozen (no EMA codebook updates)
+    normal, _ = mtd_images
+    terms = model.training_loss(normal)
+    assert {"focal", "subspace", "reconstruction"} <= set(terms)
+    terms["loss"].backward()
+    assert model.detection.head.weight.grad is not None and model.upsampling.head.weight.grad is None
+    model.zero_grad()
+    model.after_optimizer_step(0.9)  # past stage2_fraction: stage 3 trains the upsampling module only
+    terms = model.training_loss(normal)
+    assert set(terms) == {"loss", "upsampling_focal"}
+    terms["loss"].backward()
+    assert model.upsampling.head.weight.grad is not None and model.detection.head.weight.grad is None
+    torch.testing.assert_close(model.discrete.quantise_lo.codebook, stage1.discrete.quantise_lo.codebook)
+
+
+def test_dsr_stage1_checkpoint_errors(tmp_path):
+    model = DSR(SMALL["dsr"][1])
+    with pytest.raises(BackboneError, match="needs stage1_checkpoint"):
+        model.initialise_from_frames(None)
+    model = DSR(DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage1_checkpoint": str(tmp_path / "s1.pt")}))
+    with pytest.raises(BackboneError, match=r"s1\.pt: DSR stage-1 checkpoint not found"):
+        model.initialise_from_frames(None)
+    save_checkpoint(tmp_path / "s1.pt", DSR(SMALL["dsr"][1]))  # a detection-stage file, not stage 1
+    with pytest.raises(BackboneError, match="not a DSR stage-1"):
+        model.initialise_from_frames(None)
+    with pytest.raises(RuntimeError, match="does not score"):
+        DSR(DSR_STAGE1).score(torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8))
