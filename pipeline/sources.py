@@ -204,17 +204,24 @@ class VideoFileSource(Source):
 
 
 class CameraSource(Source):
-    """A live camera: device index, rtsp:// or http(s):// URL, read with OpenCV. Never ends by itself."""
+    """A live camera: device index, rtsp:// or http(s):// URL, read with OpenCV. Never ends by itself.
+
+    When the camera stops sending frames it is reopened up to ``reconnect_attempts`` times in a row
+    (waiting ``reconnect_wait_s``, doubled each try); frame indices continue across reconnections.
+    """
 
     is_live = True
 
     def __init__(self, address: str, stream_id: str | None = None, max_frames: int | None = None,
-                 open_timeout_s: float = 10.0) -> None:
+                 open_timeout_s: float = 10.0, reconnect_attempts: int = 3, reconnect_wait_s: float = 1.0) -> None:
         self.address = address
         self.stream_id = stream_id or re.sub(r"[^A-Za-z0-9_.-]+", "_", address).strip("_") or "camera"
         self.max_frames = max_frames
         self.frame_count = max_frames
         self.open_timeout_s = open_timeout_s
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_wait_s = reconnect_wait_s
+        self.reconnections = 0
 
     def describe(self) -> str:
         return self.address
@@ -236,13 +243,26 @@ class CameraSource(Source):
 
         capture = self._open()
         index = 0
+        failures = 0
         try:
             while self.max_frames is None or index < self.max_frames:
                 ok, image = capture.read()
-                if not ok:
-                    raise SourceError(f"{self.address}: camera stopped sending frames after frame {index}")
-                yield Frame(self.stream_id, index, time.time(), cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-                index += 1
+                if ok:
+                    failures = 0
+                    yield Frame(self.stream_id, index, time.time(), cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+                    index += 1
+                    continue
+                capture.release()
+                if failures >= self.reconnect_attempts:
+                    raise SourceError(f"{self.address}: camera stopped sending frames after frame {index}"
+                                      f" ({failures} reconnection attempts failed)")
+                time.sleep(self.reconnect_wait_s * 2 ** failures)
+                failures += 1
+                try:
+                    capture = self._open()
+                    self.reconnections += 1
+                except SourceError:
+                    capture = cv2.VideoCapture()  # not opened: its read fails and the next attempt follows
         finally:
             capture.release()
 

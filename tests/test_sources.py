@@ -113,3 +113,19 @@ def test_http_camera_streams_frames_until_max(http_server):
     assert len(frames) == 30 and [f.index for f in frames] == list(range(30))
     assert frames[0].image.shape == (576, 768, 3)
     assert all(b.timestamp >= a.timestamp for a, b in zip(frames, frames[1:]))
+
+
+def test_camera_reconnects_when_the_stream_drops(http_server):
+    # Avenue test video 08 has 36 frames: served as an IP camera it "drops" after frame 36.
+    url = f"{http_server}/avenue/testing_videos/08.avi"
+    source = CameraSource(url, max_frames=50, reconnect_wait_s=0.01)
+    frames = list(source.frames())
+    assert [f.index for f in frames] == list(range(50)) and source.reconnections == 1
+    np.testing.assert_array_equal(frames[36].image, frames[0].image)  # the reopened stream starts again
+
+    no_retry = CameraSource(url, max_frames=50, reconnect_attempts=0)
+    kept = []
+    with pytest.raises(SourceError, match=r"08\.avi: camera stopped sending frames after frame 36 \(0 reconnection"):
+        for frame in no_retry.frames():
+            kept.append(frame)
+    assert len(kept) == 36
