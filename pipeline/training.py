@@ -115,7 +115,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    scheduler.T_max = total_steps  # resumed with another epoch count: the cosine stretches to the new end
+        scheduler.T_max = total_steps  # resumed with another epoch count: the cosine stretches to the new end
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
