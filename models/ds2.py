@@ -108,10 +108,12 @@ class DS2(AnomalyModel):
         self.colour = transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
         self.grid = (config.image_size - config.patch) // config.patch_stride + 1
         dims = min(config.pca_dims, 512)
-        self.register_buffer("pca_mean", torch.zeros(512))
-        self.register_buffer("pca_components", torch.zeros(dims, 512))
-        self.register_buffer("density_mean", torch.zeros(dims))
-        self.register_buffer("density_precision", torch.zeros(dims, dims))
+        # float64: dense pretraining concentrates the embeddings in few directions, and the
+        # Mahalanobis distance over the weak ones cancels catastrophically in float32
+        self.register_buffer("pca_mean", torch.zeros(512, dtype=torch.float64))
+        self.register_buffer("pca_components", torch.zeros(dims, 512, dtype=torch.float64))
+        self.register_buffer("density_mean", torch.zeros(dims, dtype=torch.float64))
+        self.register_buffer("density_precision", torch.zeros(dims, dims, dtype=torch.float64))
         self.register_buffer("fitted", torch.tensor(False))
 
     # --- pretraining -------------------------------------------------------------------------
@@ -227,7 +229,8 @@ class DS2(AnomalyModel):
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         if not bool(self.fitted):
             raise RuntimeError("DS2 scores only after fit_statistics (train it first)")
-        projected = (self.patch_embeddings(windows[:, -1]) - self.pca_mean) @ self.pca_components.T - self.density_mean
+        embeddings = self.patch_embeddings(windows[:, -1]).double()
+        projected = (embeddings - self.pca_mean) @ self.pca_components.T - self.density_mean
         distance = torch.einsum("npd,de,npe->np", projected, self.density_precision, projected).clamp_min(0).sqrt()
-        patch_scores = distance.view(-1, self.grid, self.grid)
+        patch_scores = distance.view(-1, self.grid, self.grid).float()
         return ScoreOutput(patch_scores.flatten(1).amax(1), self._spread(patch_scores))
