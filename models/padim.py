@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from models.backbones import FrozenBackbone, resize_and_concat
 from models.base import AnomalyModel, ScoreOutput
