@@ -78,12 +78,6 @@ def scored_images(store: str | Path, dataset_root: str | None = None) -> list[Sc
 
 
 def _image_shape(record: ImageRecord) -> tuple[int, int]:
-    if record.mask_path is not None:
-        mask = cv2.imread(str(record.mask_path), cv2.IMREAD_GRAYSCALE)
-        image = cv2.imread(str(record.path), cv2.IMREAD_GRAYSCALE)
-        if image is not None and mask is not None and image.shape != mask.shape:
-            raise AnomstreamError(f"{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                                  f"its image {record.path.name} is {image.shape[1]}x{image.shape[0]}")
     image = cv2.imread(str(record.path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise AnomstreamError(f"{record.path}: cannot decode image")
