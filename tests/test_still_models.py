@@ -76,7 +76,7 @@ def test_loss_decreases_on_real_images(name, mtd_images):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     if name == "ds2":  # negative cosine: from about 0 towards -4 (two scales)
         assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
         return
