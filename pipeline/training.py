@@ -6,6 +6,7 @@ Model selection never looks at test labels: the checkpoint shipped is the last e
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -102,6 +103,15 @@ def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, prog
         model.fit_statistics(tqdm(loader, desc="fit statistics", unit="batch", disable=not progress))
 
 
+def _stretch_cosine(optimizer: torch.optim.Optimizer, scheduler, total_steps: int) -> None:
+    """Resumed with another epoch count: the cosine runs to the new end, learning rates set from its
+    closed form (the scheduler's recursive update would stay at 0 after a finished schedule)."""
+    scheduler.T_max = total_steps
+    progress = min(scheduler.last_epoch / total_steps, 1.0)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * progress)) / 2
+
+
 def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
                      generator: torch.Generator, output: Path, resume: bool, clips: list[np.ndarray],
                      progress: bool) -> None:
@@ -115,7 +125,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scheduler.T_max = total_steps  # resumed with another epoch count: the cosine stretches to the new end
+        _stretch_cosine(optimizer, scheduler, total_steps)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
@@ -126,6 +136,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         model.train()
         totals: dict[str, float] = {}
         started = time.time()
+        learning_rate = optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
             terms = model.training_loss(windows)
@@ -138,7 +149,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
                 totals[key] = totals.get(key, 0.0) + float(value.detach())
             if step % settings.log_every == 0:
                 bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
+        record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1), "learning_rate": learning_rate,
                   "samples_per_s": round(len(loader) * settings.batch_size / (time.time() - started), 2),
                   **{k: v / len(loader) for k, v in totals.items()}}
         with log_path.open("a") as log:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -31,6 +32,8 @@ def test_train_checkpoints_every_epoch_and_resumes(tmp_path, sample_clip, capsys
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["loss"] < log[0]["loss"]
+    # the cosine ended with epoch 1; resumed to 2 epochs it restarts half-way down, not at 0
+    assert log[0]["learning_rate"] == 1e-3 and log[1]["learning_rate"] == pytest.approx(5e-4)
     model, payload = load_model(tmp_path / "run" / "model.pt", expected_model="dmad")
     assert payload["epoch"] == 2 and model.image_size == 32
     # the background template starts from the training frames, not zeros
