@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.backbones import FrozenBackbone, resize_and_concat
+from models.backbones import FrozenBackbone
 from models.base import AnomalyModel, ScoreOutput
 from models.score_maps import max_box_mean, upsample_map
 
@@ -86,7 +86,7 @@ class ADTR(AnomalyModel):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> target feature tokens (N, tokens, channels)."""
-        return resize_and_concat(self.backbone(images), (self.grid, self.grid)).flatten(2).transpose(1, 2)
+        return self.backbone.tokens(images, self.grid)
 
     def reconstruct(self, target: torch.Tensor) -> torch.Tensor:
         memory = self.reduce(target)

@@ -26,6 +26,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
+    """RGB (N, 3, H, W) in [0, 1] -> ImageNet mean / std normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
 def _load_state_dict(path: str | Path, name: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -98,11 +105,9 @@ class _TorchvisionStages(nn.Module):
                 raise BackboneError(f"{name} has no layer {layer!r}")
         self.layers = layers
         self.extractor = create_feature_extractor(network, return_nodes=list(layers))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.extractor((x - self.mean) / self.std)
+        outputs = self.extractor(imagenet_normalise(x / 255.0))
         return [outputs[layer] for layer in self.layers]
 
 
@@ -133,6 +138,10 @@ class FrozenBackbone(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.stages(images.float())
+
+    def tokens(self, images: torch.Tensor, grid: int) -> torch.Tensor:
+        """Every layer resized to a ``grid`` x ``grid`` map and concatenated: (N, grid*grid, channels)."""
+        return resize_and_concat(self(images), (grid, grid)).flatten(2).transpose(1, 2)
 
 
 def resize_and_concat(features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

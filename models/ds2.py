@@ -36,7 +36,7 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from models.backbones import imagenet_normalise
 from models.base import AnomalyModel, ScoreOutput
 
 
@@ -103,8 +103,6 @@ class DS2(AnomalyModel):
         self.target_projectors = copy.deepcopy(self.projectors)
         for parameter in (*self.target_backbone.parameters(), *self.target_projectors.parameters()):
             parameter.requires_grad_(False)
-        self.register_buffer("mean_rgb", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std_rgb", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.colour = transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
         self.grid = (config.image_size - config.patch) // config.patch_stride + 1
         dims = min(config.pca_dims, 512)
@@ -135,7 +133,7 @@ class DS2(AnomalyModel):
             views.append(view)
             boxes.append((top, left, height, width))
             flips.append(flip)
-        stacked = (torch.stack(views) - self.mean_rgb) / self.std_rgb
+        stacked = imagenet_normalise(torch.stack(views))
         return stacked, torch.tensor(boxes, dtype=torch.float32), torch.tensor(flips)
 
     @staticmethod
@@ -197,7 +195,7 @@ class DS2(AnomalyModel):
     def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> L2-normalised c5 patch embeddings (N, grid*grid, 512)."""
         patch, stride = self.config.patch, self.config.patch_stride
-        x = (images.float() / 255.0 - self.mean_rgb) / self.std_rgb
+        x = imagenet_normalise(images.float() / 255.0)
         patches = F.unfold(x, patch, stride=stride).transpose(1, 2).reshape(-1, 3, patch, patch)
         embedded = torch.cat([self.backbone(chunk)[1].mean((2, 3)) for chunk in patches.split(self.config.embed_batch)])
         return F.normalize(embedded, dim=1).view(len(images), -1, 512)

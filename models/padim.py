@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.backbones import FrozenBackbone, resize_and_concat
+from models.backbones import FrozenBackbone
 from models.base import AnomalyModel, ScoreOutput
 from models.score_maps import max_box_mean, upsample_map
 
@@ -50,8 +50,7 @@ class PaDiM(AnomalyModel):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> (N, positions, dims)."""
-        features = resize_and_concat(self.backbone(images), (self.grid, self.grid))
-        return features.flatten(2).transpose(1, 2)
+        return self.backbone.tokens(images, self.grid)
 
     @torch.no_grad()
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:

@@ -18,8 +18,8 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.codebook = nn.Parameter(torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z: (N, D, H, W) -> (quantised with straight-through grad, loss, code indices (N, H, W))."""
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index (N, H, W) of the nearest codeword (L2) of every position of z (N, D, H, W)."""
         n, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         distances = (
@@ -27,11 +27,15 @@ class VectorQuantizer(nn.Module):
             - 2.0 * flat @ self.codebook.t()
             + self.codebook.pow(2).sum(1).unsqueeze(0)
         )
-        indices = distances.argmin(dim=1)
-        quantised = self.codebook[indices].view(n, h, w, d).permute(0, 3, 1, 2)
+        return distances.argmin(dim=1).view(n, h, w)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z: (N, D, H, W) -> (quantised with straight-through grad, loss, code indices (N, H, W))."""
+        indices = self.nearest(z)
+        quantised = self.codebook[indices].permute(0, 3, 1, 2)
         loss = F.mse_loss(quantised, z.detach()) + self.beta * F.mse_loss(z, quantised.detach())
         straight_through = z + (quantised - z).detach()
-        return straight_through, loss, indices.view(n, h, w)
+        return straight_through, loss, indices
 
 
 class EMAVectorQuantizer(VectorQuantizer):
@@ -47,7 +51,7 @@ class EMAVectorQuantizer(VectorQuantizer):
         self.register_buffer("code_sum", self.codebook.data.clone())
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _, _, indices = super().forward(z)
+        indices = self.nearest(z)
         if self.training:
             with torch.no_grad():
                 flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])

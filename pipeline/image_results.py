@@ -54,13 +54,16 @@ def scored_images(store: str | Path, dataset_root: str | None = None) -> list[Sc
     """Every valid image of the store with its record, score, map and mask at its own size."""
     root = open_results(store)
     images = []
+    records: dict[str, dict[str, ImageRecord]] = {}  # dataset spec -> its records by stored path
     for stream_id in sorted(root.group_keys()):
         group = root[stream_id]
         spec = str(group.attrs.get("source", "")).split("#", 1)[0]
         if not is_dataset_spec(spec) or "items" not in group.attrs:
             raise AnomstreamError(f"{store}: stream {stream_id!r} was not scored from a labelled dataset "
                                   f"(source {spec!r}); score mtd:ROOT or mvtec:CATEGORY")
-        by_path = _records_by_path(spec, dataset_root)
+        if spec not in records:
+            records[spec] = _records_by_path(spec, dataset_root)
+        by_path = records[spec]
         items = group.attrs["items"]
         valid = group["valid"][:]
         scores = group["score"][:][valid]

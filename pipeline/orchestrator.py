@@ -105,7 +105,7 @@ class _Stream:
         self.actor = actor
         self.decode_pending = False
         self.ended: dict | None = None  # the decoder's end-of-stream header
-        self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (start, result ref), not yet written
+        self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (size, result ref), not yet written
         self.next_sequence = first_sequence  # batches before it are in the store already (resume)
         # rows are written one after another: a still image that cannot be decoded leaves no empty
         # row (its frame index is simply absent), so the row is not always the frame index
