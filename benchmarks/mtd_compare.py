@@ -3,6 +3,7 @@ pipeline, evaluate, and write a markdown table, a JSON file and a worst-cases fi
 
     python benchmarks/mtd_compare.py runs/mtd_padim runs/mtd_adtr runs/mtd_favae runs/mtd_ds2 \
         --data ../shared/data/mtd --json docs/mtd_results.json --figure docs/img/mtd_worst_cases.png
+    python benchmarks/mtd_compare.py runs/mtd_padim runs/mtd_adtr runs/mtd_adtr_plus --labelled 5  # ADTR+
 
 Each run folder holds ``model.pt`` and ``train_log.jsonl`` (``anomstream train``). Train time is
 the sum of the logged epoch seconds and the last density fit; scoring fps is the pipeline's (2 replicas).
@@ -62,11 +63,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="training output folders")
     parser.add_argument("--data", default="../shared/data/mtd", help="MTD root")
     parser.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
+    parser.add_argument("--labelled", type=int, default=0,
+                        help="defective images per type held out of test as labelled anomalies (as an ADTR+ config)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
     args = parser.parse_args()
-    spec = f"mtd:{args.data}?seed={args.seed}"
+    spec = f"mtd:{args.data}?seed={args.seed}" + (f"&labelled={args.labelled}" if args.labelled else "")
     results, cases = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for run in args.runs:

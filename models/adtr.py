@@ -10,7 +10,14 @@ difference, upsampled and smoothed; image score: max of the box-averaged map.
 
 Deviation: the paper's frozen EfficientNet-B4 (layers 1-5, 720 ch) is replaced by the offline
 ImageNet EfficientNet-Lite0 (blocks 2/4/7/10/14, 448 ch) unless a B4 weights file is configured.
-The anomaly-available variant (labelled anomalies in training) is not implemented yet.
+
+Anomaly-available variant (ADTR+; used when a training config lists labelled anomalies): with
+phi(u) = sqrt(mean_c|f - f^|^2 + 1) - 1 per token, a normal image costs mean_u phi; an anomalous
+image with a pixel mask y (share of each token inside the defect) costs
+mean_u (1 - y) phi - alpha log(1 - exp(-mean_u y phi)), and one with only an image label costs
+-alpha log(1 - exp(-q)), q = mean of its top-k phi. The log term pushes the reconstruction of
+defects away from their features. Like the paper, it fine-tunes a normal-only model
+(``train.init_checkpoint``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 from torch import nn
 
 from models.backbones import FrozenBackbone
-from models.base import AnomalyModel, ScoreOutput
+from models.base import AnomalyModel, LabelledAnomalies, ScoreOutput
 from models.score_maps import max_box_mean, upsample_map
 
 
@@ -42,6 +49,8 @@ class ADTRConfig:
     dropout: float = 0.1
     map_sigma: float = 4.0
     score_box: int = 16  # px at image_size
+    anomaly_alpha: float = 0.003  # weight of the anomaly term (anomaly-available variant)
+    anomaly_top_k: int = 20  # tokens averaged for an image-level label
 
 
 class _AttentionLayer(nn.Module):
@@ -67,6 +76,7 @@ class _AttentionLayer(nn.Module):
 
 class ADTR(AnomalyModel):
     name = "adtr"
+    learns_from_anomalies = True
 
     def __init__(self, config: ADTRConfig) -> None:
         super().__init__()
@@ -97,13 +107,30 @@ class ADTR(AnomalyModel):
             x = layer(x, self.position, memory)
         return self.restore(x)
 
-    def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
-        target = self.features(windows[:, -1])
-        loss = (self.reconstruct(target) - target).pow(2).sum(-1).mean()
-        return {"loss": loss}
+    def training_loss(self, windows: torch.Tensor, anomalies: LabelledAnomalies | None = None) -> dict[str, torch.Tensor]:
+        if anomalies is None:
+            target = self.features(windows[:, -1])
+            return {"loss": (self.reconstruct(target) - target).pow(2).sum(-1).mean()}
+        images = torch.cat([windows[:, -1], anomalies.images])
+        target = self.features(images)
+        phi = torch.sqrt((self.reconstruct(target) - target).abs().mean(-1).pow(2) + 1) - 1  # (N, tokens)
+        normal, anomalous = phi[:len(windows)], phi[len(windows):]
+        labels = nn.functional.adaptive_avg_pool2d(anomalies.masks[:, None].float(), self.grid).flatten(1)
+        pixel_push = _push_apart((labels * anomalous).mean(1))
+        image_push = _push_apart(anomalous.topk(min(self.config.anomaly_top_k, phi.shape[1]), dim=1).values.mean(1))
+        has_mask = anomalies.has_mask.float()
+        normal_cost = torch.cat([normal.mean(1), ((1 - labels) * anomalous).mean(1) * has_mask])
+        anomaly_cost = self.config.anomaly_alpha * (has_mask * pixel_push + (1 - has_mask) * image_push)
+        loss = (normal_cost.sum() + anomaly_cost.sum()) / len(images)
+        return {"loss": loss, "normal": normal.mean().detach(), "anomalous": anomalous.mean().detach()}
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         target = self.features(windows[:, -1])
         distance = (self.reconstruct(target) - target).norm(dim=-1)
         maps = upsample_map(distance.view(-1, self.grid, self.grid), self.image_size, self.config.map_sigma)
         return ScoreOutput(max_box_mean(maps, self.config.score_box), maps)
+
+
+def _push_apart(distance: torch.Tensor) -> torch.Tensor:
+    """-log(1 - exp(-d)): large while the reconstruction of an anomaly stays close to its features."""
+    return -torch.log(-torch.expm1(-distance.clamp_min(1e-6)))

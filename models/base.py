@@ -18,6 +18,15 @@ class ScoreOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) raw score components
 
 
+@dataclass
+class LabelledAnomalies:
+    """A few labelled anomalous images drawn into a training step (models that learn from them)."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    masks: torch.Tensor  # float (N, H, W): share of each pixel inside the defect
+    has_mask: torch.Tensor  # bool (N,): False = only the image is known to be anomalous
+
+
 class AnomalyModel(nn.Module):
     """Base class: inputs are uint8 windows (N, T, C, H, W), T = ``window_length``.
 
@@ -33,13 +42,16 @@ class AnomalyModel(nn.Module):
     term_weights: dict[str, float] = {}
     # False for models fitted only by statistics (e.g. a Gaussian on frozen features): no epochs run.
     trains_by_gradient: bool = True
+    # True for models whose training_loss takes labelled anomalies (``train.anomalies`` in a config).
+    learns_from_anomalies: bool = False
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float input in [-1, 1]."""
         return frames.float() / 127.5 - 1.0
 
-    def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss terms on a batch of uint8 windows; key ``loss`` is the total to minimise."""
+    def training_loss(self, windows: torch.Tensor, anomalies: LabelledAnomalies | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms on a batch of uint8 windows of normal data (and, for models that learn from
+        them, a few labelled anomalies); key ``loss`` is the total to minimise."""
         raise NotImplementedError(f"{type(self).__name__} does not implement training_loss")
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:

@@ -19,7 +19,13 @@ image score: the largest patch score.
 Deviations for 2 CPU cores (config sizes, not code): views of ``view_size`` px (paper 224), a smaller
 projector (paper 4096 hidden), AdamW in place of LARS (the one training loop), patch stride 16
 (paper 4). Pretraining and detector use the same ImageNet normalisation (the released evaluation
-feeds un-normalised images). The CutPaste 3-way variant is not implemented yet.
+feeds un-normalised images).
+
+``pretraining: cutpaste3way`` (the supplementary's self-supervised alternative): the same ResNet-18
+with its pooled c5 and an MLP head (512-512-128-3, BN + ReLU) learns to tell apart a random
+``cutpaste_patch`` crop of each image, the crop with a CutPaste rectangle and the crop with a
+CutPaste scar (3-way cross entropy); the detector on top is unchanged. Deviation: AdamW with the
+loop's cosine in place of SGD 0.03.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +45,7 @@ from torchvision import transforms
 
 from models.backbones import imagenet_normalise
 from models.base import AnomalyModel, ScoreOutput
+from models.synthetic_anomalies import cut_paste, cut_paste_scar
 
 
 @dataclass
@@ -45,6 +53,8 @@ class DS2Config:
     __pydantic_config__ = {"extra": "forbid"}
 
     image_size: int = 256
+    pretraining: Literal["dense", "cutpaste3way"] = "dense"
+    cutpaste_patch: int = 64  # crop size of the CutPaste 3-way task (paper: 64 px of 256 px images)
     view_size: int = 224
     crop_scale: tuple[float, float] = (0.08, 1.0)
     projector_hidden: int = 4096
@@ -56,6 +66,10 @@ class DS2Config:
     pca_dims: int = 500
     map_sigma: float = 10.0
     embed_batch: int = 1024  # patches per backbone call when embedding
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cutpaste_patch <= self.image_size:
+            raise ValueError(f"cutpaste_patch must be in 1..image_size ({self.image_size}), got {self.cutpaste_patch}")
 
 
 def _projector(channels: int, hidden: int, out: int) -> nn.Sequential:
@@ -97,13 +111,18 @@ class DS2(AnomalyModel):
         self.config = config
         self.image_size = config.image_size
         self.backbone = _ResNet18Stages()
-        self.projectors = nn.ModuleList(_projector(c, config.projector_hidden, config.projector_out) for c in (256, 512))
-        self.propagation = nn.ModuleList(_PixelPropagation(config.projector_out) for _ in range(2))
-        self.target_backbone = copy.deepcopy(self.backbone)
-        self.target_projectors = copy.deepcopy(self.projectors)
-        for parameter in (*self.target_backbone.parameters(), *self.target_projectors.parameters()):
-            parameter.requires_grad_(False)
-        self.colour = transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
+        if config.pretraining == "dense":
+            self.projectors = nn.ModuleList(_projector(c, config.projector_hidden, config.projector_out) for c in (256, 512))
+            self.propagation = nn.ModuleList(_PixelPropagation(config.projector_out) for _ in range(2))
+            self.target_backbone = copy.deepcopy(self.backbone)
+            self.target_projectors = copy.deepcopy(self.projectors)
+            for parameter in (*self.target_backbone.parameters(), *self.target_projectors.parameters()):
+                parameter.requires_grad_(False)
+            self.colour = transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
+        else:
+            self.classifier = nn.Sequential(
+                nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                nn.Linear(512, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 3))
         self.grid = (config.image_size - config.patch) // config.patch_stride + 1
         dims = min(config.pca_dims, 512)
         # float64: dense pretraining concentrates the embeddings in few directions, and the
@@ -165,6 +184,8 @@ class DS2(AnomalyModel):
         return -2.0 * (cosine * positive).sum() / positive.sum().clamp_min(1)
 
     def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.config.pretraining == "cutpaste3way":
+            return self._cutpaste_loss(windows[:, -1])
         images = windows[:, -1]
         view_1, boxes_1, flips_1 = self._views(images, blur_p=1.0)
         view_2, boxes_2, flips_2 = self._views(images, blur_p=0.1)
@@ -182,8 +203,23 @@ class DS2(AnomalyModel):
                                            + self._scale_loss(predicted[1], target[0][scale], positive.transpose(1, 2)))
         return {"loss": terms["loss_c4"] + terms["loss_c5"], **terms}
 
+    def _cutpaste_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """3-way cross entropy: plain crop (0), crop with a CutPaste rectangle (1), with a scar (2)."""
+        patch = self.config.cutpaste_patch
+        samples = []
+        for image in images.float() / 255.0:
+            top, left = (int(torch.randint(0, self.image_size - patch + 1, ())) for _ in range(2))
+            crop = image[:, top:top + patch, left:left + patch]
+            samples += [crop, cut_paste(crop)[0], cut_paste_scar(crop)[0]]
+        logits = self.classifier(self.backbone(imagenet_normalise(torch.stack(samples)))[1].mean((2, 3)))
+        labels = torch.arange(3).repeat(len(images))
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean().detach()}
+
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
+        if self.config.pretraining != "dense":
+            return
         momentum = 1.0 - (1.0 - self.config.momentum) * (math.cos(math.pi * min(progress, 1.0)) + 1) / 2
         for online, target in ((self.backbone, self.target_backbone), (self.projectors, self.target_projectors)):
             for p_online, p_target in zip(online.parameters(), target.parameters()):

@@ -58,7 +58,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
                            progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name)
     print(f"store: {report.store}  streams: {len(report.streams)}  frames: {report.frames}  "
-          f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device})")
+          f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
+          f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)})")
     for stream_id, stream in report.streams.items():
         if stream.error:
             print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.frames})", file=sys.stderr)
@@ -144,7 +145,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
-    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out)
+    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"json: {args.json}")
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=4, help="times the clip is scored per measurement (default 4)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are their medians (default 3)")
     bench.add_argument("--out", default="bench_out", help="scratch folder for stores (removed afterwards)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.set_defaults(run=_cmd_bench)

@@ -39,6 +39,10 @@ class TrainSection(_Strict):
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     output_dir: str = "runs/train"
     log_every: int = Field(50, ge=1)
+    init_checkpoint: str | None = Field(None, description="start from this checkpoint's weights (same model), e.g. to fine-tune")
+    anomalies: str | list[str] | None = Field(
+        None, description="labelled anomalies to train on (models that learn from them): dataset specs with split=labelled")
+    anomalies_per_batch: int = Field(2, ge=1, description="labelled anomalies drawn into each training step")
 
 
 class ScoreSection(_Strict):

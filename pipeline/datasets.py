@@ -2,7 +2,9 @@
 
 A dataset spec names a layout, a root and a split: ``mtd:ROOT``, ``mtd:ROOT?split=train&seed=0``,
 ``mvtec:CATEGORY_FOLDER?split=test``. Scoring defaults to the test split, training to the train
-split. Each split is a list of :class:`ImageRecord`; the test split is grouped into one stream per
+split. ``labelled=N`` holds a seeded N defective images of each defect type out of the test split
+as the ``labelled`` split: the few labelled anomalies a model may train on (ADTR's
+anomaly-available variant); the test split of the same spec never contains them. Each split is a list of :class:`ImageRecord`; the test split is grouped into one stream per
 class (``good`` / the normal class, then each defect type), so per-class metrics read straight
 off the store.
 """
@@ -17,9 +19,12 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.sources import ImageListSource, list_images
+from pipeline.preprocess import prepare_frame
+from pipeline.sources import ImageListSource, list_images, read_image
 
 LAYOUTS = ("mtd", "mvtec")
+SPLITS = ("train", "test", "labelled")
+OPTIONS = ("split", "seed", "train_fraction", "labelled")
 MTD_NORMAL = "MT_Free"
 
 
@@ -38,6 +43,7 @@ class DatasetSpec:
     split: str = "test"
     seed: int = 0
     train_fraction: float = 0.8
+    labelled: int = 0  # defective images per type held out of test for training
 
 
 def is_dataset_spec(spec: str) -> bool:
@@ -48,23 +54,26 @@ def parse_dataset_spec(spec: str, default_split: str = "test", check_root: bool 
     layout, rest = spec.split(":", 1)
     root, _, query = rest.partition("?")
     options = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
-    unknown = set(options) - {"split", "seed", "train_fraction"}
+    unknown = set(options) - set(OPTIONS)
     if unknown:
-        raise SourceError(f"{spec}: unknown dataset option {sorted(unknown)[0]!r}; known: split, seed, train_fraction")
+        raise SourceError(f"{spec}: unknown dataset option {sorted(unknown)[0]!r}; known: {', '.join(OPTIONS)}")
     split = options.get("split", default_split)
-    if split not in ("train", "test"):
-        raise SourceError(f"{spec}: split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise SourceError(f"{spec}: split must be one of {', '.join(SPLITS)}, got {split!r}")
     try:
         seed = int(options.get("seed", 0))
         fraction = float(options.get("train_fraction", 0.8))
+        labelled = int(options.get("labelled", 0))
     except ValueError:
-        raise SourceError(f"{spec}: seed must be an integer and train_fraction a number") from None
+        raise SourceError(f"{spec}: seed and labelled must be integers and train_fraction a number") from None
     if not 0 < fraction < 1:
         raise SourceError(f"{spec}: train_fraction must be in (0, 1), got {fraction}")
+    if labelled < 0 or (split == "labelled" and labelled == 0):
+        raise SourceError(f"{spec}: split=labelled needs labelled=N with N >= 1 defective images per type")
     path = Path(root)
     if check_root and not path.is_dir():
         raise SourceError(f"{spec}: dataset folder {root!r} not found")
-    return DatasetSpec(layout, path, split, seed, fraction)
+    return DatasetSpec(layout, path, split, seed, fraction, labelled)
 
 
 def mtd_split(root: Path, seed: int = 0, train_fraction: float = 0.8) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -106,9 +115,26 @@ def mvtec_split(category: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
     return train, test
 
 
+def hold_out_labelled(test: list[ImageRecord], per_type: int, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(labelled, rest): a seeded ``per_type`` defective images of every defect type, and the test
+    records without them (order kept)."""
+    rng = np.random.default_rng(seed)
+    chosen: set[Path] = set()
+    for category in dict.fromkeys(r.category for r in test if r.anomalous):
+        records = [r for r in test if r.category == category]
+        if len(records) <= per_type:
+            raise SourceError(f"defect type {category!r} has {len(records)} images: cannot hold {per_type} "
+                              f"out as labelled anomalies and still test it")
+        chosen.update(records[i].path for i in rng.choice(len(records), per_type, replace=False))
+    return [r for r in test if r.path in chosen], [r for r in test if r.path not in chosen]
+
+
 def dataset_records(spec: DatasetSpec) -> list[ImageRecord]:
     train, test = mtd_split(spec.root, spec.seed, spec.train_fraction) if spec.layout == "mtd" else mvtec_split(spec.root)
-    return train if spec.split == "train" else test
+    if spec.split == "train":
+        return train
+    labelled, rest = hold_out_labelled(test, spec.labelled, spec.seed) if spec.labelled else ([], test)
+    return labelled if spec.split == "labelled" else rest
 
 
 def read_mask(record: ImageRecord, shape: tuple[int, int]) -> np.ndarray:
@@ -124,16 +150,41 @@ def read_mask(record: ImageRecord, shape: tuple[int, int]) -> np.ndarray:
     return mask > 127
 
 
+@dataclass
+class LabelledExamples:
+    """Labelled anomalies prepared for a model."""
+
+    images: np.ndarray  # uint8 (N, C, size, size)
+    masks: np.ndarray  # float32 (N, size, size): share of each pixel inside the defect
+    has_mask: np.ndarray  # bool (N,): False = an image-level label only (no mask file)
+
+
+def labelled_examples(specs: list[str], size: int, channels: int) -> LabelledExamples:
+    """The defective images of each spec's ``labelled`` split, resized for the model with their masks."""
+    images, masks, has_mask = [], [], []
+    for spec in specs:
+        parsed = parse_dataset_spec(spec, default_split="labelled") if is_dataset_spec(spec) else None
+        if parsed is None or parsed.split != "labelled":
+            raise SourceError(f"{spec}: labelled anomalies come from a dataset spec with split=labelled&labelled=N")
+        for record in dataset_records(parsed):
+            image = read_image(record.path)
+            images.append(prepare_frame(image, size, channels))
+            mask = read_mask(record, image.shape[:2]).astype(np.float32)
+            masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA))
+            has_mask.append(record.mask_path is not None)
+    return LabelledExamples(np.stack(images), np.stack(masks), np.array(has_mask))
+
+
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
 def dataset_sources(spec: str, default_split: str = "test") -> list[ImageListSource]:
-    """One source per class of the split (train: a single stream)."""
+    """One source per class of the split (train and labelled: a single stream)."""
     parsed = parse_dataset_spec(spec, default_split)
     records = dataset_records(parsed)
-    if parsed.split == "train":
-        return [ImageListSource([r.path for r in records], "train", spec)]
+    if parsed.split != "test":
+        return [ImageListSource([r.path for r in records], parsed.split, spec)]
     categories = list(dict.fromkeys(r.category for r in records))
     return [ImageListSource([r.path for r in records if r.category == c], c, f"{spec}#{c}") for c in categories]
 

@@ -61,6 +61,7 @@ class RunReport:
     seconds: float = 0.0  # from the replicas being ready to the last frame written
     replicas: int = 0
     device: str = "cpu"
+    replica_busy: list[float] = field(default_factory=list)  # share of ``seconds`` each replica spent scoring
 
     @property
     def frames(self) -> int:
@@ -278,6 +279,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         started = time.time()  # actors are up: from here the clock measures throughput
         _ScoringRun(sources, model, arrays, settings, writer, replicas, decoders, report, progress).run()
         report.seconds = time.time() - started
+        report.replica_busy = [busy / max(report.seconds, 1e-9) for busy in ray.get([r.busy.remote() for r in replicas])]
     finally:
         for actor in (*replicas, *decoders, writer):
             ray.kill(actor)

@@ -278,9 +278,13 @@ def open_sources(spec: str, max_frames: int | None = None, still_images: bool = 
     - a camera: a device index (``0``) or an rtsp/http(s) URL
     - a labelled still-image dataset: ``mtd:ROOT`` or ``mvtec:CATEGORY`` (``?split=train|test``),
       one stream per class (see :mod:`pipeline.datasets`)
+    - a line-scan camera or recording: ``linescan:SPEC?tile=H&stride=S`` (see :mod:`pipeline.linescan`)
     """
     from pipeline.datasets import dataset_sources, is_dataset_spec
+    from pipeline.linescan import SCHEME, linescan_sources
 
+    if spec.startswith(SCHEME):
+        return linescan_sources(spec, lambda inner: open_sources(inner, max_frames))
     if is_dataset_spec(spec):
         return dataset_sources(spec, dataset_split)
     if spec.isdigit() or spec.startswith(CAMERA_SCHEMES):

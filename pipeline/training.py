@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.base import AnomalyModel
+from models.base import AnomalyModel, LabelledAnomalies
 from models.registry import build_model
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
+from pipeline.datasets import labelled_examples
 from pipeline.errors import ConfigError
 from pipeline.preprocess import prepare_frame
 from pipeline.sources import open_sources
@@ -81,10 +82,11 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     clips = load_clips(settings.data, model.image_size, model.channels, progress, still_images=model.window_length == 1)
     dataset = WindowDataset(clips, model.window_length)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator)
+    anomalies = _labelled_anomalies(model, settings)
     output = Path(settings.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if model.trains_by_gradient:
-        _gradient_epochs(model, loader, settings, config, generator, output, resume, clips, progress)
+        _gradient_epochs(model, loader, settings, config, generator, output, resume, clips, progress, anomalies)
     if type(model).fit_statistics is not AnomalyModel.fit_statistics:
         started = time.time()
         _fit_statistics(model, dataset, settings.batch_size, progress)
@@ -94,6 +96,38 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     save_checkpoint(final_path, model, {"epoch": settings.epochs if model.trains_by_gradient else 0,
                                         "config": config.to_dict()})
     return final_path
+
+
+def _labelled_anomalies(model: AnomalyModel, settings) -> LabelledAnomalies | None:
+    if settings.anomalies is None:
+        return None
+    if not model.learns_from_anomalies:
+        raise ConfigError(f"train.anomalies: model {model.name!r} trains on normal images only")
+    specs = [settings.anomalies] if isinstance(settings.anomalies, str) else settings.anomalies
+    examples = labelled_examples(specs, model.image_size, model.channels)
+    return LabelledAnomalies(torch.from_numpy(examples.images), torch.from_numpy(examples.masks),
+                             torch.from_numpy(examples.has_mask))
+
+
+def _draw(anomalies: LabelledAnomalies | None, count: int, generator: torch.Generator) -> LabelledAnomalies | None:
+    if anomalies is None:
+        return None
+    chosen = torch.randint(len(anomalies.images), (count,), generator=generator)
+    return LabelledAnomalies(anomalies.images[chosen], anomalies.masks[chosen], anomalies.has_mask[chosen])
+
+
+def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:
+    """A new run: weights from ``init_checkpoint`` (fine-tuning), else the model's data-dependent start."""
+    if settings.init_checkpoint:
+        state = read_checkpoint(settings.init_checkpoint, expected_model=model.name)["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            detail = str(error).strip().splitlines()[-1].strip()
+            raise ConfigError(f"train.init_checkpoint: {settings.init_checkpoint} does not fit this {model.name} "
+                              f"config ({detail})") from None
+    else:
+        model.initialise_from_frames(_median_sample(clips))
 
 
 def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, progress: bool) -> None:
@@ -114,7 +148,7 @@ def _stretch_cosine(optimizer: torch.optim.Optimizer, scheduler, total_steps: in
 
 def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
                      generator: torch.Generator, output: Path, resume: bool, clips: list[np.ndarray],
-                     progress: bool) -> None:
+                     progress: bool, anomalies: LabelledAnomalies | None = None) -> None:
     optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
     total_steps = settings.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -130,7 +164,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
     else:
-        model.initialise_from_frames(_median_sample(clips))
+        _initialise(model, settings, clips)
     log_path = output / "train_log.jsonl"
     for epoch in range(start_epoch, settings.epochs):
         model.train()
@@ -139,7 +173,8 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         learning_rate = optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
-            terms = model.training_loss(windows)
+            drawn = _draw(anomalies, settings.anomalies_per_batch, generator)
+            terms = model.training_loss(windows) if drawn is None else model.training_loss(windows, drawn)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

@@ -4,8 +4,8 @@ A ``WindowBatch`` holds B target frames plus up to T-1 frames of context before 
 replica can build every (T, C, H, W) window without state of its own. Targets with no full
 window (the first T-1 frames of a stream) are marked invalid and get a NaN score.
 
-Line-scan cameras slot in before this step: :func:`assemble_tiles` turns a stream of pixel rows
-into overlapping 2-D tiles, which are frames like any other.
+Line-scan cameras slot in before this step: :func:`pipeline.linescan.assemble_tiles` turns a
+stream of pixel rows into overlapping 2-D tiles, which are frames like any other.
 """
 
 from __future__ import annotations
@@ -61,15 +61,21 @@ class EndOfStream:
 def window_batches(frames: Iterator[Frame], stream_id: str, window_length: int, batch_size: int,
                    image_size: int, channels: int, skip_before: int = 0) -> Iterator[WindowBatch | EndOfStream]:
     """Prepare frames once and group them into batches; a source error ends the stream after the
-    frames decoded before it are flushed (so they are still scored)."""
+    frames decoded before it are flushed (so they are still scored).
+
+    ``skip_before``: frames already in the store (resume). They are counted in decoded frames, which
+    are the store's rows, not by frame index: a still image that could not be decoded has an index
+    but no row. Their batches are not yielded; they still serve as context.
+    """
     context_size = window_length - 1
     history: list[np.ndarray] = []  # the last ``context_size`` prepared frames before the batch
     pending: list[tuple[np.ndarray, int, float]] = []
     sequence = 0
     count = 0
+    flushed = 0  # decoded frames in batches already made (yielded or skipped)
 
     def flush() -> WindowBatch | None:
-        nonlocal history, pending, sequence
+        nonlocal history, pending, sequence, flushed
         if not pending:
             return None
         images = [p[0] for p in pending]
@@ -80,9 +86,10 @@ def window_batches(frames: Iterator[Frame], stream_id: str, window_length: int, 
             timestamp=np.array([p[2] for p in pending], dtype=np.float64), window_length=window_length,
         )
         history = (history + images)[len(history + images) - context_size:] if context_size else []
+        flushed += len(pending)
         pending = []
         sequence += 1
-        return batch if batch.frame_index[-1] >= skip_before else None
+        return batch if flushed > skip_before else None
 
     error = None
     try:
@@ -100,19 +107,3 @@ def window_batches(frames: Iterator[Frame], stream_id: str, window_length: int, 
         yield batch
     yield EndOfStream(stream_id, count, error)
 
-
-def assemble_tiles(rows: Iterator[Frame], tile_height: int, stride: int) -> Iterator[Frame]:
-    """Line-scan rows (each a (1, W, 3) image) -> overlapping (tile_height, W, 3) tiles every ``stride`` rows.
-
-    Tile k covers rows [k*stride, k*stride + tile_height); its timestamp is that of its last row.
-    """
-    if not 0 < stride <= tile_height:
-        raise ValueError(f"stride must be in 1..tile_height, got {stride}")
-    buffer: list[np.ndarray] = []
-    tile_index = 0
-    for row in rows:
-        buffer.append(row.image.reshape(-1, *row.image.shape[-2:])[0])
-        if len(buffer) == tile_height:
-            yield Frame(row.stream_id, tile_index, row.timestamp, np.stack(buffer))
-            tile_index += 1
-            buffer = buffer[stride:]

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.datasets import dataset_records, mtd_split, mvtec_split, parse_dataset_spec, read_mask
+from pipeline.datasets import (dataset_records, labelled_examples, mtd_split, mvtec_split, parse_dataset_spec,
+                               read_mask)
 from pipeline.errors import SourceError
 from pipeline.sources import open_sources
 
@@ -93,7 +94,9 @@ def test_mvtec_layout(mtd, tmp_path):
 
 
 @pytest.mark.parametrize("suffix, message", [
-    ("?split=val", "split must be 'train' or 'test', got 'val'"),
+    ("?split=val", "split must be one of train, test, labelled, got 'val'"),
+    ("?split=labelled", "split=labelled needs labelled=N"),
+    ("?labelled=two", "seed and labelled must be integers"),
     ("?seeds=1", "unknown dataset option 'seeds'"),
     ("?train_fraction=1.5", r"train_fraction must be in \(0, 1\)"),
 ])
@@ -108,3 +111,28 @@ def test_missing_dataset_folder(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(SourceError, match="not an MTD folder"):
         dataset_records(parse_dataset_spec(f"mtd:{tmp_path / 'x'}"))
+
+
+def test_labelled_anomalies_are_held_out_of_the_test_split(mtd):
+    spec = f"mtd:{mtd}?labelled=3&seed=2"
+    labelled = dataset_records(parse_dataset_spec(spec, default_split="labelled"))
+    test = dataset_records(parse_dataset_spec(spec))
+    _, full_test = mtd_split(mtd, seed=2)
+    assert [r.category for r in labelled] == ["MT_Blowhole"] * 3 + ["MT_Crack"] * 3
+    assert {r.path for r in labelled}.isdisjoint({r.path for r in test})
+    assert {r.path for r in labelled} | {r.path for r in test} == {r.path for r in full_test}
+    assert labelled == dataset_records(parse_dataset_spec(spec, default_split="labelled"))  # seeded
+    assert dataset_records(parse_dataset_spec(f"mtd:{mtd}?split=train&labelled=3&seed=2")) == mtd_split(mtd, seed=2)[0]
+    (stream,) = open_sources(spec.replace("?", "?split=labelled&"))
+    assert stream.stream_id == "labelled" and stream.frame_count == 6
+
+    examples = labelled_examples([spec.replace("?", "?split=labelled&")], 64, 3)
+    assert examples.images.shape == (6, 3, 64, 64) and examples.images.dtype == np.uint8
+    assert examples.masks.shape == (6, 64, 64) and 0 < examples.masks.mean() < 0.5
+    assert examples.masks.min() >= 0 and examples.masks.max() <= 1 and examples.has_mask.all()
+    with pytest.raises(SourceError, match="labelled anomalies come from a dataset spec with split=labelled"):
+        labelled_examples([f"mtd:{mtd}?split=test&labelled=3"], 64, 3)
+    with pytest.raises(SourceError, match="split=labelled needs labelled=N"):
+        labelled_examples([f"mtd:{mtd}"], 64, 3)
+    with pytest.raises(SourceError, match="defect type 'MT_Crack' has 57 images: cannot hold 60 out"):
+        dataset_records(parse_dataset_spec(f"mtd:{mtd}?labelled=60"))

@@ -1,11 +1,13 @@
 """End to end through Ray: decode actors -> replicas -> writer, and the CLI's handling of bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from sklearn.metrics import roc_auc_score
 
 from pipeline.checkpoint import file_sha256
 from pipeline.cli import main
@@ -157,6 +159,7 @@ def test_many_streams_through_one_busy_replica(ray_session, sample_clip, shipped
     report = score_sources([str(sample_clip)] * 3, str(shipped_checkpoint), out, settings, progress=False,
                            max_active_streams=3)
     assert sorted(report.streams) == ["ped2_test02", "ped2_test02_1", "ped2_test02_2"] and report.frames == 540
+    assert len(report.replica_busy) == 1 and 0.5 < report.replica_busy[0] <= 1.0  # the queue keeps it fed
     root = open_results(out)
     scores = [root[stream_id]["score"][:] for stream_id in sorted(report.streams)]
     for stream_id in report.streams:
@@ -188,3 +191,51 @@ def test_avenue_video_pixel_auroc_when_every_frame_is_anomalous(ray_session, sha
     assert "frame AUC: undefined" in printed
     pixel = float(printed.split("pixel AUROC ")[1].split()[0])
     assert 0.0 < pixel < 1.0
+
+
+def test_bench_measures_every_stage_in_rounds(ray_session, sample_clip, shipped_checkpoint, tmp_path, capsys):
+    from pipeline.bench import STAGES, run_bench
+
+    results = run_bench(str(sample_clip), str(shipped_checkpoint), batch_size=16, repeats=1,
+                        out=str(tmp_path / "bench"), rounds=2)
+    printed = capsys.readouterr().out
+    assert "round 1/2: " in printed and "round 2/2: " in printed and "medians of 2 rounds" in printed
+    assert all(results[stage] > 0 for stage in (*STAGES, "decode_fps"))
+    assert 0 < results["pipeline1_busy"] <= 1 and 0 < results["pipeline2_busy"] <= 1
+    assert results["pipeline1_over_model"] == pytest.approx(results["pipeline1_fps"] / results["model_fps"])
+    assert not (tmp_path / "bench").exists()  # scratch stores removed
+
+
+def test_line_scan_tiles_scored_through_ray(ray_session, ped2, shipped_checkpoint, tmp_path, capsys):
+    """A line-scan recording (6 Ped2 frames as strips of one web) -> 11 tiles -> replicas -> store."""
+    strips = tmp_path / "strips"
+    strips.mkdir()
+    for path in sorted((ped2 / "testing" / "frames" / "01").iterdir())[:6]:
+        shutil.copy(path, strips / path.name)
+    out = tmp_path / "line.zarr"
+    assert main(["score", f"linescan:{strips}?tile=240&stride=120", "--checkpoint", str(shipped_checkpoint),
+                 "--out", str(out), "--replicas", "2", "--batch-size", "4", "--quiet"]) == 0
+    group = open_results(out)["strips"]
+    _assert_complete_stream(group, 11)
+    assert group.attrs["source"].startswith("linescan:") and group.attrs["source"].endswith("?tile=240&stride=120")
+
+
+def test_shanghaitech_layout_scores_and_evaluates(ray_session, ped2, shipped_checkpoint, tmp_path):
+    """A ShanghaiTech-style test set (testing/frames/<scene>_<video>/, test_frame_mask/<video>.npy) built
+    from 40 real Ped2 frames (clip 04, frames 10-49: anomalous from frame 30): stream ids meet mask names."""
+    clip = tmp_path / "testing" / "frames" / "01_0004"
+    clip.mkdir(parents=True)
+    for k, path in enumerate(sorted((ped2 / "testing" / "frames" / "04").iterdir())[10:50]):
+        shutil.copy(path, clip / f"{k:03d}.jpg")
+    masks = tmp_path / "test_frame_mask"
+    masks.mkdir()
+    labels = ped2_frame_labels(ped2)["04"][10:50]
+    np.save(masks / "01_0004.npy", labels)
+    out, report = tmp_path / "sh.zarr", tmp_path / "sh.json"
+    assert main(["score", str(tmp_path / "testing" / "frames"), "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(out), "--dataset", "shanghaitech", "--labels", str(masks), "--normalisation", "raw",
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())["raw"]
+    scores = open_results(out)["01_0004"]["score"][4:]
+    assert result["frames"] == 36 and result["per_video"]["01_0004"] == result["micro_auc"]
+    assert result["micro_auc"] == pytest.approx(roc_auc_score(labels[4:], scores)) and result["micro_auc"] > 0.8

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import cv2
@@ -129,3 +130,25 @@ def test_camera_reconnects_when_the_stream_drops(http_server):
         for frame in no_retry.frames():
             kept.append(frame)
     assert len(kept) == 36
+
+
+def test_line_scan_recording_becomes_overlapping_tiles(ped2, tmp_path):
+    """Six Ped2 frames read as strips of one continuous web: 1440 rows -> tiles of 240 every 120 rows."""
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    for path in sorted((ped2 / "testing" / "frames" / "01").iterdir())[:6]:
+        shutil.copy(path, folder / path.name)
+    (source,) = open_sources(f"linescan:{folder}?tile=240&stride=120")
+    strips = [frame.image for frame in FrameFolderSource(folder).frames()]
+    web = np.concatenate(strips)
+    tiles = list(source.frames())
+    assert len(tiles) == (1440 - 240) // 120 + 1 == 11
+    for k, tile in enumerate(tiles):
+        assert tile.index == k and tile.image.shape == (240, 360, 3)
+        np.testing.assert_array_equal(tile.image, web[120 * k:120 * k + 240])
+    assert np.all(np.diff([t.timestamp for t in tiles]) > 0)
+    assert source.describe() == f"linescan:{FrameFolderSource(folder).describe()}?tile=240&stride=120"
+    with pytest.raises(SourceError, match=r"a line-scan source needs \?tile=H"):
+        open_sources(f"linescan:{folder}?stride=4")
+    with pytest.raises(SourceError, match=r"line-scan stride must be in 1..tile \(8\), got 9"):
+        open_sources(f"linescan:{folder}?tile=8&stride=9")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,11 +13,13 @@ from models.adtr import ADTR, ADTRConfig
 from models.ds2 import DS2, DS2Config
 from models.dsr import DSR, DSRConfig
 from models.backbones import FrozenBackbone
+from models.base import LabelledAnomalies
 from models.errors import BackboneError
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
+from models.synthetic_anomalies import cut_paste, cut_paste_scar
 from pipeline.checkpoint import load_model, save_checkpoint
-from pipeline.datasets import mtd_split
+from pipeline.datasets import mtd_split, read_mask
 from pipeline.preprocess import prepare_frame
 from pipeline.sources import read_image
 
@@ -24,6 +29,8 @@ SMALL = {
     "favae": (FAVAE, FAVAEConfig(image_size=64, latent=16, widths=(8, 16, 32), bottleneck=8)),
     "ds2": (DS2, DS2Config(image_size=64, view_size=64, projector_hidden=32, projector_out=16, patch=32,
                            patch_stride=16, pca_dims=8, map_sigma=8.0)),
+    "ds2-cutpaste": (DS2, DS2Config(image_size=64, pretraining="cutpaste3way", cutpaste_patch=32, patch=32,
+                                    patch_stride=16, pca_dims=8, map_sigma=8.0)),
     "padim": (PaDiM, PaDiMConfig(image_size=64)),
     "dsr": (DSR, DSRConfig(image_size=64, hidden=16, embedding_dim=8, codebook_size=32, restriction_widths=(8, 8, 8),
                            detection_base=4, upsampling_base=4)),
@@ -49,7 +56,7 @@ def test_score_shapes_and_checkpoint_round_trip(name, mtd_images, tmp_path):
     model_class, config = SMALL[name]
     model = model_class(config).eval()
     normal, cracks = mtd_images
-    if name in ("padim", "ds2"):
+    if name in ("padim", "ds2", "ds2-cutpaste"):
         with pytest.raises(RuntimeError, match="only after fit_statistics"):
             model.score(cracks)
         model.fit_statistics([normal[:6], normal[6:]])
@@ -58,7 +65,7 @@ def test_score_shapes_and_checkpoint_round_trip(name, mtd_images, tmp_path):
     assert scored.score.shape == (4,) and scored.anomaly_map.shape == (4, 64, 64)
     assert torch.isfinite(scored.anomaly_map).all() and scored.anomaly_map.std() > 0
     save_checkpoint(tmp_path / "m.pt", model)
-    loaded, _ = load_model(tmp_path / "m.pt", expected_model=name)
+    loaded, _ = load_model(tmp_path / "m.pt", expected_model=model.name)
     with torch.inference_mode():
         torch.testing.assert_close(loaded.score(cracks).score, scored.score)
 
@@ -83,6 +90,70 @@ def test_loss_decreases_on_real_images(name, mtd_images):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     if hasattr(model, "backbone"):
         assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_adtr_anomaly_loss_pulls_normal_tokens_and_pushes_labelled_defects(mtd_images):
+    """The anomaly-available loss, read off its gradient on the reconstruction: a descent step draws
+    the reconstruction of normal tokens towards their features and pushes it away on labelled defect
+    tokens (pixel label) or on the top-k tokens of an image known only to be anomalous."""
+    normal, cracks = mtd_images
+    model = ADTR(replace(SMALL["adtr"][1], anomaly_alpha=0.1, anomaly_top_k=4)).eval()
+    masks = torch.zeros(2, 64, 64)
+    masks[0, :32, :32] = 1  # tokens 0, 1, 4, 5 of the 4x4 grid
+    labelled = LabelledAnomalies(cracks[:2, 0], masks, torch.tensor([True, False]))
+    captured = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        captured["reconstruction"] = output
+
+    model.restore.register_forward_hook(keep)
+    model.training_loss(normal[:2], labelled)["loss"].backward()
+    reconstruction = captured["reconstruction"]
+    with torch.no_grad():
+        target = model.features(torch.cat([normal[:2, 0], labelled.images]))
+        # a small descent step changes |f^ - f|^2 by -2 lr (f^ - f) . grad: positive = pulled in
+        pull = ((reconstruction - target) * reconstruction.grad).sum(-1)
+    defect = torch.zeros(16, dtype=torch.bool)
+    defect[[0, 1, 4, 5]] = True
+    assert (pull[:2] > 0).all()
+    assert (pull[2, ~defect] > 0).all() and (pull[2, defect] < 0).all()
+    assert (pull[3] < 0).sum() == 4 and (pull[3] == 0).sum() == 12
+
+
+def test_ds2_cutpaste_three_way_task_is_learned(mtd_images):
+    """Plain / CutPaste / scar crops told apart: the cross entropy falls from chance (ln 3) on a fixed
+    draw of crops and pastes, and the dense-pretraining parts are absent."""
+    torch.manual_seed(0)
+    model = DS2(SMALL["ds2-cutpaste"][1]).train()
+    assert not hasattr(model, "target_backbone") and not hasattr(model, "projectors")
+    normal, _ = mtd_images
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(10):
+        torch.manual_seed(1)  # the same crops and pastes every step
+        terms = model.training_loss(normal)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(terms["loss"].item())
+    assert losses[0] == pytest.approx(np.log(3), abs=0.2) and np.mean(losses[-3:]) < 0.75 * losses[0]
+
+
+def test_cutpaste_and_scar_change_only_what_they_paste(mtd_images):
+    torch.manual_seed(0)
+    normal, _ = mtd_images
+    image = normal[0, 0].float() / 255
+    areas, scars = [], []
+    for _ in range(20):
+        pasted, mask = cut_paste(image)
+        assert torch.equal(pasted[:, ~mask], image[:, ~mask])
+        areas.append(mask.float().mean().item())
+        scarred, scar = cut_paste_scar(image)
+        assert torch.equal(scarred[:, ~scar], image[:, ~scar]) and scar.any()
+        scars.append(scar.sum().item())
+    assert 0.015 <= min(areas) and max(areas) <= 0.16  # 2-15 % of the image, up to rounding
+    assert max(scars) <= 40  # a strip of at most 4 x 6 px, turned
 
 
 def test_ds2_positive_pairs_follow_the_crop_boxes():

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from pipeline.checkpoint import read_checkpoint
 from pipeline.cli import main
 from pipeline.store import open_results
 
@@ -79,3 +81,36 @@ def test_plain_image_folder_scores_but_has_no_labels(ray_session, small_mtd, pad
     capsys.readouterr()
     assert main(["eval", str(store), "--dataset", "mtd"]) == 2
     assert "was not scored from a labelled dataset" in capsys.readouterr().err
+
+
+def test_adtr_fine_tunes_on_labelled_anomalies(shared_data, small_mtd, padim_checkpoint, tmp_path, capsys):
+    model = {"name": "adtr", "image_size": 64, "hidden": 32, "heads": 4, "encoder_layers": 1, "decoder_layers": 1,
+             "feedforward": 64}
+
+    def config(name, model=model, **train):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"model": model, "train": {
+            "data": f"mtd:{small_mtd}?split=train", "epochs": 1, "batch_size": 4, "threads": 1,
+            "output_dir": str(tmp_path / name), **train}}))
+        return str(path)
+
+    assert main(["train", config("normal"), "--quiet"]) == 0
+    normal_only = tmp_path / "normal" / "model.pt"
+    labelled = f"mtd:{shared_data / 'mtd'}?split=labelled&labelled=1"
+    assert main(["train", config("plus", init_checkpoint=str(normal_only), anomalies=labelled, learning_rate=1e-9),
+                 "--quiet"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "plus" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["anomalous"] > 0 and log[0]["normal"] > 0
+    started = read_checkpoint(normal_only)["state_dict"]
+    fine_tuned = read_checkpoint(tmp_path / "plus" / "model.pt")["state_dict"]
+    torch.testing.assert_close(fine_tuned["query"], started["query"], atol=1e-5, rtol=0)  # lr ~0: it started there
+    capsys.readouterr()
+
+    assert main(["train", config("other", init_checkpoint=str(padim_checkpoint)), "--quiet"]) == 2
+    assert "checkpoint is for model 'padim', not 'adtr'" in capsys.readouterr().err
+    assert main(["train", config("wider", model={**model, "hidden": 64}, init_checkpoint=str(normal_only)),
+                 "--quiet"]) == 2
+    assert "train.init_checkpoint: " in (err := capsys.readouterr().err) and "does not fit this adtr config" in err
+    assert main(["train", config("padim", model={"name": "padim", "image_size": 64}, anomalies=labelled),
+                 "--quiet"]) == 2
+    assert "train.anomalies: model 'padim' trains on normal images only" in capsys.readouterr().err

@@ -3,7 +3,8 @@ import pytest
 
 from pipeline.errors import SourceError
 from pipeline.sources import Frame
-from pipeline.windows import EndOfStream, WindowBatch, assemble_tiles, window_batches
+from pipeline.linescan import assemble_tiles
+from pipeline.windows import EndOfStream, WindowBatch, window_batches
 
 
 def _frames(n, size=8, fail_after=None):
@@ -43,6 +44,15 @@ def test_skip_before_drops_written_batches_but_keeps_context():
     batches, _ = _collect(window_batches(_frames(20), "clip", 5, 4, 8, 1, skip_before=8))
     assert batches[0].start == 8 and batches[0].context == 4
     assert batches[0].valid.all()
+
+
+def test_skip_before_counts_decoded_frames_not_frame_indices():
+    """Resume after 4 rows of a still-image stream whose image 2 could not be decoded: rows 0-3 hold
+    frames 0, 1, 3, 4, so scoring continues at frame 5, not at frame 4 (which would be written twice)."""
+    frames = [f for f in _frames(10) if f.index != 2]
+    batches, _ = _collect(window_batches(iter(frames), "clip", 1, 4, 8, 1, skip_before=4))
+    assert [b.frame_index.tolist() for b in batches] == [[5, 6, 7, 8], [9]]
+    assert [b.sequence for b in batches] == [1, 2]
 
 
 def test_line_scan_rows_become_overlapping_tiles():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import ray
 import torch
@@ -48,9 +50,17 @@ class ReplicaCore:
 class ReplicaActor:
     def __init__(self, checkpoint: str, threads: int | None = None) -> None:
         self.core = ReplicaCore(checkpoint, threads)
+        self.busy_seconds = 0.0  # inside score(): what the pipeline around it leaves to the model
 
     def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:
-        return self.core.score(batch)
+        started = time.perf_counter()
+        try:
+            return self.core.score(batch)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+
+    def busy(self) -> float:
+        return self.busy_seconds
 
     def device(self) -> str:
         return str(self.core.device)
