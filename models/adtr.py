@@ -12,7 +12,7 @@ Deviation: the paper's frozen EfficientNet-B4 (layers 1-5, 720 ch) is replaced b
 ImageNet EfficientNet-Lite0 (blocks 2/4/7/10/14, 448 ch) unless a B4 weights file is configured.
 
 Anomaly-available variant (ADTR+; used when a training config lists labelled anomalies): with
-phi(u) = sqrt(mean_c|f - f^|^2 + 1) - 1 per token, a normal image costs mean_u phi; an anomalous
+phi(u) = sqrt((mean_c |f - f^|)^2 + 1) - 1 per token, a normal image costs mean_u phi; an anomalous
 image with a pixel mask y (share of each token inside the defect) costs
 mean_u (1 - y) phi - alpha log(1 - exp(-mean_u y phi)), and one with only an image label costs
 -alpha log(1 - exp(-q)), q = mean of its top-k phi. The log term pushes the reconstruction of
