@@ -24,7 +24,7 @@ def main() -> None:
         ax.bar(np.arange(len(STAGES)) + i * width, [run[s] for s in STAGES], width, label=f"run {i + 1}")
     ax.set_xticks(np.arange(len(STAGES)) + width * (len(runs) - 1) / 2, LABELS)
     ax.set_ylabel("frames / s")
-    ax.set_title("Ped2 clip 04, DMAD CPU checkpoint, batch 16, 2 cores")
+    ax.set_title("Ped2 clip 04, DMAD CPU checkpoint, batch 16, 2 cores (medians of rounds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out)

@@ -18,8 +18,10 @@ def test_shipped_configs_validate(path):
 
 def test_cpu_config_is_smaller_than_paper_config():
     cpu, paper = load_config(REPO_CONFIGS[0]).model.params, load_config(REPO_CONFIGS[1]).model.params
-    assert cpu.image_size < paper.image_size and cpu.widths[0] < paper.widths[0]
-    assert paper.widths == (32, 64, 128, 256) and paper.memory_size == 200
+    # the CPU config keeps the paper's widths and memory but a quarter of the pixels, grey, fewer epochs
+    assert cpu.image_size * 2 == paper.image_size and cpu.channels == 1 and paper.channels == 3
+    assert cpu.widths == paper.widths == (32, 64, 128, 256) and cpu.memory_size == paper.memory_size == 200
+    assert load_config(REPO_CONFIGS[0]).train.epochs < load_config(REPO_CONFIGS[1]).train.epochs
 
 
 @pytest.mark.parametrize("data, message", [
