@@ -54,7 +54,6 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    torch.set_num_threads(cores)
     core = ReplicaCore(checkpoint, threads=cores)
     started = time.perf_counter()
     batches = _decoded_batches(spec, core, batch_size)

@@ -4,9 +4,9 @@ A dataset spec names a layout, a root and a split: ``mtd:ROOT``, ``mtd:ROOT?spli
 ``mvtec:CATEGORY_FOLDER?split=test``. Scoring defaults to the test split, training to the train
 split. ``labelled=N`` holds a seeded N defective images of each defect type out of the test split
 as the ``labelled`` split: the few labelled anomalies a model may train on (ADTR's
-anomaly-available variant); the test split of the same spec never contains them. Each split is a list of :class:`ImageRecord`; the test split is grouped into one stream per
-class (``good`` / the normal class, then each defect type), so per-class metrics read straight
-off the store.
+anomaly-available variant); the test split of the same spec never contains them. Each split is a
+list of :class:`ImageRecord`; the test split is grouped into one stream per class (``good`` / the
+normal class, then each defect type), so per-class metrics read straight off the store.
 """
 
 from __future__ import annotations
