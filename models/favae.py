@@ -9,6 +9,10 @@ log-probability summed over channels and upsampled to the image size) plus the K
 map: that upsampled, summed negative log-likelihood; image score: its sum over the image (mean
 here, the same ranking).
 
+Texture protocol of the paper (``crop``): images of ``image_size`` px train on one random ``crop`` x
+``crop`` patch each; scoring tiles the image into ``crop`` patches and stitches their maps (the paper
+scores random crops; tiling covers every pixel once).
+
 Deviations: the frozen VGG16 (conv2_2 / conv3_3 / conv4_3) is replaced by the offline ImageNet
 EfficientNet-Lite0 stages of the same strides (stem 32 ch @ 1/2, block2 24 ch @ 1/4, block4 40 ch
 @ 1/8) unless a VGG16 weights file is configured; ``widths`` scale the encoder / decoder channels
@@ -42,6 +46,12 @@ class FAVAEConfig:
     layers: tuple[str, ...] = ("stem", "block2", "block4")
     kl_weight: float = 1.0
     map_sigma: float = 4.0
+    crop: int = 0  # texture protocol: train on random crops of this size, score tiles of it (0: whole image)
+
+    def __post_init__(self) -> None:
+        crop = self.crop or self.image_size
+        if crop % 16 or self.image_size % crop:
+            raise ValueError(f"crop ({crop}) must be a multiple of 16 that divides image_size ({self.image_size})")
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, transposed: bool = False, act: bool = True) -> nn.Sequential:
@@ -57,9 +67,10 @@ class FAVAE(AnomalyModel):
         super().__init__()
         self.config = config
         self.image_size = config.image_size
+        self.crop = config.crop or config.image_size
         w1, w2, w3 = config.widths
         z = config.latent
-        side = config.image_size // 16  # the 8x8 bottleneck at 128 px
+        side = self.crop // 16  # the 8x8 bottleneck at 128 px
         self.encoder = nn.Sequential(
             _conv(3, w1, 4, 2), _conv(w1, w1, 4, 2), _conv(w1, w2, 3), _conv(w2, w2, 4, 2), _conv(w2, w3, 3),
             _conv(w3, w3, 4, 2), _conv(w3, w3, 3), _conv(w3, config.bottleneck, 3),
@@ -88,28 +99,38 @@ class FAVAE(AnomalyModel):
         pixels, decoded = self._decode(latent)
         targets = [images.float() / 255.0, *self.backbone(images)]
         predictions = [pixels, *(adapter(d) for adapter, d in zip(self.adapters, decoded))]
-        total = torch.zeros(len(images), self.image_size, self.image_size, device=images.device)
+        total = torch.zeros(len(images), self.crop, self.crop, device=images.device)
         for target, prediction, log_variance in zip(targets, predictions, self.log_variances):
             if prediction.shape[-2:] != target.shape[-2:]:
                 prediction = F.interpolate(prediction, size=target.shape[-2:], mode="bilinear", align_corners=False)
             variance = log_variance.view(1, -1, 1, 1)
             nll = 0.5 * ((target - prediction).pow(2) * torch.exp(-variance) + variance + math.log(2 * math.pi))
-            total = total + upsample_map(nll.sum(1), self.image_size)
+            total = total + upsample_map(nll.sum(1), self.crop)
         return total
 
+    def _random_crops(self, images: torch.Tensor) -> torch.Tensor:
+        if self.crop == self.image_size:
+            return images
+        corners = torch.randint(0, self.image_size - self.crop + 1, (len(images), 2))
+        return torch.stack([image[:, y:y + self.crop, x:x + self.crop] for image, (y, x) in zip(images, corners.tolist())])
+
     def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = windows[:, -1]
+        images = self._random_crops(windows[:, -1])
         mu, log_var = self.encoder(images.float() / 255.0).flatten(1).chunk(2, dim=1)
         latent = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
-        pixels = self.image_size ** 2
+        pixels = self.crop ** 2
         nll = self._negative_log_likelihood_map(images, latent).flatten(1).sum(1).mean() / pixels
         kl = (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp()).sum(1)).mean() / pixels
         return {"loss": nll + self.config.kl_weight * kl, "nll": nll, "kl": kl}
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         images = windows[:, -1]
-        mu, _ = self.encoder(images.float() / 255.0).flatten(1).chunk(2, dim=1)
-        maps = self._negative_log_likelihood_map(images, mu)
+        n, channels, size, tiles = len(images), images.shape[1], self.image_size, self.image_size // self.crop
+        crops = (images.reshape(n, channels, tiles, self.crop, tiles, self.crop).permute(0, 2, 4, 1, 3, 5)
+                 .reshape(n * tiles * tiles, channels, self.crop, self.crop))
+        mu, _ = self.encoder(crops.float() / 255.0).flatten(1).chunk(2, dim=1)
+        maps = (self._negative_log_likelihood_map(crops, mu).reshape(n, tiles, tiles, self.crop, self.crop)
+                .permute(0, 1, 3, 2, 4).reshape(n, size, size))
         if self.config.map_sigma > 0:
             maps = upsample_map(maps, self.image_size, self.config.map_sigma)
         return ScoreOutput(maps.flatten(1).mean(1), maps)

@@ -10,8 +10,9 @@ from pathlib import Path
 from models.errors import BackboneError
 from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.errors import AnomstreamError, UndefinedMetricError
+from pipeline.layouts import LAYOUT_SPLITS
 
-STILL_DATASETS = ("mtd", "mvtec")
+STILL_DATASETS = tuple(LAYOUT_SPLITS)
 
 
 
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
     score.add_argument("sources", nargs="+", help="video file, frame folder, folder of clips or images, device index, "
-                                                 "rtsp/http URL, or a labelled still dataset mtd:ROOT / mvtec:CATEGORY")
+                                                 "rtsp/http URL, or a labelled still dataset (mtd:ROOT, mvtec:CATEGORY, "
+                                                 "mvtec_loco:CATEGORY, ksdd2:ROOT)")
     scoring_options(score)
     score.set_defaults(run=_cmd_score)
 
@@ -198,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")
     evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech", *STILL_DATASETS],
-                          help="label layout; mtd / mvtec: stores scored from mtd:ROOT or mvtec:CATEGORY, "
-                               "labels and masks found from the dataset")
+                          help="label layout; still datasets (mtd, mvtec, mvtec_loco, ksdd2): stores scored from "
+                               "a dataset spec, labels and masks found from the dataset")
     evaluate.add_argument("--labels",
                           help="ped2: dataset root (frame_labels_ped2.npy, testing/); avenue: testing_label_mask/; "
-                               "shanghaitech: test_frame_mask/; mtd / mvtec: the dataset folder if it moved since scoring")
+                               "shanghaitech: test_frame_mask/; still datasets: the dataset folder if it moved since scoring")
     evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal", "raw"], choices=["offline", "causal", "raw"],
                           help="score normalisations to report (default: all three; raw and causal use no future frames)")
     evaluate.add_argument("--smoothing", type=int, default=0, help="window of temporal smoothing (centred offline, trailing causal)")

@@ -1,7 +1,7 @@
-"""Still-image datasets with labels and masks: MVTec AD layout and MTD (DS2 protocol).
+"""Still-image datasets with labels and masks, named by a spec: layout, root and split.
 
-A dataset spec names a layout, a root and a split: ``mtd:ROOT``, ``mtd:ROOT?split=train&seed=0``,
-``mvtec:CATEGORY_FOLDER?split=test``. Scoring defaults to the test split, training to the train
+``mtd:ROOT``, ``mtd:ROOT?split=train&seed=0``, ``mvtec:CATEGORY_FOLDER?split=test``,
+``mvtec_loco:CATEGORY_FOLDER``, ``ksdd2:ROOT`` (layouts: ``pipeline/layouts.py``). Scoring defaults to the test split, training to the train
 split. ``labelled=N`` holds a seeded N defective images of each defect type out of the test split
 as the ``labelled`` split: the few labelled anomalies a model may train on (ADTR's
 anomaly-available variant); the test split of the same spec never contains them. Each split is a
@@ -19,21 +19,13 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SourceError
+from pipeline.layouts import LAYOUT_SPLITS, ImageRecord, mask_pixels, mtd_split
 from pipeline.preprocess import prepare_frame
 from pipeline.sources import ImageListSource, list_images, read_image
 
-LAYOUTS = ("mtd", "mvtec")
+LAYOUTS = tuple(LAYOUT_SPLITS)
 SPLITS = ("train", "test", "labelled")
 OPTIONS = ("split", "seed", "train_fraction", "labelled")
-MTD_NORMAL = "MT_Free"
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    path: Path
-    category: str  # the normal class name or the defect type
-    anomalous: bool
-    mask_path: Path | None  # None: no defect pixels (a normal image)
 
 
 @dataclass(frozen=True)
@@ -68,51 +60,14 @@ def parse_dataset_spec(spec: str, default_split: str = "test", check_root: bool 
         raise SourceError(f"{spec}: seed and labelled must be integers and train_fraction a number") from None
     if not 0 < fraction < 1:
         raise SourceError(f"{spec}: train_fraction must be in (0, 1), got {fraction}")
+    if "train_fraction" in options and layout != "mtd":
+        raise SourceError(f"{spec}: train_fraction applies to mtd only ({layout} has its own train split)")
     if labelled < 0 or (split == "labelled" and labelled == 0):
         raise SourceError(f"{spec}: split=labelled needs labelled=N with N >= 1 defective images per type")
     path = Path(root)
     if check_root and not path.is_dir():
         raise SourceError(f"{spec}: dataset folder {root!r} not found")
     return DatasetSpec(layout, path, split, seed, fraction, labelled)
-
-
-def mtd_split(root: Path, seed: int = 0, train_fraction: float = 0.8) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """MTD (``MT_*/Imgs/X.jpg`` + mask ``X.png``): a seeded ``train_fraction`` of the defect-free
-    images train; the other defect-free images and every defective image test."""
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and (p / "Imgs").is_dir())
-    if not any(p.name == MTD_NORMAL for p in classes):
-        raise SourceError(f"{root}: not an MTD folder (no {MTD_NORMAL}/Imgs)")
-    train: list[ImageRecord] = []
-    test: list[ImageRecord] = []
-    for folder in classes:
-        images = [p for p in list_images(folder / "Imgs") if p.suffix.lower() == ".jpg"]
-        records = [ImageRecord(p, folder.name, folder.name != MTD_NORMAL, _existing(p.with_suffix(".png")))
-                   for p in images]
-        if folder.name == MTD_NORMAL:
-            order = np.random.default_rng(seed).permutation(len(records))
-            cut = int(len(records) * train_fraction)
-            train = [records[i] for i in sorted(order[:cut])]
-            test = [records[i] for i in sorted(order[cut:])] + test
-        else:
-            test += records
-    return train, test
-
-
-def mvtec_split(category: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """MVTec AD category folder: ``train/good``; ``test/<type>``; ``ground_truth/<type>/<name>_mask.png``."""
-    if not (category / "train" / "good").is_dir() or not (category / "test").is_dir():
-        raise SourceError(f"{category}: not an MVTec AD category folder (needs train/good and test/)")
-    train = [ImageRecord(p, "good", False, None) for p in list_images(category / "train" / "good")]
-    test = []
-    types = sorted(p for p in (category / "test").iterdir() if p.is_dir())
-    for folder in sorted(types, key=lambda p: (p.name != "good", p.name)):
-        for path in list_images(folder):
-            anomalous = folder.name != "good"
-            mask = category / "ground_truth" / folder.name / f"{path.stem}_mask.png"
-            if anomalous and not mask.is_file():
-                raise SourceError(f"{path}: ground-truth mask {mask} not found")
-            test.append(ImageRecord(path, folder.name, anomalous, mask if anomalous else None))
-    return train, test
 
 
 def hold_out_labelled(test: list[ImageRecord], per_type: int, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -130,7 +85,10 @@ def hold_out_labelled(test: list[ImageRecord], per_type: int, seed: int) -> tupl
 
 
 def dataset_records(spec: DatasetSpec) -> list[ImageRecord]:
-    train, test = mtd_split(spec.root, spec.seed, spec.train_fraction) if spec.layout == "mtd" else mvtec_split(spec.root)
+    if spec.layout == "mtd":
+        train, test = mtd_split(spec.root, spec.seed, spec.train_fraction)
+    else:
+        train, test = LAYOUT_SPLITS[spec.layout](spec.root)
     if spec.split == "train":
         return train
     labelled, rest = hold_out_labelled(test, spec.labelled, spec.seed) if spec.labelled else ([], test)
@@ -138,16 +96,20 @@ def dataset_records(spec: DatasetSpec) -> list[ImageRecord]:
 
 
 def read_mask(record: ImageRecord, shape: tuple[int, int]) -> np.ndarray:
-    """bool (H, W) defect mask of ``record`` for an image of ``shape``; masks are thresholded at > 127."""
+    """bool (H, W) defect mask of ``record`` for an image of ``shape`` (a folder of masks: their union)."""
     if record.mask_path is None:
         return np.zeros(shape, bool)
-    mask = cv2.imread(str(record.mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise SourceError(f"{record.mask_path}: cannot decode mask")
-    if mask.shape != tuple(shape):
-        raise SourceError(f"{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                          f"its image {record.path.name} is {shape[1]}x{shape[0]}")
-    return mask > 127
+    files = sorted(record.mask_path.glob("*.png")) if record.mask_path.is_dir() else [record.mask_path]
+    union = np.zeros(shape, bool)
+    for path in files:
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise SourceError(f"{path}: cannot decode mask")
+        if mask.shape != tuple(shape):
+            raise SourceError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                              f"its image {record.path.name} is {shape[1]}x{shape[0]}")
+        union |= mask_pixels(mask)
+    return union
 
 
 @dataclass
@@ -173,10 +135,6 @@ def labelled_examples(specs: list[str], size: int, channels: int) -> LabelledExa
             masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA))
             has_mask.append(record.mask_path is not None)
     return LabelledExamples(np.stack(images), np.stack(masks), np.array(has_mask))
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None
 
 
 def dataset_sources(spec: str, default_split: str = "test") -> list[ImageListSource]:

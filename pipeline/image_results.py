@@ -60,7 +60,7 @@ def scored_images(store: str | Path, dataset_root: str | None = None) -> list[Sc
         spec = str(group.attrs.get("source", "")).split("#", 1)[0]
         if not is_dataset_spec(spec) or "items" not in group.attrs:
             raise AnomstreamError(f"{store}: stream {stream_id!r} was not scored from a labelled dataset "
-                                  f"(source {spec!r}); score mtd:ROOT or mvtec:CATEGORY")
+                                  f"(source {spec!r}); score a dataset spec such as mtd:ROOT or mvtec:CATEGORY")
         if spec not in records:
             records[spec] = _records_by_path(spec, dataset_root)
         by_path = records[spec]

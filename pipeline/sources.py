@@ -276,8 +276,8 @@ def open_sources(spec: str, max_frames: int | None = None, still_images: bool = 
       ``still_images`` independent stills (an undecodable image is skipped and reported)
     - a folder of video files and/or frame folders (e.g. Ped2 ``testing/frames``) -> one stream each
     - a camera: a device index (``0``) or an rtsp/http(s) URL
-    - a labelled still-image dataset: ``mtd:ROOT`` or ``mvtec:CATEGORY`` (``?split=train|test``),
-      one stream per class (see :mod:`pipeline.datasets`)
+    - a labelled still-image dataset: ``mtd:ROOT``, ``mvtec:CATEGORY``, ``mvtec_loco:CATEGORY`` or
+      ``ksdd2:ROOT`` (``?split=train|test``), one stream per class (see :mod:`pipeline.datasets`)
     - a line-scan camera or recording: ``linescan:SPEC?tile=H&stride=S`` (see :mod:`pipeline.linescan`)
     """
     from pipeline.datasets import dataset_sources, is_dataset_spec

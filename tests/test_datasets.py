@@ -1,4 +1,5 @@
-"""Still-image datasets: the MTD split (DS2 protocol), the MVTec AD layout, masks, bad input."""
+"""Still-image datasets: the MTD split (DS2 protocol), the MVTec AD, MVTec LOCO and KolektorSDD2 layouts,
+masks, bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.datasets import (dataset_records, labelled_examples, mtd_split, mvtec_split, parse_dataset_spec,
-                               read_mask)
+from layout_builders import ksdd2_from_mtd, loco_from_mtd, mvtec_from_mtd
+from pipeline.datasets import dataset_records, labelled_examples, parse_dataset_spec, read_mask
 from pipeline.errors import SourceError
+from pipeline.layouts import ksdd2_split, mtd_split, mvtec_loco_split, mvtec_split
 from pipeline.sources import open_sources
 
 
@@ -64,24 +66,8 @@ def test_mask_of_wrong_size_is_named(mtd):
         read_mask(crack, (5, 7))
 
 
-def _mvtec_from_mtd(mtd: Path, root: Path) -> Path:
-    """An MVTec AD category folder built from real MTD images."""
-    category = root / "tile"
-    free = sorted((mtd / "MT_Free" / "Imgs").glob("*.jpg"))
-    cracks = sorted((mtd / "MT_Crack" / "Imgs").glob("*.jpg"))[:3]
-    for folder in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
-        (category / folder).mkdir(parents=True)
-    for k, path in enumerate(free[:4]):
-        shutil.copy(path, category / "train" / "good" / f"{k:03d}.png")
-    shutil.copy(free[4], category / "test" / "good" / "000.png")
-    for k, path in enumerate(cracks):
-        shutil.copy(path, category / "test" / "crack" / f"{k:03d}.png")
-        shutil.copy(path.with_suffix(".png"), category / "ground_truth" / "crack" / f"{k:03d}_mask.png")
-    return category
-
-
 def test_mvtec_layout(mtd, tmp_path):
-    category = _mvtec_from_mtd(mtd, tmp_path)
+    category = mvtec_from_mtd(mtd, tmp_path)
     train, test = mvtec_split(category)
     assert [r.path.name for r in train] == ["000.png", "001.png", "002.png", "003.png"]
     assert [(r.category, r.path.name, r.anomalous) for r in test] == [
@@ -91,6 +77,57 @@ def test_mvtec_layout(mtd, tmp_path):
     (category / "ground_truth" / "crack" / "001_mask.png").unlink()
     with pytest.raises(SourceError, match="001.png: ground-truth mask .*001_mask.png not found"):
         mvtec_split(category)
+
+
+def test_mvtec_loco_layout_unites_each_defects_masks(mtd, tmp_path):
+    category = loco_from_mtd(mtd, tmp_path)
+    train, test = mvtec_loco_split(category)
+    assert [r.path.name for r in train] == ["000.png", "001.png", "002.png", "003.png"]  # validation/ not used
+    assert [(r.category, r.path.name, r.anomalous) for r in test] == [
+        ("good", "000.png", False), ("good", "001.png", False), ("logical_anomalies", "000.png", True),
+        ("logical_anomalies", "001.png", True), ("structural_anomalies", "000.png", True)]
+    assert [s.stream_id for s in open_sources(f"mvtec_loco:{category}")] == [
+        "good", "logical_anomalies", "structural_anomalies"]
+    hole = test[2]
+    assert hole.mask_path == category / "ground_truth" / "logical_anomalies" / "000"
+    image = cv2.imread(str(hole.path))
+    original = cv2.imread(str(sorted((mtd / "MT_Blowhole" / "Imgs").glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE) > 127
+    half = cv2.imread(str(hole.mask_path / "000.png"), cv2.IMREAD_GRAYSCALE) > 127
+    assert half.sum() < original.sum()
+    np.testing.assert_array_equal(read_mask(hole, image.shape[:2]), original)  # union of both files
+    assert not read_mask(test[0], image.shape[:2]).any()
+
+    for mask in (hole.mask_path / "000.png", hole.mask_path / "001.png"):
+        mask.unlink()
+    with pytest.raises(SourceError, match="000.png: ground-truth folder .*logical_anomalies/000 holds no mask"):
+        mvtec_loco_split(category)
+    hole.mask_path.rmdir()
+    with pytest.raises(SourceError, match="000.png: ground-truth mask .*logical_anomalies/000 not found"):
+        mvtec_loco_split(category)
+
+
+def test_ksdd2_layout_labels_images_by_their_masks(mtd, tmp_path):
+    root = ksdd2_from_mtd(mtd, tmp_path)
+    train, test = ksdd2_split(root)
+    assert [r.path.name for r in train] == ["10000.png", "10001.png", "10003.png", "10004.png"]  # the crack is left out
+    assert [(r.path.name, r.category, r.anomalous) for r in test] == [
+        ("10001.png", "good", False), ("10003.png", "good", False),
+        ("10000.png", "defect", True), ("10002.png", "defect", True)]
+    assert [s.stream_id for s in open_sources(f"ksdd2:{root}")] == ["good", "defect"]
+    hole = test[2]
+    assert hole.mask_path == root / "test" / "10000_GT.png"
+    raw = cv2.imread(str(hole.mask_path), cv2.IMREAD_GRAYSCALE)
+    assert raw.max() == 1  # a 0/1 mask
+    np.testing.assert_array_equal(read_mask(hole, raw.shape), raw > 0)
+    assert test[0].mask_path is None and not read_mask(test[0], raw.shape).any()
+
+    (root / "test" / "10002_GT.png").unlink()
+    with pytest.raises(SourceError, match="10002.png: ground-truth mask 10002_GT.png missing or unreadable"):
+        ksdd2_split(root)
+    with pytest.raises(SourceError, match="not a KolektorSDD2 folder"):
+        ksdd2_split(root / "test")
+    with pytest.raises(SourceError, match="train_fraction applies to mtd only"):
+        parse_dataset_spec(f"ksdd2:{root}?train_fraction=0.5")
 
 
 @pytest.mark.parametrize("suffix, message", [

@@ -19,7 +19,8 @@ from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
 from models.synthetic_anomalies import cut_paste, cut_paste_scar
 from pipeline.checkpoint import load_model, save_checkpoint
-from pipeline.datasets import mtd_split, read_mask
+from pipeline.datasets import read_mask
+from pipeline.layouts import mtd_split
 from pipeline.preprocess import prepare_frame
 from pipeline.sources import read_image
 
@@ -27,6 +28,7 @@ SMALL = {
     "adtr": (ADTR, ADTRConfig(image_size=64, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, feedforward=64,
                               dropout=0.0, score_box=4)),
     "favae": (FAVAE, FAVAEConfig(image_size=64, latent=16, widths=(8, 16, 32), bottleneck=8)),
+    "favae-crops": (FAVAE, FAVAEConfig(image_size=64, crop=32, latent=16, widths=(8, 16, 32), bottleneck=8)),
     "ds2": (DS2, DS2Config(image_size=64, view_size=64, projector_hidden=32, projector_out=16, patch=32,
                            patch_stride=16, pca_dims=8, map_sigma=8.0)),
     "ds2-cutpaste": (DS2, DS2Config(image_size=64, pretraining="cutpaste3way", cutpaste_patch=32, patch=32,
@@ -70,7 +72,7 @@ def test_score_shapes_and_checkpoint_round_trip(name, mtd_images, tmp_path):
         torch.testing.assert_close(loaded.score(cracks).score, scored.score)
 
 
-@pytest.mark.parametrize("name", ["adtr", "favae", "ds2", "dsr-stage1"])
+@pytest.mark.parametrize("name", ["adtr", "favae", "favae-crops", "ds2", "dsr-stage1"])
 def test_loss_decreases_on_real_images(name, mtd_images):
     torch.manual_seed(0)
     model_class, config = (DSR, DSR_STAGE1) if name == "dsr-stage1" else SMALL[name]
@@ -90,6 +92,27 @@ def test_loss_decreases_on_real_images(name, mtd_images):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     if hasattr(model, "backbone"):
         assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_favae_texture_protocol_trains_on_crops_and_scores_tiles(mtd_images):
+    """Scoring with crops = scoring each tile on its own, stitched; training sees crop-sized patches."""
+    torch.manual_seed(0)
+    tiled = FAVAE(replace(SMALL["favae-crops"][1], map_sigma=0.0)).eval()
+    whole = FAVAE(replace(SMALL["favae-crops"][1], image_size=32, crop=0, map_sigma=0.0)).eval()
+    whole.load_state_dict(tiled.state_dict())
+    _, cracks = mtd_images
+    with torch.inference_mode():
+        stitched = tiled.score(cracks).anomaly_map
+        for y, x in ((0, 0), (0, 32), (32, 0), (32, 32)):
+            tile = whole.score(cracks[:, :, :, y:y + 32, x:x + 32]).anomaly_map
+            torch.testing.assert_close(stitched[:, y:y + 32, x:x + 32], tile, atol=1e-4, rtol=1e-4)
+    crops = tiled._random_crops(cracks[:, -1])
+    assert crops.shape == (4, 3, 32, 32)
+    for crop, image in zip(crops, cracks[:, -1]):  # each crop is a window of its own image
+        windows = image.unfold(1, 32, 1).unfold(2, 32, 1)  # (3, 33, 33, 32, 32)
+        assert (windows == crop[:, None, None]).flatten(3).all(3).all(0).any()
+    with pytest.raises(ValueError, match=r"crop \(48\) must be a multiple of 16 that divides image_size \(64\)"):
+        FAVAEConfig(image_size=64, crop=48)
 
 
 def test_adtr_anomaly_loss_pulls_normal_tokens_and_pushes_labelled_defects(mtd_images):

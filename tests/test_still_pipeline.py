@@ -1,5 +1,6 @@
-"""Still images end to end: train (fit) a model on an MTD-layout folder, score it through Ray,
-evaluate image / pixel AUROC and PRO from the store; undecodable images are kept out and reported."""
+"""Still images end to end: train (fit) a model on an MTD-layout folder, score it (and MVTec LOCO /
+KolektorSDD2 layouts) through Ray, evaluate image / pixel AUROC and PRO from the store; undecodable
+images are kept out and reported."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from layout_builders import ksdd2_from_mtd, loco_from_mtd
+from sklearn.metrics import roc_auc_score
 
 from pipeline.checkpoint import read_checkpoint
 from pipeline.cli import main
@@ -69,6 +72,27 @@ def test_mtd_scored_through_ray_and_evaluated(ray_session, small_mtd, padim_chec
     shutil.copytree(small_mtd, moved)
     assert main(["eval", str(store), "--dataset", "mtd", "--labels", str(moved), "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["pooled"] == result["pooled"]
+
+
+@pytest.mark.parametrize("layout, build, classes", [
+    ("mvtec_loco", loco_from_mtd, {"logical_anomalies": 2, "structural_anomalies": 1}),
+    ("ksdd2", ksdd2_from_mtd, {"defect": 2}),
+])
+def test_official_layouts_scored_and_evaluated(ray_session, shared_data, padim_checkpoint, tmp_path, layout, build, classes):
+    root = build(shared_data / "mtd", tmp_path)
+    store = tmp_path / f"{layout}.zarr"
+    assert main(["score", f"{layout}:{root}", "--checkpoint", str(padim_checkpoint), "--out", str(store),
+                 "--replicas", "1", "--batch-size", "2", "--quiet"]) == 0
+    groups = open_results(store)
+    names = sorted(groups.group_keys())
+    assert names == sorted(["good", *classes])
+    assert main(["eval", str(store), "--dataset", layout, "--json", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert {name: c["images"] for name, c in result["per_class"].items()} == classes
+    labels = np.concatenate([np.full(groups[k]["score"].shape[0], k != "good") for k in names])
+    scores = np.concatenate([groups[k]["score"][:] for k in names])
+    assert result["pooled"]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert 0.0 <= result["pooled"]["pixel_auroc"] <= 1.0 and 0.0 <= result["pooled"]["pro"] <= 1.0
 
 
 def test_plain_image_folder_scores_but_has_no_labels(ray_session, small_mtd, padim_checkpoint, tmp_path, capsys):
