@@ -49,9 +49,9 @@ class AnomalyModel(nn.Module):
         """uint8 frames -> float input in [-1, 1]."""
         return frames.float() / 127.5 - 1.0
 
-    def training_loss(self, windows: torch.Tensor, anomalies: LabelledAnomalies | None = None) -> dict[str, torch.Tensor]:
-        """Loss terms on a batch of uint8 windows of normal data (and, for models that learn from
-        them, a few labelled anomalies); key ``loss`` is the total to minimise."""
+    def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms on a batch of uint8 windows of normal data; key ``loss`` is the total to minimise.
+        Models with ``learns_from_anomalies`` also take ``anomalies: LabelledAnomalies | None``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement training_loss")
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:

@@ -1,19 +1,28 @@
-"""Still-image metrics: image AUROC, pixel AUROC and PRO (per-region overlap up to an FPR limit)."""
+"""Still-image metrics: image AUROC and average precision (KolektorSDD2's usual figure), pixel AUROC and
+PRO (per-region overlap up to an FPR limit)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.errors import UndefinedMetricError
 
 
 def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(roc_auc_score(_both_classes(labels, "image AUROC"), scores))
+
+
+def image_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(average_precision_score(_both_classes(labels, "image AP"), scores))
+
+
+def _both_classes(labels: np.ndarray, metric: str) -> np.ndarray:
     labels = np.asarray(labels, bool)
     if labels.all() or not labels.any():
-        raise UndefinedMetricError("image AUROC needs both normal and anomalous images")
-    return float(roc_auc_score(labels, scores))
+        raise UndefinedMetricError(f"{metric} needs both normal and anomalous images")
+    return labels
 
 
 def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:

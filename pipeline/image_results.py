@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.datasets import ImageRecord, dataset_records, is_dataset_spec, parse_dataset_spec, read_mask
+from pipeline.datasets import dataset_records, is_dataset_spec, parse_dataset_spec, read_mask
 from pipeline.errors import AnomstreamError, UndefinedMetricError
-from pipeline.image_metrics import image_auroc, pixel_auroc, pro_score
+from pipeline.image_metrics import image_auroc, image_average_precision, pixel_auroc, pro_score
+from pipeline.layouts import ImageRecord
 from pipeline.store import open_results
 
 
@@ -93,6 +94,7 @@ def _metrics(images: list[ScoredImage]) -> dict[str, float]:
     scores = np.array([i.score for i in images])
     maps, masks = [i.anomaly_map for i in images], [i.mask for i in images]
     for name, compute in (("image_auroc", lambda: image_auroc(scores, labels)),
+                          ("image_ap", lambda: image_average_precision(scores, labels)),
                           ("pixel_auroc", lambda: pixel_auroc(maps, masks)),
                           ("pro", lambda: pro_score(maps, masks))):
         try:
@@ -110,7 +112,7 @@ def evaluate_stills(store: str | Path, dataset_root: str | None = None) -> Still
                      "images": sum(i.record.category == c for i in images)} for c in classes}
     pooled = _metrics(images)
     if per_class:
-        for name in ("image_auroc", "pixel_auroc", "pro"):
+        for name in ("image_auroc", "image_ap", "pixel_auroc", "pro"):
             values = [m[name] for m in per_class.values() if name in m]
             if values:
                 pooled[f"mean_class_{name}"] = float(np.mean(values))

@@ -19,13 +19,17 @@ from pipeline.sources import Frame, Source
 SCHEME = "linescan:"
 
 
+def check_tiling(tile_height: int, stride: int) -> None:
+    if not 0 < stride <= tile_height:
+        raise ValueError(f"line-scan stride must be in 1..tile ({tile_height}), got {stride}")
+
+
 def assemble_tiles(rows: Iterator[Frame], tile_height: int, stride: int) -> Iterator[Frame]:
     """Line-scan rows (each a (1, W, 3) image) -> overlapping (tile_height, W, 3) tiles every ``stride`` rows.
 
     Tile k covers rows [k*stride, k*stride + tile_height); its timestamp is that of its last row.
     """
-    if not 0 < stride <= tile_height:
-        raise ValueError(f"stride must be in 1..tile_height, got {stride}")
+    check_tiling(tile_height, stride)
     buffer: list[np.ndarray] = []
     tile_index = 0
     for row in rows:
@@ -40,8 +44,10 @@ class LineScanSource(Source):
     """Tiles of the rows of ``rows_source``'s frames, taken top to bottom, frame after frame."""
 
     def __init__(self, rows_source: Source, tile_height: int, stride: int) -> None:
-        if not 0 < stride <= tile_height:
-            raise SourceError(f"{rows_source.describe()}: line-scan stride must be in 1..tile ({tile_height}), got {stride}")
+        try:
+            check_tiling(tile_height, stride)
+        except ValueError as error:
+            raise SourceError(f"{rows_source.describe()}: {error}") from None
         self.rows_source = rows_source
         self.stream_id = rows_source.stream_id
         self.tile_height, self.stride = tile_height, stride

@@ -7,14 +7,18 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.errors import UndefinedMetricError
-from pipeline.image_metrics import image_auroc, pixel_auroc, pro_score
+from pipeline.image_metrics import image_auroc, image_average_precision, pixel_auroc, pro_score
 
 
-def test_image_auroc_matches_sklearn():
+def test_image_auroc_and_average_precision_by_hand():
     scores, labels = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
     assert image_auroc(scores, labels) == pytest.approx(0.75)
-    with pytest.raises(UndefinedMetricError):
+    # ranked 0.8 (defect), 0.4, 0.35 (defect), 0.1: precision 1 at recall 1/2, 2/3 at recall 1
+    assert image_average_precision(scores, labels) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    with pytest.raises(UndefinedMetricError, match="image AUROC needs both"):
         image_auroc(scores, np.zeros(4))
+    with pytest.raises(UndefinedMetricError, match="image AP needs both"):
+        image_average_precision(scores, np.ones(4))
 
 
 def test_pixel_auroc_pools_images_of_different_sizes():

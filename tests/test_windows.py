@@ -62,5 +62,5 @@ def test_line_scan_rows_become_overlapping_tiles():
     assert [t.image.shape for t in tiles] == [(8, 6, 3)] * 4
     np.testing.assert_array_equal(tiles[1].image[:, 0, 0], np.arange(4, 12))
     assert [t.index for t in tiles] == [0, 1, 2, 3] and tiles[-1].timestamp == 19.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"line-scan stride must be in 1..tile \(4\), got 5"):
         list(assemble_tiles(iter([]), 4, 5))
