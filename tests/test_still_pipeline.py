@@ -13,10 +13,13 @@ import pytest
 import torch
 import yaml
 from layout_builders import ksdd2_from_mtd, loco_from_mtd
+from small_models import SMALL
 from sklearn.metrics import roc_auc_score
 
-from pipeline.checkpoint import read_checkpoint
+from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.cli import main
+from pipeline.preprocess import prepare_frame
+from pipeline.sources import read_image
 from pipeline.store import open_results
 
 
@@ -72,6 +75,33 @@ def test_mtd_scored_through_ray_and_evaluated(ray_session, small_mtd, padim_chec
     shutil.copytree(small_mtd, moved)
     assert main(["eval", str(store), "--dataset", "mtd", "--labels", str(moved), "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["pooled"] == result["pooled"]
+
+
+def _windows(paths: list[str], size: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([prepare_frame(read_image(Path(p)), size, 3) for p in paths]))[:, None]
+
+
+@pytest.mark.parametrize("name", ["adtr", "favae", "ds2-cutpaste", "dsr"])
+def test_every_still_model_scores_through_ray_in_order(name, ray_session, small_mtd, tmp_path):
+    """Two replicas, batches of 2: each image's store row holds that image's own score and map."""
+    torch.manual_seed(0)
+    model_class, config = SMALL[name]
+    model = model_class(config).eval()
+    if name.startswith("ds2"):
+        train = sorted(str(p) for p in (small_mtd / "MT_Free" / "Imgs").glob("*.jpg"))[:8]
+        model.fit_statistics([_windows(train[:4], 64), _windows(train[4:], 64)])
+    save_checkpoint(tmp_path / "model.pt", model)
+    store = tmp_path / "scored.zarr"
+    assert main(["score", f"mtd:{small_mtd}", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(store),
+                 "--replicas", "2", "--batch-size", "2", "--quiet"]) == 0
+    root = open_results(store)
+    for group, rows in (("MT_Free", [0, 1]), ("MT_Crack", [1, 2, 3])):
+        stored = root[group]
+        np.testing.assert_array_equal(stored["frame_index"][:], rows)
+        with torch.inference_mode():
+            expected = model.score(_windows([stored.attrs["items"][i] for i in rows], 64))
+        np.testing.assert_allclose(stored["score"][:], expected.score.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stored["map"][:].astype(np.float32), expected.anomaly_map.numpy(), rtol=2e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("layout, build, classes", [
