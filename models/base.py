@@ -44,6 +44,8 @@ class AnomalyModel(nn.Module):
     trains_by_gradient: bool = True
     # True for models whose training_loss takes labelled anomalies (``train.anomalies`` in a config).
     learns_from_anomalies: bool = False
+    # True for models with a ``fit_statistics`` pass after gradient training.
+    fits_statistics: bool = False
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float input in [-1, 1]."""
@@ -59,6 +61,14 @@ class AnomalyModel(nn.Module):
 
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": learning_rate}]
+
+    def builds_on(self) -> str | None:
+        """Path of an earlier checkpoint of this model that a new training run starts from (DSR's
+        stage 1); default: none."""
+        return None
+
+    def start_from(self, checkpoint: dict) -> None:
+        """Take what this model reuses from the ``builds_on`` checkpoint (its ``params`` and ``state_dict``)."""
 
     def initialise_from_frames(self, frames: torch.Tensor) -> None:
         """Data-dependent initialisation from uint8 training frames (N, C, H, W); default: nothing."""

@@ -105,6 +105,7 @@ class _PixelPropagation(nn.Module):
 
 class DS2(AnomalyModel):
     name = "ds2"
+    fits_statistics = True
 
     def __init__(self, config: DS2Config) -> None:
         super().__init__()

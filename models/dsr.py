@@ -26,7 +26,6 @@ rotation; CPU configs shrink widths and codebooks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -164,19 +163,19 @@ class DSR(AnomalyModel):
             self.discrete.eval()  # frozen stage-1 subspace: no codebook updates
         return self
 
-    def initialise_from_frames(self, frames: torch.Tensor) -> None:
-        """Detection stage: start from the stage-1 checkpoint (the VQ-VAE trained on natural images)."""
+    def builds_on(self) -> str | None:
+        """Detection stage: the stage-1 checkpoint (the VQ-VAE trained on natural images)."""
         if self.config.stage != "detection":
-            return
-        path = self.config.stage1_checkpoint
-        if not path:
+            return None
+        if not self.config.stage1_checkpoint:
             raise BackboneError("dsr detection stage needs stage1_checkpoint (anomstream train --stage1 PATH)")
-        if not Path(path).is_file():
-            raise BackboneError(f"{path}: DSR stage-1 checkpoint not found")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("model") != "dsr" or payload.get("params", {}).get("stage") != "discrete":
+        return self.config.stage1_checkpoint
+
+    def start_from(self, checkpoint: dict) -> None:
+        path = self.config.stage1_checkpoint
+        if checkpoint.get("params", {}).get("stage") != "discrete":
             raise BackboneError(f"{path}: not a DSR stage-1 (stage: discrete) checkpoint")
-        state = {k[len("discrete."):]: v for k, v in payload["state_dict"].items() if k.startswith("discrete.")}
+        state = {k[len("discrete."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("discrete.")}
         try:
             self.discrete.load_state_dict(state)
         except RuntimeError as error:

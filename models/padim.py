@@ -34,6 +34,7 @@ class PaDiMConfig:
 
 class PaDiM(AnomalyModel):
     name = "padim"
+    fits_statistics = True
     trains_by_gradient = False
 
     def __init__(self, config: PaDiMConfig) -> None:

@@ -87,7 +87,7 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     output.mkdir(parents=True, exist_ok=True)
     if model.trains_by_gradient:
         _gradient_epochs(model, loader, settings, config, generator, output, resume, clips, progress, anomalies)
-    if type(model).fit_statistics is not AnomalyModel.fit_statistics:
+    if model.fits_statistics:
         started = time.time()
         _fit_statistics(model, dataset, settings.batch_size, progress)
         with (output / "train_log.jsonl").open("a") as log:
@@ -117,7 +117,8 @@ def _draw(anomalies: LabelledAnomalies | None, count: int, generator: torch.Gene
 
 
 def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:
-    """A new run: weights from ``init_checkpoint`` (fine-tuning), else the model's data-dependent start."""
+    """A new run: weights from ``init_checkpoint`` (fine-tuning), else the model's own start (the earlier
+    checkpoint it builds on, data-dependent initialisation)."""
     if settings.init_checkpoint:
         state = read_checkpoint(settings.init_checkpoint, expected_model=model.name)["state_dict"]
         try:
@@ -127,6 +128,8 @@ def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:
             raise ConfigError(f"train.init_checkpoint: {settings.init_checkpoint} does not fit this {model.name} "
                               f"config ({detail})") from None
     else:
+        if (earlier := model.builds_on()) is not None:
+            model.start_from(read_checkpoint(earlier, expected_model=model.name))
         model.initialise_from_frames(_median_sample(clips))
 
 

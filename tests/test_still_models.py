@@ -18,8 +18,9 @@ from models.errors import BackboneError
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
 from models.synthetic_anomalies import cut_paste, cut_paste_scar
-from pipeline.checkpoint import load_model, save_checkpoint
+from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pipeline.datasets import read_mask
+from pipeline.errors import AnomstreamError
 from pipeline.layouts import mtd_split
 from pipeline.preprocess import prepare_frame
 from pipeline.sources import read_image
@@ -253,7 +254,8 @@ def test_dsr_detection_stage_builds_on_stage1_and_switches_to_upsampling(mtd_ima
     save_checkpoint(tmp_path / "stage1.pt", stage1)
     config = DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage1_checkpoint": str(tmp_path / "stage1.pt")})
     model = DSR(config)
-    model.initialise_from_frames(mtd_images[0])
+    assert model.builds_on() == str(tmp_path / "stage1.pt")
+    model.start_from(read_checkpoint(model.builds_on(), expected_model="dsr"))
     torch.testing.assert_close(model.discrete.quantise_lo.codebook, stage1.discrete.quantise_lo.codebook)
     model.train()
     assert not model.discrete.training  # the stage-1 subspace stays frozen (no EMA codebook updates)
@@ -272,14 +274,18 @@ def test_dsr_detection_stage_builds_on_stage1_and_switches_to_upsampling(mtd_ima
 
 
 def test_dsr_stage1_checkpoint_errors(tmp_path):
-    model = DSR(SMALL["dsr"][1])
     with pytest.raises(BackboneError, match="needs stage1_checkpoint"):
-        model.initialise_from_frames(None)
+        DSR(SMALL["dsr"][1]).builds_on()
+    assert DSR(DSR_STAGE1).builds_on() is None
     model = DSR(DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage1_checkpoint": str(tmp_path / "s1.pt")}))
-    with pytest.raises(BackboneError, match=r"s1\.pt: DSR stage-1 checkpoint not found"):
-        model.initialise_from_frames(None)
+    with pytest.raises(AnomstreamError, match=r"s1\.pt: checkpoint file not found"):
+        read_checkpoint(model.builds_on(), expected_model="dsr")
     save_checkpoint(tmp_path / "s1.pt", DSR(SMALL["dsr"][1]))  # a detection-stage file, not stage 1
-    with pytest.raises(BackboneError, match="not a DSR stage-1"):
-        model.initialise_from_frames(None)
+    with pytest.raises(BackboneError, match=r"s1\.pt: not a DSR stage-1"):
+        model.start_from(read_checkpoint(model.builds_on(), expected_model="dsr"))
+    wider = DSR(DSRConfig(**{**DSR_STAGE1.__dict__, "hidden": 32}))
+    save_checkpoint(tmp_path / "s1.pt", wider)
+    with pytest.raises(BackboneError, match="stage-1 weights do not fit this DSR config"):
+        model.start_from(read_checkpoint(model.builds_on(), expected_model="dsr"))
     with pytest.raises(RuntimeError, match="does not score"):
         DSR(DSR_STAGE1).score(torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8))

@@ -16,6 +16,8 @@ from layout_builders import ksdd2_from_mtd, loco_from_mtd
 from small_models import SMALL
 from sklearn.metrics import roc_auc_score
 
+from models.dsr import DSRConfig
+from models.registry import build_model
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.cli import main
 from pipeline.preprocess import prepare_frame
@@ -168,3 +170,32 @@ def test_adtr_fine_tunes_on_labelled_anomalies(shared_data, small_mtd, padim_che
     assert main(["train", config("padim", model={"name": "padim", "image_size": 64}, anomalies=labelled),
                  "--quiet"]) == 2
     assert "train.anomalies: model 'padim' trains on normal images only" in capsys.readouterr().err
+
+
+def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, capsys):
+    small = {"name": "dsr", "image_size": 64, "hidden": 16, "embedding_dim": 8, "codebook_size": 32,
+             "restriction_widths": [8, 8, 8], "detection_base": 4, "upsampling_base": 4}
+
+    def config(name, stage):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"model": {**small, "stage": stage}, "train": {
+            "data": f"mtd:{small_mtd}?split=train", "epochs": 1, "batch_size": 4, "threads": 1,
+            "output_dir": str(tmp_path / name)}}))
+        return str(path)
+
+    assert main(["train", config("stage1", "discrete"), "--quiet"]) == 0
+    stage1 = tmp_path / "stage1" / "model.pt"
+    assert main(["train", config("detection", "detection"), "--stage1", str(stage1), "--quiet"]) == 0
+    started, trained = read_checkpoint(stage1)["state_dict"], read_checkpoint(tmp_path / "detection" / "model.pt")
+    assert trained["params"]["stage1_checkpoint"] == str(stage1)
+    codebook = "discrete.quantise_lo.codebook"
+    torch.testing.assert_close(trained["state_dict"][codebook], started[codebook])  # frozen stage-1 subspace
+    torch.manual_seed(0)  # the seed both runs start from: a run that skipped stage 1 would hold this codebook
+    fresh = build_model("dsr", DSRConfig(**{k: v for k, v in small.items() if k != "name"}))
+    assert not torch.allclose(fresh.discrete.quantise_lo.codebook, started[codebook])
+    capsys.readouterr()
+
+    assert main(["train", config("detection", "detection"), "--quiet"]) == 2
+    assert "dsr detection stage needs stage1_checkpoint" in capsys.readouterr().err
+    assert main(["train", config("detection", "detection"), "--stage1", str(tmp_path / "none.pt"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.pt'}: checkpoint file not found"
