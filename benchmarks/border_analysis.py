@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.score_maps import max_box_mean
 from models.base import AnomalyModel
+from models.score_maps import max_box_mean
 from pipeline.checkpoint import load_model
 from pipeline.layouts import mtd_split
 from pipeline.preprocess import prepare_frame

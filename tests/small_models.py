@@ -1,12 +1,20 @@
-"""Small configurations of every still-image model, shared by the model and pipeline tests."""
+"""Small configurations of every still-image model and the still-image loader, shared by the model and
+pipeline tests."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from models.adtr import ADTR, ADTRConfig
 from models.ds2 import DS2, DS2Config
 from models.dsr import DSR, DSRConfig
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
+from pipeline.preprocess import prepare_frame
+from pipeline.sources import read_image
 
 SMALL = {
     "adtr": (ADTR, ADTRConfig(image_size=64, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, feedforward=64,
@@ -22,3 +30,8 @@ SMALL = {
                            detection_base=4, upsampling_base=4)),
 }
 DSR_STAGE1 = DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage": "discrete"})
+
+
+def still_windows(paths: list[str | Path], size: int) -> torch.Tensor:
+    """Images as the pipeline prepares them: uint8 windows (N, 1, 3, size, size)."""
+    return torch.from_numpy(np.stack([prepare_frame(read_image(Path(p)), size, 3) for p in paths]))[:, None]

@@ -22,9 +22,7 @@ from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pipeline.datasets import read_mask
 from pipeline.errors import AnomstreamError
 from pipeline.layouts import mtd_split
-from pipeline.preprocess import prepare_frame
-from pipeline.sources import read_image
-from small_models import DSR_STAGE1, SMALL
+from small_models import DSR_STAGE1, SMALL, still_windows
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +30,7 @@ def mtd_images(shared_data):
     """12 defect-free training images and 4 crack images of MTD at 64x64, uint8 windows (N, 1, 3, 64, 64)."""
     train, test = mtd_split(shared_data / "mtd")
     cracks = [r for r in test if r.category == "MT_Crack"][:4]
-
-    def load(records):
-        return torch.from_numpy(np.stack([prepare_frame(read_image(r.path), 64, 3) for r in records]))[:, None]
-
-    return load(train[:12]), load(cracks)
+    return still_windows([r.path for r in train[:12]], 64), still_windows([r.path for r in cracks], 64)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -200,7 +194,7 @@ def test_padim_ranks_cracks_above_held_out_normal_images(shared_data):
     model = PaDiM(PaDiMConfig(image_size=128)).eval()
 
     def load(records):
-        return torch.from_numpy(np.stack([prepare_frame(read_image(r.path), 128, 3) for r in records]))[:, None]
+        return still_windows([r.path for r in records], 128)
 
     model.fit_statistics([load(train[k:k + 20]) for k in range(0, 60, 20)])
     normal = [r for r in test if not r.anomalous][:10]

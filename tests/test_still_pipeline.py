@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,12 @@ import pytest
 import torch
 import yaml
 from layout_builders import ksdd2_from_mtd, loco_from_mtd
-from small_models import SMALL
+from small_models import SMALL, still_windows
 from sklearn.metrics import roc_auc_score
 
-from models.dsr import DSRConfig
-from models.registry import build_model
+from models.dsr import DSR
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.cli import main
-from pipeline.preprocess import prepare_frame
-from pipeline.sources import read_image
 from pipeline.store import open_results
 
 
@@ -79,10 +77,6 @@ def test_mtd_scored_through_ray_and_evaluated(ray_session, small_mtd, padim_chec
     assert json.loads((tmp_path / "m.json").read_text())["pooled"] == result["pooled"]
 
 
-def _windows(paths: list[str], size: int) -> torch.Tensor:
-    return torch.from_numpy(np.stack([prepare_frame(read_image(Path(p)), size, 3) for p in paths]))[:, None]
-
-
 @pytest.mark.parametrize("name", ["adtr", "favae", "ds2-cutpaste", "dsr"])
 def test_every_still_model_scores_through_ray_in_order(name, ray_session, small_mtd, tmp_path):
     """Two replicas, batches of 2: each image's store row holds that image's own score and map."""
@@ -91,7 +85,7 @@ def test_every_still_model_scores_through_ray_in_order(name, ray_session, small_
     model = model_class(config).eval()
     if name.startswith("ds2"):
         train = sorted(str(p) for p in (small_mtd / "MT_Free" / "Imgs").glob("*.jpg"))[:8]
-        model.fit_statistics([_windows(train[:4], 64), _windows(train[4:], 64)])
+        model.fit_statistics([still_windows(train[:4], 64), still_windows(train[4:], 64)])
     save_checkpoint(tmp_path / "model.pt", model)
     store = tmp_path / "scored.zarr"
     assert main(["score", f"mtd:{small_mtd}", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(store),
@@ -101,7 +95,7 @@ def test_every_still_model_scores_through_ray_in_order(name, ray_session, small_
         stored = root[group]
         np.testing.assert_array_equal(stored["frame_index"][:], rows)
         with torch.inference_mode():
-            expected = model.score(_windows([stored.attrs["items"][i] for i in rows], 64))
+            expected = model.score(still_windows([stored.attrs["items"][i] for i in rows], 64))
         np.testing.assert_allclose(stored["score"][:], expected.score.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(stored["map"][:].astype(np.float32), expected.anomaly_map.numpy(), rtol=2e-3, atol=1e-3)
 
@@ -173,8 +167,7 @@ def test_adtr_fine_tunes_on_labelled_anomalies(shared_data, small_mtd, padim_che
 
 
 def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, capsys):
-    small = {"name": "dsr", "image_size": 64, "hidden": 16, "embedding_dim": 8, "codebook_size": 32,
-             "restriction_widths": [8, 8, 8], "detection_base": 4, "upsampling_base": 4}
+    small = {"name": "dsr", **json.loads(json.dumps(asdict(SMALL["dsr"][1])))}  # tuples as YAML lists
 
     def config(name, stage):
         path = tmp_path / f"{name}.yaml"
@@ -191,7 +184,7 @@ def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, caps
     codebook = "discrete.quantise_lo.codebook"
     torch.testing.assert_close(trained["state_dict"][codebook], started[codebook])  # frozen stage-1 subspace
     torch.manual_seed(0)  # the seed both runs start from: a run that skipped stage 1 would hold this codebook
-    fresh = build_model("dsr", DSRConfig(**{k: v for k, v in small.items() if k != "name"}))
+    fresh = DSR(SMALL["dsr"][1])
     assert not torch.allclose(fresh.discrete.quantise_lo.codebook, started[codebook])
     capsys.readouterr()
 
