@@ -109,11 +109,9 @@ class ADTR(AnomalyModel):
 
     def training_loss(self, windows: torch.Tensor, anomalies: LabelledAnomalies | None = None) -> dict[str, torch.Tensor]:
         if anomalies is None:
-            target = self.features(windows[:, -1])
-            return {"loss": (self.reconstruct(target) - target).pow(2).sum(-1).mean()}
+            return {"loss": self._difference(windows[:, -1]).pow(2).sum(-1).mean()}
         images = torch.cat([windows[:, -1], anomalies.images])
-        target = self.features(images)
-        phi = torch.sqrt((self.reconstruct(target) - target).abs().mean(-1).pow(2) + 1) - 1  # (N, tokens)
+        phi = torch.sqrt(self._difference(images).abs().mean(-1).pow(2) + 1) - 1  # (N, tokens)
         normal, anomalous = phi[:len(windows)], phi[len(windows):]
         labels = nn.functional.adaptive_avg_pool2d(anomalies.masks[:, None].float(), self.grid).flatten(1)
         pixel_push = _push_apart((labels * anomalous).mean(1))
@@ -124,9 +122,13 @@ class ADTR(AnomalyModel):
         loss = (normal_cost.sum() + anomaly_cost.sum()) / len(images)
         return {"loss": loss, "normal": normal.mean().detach(), "anomalous": anomalous.mean().detach()}
 
+    def _difference(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstruction minus target features (N, tokens, channels), in fp32 also under autocast."""
+        target = self.features(images)
+        return self.reconstruct(target).float() - target.float()
+
     def score(self, windows: torch.Tensor) -> ScoreOutput:
-        target = self.features(windows[:, -1])
-        distance = (self.reconstruct(target) - target).norm(dim=-1)
+        distance = self._difference(windows[:, -1]).norm(dim=-1)
         maps = upsample_map(distance.view(-1, self.grid, self.grid), self.image_size, self.config.map_sigma)
         return ScoreOutput(max_box_mean(maps, self.config.score_box), maps)
 

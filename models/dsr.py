@@ -34,7 +34,7 @@ from torch import nn
 
 from models.base import AnomalyModel, ScoreOutput
 from models.blocks import UNet, instance_norm_double_conv
-from models.errors import BackboneError
+from models.errors import EarlierStageError
 from models.score_maps import max_box_mean
 from models.synthetic_anomalies import perlin_mask
 from models.vector_quantizer import EMAVectorQuantizer
@@ -168,18 +168,18 @@ class DSR(AnomalyModel):
         if self.config.stage != "detection":
             return None
         if not self.config.stage1_checkpoint:
-            raise BackboneError("dsr detection stage needs stage1_checkpoint (anomstream train --stage1 PATH)")
+            raise EarlierStageError("dsr detection stage needs stage1_checkpoint (anomstream train --stage1 PATH)")
         return self.config.stage1_checkpoint
 
     def start_from(self, checkpoint: dict) -> None:
         path = self.config.stage1_checkpoint
         if checkpoint.get("params", {}).get("stage") != "discrete":
-            raise BackboneError(f"{path}: not a DSR stage-1 (stage: discrete) checkpoint")
+            raise EarlierStageError(f"{path}: not a DSR stage-1 (stage: discrete) checkpoint")
         state = {k[len("discrete."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("discrete.")}
         try:
             self.discrete.load_state_dict(state)
         except RuntimeError as error:
-            raise BackboneError(f"{path}: stage-1 weights do not fit this DSR config: {str(error).splitlines()[0]}") from None
+            raise EarlierStageError(f"{path}: stage-1 weights do not fit this DSR config: {str(error).splitlines()[0]}") from None
 
     def after_optimizer_step(self, progress: float) -> None:
         self.progress.fill_(progress)

@@ -101,6 +101,7 @@ class FAVAE(AnomalyModel):
         predictions = [pixels, *(adapter(d) for adapter, d in zip(self.adapters, decoded))]
         total = torch.zeros(len(images), self.crop, self.crop, device=images.device)
         for target, prediction, log_variance in zip(targets, predictions, self.log_variances):
+            target, prediction = target.float(), prediction.float()  # the likelihood in fp32 under autocast
             if prediction.shape[-2:] != target.shape[-2:]:
                 prediction = F.interpolate(prediction, size=target.shape[-2:], mode="bilinear", align_corners=False)
             variance = log_variance.view(1, -1, 1, 1)
@@ -116,7 +117,7 @@ class FAVAE(AnomalyModel):
 
     def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
         images = self._random_crops(windows[:, -1])
-        mu, log_var = self.encoder(images.float() / 255.0).flatten(1).chunk(2, dim=1)
+        mu, log_var = self.encoder(images.float() / 255.0).float().flatten(1).chunk(2, dim=1)
         latent = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
         pixels = self.crop ** 2
         nll = self._negative_log_likelihood_map(images, latent).flatten(1).sum(1).mean() / pixels

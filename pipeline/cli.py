@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from models.errors import BackboneError
+from models.errors import ModelInputError
 from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.errors import AnomstreamError, UndefinedMetricError
 from pipeline.layouts import LAYOUT_SPLITS
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (AnomstreamError, BackboneError) as error:
+    except (AnomstreamError, ModelInputError) as error:
         cause = getattr(error, "cause", None) or error  # raised inside a Ray actor
         print(f"error: {cause}", file=sys.stderr)
         return error.exit_code

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -39,6 +39,9 @@ class TrainSection(_Strict):
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     output_dir: str = "runs/train"
     log_every: int = Field(50, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: mixed precision (autocast) for the forward pass and loss, weights and optimizer "
+                            "in fp32; ~2x faster on CPUs with AVX512-BF16/AMX, slower on CPUs without")
     init_checkpoint: str | None = Field(None, description="start from this checkpoint's weights (same model), e.g. to fine-tune")
     anomalies: str | list[str] | None = Field(
         None, description="labelled anomalies to train on (models that learn from them): dataset specs with split=labelled")

@@ -177,7 +177,8 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
             drawn = _draw(anomalies, settings.anomalies_per_batch, generator)
-            terms = model.training_loss(windows) if drawn is None else model.training_loss(windows, drawn)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+                terms = model.training_loss(windows) if drawn is None else model.training_loss(windows, drawn)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

@@ -30,6 +30,8 @@ def test_cpu_config_is_smaller_than_paper_config():
     ({"model": {"name": "nope"}}, "cfg.yaml: model.name: Value error, unknown model 'nope'"),
     ({"model": {"name": "dmad"}, "train": {"data": "x", "epohcs": 3}}, "cfg.yaml: train.epohcs: unknown key"),
     ({"model": {"name": "dmad"}, "score": {"batch_size": 0}}, "cfg.yaml: score.batch_size: Input should be greater"),
+    ({"model": {"name": "dmad"}, "train": {"data": "x", "precision": "fp16"}},
+     "cfg.yaml: train.precision: Input should be 'fp32' or 'bf16'"),
     ({"modle": {}}, "cfg.yaml: model: Field required"),
     ({"model": {"name": "dmad", "score": "best"}}, "cfg.yaml: model.score: Input should be 'paper' or 'official'"),
 ])

@@ -14,7 +14,7 @@ from models.ds2 import DS2, DS2Config
 from models.dsr import DSR, DSRConfig
 from models.backbones import FrozenBackbone
 from models.base import LabelledAnomalies
-from models.errors import BackboneError
+from models.errors import BackboneError, EarlierStageError
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
 from models.synthetic_anomalies import cut_paste, cut_paste_scar
@@ -73,6 +73,24 @@ def test_loss_decreases_on_real_images(name, mtd_images):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     if hasattr(model, "backbone"):
         assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("name", ["adtr", "favae"])
+def test_bf16_autocast_keeps_the_loss_fp32_and_close_to_fp32(name, mtd_images):
+    """train.precision: bf16 wraps training_loss in autocast: the likelihood / feature distance is computed in
+    fp32 from bf16 network outputs, so the loss is a fp32 tensor within 2 % of the fp32 loss."""
+    model_class, config = SMALL[name]
+    normal, _ = mtd_images
+    torch.manual_seed(0)
+    model = model_class(config).train()
+    losses = []
+    for mixed in (False, True):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            losses.append(model.training_loss(normal)["loss"])
+    assert losses[1].dtype == torch.float32
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=0.02)
+    assert losses[1].item() != losses[0].item()  # autocast did run the network in bf16
 
 
 def test_favae_texture_protocol_trains_on_crops_and_scores_tiles(mtd_images):
@@ -268,18 +286,18 @@ def test_dsr_detection_stage_builds_on_stage1_and_switches_to_upsampling(mtd_ima
 
 
 def test_dsr_stage1_checkpoint_errors(tmp_path):
-    with pytest.raises(BackboneError, match="needs stage1_checkpoint"):
+    with pytest.raises(EarlierStageError, match="needs stage1_checkpoint"):
         DSR(SMALL["dsr"][1]).builds_on()
     assert DSR(DSR_STAGE1).builds_on() is None
     model = DSR(DSRConfig(**{**SMALL["dsr"][1].__dict__, "stage1_checkpoint": str(tmp_path / "s1.pt")}))
     with pytest.raises(AnomstreamError, match=r"s1\.pt: checkpoint file not found"):
         read_checkpoint(model.builds_on(), expected_model="dsr")
     save_checkpoint(tmp_path / "s1.pt", DSR(SMALL["dsr"][1]))  # a detection-stage file, not stage 1
-    with pytest.raises(BackboneError, match=r"s1\.pt: not a DSR stage-1"):
+    with pytest.raises(EarlierStageError, match=r"s1\.pt: not a DSR stage-1"):
         model.start_from(read_checkpoint(model.builds_on(), expected_model="dsr"))
     wider = DSR(DSRConfig(**{**DSR_STAGE1.__dict__, "hidden": 32}))
     save_checkpoint(tmp_path / "s1.pt", wider)
-    with pytest.raises(BackboneError, match="stage-1 weights do not fit this DSR config"):
+    with pytest.raises(EarlierStageError, match="stage-1 weights do not fit this DSR config"):
         model.start_from(read_checkpoint(model.builds_on(), expected_model="dsr"))
     with pytest.raises(RuntimeError, match="does not score"):
         DSR(DSR_STAGE1).score(torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8))

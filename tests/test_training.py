@@ -11,12 +11,12 @@ TINY_MODEL = {"name": "dmad", "image_size": 32, "channels": 1, "widths": [4, 8, 
               "skip_channels": 4, "offset_width": 4}
 
 
-def _config(tmp_path, sample_clip, epochs):
+def _config(tmp_path, sample_clip, epochs, precision="fp32"):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "model": TINY_MODEL,
         "train": {"data": str(sample_clip), "epochs": epochs, "batch_size": 16, "learning_rate": 1e-3,
-                  "seed": 3, "threads": 1, "output_dir": str(tmp_path / "run")},
+                  "seed": 3, "threads": 1, "output_dir": str(tmp_path / "run"), "precision": precision},
     }))
     return path
 
@@ -49,3 +49,15 @@ def test_training_is_deterministic_for_a_seed(tmp_path, sample_clip):
         runs.append(read_checkpoint(folder / "run" / "model.pt")["state_dict"])
     for key in runs[0]:
         torch.testing.assert_close(runs[0][key], runs[1][key])
+
+
+def test_bf16_mixed_precision_trains_fp32_weights(tmp_path, sample_clip):
+    """train.precision: bf16 runs the forward pass under autocast; the weights, the optimizer state and the
+    checkpoint stay fp32, and the model learns as in fp32."""
+    assert main(["train", str(_config(tmp_path, sample_clip, epochs=2, precision="bf16")), "--quiet"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["loss"] < log[0]["loss"]
+    checkpoint = read_checkpoint(tmp_path / "run" / "last.pt")
+    tensors = [*checkpoint["state_dict"].values(),
+               *(v for state in checkpoint["optimizer"]["state"].values() for v in state.values())]
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
