@@ -17,12 +17,15 @@ import torch
 
 from models.registry import build_model
 from pipeline.config import load_config
-from pipeline.training import WindowDataset, load_clips
+from pipeline.training import WindowDataset, load_clips, precision_context
 
 
-def step_seconds(model: torch.nn.Module, windows: torch.Tensor, optimizer: torch.optim.Optimizer, bf16: bool) -> float:
+PRECISIONS = ("fp32", "bf16")
+
+
+def step_seconds(model: torch.nn.Module, windows: torch.Tensor, optimizer: torch.optim.Optimizer, precision: str) -> float:
     started = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with precision_context(precision):
         loss = model.training_loss(windows)["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -32,9 +35,9 @@ def step_seconds(model: torch.nn.Module, windows: torch.Tensor, optimizer: torch
 
 def same_weights_losses(model: torch.nn.Module, windows: torch.Tensor) -> tuple[float, float]:
     losses = []
-    for bf16 in (False, True):
+    for precision in PRECISIONS:
         torch.manual_seed(0)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), precision_context(precision):
             losses.append(model.training_loss(windows)["loss"].item())
     return losses[0], losses[1]
 
@@ -58,13 +61,13 @@ def main() -> None:
         dataset = WindowDataset(clips, model.window_length)
         windows = torch.stack([dataset[i] for i in range(batch)])
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
         for step in range(2 + args.steps):
-            for bf16 in (False, True):
-                seconds = step_seconds(model, windows, optimizer, bf16)
+            for precision in PRECISIONS:
+                seconds = step_seconds(model, windows, optimizer, precision)
                 if step >= 2:
-                    times[bf16].append(seconds)
-        fp32, bf16 = (batch / statistics.median(times[key]) for key in (False, True))
+                    times[precision].append(seconds)
+        fp32, bf16 = (batch / statistics.median(times[precision]) for precision in PRECISIONS)
         loss32, loss16 = same_weights_losses(model, windows)
         print(f"| {path} | {batch} | {fp32:.1f} | {bf16:.1f} | {bf16 / fp32:.2f} | {loss32:.4g} | {loss16:.4g} | "
               f"{abs(loss16 - loss32) / abs(loss32):.2%} |")

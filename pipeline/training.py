@@ -140,6 +140,12 @@ def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, prog
         model.fit_statistics(tqdm(loader, desc="fit statistics", unit="batch", disable=not progress))
 
 
+def precision_context(precision: str) -> torch.autocast:
+    """The context a training step's forward pass and loss run in for ``train.precision``: CPU autocast to
+    bf16, or a disabled one for fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _stretch_cosine(optimizer: torch.optim.Optimizer, scheduler, total_steps: int) -> None:
     """Resumed with another epoch count: the cosine runs to the new end, learning rates set from its
     closed form (the scheduler's recursive update would stay at 0 after a finished schedule)."""
@@ -177,7 +183,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
             drawn = _draw(anomalies, settings.anomalies_per_batch, generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+            with precision_context(settings.precision):
                 terms = model.training_loss(windows) if drawn is None else model.training_loss(windows, drawn)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()

@@ -22,6 +22,7 @@ from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pipeline.datasets import read_mask
 from pipeline.errors import AnomstreamError
 from pipeline.layouts import mtd_split
+from pipeline.training import precision_context
 from small_models import DSR_STAGE1, SMALL, still_windows
 
 
@@ -84,9 +85,9 @@ def test_bf16_autocast_keeps_the_loss_fp32_and_close_to_fp32(name, mtd_images):
     torch.manual_seed(0)
     model = model_class(config).train()
     losses = []
-    for mixed in (False, True):
+    for precision in ("fp32", "bf16"):
         torch.manual_seed(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+        with precision_context(precision):
             losses.append(model.training_loss(normal)["loss"])
     assert losses[1].dtype == torch.float32
     assert losses[1].item() == pytest.approx(losses[0].item(), rel=0.02)
