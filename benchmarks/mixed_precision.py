@@ -1,8 +1,9 @@
 """Training speed of fp32 against bf16 mixed precision (``train.precision``), measured in one run.
 
 For each config: its model, a batch of ``train.batch_size`` real training images, AdamW; the median time of
-a training step (forward under autocast or not, backward, optimizer step) in each precision, alternated so
-that both see the same machine state, and the relative difference of the two losses on the same weights.
+the training loop's step (``pipeline.training.gradient_step``: forward under autocast or not, backward,
+optimizer step) in each precision, alternated so that both see the same machine state, and the relative
+difference of the two losses on the same weights.
 
     python benchmarks/mixed_precision.py configs/mtd_favae.yaml configs/mtd_adtr.yaml
 """
@@ -15,25 +16,22 @@ import time
 
 import torch
 
+from models.base import AnomalyModel
 from models.registry import build_model
 from pipeline.config import load_config
-from pipeline.training import WindowDataset, load_clips, precision_context
+from pipeline.training import WindowDataset, gradient_step, load_clips, precision_context
 
 
 PRECISIONS = ("fp32", "bf16")
 
 
-def step_seconds(model: torch.nn.Module, windows: torch.Tensor, optimizer: torch.optim.Optimizer, precision: str) -> float:
+def step_seconds(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.optim.Optimizer, precision: str) -> float:
     started = time.perf_counter()
-    with precision_context(precision):
-        loss = model.training_loss(windows)["loss"]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    gradient_step(model, windows, optimizer, precision)
     return time.perf_counter() - started
 
 
-def same_weights_losses(model: torch.nn.Module, windows: torch.Tensor) -> tuple[float, float]:
+def same_weights_losses(model: AnomalyModel, windows: torch.Tensor) -> tuple[float, float]:
     losses = []
     for precision in PRECISIONS:
         torch.manual_seed(0)
@@ -60,7 +58,7 @@ def main() -> None:
                            still_images=model.window_length == 1)
         dataset = WindowDataset(clips, model.window_length)
         windows = torch.stack([dataset[i] for i in range(batch)])
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        optimizer = torch.optim.AdamW(model.parameter_groups(1e-5))
         times: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
         for step in range(2 + args.steps):
             for precision in PRECISIONS:

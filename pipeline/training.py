@@ -146,6 +146,17 @@ def precision_context(precision: str) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.optim.Optimizer, precision: str,
+                  anomalies: LabelledAnomalies | None = None) -> dict[str, torch.Tensor]:
+    """One optimizer step on ``model.training_loss`` (forward pass and loss in ``precision``); its loss terms."""
+    with precision_context(precision):
+        terms = model.training_loss(windows) if anomalies is None else model.training_loss(windows, anomalies)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    return terms
+
+
 def _stretch_cosine(optimizer: torch.optim.Optimizer, scheduler, total_steps: int) -> None:
     """Resumed with another epoch count: the cosine runs to the new end, learning rates set from its
     closed form (the scheduler's recursive update would stay at 0 after a finished schedule)."""
@@ -183,11 +194,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
             drawn = _draw(anomalies, settings.anomalies_per_batch, generator)
-            with precision_context(settings.precision):
-                terms = model.training_loss(windows) if drawn is None else model.training_loss(windows, drawn)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+            terms = gradient_step(model, windows, optimizer, settings.precision, drawn)
             scheduler.step()
             model.after_optimizer_step(scheduler.last_epoch / total_steps)
             for key, value in terms.items():
