@@ -20,7 +20,9 @@ the stage-3 probability.
 
 Deviations (sizes are config): the stage-1 model trains on the natural images the user gives (no
 ImageNet here); the object-specific decoder has the general decoder's shape; no +-90 degree input
-rotation; CPU configs shrink widths and codebooks.
+rotation; CPU configs shrink widths and codebooks; stage 1 restarts codewords used less than
+``dead_code_threshold`` times per batch at encoder outputs (its training code is not published; without
+restarts the EMA codebook collapsed to 5 of 512 codes here, see docs/results.md).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class DSRConfig:
     codebook_size: int = 4096
     commitment: float = 0.25
     ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0  # stage 1: restart codewords used less than once per batch (0: never)
     restriction_widths: tuple[int, int, int] = (128, 256, 512)
     detection_base: int = 64
     upsampling_base: int = 64
@@ -99,10 +102,12 @@ class DiscreteModel(nn.Module):
                                         nn.Conv2d(h, h, 3, padding=1), _ResidualStack(h))
         self.encoder_lo = nn.Sequential(nn.Conv2d(h, h, 4, 2, 1), nn.ReLU(), nn.Conv2d(h, h, 3, padding=1),
                                         _ResidualStack(h), nn.Conv2d(h, d, 1))
-        self.quantise_lo = EMAVectorQuantizer(config.codebook_size, d, config.commitment, config.ema_decay)
+        self.quantise_lo = EMAVectorQuantizer(config.codebook_size, d, config.commitment, config.ema_decay,
+                                              dead_code_threshold=config.dead_code_threshold)
         self.up_lo = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
         self.pre_hi = nn.Conv2d(h + d, d, 1)
-        self.quantise_hi = EMAVectorQuantizer(config.codebook_size, d, config.commitment, config.ema_decay)
+        self.quantise_hi = EMAVectorQuantizer(config.codebook_size, d, config.commitment, config.ema_decay,
+                                              dead_code_threshold=config.dead_code_threshold)
         self.decoder = _Decoder(d, h)
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -201,8 +206,9 @@ class DSR(AnomalyModel):
             return codes
         codebook = quantiser.codebook
         size = len(codebook)
-        flat = features.permute(0, 2, 3, 1)[selected]  # (M, D)
-        ranks = torch.cdist(flat, codebook).argsort(dim=1)
+        flat = features.float().permute(0, 2, 3, 1)[selected]  # (M, D)
+        with torch.autocast(features.device.type, enabled=False):
+            ranks = torch.cdist(flat, codebook.float()).argsort(dim=1)
         strength = torch.empty(len(features), device=features.device).uniform_(*self.config.strength)
         upper = (strength * size).long().clamp(min=int(self.config.skip_nearest * size) + 1)
         upper = upper[:, None, None].expand_as(selected)[selected]
@@ -252,7 +258,9 @@ class DSR(AnomalyModel):
         if self.config.stage == "discrete":
             encoded = self.discrete.encode(images)
             reconstruction = F.mse_loss(self.discrete.decoder(encoded["q_lo"], encoded["q_hi"]), images)
-            return {"loss": reconstruction + encoded["vq_loss"], "reconstruction": reconstruction}
+            return {"loss": reconstruction + encoded["vq_loss"], "reconstruction": reconstruction,
+                    "codes_in_use_lo": torch.tensor(float(self.discrete.quantise_lo.codes_in_use())),
+                    "codes_in_use_hi": torch.tensor(float(self.discrete.quantise_hi.codes_in_use()))}
         if float(self.progress) < self.config.stage2_fraction:
             return self._stage2_loss(images)
         smudged, truth = self._image_smudges(images)

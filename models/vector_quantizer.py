@@ -19,14 +19,13 @@ class VectorQuantizer(nn.Module):
         self.codebook = nn.Parameter(torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index (N, H, W) of the nearest codeword (L2) of every position of z (N, D, H, W)."""
+        """Index (N, H, W) of the nearest codeword (L2) of every position of z (N, D, H, W), in float32
+        even under autocast: bf16 distances would pick wrong codewords."""
         n, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        distances = (
-            flat.pow(2).sum(1, keepdim=True)
-            - 2.0 * flat @ self.codebook.t()
-            + self.codebook.pow(2).sum(1).unsqueeze(0)
-        )
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
+            codebook = self.codebook.float()
+            distances = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codebook.t() + codebook.pow(2).sum(1).unsqueeze(0)
         return distances.argmin(dim=1).view(n, h, w)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,27 +39,48 @@ class VectorQuantizer(nn.Module):
 
 class EMAVectorQuantizer(VectorQuantizer):
     """Codebook learned by exponential moving averages of the assigned encoder outputs (VQ-VAE-2);
-    the loss holds only the commitment term. ``codebook`` is a buffer-like parameter without grad."""
+    the loss holds only the commitment term. ``codebook`` is a buffer-like parameter without grad.
 
-    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99, eps: float = 1e-5) -> None:
+    ``dead_code_threshold`` > 0: in training, every codeword whose moving-average use falls below it
+    (fewer assignments per batch) restarts at a random encoder output of the batch, as in Jukebox. The
+    first batch so initialises the whole codebook from data. Without it the codebook collapses: a
+    normal(0, 1) codebook far from the young encoder's outputs ends with ~1-2 % of its codes in use.
+    """
+
+    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99, eps: float = 1e-5,
+                 dead_code_threshold: float = 0.0) -> None:
         super().__init__(num_codes, dim, beta)
         self.codebook.requires_grad_(False)
         self.codebook.data.normal_()
-        self.decay, self.eps = decay, eps
+        self.decay, self.eps, self.dead_code_threshold = decay, eps, dead_code_threshold
         self.register_buffer("cluster_size", torch.zeros(num_codes))
         self.register_buffer("code_sum", self.codebook.data.clone())
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = self.nearest(z)
         if self.training:
-            with torch.no_grad():
-                flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                one_hot = F.one_hot(indices.flatten(), len(self.codebook)).type(flat.dtype)
+            with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+                flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                one_hot = F.one_hot(indices.flatten(), len(self.codebook)).float()
                 self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)
                 self.code_sum.mul_(self.decay).add_(one_hot.t() @ flat, alpha=1 - self.decay)
                 total = self.cluster_size.sum()
                 smoothed = (self.cluster_size + self.eps) / (total + len(self.codebook) * self.eps) * total
                 self.codebook.data.copy_(self.code_sum / smoothed[:, None])
+                self._restart_dead_codes(flat)
         quantised = self.codebook[indices].permute(0, 3, 1, 2)
         loss = self.beta * F.mse_loss(z, quantised.detach())
         return z + (quantised - z).detach(), loss, indices
+
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        dead = self.cluster_size < self.dead_code_threshold
+        if not dead.any():
+            return
+        samples = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
+        self.codebook.data[dead] = samples
+        self.code_sum[dead] = samples * self.dead_code_threshold
+        self.cluster_size[dead] = self.dead_code_threshold
+
+    def codes_in_use(self) -> int:
+        """Codewords assigned more than once per batch on (moving) average (a restarted one sits at the threshold)."""
+        return int((self.cluster_size > max(self.dead_code_threshold, 1.0)).sum())

@@ -34,6 +34,8 @@ class TrainSection(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from ~0 over these epochs, then the cosine")
+    gradient_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value each step")
     weight_decay: float = Field(1e-2, ge=0)
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")

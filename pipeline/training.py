@@ -1,4 +1,5 @@
-"""One training loop for every model: AdamW + cosine schedule, a checkpoint per epoch, resume.
+"""One training loop for every model: AdamW + cosine schedule (optional linear warm-up and gradient-norm
+clipping), a checkpoint per epoch, resume.
 
 Model selection never looks at test labels: the checkpoint shipped is the last epoch's.
 """
@@ -147,23 +148,26 @@ def precision_context(precision: str) -> torch.autocast:
 
 
 def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.optim.Optimizer, precision: str,
-                  anomalies: LabelledAnomalies | None = None) -> dict[str, torch.Tensor]:
-    """One optimizer step on ``model.training_loss`` (forward pass and loss in ``precision``); its loss terms."""
+                  anomalies: LabelledAnomalies | None = None, gradient_clip: float | None = None) -> dict[str, torch.Tensor]:
+    """One optimizer step on ``model.training_loss`` (forward pass and loss in ``precision``, the global
+    gradient norm clipped to ``gradient_clip`` when given); its loss terms."""
     with precision_context(precision):
         terms = model.training_loss(windows) if anomalies is None else model.training_loss(windows, anomalies)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
+    if gradient_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], gradient_clip)
     optimizer.step()
     return terms
 
 
-def _stretch_cosine(optimizer: torch.optim.Optimizer, scheduler, total_steps: int) -> None:
-    """Resumed with another epoch count: the cosine runs to the new end, learning rates set from its
-    closed form (the scheduler's recursive update would stay at 0 after a finished schedule)."""
-    scheduler.T_max = total_steps
-    progress = min(scheduler.last_epoch / total_steps, 1.0)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * progress)) / 2
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The multiple of the base learning rate at ``step``: linear warm-up over ``warmup_steps``, then one cosine
+    down to 0 at ``total_steps`` (closed form, so a run resumed with another epoch count follows the new end)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return (1 + math.cos(math.pi * progress)) / 2
 
 
 def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
@@ -171,15 +175,19 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
                      progress: bool, anomalies: LabelledAnomalies | None = None) -> None:
     optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
     total_steps = settings.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    warmup_steps = round(settings.warmup_epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
     last_path = output / "last.pt"
     start_epoch = 0
     if resume and last_path.exists():
         state = read_checkpoint(last_path)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _stretch_cosine(optimizer, scheduler, total_steps)
+        scheduler.last_epoch = state["scheduler"]["last_epoch"]  # the step count (a cosine's state from older runs too)
+        scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * learning_rate_factor(scheduler.last_epoch, total_steps, warmup_steps)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
@@ -194,7 +202,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
             drawn = _draw(anomalies, settings.anomalies_per_batch, generator)
-            terms = gradient_step(model, windows, optimizer, settings.precision, drawn)
+            terms = gradient_step(model, windows, optimizer, settings.precision, drawn, settings.gradient_clip)
             scheduler.step()
             model.after_optimizer_step(scheduler.last_epoch / total_steps)
             for key, value in terms.items():

@@ -18,6 +18,7 @@ from models.errors import BackboneError, EarlierStageError
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
 from models.synthetic_anomalies import cut_paste, cut_paste_scar
+from models.vector_quantizer import EMAVectorQuantizer
 from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pipeline.datasets import read_mask
 from pipeline.errors import AnomstreamError
@@ -92,6 +93,37 @@ def test_bf16_autocast_keeps_the_loss_fp32_and_close_to_fp32(name, mtd_images):
     assert losses[1].dtype == torch.float32
     assert losses[1].item() == pytest.approx(losses[0].item(), rel=0.02)
     assert losses[1].item() != losses[0].item()  # autocast did run the network in bf16
+
+
+def test_vector_quantiser_picks_codewords_in_fp32_under_bf16_autocast():
+    """bf16 distances pick a wrong codeword for a share of positions; the quantiser (DSR stage 1 and 2 train
+    under train.precision: bf16) computes them in fp32 and its EMA codebook update stays fp32."""
+    torch.manual_seed(0)
+    quantiser = EMAVectorQuantizer(512, 64).train()
+    features = torch.randn(4, 64, 32, 32)
+    expected = quantiser.nearest(features)
+    norms = quantiser.codebook.pow(2).sum(1)
+    with precision_context("bf16"):
+        assert torch.equal(quantiser.nearest(features), expected)
+        products = features.permute(0, 2, 3, 1).reshape(-1, 64) @ quantiser.codebook.t()
+        _, _, indices = quantiser(features)
+    assert products.dtype == torch.bfloat16 and ((norms - 2.0 * products.float()).argmin(1) != expected.flatten()).any()
+    assert torch.equal(indices, expected) and quantiser.codebook.dtype == quantiser.code_sum.dtype == torch.float32
+
+
+def test_dead_codeword_restarts_keep_the_ema_codebook_in_use():
+    """Encoder outputs far from the normal(0, 1) initial codebook: plain EMA updates leave a handful of codes
+    in use (the collapse DSR's stage 1 showed on MTD); restarting dead codes at encoder outputs uses most."""
+    in_use = {}
+    for threshold in (0.0, 1.0):
+        torch.manual_seed(0)
+        quantiser = EMAVectorQuantizer(256, 8, dead_code_threshold=threshold).train()
+        for _ in range(20):
+            features = 0.1 * torch.randn(8, 8, 16, 16) + 3.0
+            _, _, indices = quantiser(features)
+        in_use[threshold] = (quantiser.codes_in_use(), indices.unique().numel())
+    assert in_use[0.0][0] <= 8 and in_use[0.0][1] <= 8
+    assert in_use[1.0][0] >= 128 and in_use[1.0][1] >= 200
 
 
 def test_favae_texture_protocol_trains_on_crops_and_scores_tiles(mtd_images):

@@ -5,18 +5,21 @@ import torch
 import yaml
 
 from pipeline.checkpoint import load_model, read_checkpoint
+from models.registry import build_model
 from pipeline.cli import main
+from pipeline.config import parse_config
+from pipeline.training import WindowDataset, gradient_step, load_clips
 
 TINY_MODEL = {"name": "dmad", "image_size": 32, "channels": 1, "widths": [4, 8, 8, 16], "memory_size": 16,
               "skip_channels": 4, "offset_width": 4}
 
 
-def _config(tmp_path, sample_clip, epochs, precision="fp32"):
+def _config(tmp_path, sample_clip, epochs, precision="fp32", **train):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "model": TINY_MODEL,
         "train": {"data": str(sample_clip), "epochs": epochs, "batch_size": 16, "learning_rate": 1e-3,
-                  "seed": 3, "threads": 1, "output_dir": str(tmp_path / "run"), "precision": precision},
+                  "seed": 3, "threads": 1, "output_dir": str(tmp_path / "run"), "precision": precision, **train},
     }))
     return path
 
@@ -38,6 +41,26 @@ def test_train_checkpoints_every_epoch_and_resumes(tmp_path, sample_clip, capsys
     assert payload["epoch"] == 2 and model.image_size == 32
     # the background template starts from the training frames, not zeros
     assert model.background.abs().mean() > 0.1
+
+
+def test_warmup_ramps_the_learning_rate_then_starts_the_cosine(tmp_path, sample_clip):
+    assert main(["train", str(_config(tmp_path, sample_clip, epochs=2, warmup_epochs=1)), "--quiet"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = len(list(range(0, len(WindowDataset(load_clips(str(sample_clip), 32, 1, False), 5)), 16)))
+    assert steps >= 2
+    assert log[0]["learning_rate"] == pytest.approx(1e-3 / steps) and log[1]["learning_rate"] == pytest.approx(1e-3)
+    assert log[1]["loss"] < log[0]["loss"]
+
+
+def test_gradient_clip_bounds_the_global_gradient_norm(sample_clip):
+    model = build_model("dmad", parse_config({"model": TINY_MODEL}).model_params())
+    windows = WindowDataset(load_clips(str(sample_clip), 32, 1, False), 5)
+    batch = torch.stack([windows[i] for i in range(4)])
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is the (clipped) gradient itself
+    gradient_step(model, batch, optimizer, "fp32", gradient_clip=0.01)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert moved.norm() == pytest.approx(0.01, rel=1e-3)
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path, sample_clip):
