@@ -206,14 +206,12 @@ class DSR(AnomalyModel):
             return codes
         codebook = quantiser.codebook
         size = len(codebook)
-        flat = features.float().permute(0, 2, 3, 1)[selected]  # (M, D)
-        with torch.autocast(features.device.type, enabled=False):
-            ranks = torch.cdist(flat, codebook.float()).argsort(dim=1)
+        ranks = quantiser.squared_distances(features.permute(0, 2, 3, 1)[selected]).argsort(dim=1)
         strength = torch.empty(len(features), device=features.device).uniform_(*self.config.strength)
         upper = (strength * size).long().clamp(min=int(self.config.skip_nearest * size) + 1)
         upper = upper[:, None, None].expand_as(selected)[selected]
         lower = int(self.config.skip_nearest * size)
-        pick = lower + (torch.rand(len(flat), device=flat.device) * (upper - lower)).long()
+        pick = lower + (torch.rand(len(ranks), device=ranks.device) * (upper - lower)).long()
         replaced = codes.permute(0, 2, 3, 1).clone()
         replaced[selected] = codebook[ranks.gather(1, pick[:, None])[:, 0]]
         return replaced.permute(0, 3, 1, 2)

@@ -18,15 +18,17 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.codebook = nn.Parameter(torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
 
+    def squared_distances(self, flat: torch.Tensor) -> torch.Tensor:
+        """(M, K) squared L2 distances of (M, D) vectors to every codeword, in float32 even under autocast:
+        bf16 distances would pick wrong codewords."""
+        with torch.autocast(flat.device.type, enabled=False):
+            flat, codebook = flat.float(), self.codebook.float()
+            return flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codebook.t() + codebook.pow(2).sum(1).unsqueeze(0)
+
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index (N, H, W) of the nearest codeword (L2) of every position of z (N, D, H, W), in float32
-        even under autocast: bf16 distances would pick wrong codewords."""
+        """Index (N, H, W) of the nearest codeword (L2) of every position of z (N, D, H, W)."""
         n, d, h, w = z.shape
-        with torch.autocast(z.device.type, enabled=False):
-            flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
-            codebook = self.codebook.float()
-            distances = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codebook.t() + codebook.pow(2).sum(1).unsqueeze(0)
-        return distances.argmin(dim=1).view(n, h, w)
+        return self.squared_distances(z.permute(0, 2, 3, 1).reshape(-1, d)).argmin(dim=1).view(n, h, w)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z: (N, D, H, W) -> (quantised with straight-through grad, loss, code indices (N, H, W))."""

@@ -1,11 +1,12 @@
 import json
+import math
 
 import pytest
 import torch
 import yaml
 
-from pipeline.checkpoint import load_model, read_checkpoint
 from models.registry import build_model
+from pipeline.checkpoint import load_model, read_checkpoint
 from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.training import WindowDataset, gradient_step, load_clips
@@ -46,7 +47,7 @@ def test_train_checkpoints_every_epoch_and_resumes(tmp_path, sample_clip, capsys
 def test_warmup_ramps_the_learning_rate_then_starts_the_cosine(tmp_path, sample_clip):
     assert main(["train", str(_config(tmp_path, sample_clip, epochs=2, warmup_epochs=1)), "--quiet"]) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    steps = len(list(range(0, len(WindowDataset(load_clips(str(sample_clip), 32, 1, False), 5)), 16)))
+    steps = math.ceil(len(WindowDataset(load_clips(str(sample_clip), 32, 1, False), 5)) / 16)  # batches per epoch
     assert steps >= 2
     assert log[0]["learning_rate"] == pytest.approx(1e-3 / steps) and log[1]["learning_rate"] == pytest.approx(1e-3)
     assert log[1]["loss"] < log[0]["loss"]
