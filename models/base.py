@@ -46,6 +46,9 @@ class AnomalyModel(nn.Module):
     learns_from_anomalies: bool = False
     # True for models with a ``fit_statistics`` pass after gradient training.
     fits_statistics: bool = False
+    # Shares of training (0..1) at which the model starts training other parts (DSR's stage 3); the
+    # learning-rate warm-up and cosine start again at each.
+    training_phases: tuple[float, ...] = ()
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float input in [-1, 1]."""

@@ -13,8 +13,9 @@ Stages 2 + 3 (``stage: detection``, on the category's normal images; the stage-1
   codes back towards the normal ones (re-quantised by the frozen codebook); an object-specific
   decoder reconstructs I_spc; a U-Net on (I_spc, I_gen) segments the anomaly. Loss (eq. 3):
   focal(M, M_gt) + lambda2 * ||F~ - Q||^2 + lambda3 * ||I - I_spc||^2 (lambda2 1, lambda3 10).
-- stage 3 (the rest): an upsampling U-Net on (I_spc, I_gen, softmax M) learns full-resolution masks
-  from image-space smudges (a Perlin region blended with a flat colour), focal loss only.
+- stage 3 (the rest, with a learning-rate schedule of its own, as the paper trains it separately): an
+  upsampling U-Net on (I_spc, I_gen, softmax M) learns full-resolution masks from image-space smudges (a
+  Perlin region blended with a flat colour), focal loss only.
 Scores: image = max of the ``score_box`` mean-filtered stage-2 anomaly probability; pixel map =
 the stage-3 probability.
 
@@ -185,6 +186,11 @@ class DSR(AnomalyModel):
             self.discrete.load_state_dict(state)
         except RuntimeError as error:
             raise EarlierStageError(f"{path}: stage-1 weights do not fit this DSR config: {str(error).splitlines()[0]}") from None
+
+    @property
+    def training_phases(self) -> tuple[float, ...]:
+        """Stage 3 (the upsampling module, trained from scratch) gets a learning-rate schedule of its own."""
+        return (self.config.stage2_fraction,) if self.config.stage == "detection" else ()
 
     def after_optimizer_step(self, progress: float) -> None:
         self.progress.fill_(progress)

@@ -10,6 +10,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,13 +162,24 @@ def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.o
     return terms
 
 
-def learning_rate_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int = 0, phase_starts: Sequence[int] = ()) -> float:
     """The multiple of the base learning rate at ``step``: linear warm-up over ``warmup_steps``, then one cosine
-    down to 0 at ``total_steps`` (closed form, so a run resumed with another epoch count follows the new end)."""
+    down to 0 at ``total_steps`` (closed form, so a run resumed with another epoch count follows the new end).
+    With ``phase_starts`` (steps where a model starts training other parts) each phase gets its own warm-up and
+    cosine."""
+    start = max((s for s in phase_starts if s <= step), default=0)
+    end = min((s for s in phase_starts if s > step), default=total_steps)
+    step, total_steps, warmup_steps = step - start, end - start, min(warmup_steps, end - start)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return (1 + math.cos(math.pi * progress)) / 2
+
+
+def phase_start_steps(shares: Sequence[float], total_steps: int) -> list[int]:
+    """The first step of each phase that begins at a share of training (``AnomalyModel.training_phases``), by
+    the comparison the model makes: step / total_steps >= share."""
+    return [next(step for step in range(total_steps + 1) if step / max(total_steps, 1) >= share) for share in shares]
 
 
 def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
@@ -176,8 +188,9 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
     optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
     total_steps = settings.epochs * len(loader)
     warmup_steps = round(settings.warmup_epochs * len(loader))
+    phase_starts = phase_start_steps(model.training_phases, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
+        optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps, phase_starts))
     last_path = output / "last.pt"
     start_epoch = 0
     if resume and last_path.exists():
@@ -187,7 +200,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         scheduler.last_epoch = state["scheduler"]["last_epoch"]  # the step count (a cosine's state from older runs too)
         scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * learning_rate_factor(scheduler.last_epoch, total_steps, warmup_steps)
+            group["lr"] = base * learning_rate_factor(scheduler.last_epoch, total_steps, warmup_steps, phase_starts)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]

@@ -169,16 +169,19 @@ def test_adtr_fine_tunes_on_labelled_anomalies(shared_data, small_mtd, padim_che
 def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, capsys):
     small = {"name": "dsr", **json.loads(json.dumps(asdict(SMALL["dsr"][1])))}  # tuples as YAML lists
 
-    def config(name, stage):
+    def config(name, stage, epochs=1):
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"model": {**small, "stage": stage}, "train": {
-            "data": f"mtd:{small_mtd}?split=train", "epochs": 1, "batch_size": 4, "threads": 1,
-            "output_dir": str(tmp_path / name)}}))
+        path.write_text(yaml.safe_dump({"model": {**small, "stage": stage, "stage2_fraction": 0.5}, "train": {
+            "data": f"mtd:{small_mtd}?split=train", "epochs": epochs, "batch_size": 4, "learning_rate": 1e-3,
+            "threads": 1, "output_dir": str(tmp_path / name)}}))
         return str(path)
 
     assert main(["train", config("stage1", "discrete"), "--quiet"]) == 0
     stage1 = tmp_path / "stage1" / "model.pt"
-    assert main(["train", config("detection", "detection"), "--stage1", str(stage1), "--quiet"]) == 0
+    assert main(["train", config("detection", "detection", epochs=2), "--stage1", str(stage1), "--quiet"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "detection" / "train_log.jsonl").read_text().splitlines()]
+    assert "focal" in log[0] and "upsampling_focal" in log[1]  # stage 2 in epoch 1, stage 3 in epoch 2
+    assert log[0]["learning_rate"] == log[1]["learning_rate"] == 1e-3  # stage 3 starts its own schedule
     started, trained = read_checkpoint(stage1)["state_dict"], read_checkpoint(tmp_path / "detection" / "model.pt")
     assert trained["params"]["stage1_checkpoint"] == str(stage1)
     codebook = "discrete.quantise_lo.codebook"

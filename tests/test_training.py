@@ -9,7 +9,7 @@ from models.registry import build_model
 from pipeline.checkpoint import load_model, read_checkpoint
 from pipeline.cli import main
 from pipeline.config import parse_config
-from pipeline.training import WindowDataset, gradient_step, load_clips
+from pipeline.training import WindowDataset, gradient_step, learning_rate_factor, load_clips, phase_start_steps
 
 TINY_MODEL = {"name": "dmad", "image_size": 32, "channels": 1, "widths": [4, 8, 8, 16], "memory_size": 16,
               "skip_channels": 4, "offset_width": 4}
@@ -51,6 +51,14 @@ def test_warmup_ramps_the_learning_rate_then_starts_the_cosine(tmp_path, sample_
     assert steps >= 2
     assert log[0]["learning_rate"] == pytest.approx(1e-3 / steps) and log[1]["learning_rate"] == pytest.approx(1e-3)
     assert log[1]["loss"] < log[0]["loss"]
+
+
+def test_each_training_phase_gets_its_own_warmup_and_cosine():
+    assert phase_start_steps([0.7], 1000) == [700] and phase_start_steps([0.7], 15) == [11]  # 10.5 -> step 11
+    factors = [learning_rate_factor(step, 20, warmup_steps=2, phase_starts=[12]) for step in range(20)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and factors[11] == pytest.approx(0.0, abs=0.03)
+    assert factors[12:15] == [0.5, 1.0, 1.0] and factors[19] == pytest.approx(0.0, abs=0.07)
+    assert factors[:12] == [learning_rate_factor(step, 12, warmup_steps=2) for step in range(12)]
 
 
 def test_gradient_clip_bounds_the_global_gradient_norm(sample_clip):
