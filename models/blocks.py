@@ -72,6 +72,24 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.pad(dx, (0, 1, 0, 0)), F.pad(dy, (0, 0, 0, 1))
 
 
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """(N, C, S, S) images each turned counter-clockwise by ``degrees[n]`` about its centre; corners zero."""
+    radians = torch.deg2rad(degrees.float())
+    cos, sin, zero = radians.cos(), radians.sin(), torch.zeros_like(radians)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_rotations(images: torch.Tensor, probability: float, max_degrees: float) -> torch.Tensor:
+    """Each image turned w.p. ``probability`` by an angle ~ U(-max_degrees, max_degrees); the rest untouched."""
+    chosen = torch.rand(len(images), device=images.device) < probability
+    if not chosen.any():
+        return images
+    degrees = torch.empty(len(images), device=images.device).uniform_(-max_degrees, max_degrees)
+    return torch.where(chosen[:, None, None, None], rotate(images, degrees), images)
+
+
 def instance_norm_double_conv(cin: int, cout: int) -> nn.Sequential:
     """Two 3x3 convolutions, each with instance norm and ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.InstanceNorm2d(cout), nn.ReLU(),

@@ -4,7 +4,8 @@ Stage 1 (``stage: discrete``): a two-level VQ-VAE (EMA codebooks) learns a quant
 natural images and a general appearance decoder: L = ||I - I_gen||^2 + commitment terms. Its result
 is reusable across categories (``stage1_checkpoint``, ``anomstream train --stage1 PATH``).
 
-Stages 2 + 3 (``stage: detection``, on the category's normal images; the stage-1 parts frozen):
+Stages 2 + 3 (``stage: detection``, on the category's normal images; the stage-1 parts frozen; as the
+official code, 40 % of training images are turned by an angle ~ U(-90, 90) degrees, corners black):
 - stage 2 (the first ``stage2_fraction`` of training): anomalies are generated in feature space -
   inside a Perlin mask (max-pooled to the level's grid) each quantised vector is replaced by a
   codeword drawn uniformly among those ranked [5 %, s K) by distance to the unquantised feature,
@@ -20,8 +21,7 @@ Scores: image = max of the ``score_box`` mean-filtered stage-2 anomaly probabili
 the stage-3 probability.
 
 Deviations (sizes are config): the stage-1 model trains on the natural images the user gives (no
-ImageNet here); the object-specific decoder has the general decoder's shape; no +-90 degree input
-rotation; CPU configs shrink widths and codebooks; stage 1 restarts codewords used less than
+ImageNet here); the object-specific decoder has the general decoder's shape; CPU configs shrink widths and codebooks; stage 1 restarts codewords used less than
 ``dead_code_threshold`` times per batch at encoder outputs (its training code is not published; without
 restarts the EMA codebook collapsed to 5 of 512 codes here, see docs/results.md).
 """
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import AnomalyModel, ScoreOutput
-from models.blocks import UNet, instance_norm_double_conv
+from models.blocks import UNet, instance_norm_double_conv, random_rotations
 from models.errors import EarlierStageError
 from models.score_maps import max_box_mean
 from models.synthetic_anomalies import perlin_mask
@@ -60,6 +60,8 @@ class DSRConfig:
     detection_base: int = 64
     upsampling_base: int = 64
     stage2_fraction: float = 0.7
+    rotation_probability: float = 0.4  # detection stages: input turned by U(-90, 90) degrees, corners black
+    rotation_degrees: float = 90.0
     strength: tuple[float, float] = (0.2, 1.0)
     skip_nearest: float = 0.05
     focal_gamma: float = 2.0
@@ -265,6 +267,7 @@ class DSR(AnomalyModel):
             return {"loss": reconstruction + encoded["vq_loss"], "reconstruction": reconstruction,
                     "codes_in_use_lo": torch.tensor(float(self.discrete.quantise_lo.codes_in_use())),
                     "codes_in_use_hi": torch.tensor(float(self.discrete.quantise_hi.codes_in_use()))}
+        images = random_rotations(images, self.config.rotation_probability, self.config.rotation_degrees)
         if float(self.progress) < self.config.stage2_fraction:
             return self._stage2_loss(images)
         smudged, truth = self._image_smudges(images)

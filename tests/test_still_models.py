@@ -11,6 +11,7 @@ import torch
 
 from models.adtr import ADTR
 from models.ds2 import DS2, DS2Config
+from models.blocks import random_rotations, rotate
 from models.dsr import DSR, DSRConfig
 from models.backbones import FrozenBackbone
 from models.base import LabelledAnomalies
@@ -334,3 +335,31 @@ def test_dsr_stage1_checkpoint_errors(tmp_path):
         model.start_from(read_checkpoint(model.builds_on(), expected_model="dsr"))
     with pytest.raises(RuntimeError, match="does not score"):
         DSR(DSR_STAGE1).score(torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_dsr_turns_training_images_as_the_official_code(mtd_images):
+    """Detection stages see 40 % of their inputs turned by U(-90, 90) degrees, corners black (DSR's loader)."""
+    normal, _ = mtd_images
+    images = normal[:, -1].float() / 255.0
+    torch.testing.assert_close(rotate(images, torch.full((len(images),), 90.0)), torch.rot90(images, 1, (2, 3)),
+                               atol=1e-4, rtol=0)
+    turned = rotate(images, torch.full((len(images),), 45.0))
+    assert turned[..., 0, 0].abs().max() == 0 and turned[..., 32, 32].abs().min() > 0
+    assert random_rotations(images, 0.0, 90.0) is images
+    torch.manual_seed(0)
+    some = random_rotations(images, 0.4, 90.0)
+    changed = (some - images).flatten(1).abs().amax(1) > 0
+    assert 0 < int(changed.sum()) < len(images)  # 12 images at p 0.4: seeded, 2..8 turned
+    assert images[..., 0, 0].amin() > 0  # so a black corner can only come from a turn
+    for probability, corners_black in ((1.0, True), (0.0, False)):
+        model = DSR(DSRConfig(**{**SMALL["dsr"][1].__dict__, "rotation_probability": probability}))
+        encoded = []
+        model.discrete.encoder_hi.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0]))
+        model.train()
+        model.training_loss(normal)  # stage 2
+        model.after_optimizer_step(0.9)
+        model.training_loss(normal)  # stage 3 (encodes the smudged images)
+        assert len(encoded) == 2
+        assert bool((encoded[0][..., 0, 0] == 0).all()) is corners_black
+        if not corners_black:
+            torch.testing.assert_close(encoded[0], images)

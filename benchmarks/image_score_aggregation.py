@@ -1,0 +1,86 @@
+"""How a still model's image score is pooled from its anomaly map: image AUROC of each pooling.
+
+    python benchmarks/image_score_aggregation.py runs/mtd_padim runs/mtd_favae --json docs/mtd_image_pooling.json
+
+Each run is scored through the Ray pipeline on the MTD test split; from the stored maps (resized to
+``--side`` px, as every model sees a square image) the image score is recomputed as the map's mean
+(FAVAE's paper: the sum), its max, the largest mean over a k x k box (DSR's paper: 21 px at 256) and
+the mean of its top 1 % of pixels. The pooling is picked here on the test split, as MTD has no
+labelled validation images: read the figures as an analysis, not as a tuned result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from models.score_maps import max_box_mean
+from pipeline.config import ScoreSection
+from pipeline.image_metrics import image_auroc
+from pipeline.image_results import scored_images
+from pipeline.orchestrator import score_sources
+
+
+def poolings(side: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    boxes = (side // 32, side // 16, side // 12, side // 8)
+    out = {"mean": lambda maps: maps.flatten(1).mean(1), "max": lambda maps: maps.flatten(1).amax(1)}
+    out |= {f"max box {k}": (lambda maps, k=k: max_box_mean(maps, k)) for k in boxes}
+    out["top 1 % mean"] = lambda maps: maps.flatten(1).topk(side * side // 100, dim=1).values.mean(1)
+    return out
+
+
+def pooled_aurocs(store: Path, side: int) -> dict[str, dict[str, float]]:
+    """{pooling: {"all": AUROC, <defect class>: AUROC against the normal images}}; "model": the stored score."""
+    images = scored_images(store)
+    maps = torch.from_numpy(np.stack([cv2.resize(i.anomaly_map, (side, side), interpolation=cv2.INTER_AREA)
+                                      for i in images]))
+    labels = np.array([i.record.anomalous for i in images])
+    categories = np.array([i.record.category for i in images])
+    scores = {"model": np.array([i.score for i in images])}
+    scores |= {name: pool(maps).numpy() for name, pool in poolings(side).items()}
+    classes = sorted(set(categories[labels]))
+    out = {}
+    for name, values in scores.items():
+        out[name] = {"all": image_auroc(values, labels)}
+        for defect in classes:
+            keep = ~labels | (categories == defect)
+            out[name][defect] = image_auroc(values[keep], labels[keep])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="training output folders (model.pt)")
+    parser.add_argument("--data", default="../shared/data/mtd", help="MTD root")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
+    parser.add_argument("--side", type=int, default=256, help="maps are resized to side x side before pooling")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in args.runs:
+            store = Path(scratch) / f"{run.name}.zarr"
+            score_sources([f"mtd:{args.data}?seed={args.seed}"], str(run / "model.pt"), store,
+                          ScoreSection(replicas=args.replicas), mode="overwrite", progress=False)
+            results[run.name] = pooled_aurocs(store, args.side)
+    classes = [c for c in next(iter(next(iter(results.values())).values())) if c != "all"]
+    print(f"image AUROC by pooling (maps at {args.side} px); per class: that class against the normal images")
+    print("| run | pooling | all | " + " | ".join(classes) + " |")
+    print("|---|---|---|" + "---|" * len(classes))
+    for run, by_pooling in results.items():
+        for name, aurocs in by_pooling.items():
+            print(f"| {run} | {name} | {aurocs['all']:.3f} | " + " | ".join(f"{aurocs[c]:.3f}" for c in classes) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
