@@ -1,12 +1,13 @@
 """How a still model's image score is pooled from its anomaly map: image AUROC of each pooling.
 
-    python benchmarks/image_score_aggregation.py runs/mtd_padim runs/mtd_favae --json docs/mtd_image_pooling.json
+    python benchmarks/image_score_aggregation.py runs/mtd_padim runs/mtd_favae --fuse mtd_padim,mtd_favae --json docs/mtd_image_pooling.json
 
 Each run is scored through the Ray pipeline on the MTD test split; from the stored maps (resized to
 ``--side`` px, as every model sees a square image) the image score is recomputed as the map's mean
 (FAVAE's paper: the sum), its max, the largest mean over a k x k box (DSR's paper: 21 px at 256) and
 the mean of its top 1 % of pixels. The pooling is picked here on the test split, as MTD has no
-labelled validation images: read the figures as an analysis, not as a tuned result.
+labelled validation images: read the figures as an analysis, not as a tuned result. ``--fuse`` adds
+runs' image scores fused by their mean normalised rank over the scored images (transductive, no labels).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from models.score_maps import max_box_mean
 from pipeline.config import ScoreSection
 from pipeline.image_metrics import image_auroc
 from pipeline.image_results import scored_images
+from pipeline.layouts import ImageRecord
 from pipeline.orchestrator import score_sources
 
 
@@ -36,20 +39,24 @@ def poolings(side: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     return out
 
 
-def pooled_aurocs(store: Path, side: int) -> dict[str, dict[str, float]]:
-    """{pooling: {"all": AUROC, <defect class>: AUROC against the normal images}}; "model": the stored score."""
-    images = scored_images(store)
+def pooled_scores(store: Path, side: int) -> tuple[list[ImageRecord], dict[str, np.ndarray]]:
+    """The store's images (sorted by path) and their image scores by pooling; "model": the stored score."""
+    images = sorted(scored_images(store), key=lambda i: str(i.record.path))
     maps = torch.from_numpy(np.stack([cv2.resize(i.anomaly_map, (side, side), interpolation=cv2.INTER_AREA)
                                       for i in images]))
-    labels = np.array([i.record.anomalous for i in images])
-    categories = np.array([i.record.category for i in images])
     scores = {"model": np.array([i.score for i in images])}
     scores |= {name: pool(maps).numpy() for name, pool in poolings(side).items()}
-    classes = sorted(set(categories[labels]))
+    return [i.record for i in images], scores
+
+
+def aurocs(records: list[ImageRecord], scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """{pooling: {"all": AUROC, <defect class>: AUROC of that class against the normal images}}."""
+    labels = np.array([r.anomalous for r in records])
+    categories = np.array([r.category for r in records])
     out = {}
     for name, values in scores.items():
         out[name] = {"all": image_auroc(values, labels)}
-        for defect in classes:
+        for defect in sorted(set(categories[labels])):
             keep = ~labels | (categories == defect)
             out[name][defect] = image_auroc(values[keep], labels[keep])
     return out
@@ -62,22 +69,35 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
     parser.add_argument("--side", type=int, default=256, help="maps are resized to side x side before pooling")
     parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--fuse", action="append", default=[], metavar="RUN,RUN",
+                        help="also these runs (folder names) fused: the mean of the normalised ranks of their own "
+                             "image scores (no labels used); repeatable")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = {}
+    results, ranks, order = {}, {}, None
     with tempfile.TemporaryDirectory() as scratch:
         for run in args.runs:
             store = Path(scratch) / f"{run.name}.zarr"
             score_sources([f"mtd:{args.data}?seed={args.seed}"], str(run / "model.pt"), store,
                           ScoreSection(replicas=args.replicas), mode="overwrite", progress=False)
-            results[run.name] = pooled_aurocs(store, args.side)
+            records, scores = pooled_scores(store, args.side)
+            if order is not None and [r.path for r in records] != [r.path for r in order]:
+                raise SystemExit(f"{run}: scored other images than {args.runs[0]}")
+            order = records
+            results[run.name] = aurocs(records, scores)
+            ranks[run.name] = rankdata(scores["model"]) / len(records)
+    for names in (group.split(",") for group in args.fuse):
+        missing = [name for name in names if name not in ranks]
+        if missing:
+            raise SystemExit(f"--fuse: {', '.join(missing)} is not among the runs")
+        results["fused: " + " + ".join(names)] = aurocs(order, {"model": np.mean([ranks[n] for n in names], 0)})
     classes = [c for c in next(iter(next(iter(results.values())).values())) if c != "all"]
     print(f"image AUROC by pooling (maps at {args.side} px); per class: that class against the normal images")
     print("| run | pooling | all | " + " | ".join(classes) + " |")
     print("|---|---|---|" + "---|" * len(classes))
     for run, by_pooling in results.items():
-        for name, aurocs in by_pooling.items():
-            print(f"| {run} | {name} | {aurocs['all']:.3f} | " + " | ".join(f"{aurocs[c]:.3f}" for c in classes) + " |")
+        for name, values in by_pooling.items():
+            print(f"| {run} | {name} | {values['all']:.3f} | " + " | ".join(f"{values[c]:.3f}" for c in classes) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

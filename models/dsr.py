@@ -21,9 +21,10 @@ Scores: image = max of the ``score_box`` mean-filtered stage-2 anomaly probabili
 the stage-3 probability.
 
 Deviations (sizes are config): the stage-1 model trains on the natural images the user gives (no
-ImageNet here); the object-specific decoder has the general decoder's shape; CPU configs shrink widths and codebooks; stage 1 restarts codewords used less than
-``dead_code_threshold`` times per batch at encoder outputs (its training code is not published; without
-restarts the EMA codebook collapsed to 5 of 512 codes here, see docs/results.md).
+ImageNet here); the object-specific decoder has the general decoder's shape; CPU configs shrink widths
+and codebooks; stage 1 restarts codewords used less than ``dead_code_threshold`` times per batch at encoder
+outputs (its training code is not published; without restarts the EMA codebook collapsed to 5 of 512
+codes here, see docs/results.md).
 """
 
 from __future__ import annotations

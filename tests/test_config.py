@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
 from models.dmad import DMADConfig
+from models.registry import MODELS
 from pipeline.cli import main
 from pipeline.config import load_config, parse_config
 from pipeline.errors import ConfigError
@@ -14,6 +17,13 @@ def test_shipped_configs_validate(path):
     config = load_config(path)
     assert isinstance(config.model.params, DMADConfig)
     assert config.train.epochs >= 10
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_every_shipped_config_names_its_model_and_known_keys(path):
+    config = load_config(path)
+    assert isinstance(config.model.params, MODELS[config.model.name][1])
+    assert config.train.output_dir.startswith("runs/")
 
 
 def test_cpu_config_is_smaller_than_paper_config():
