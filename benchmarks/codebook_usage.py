@@ -18,7 +18,7 @@ import torch
 from models.vector_quantizer import VectorQuantizer
 from pipeline.checkpoint import load_model
 from pipeline.preprocess import prepare_frame
-from pipeline.sources import open_sources
+from pipeline.inputs import open_sources
 from pipeline.training import WindowDataset
 
 

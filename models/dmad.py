@@ -7,11 +7,20 @@ input frames, which warp the prediction (and the foreground mask) with ``grid_sa
 background template fills what the mask leaves out. Anomaly = reconstruction error after deformation
 + alpha * deformation magnitude.
 
-Follows the official Ped2 code as described in IMPLEMENTATION_NOTES.md: 4 encoder stages with a
-bare last conv, detached unquantised stage-3/4 skips into the decoder, tanh offsets of at most
-``coarse_max_px`` / ``fine_max_px`` pixels, the Ped2 loss weights, the background template trained
-only by MSE to the frames (here initialised from the per-pixel median of the training frames, not a
-shipped image). Sizes are constructor arguments so a CPU config can shrink them.
+Paper: W. Liu, H. Chang, B. Ma, S. Shan, X. Chen, "Diversity-Measurable Anomaly Detection", CVPR 2023,
+sections 2.2-2.5 (VQ compression, PDM, foreground-background selection, training and inference).
+Official code: github.com/FlappyPeggy/DMAD, ``DMAD-PDM/`` (Ped2 model, training and evaluation
+scripts), which this follows where the paper is silent: 4 encoder stages with a bare last conv,
+detached unquantised stage-3/4 skips into the decoder, tanh offsets of at most ``coarse_max_px`` /
+``fine_max_px`` pixels, the Ped2 loss weights.
+
+Where this departs from the paper:
+- scoring: ``score="paper"`` is the paper's max box(A_rec) + alpha * max box(A_df);
+  ``"official"`` is the official evaluation's three terms (vertical offset box, L1 reconstruction,
+  gradient-difference box) weighted 0.2 / 0.4 / 0.6 on raw values; every term is stored either way;
+- the background template is trained only by MSE to the frames, as in the official code, and
+  initialised from the per-pixel median of the training frames instead of a shipped image;
+- sizes (image size, widths, codebook) are constructor arguments so a CPU config can shrink them.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ScoreSection
+from pipeline.inputs import open_sources
 from pipeline.naive import naive_score
 from pipeline.orchestrator import ensure_ray, score_sources
-from pipeline.sources import open_sources
 from pipeline.windows import WindowBatch, window_batches
 from workers.replica import ReplicaCore
 

@@ -17,16 +17,15 @@ STILL_DATASETS = tuple(LAYOUT_SPLITS)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.config import TrainSection, load_config, with_overrides
     from pipeline.training import train
 
     config = load_config(args.config)
-    if args.data:
-        config.train.data = args.data
-    if args.epochs:
-        config.train.epochs = args.epochs
-    if args.output_dir:
-        config.train.output_dir = args.output_dir
+    if config.train is None and not args.data:
+        raise AnomstreamError(f"{args.config}: no train: section; add one (train.data: the normal data) or pass --data")
+    section = config.train or TrainSection.model_construct(data=args.data)
+    config.train = with_overrides(section, {"data": args.data, "epochs": args.epochs, "output_dir": args.output_dir},
+                                  {"data": "--data", "epochs": "--epochs", "output_dir": "--output-dir"})
     if args.stage1:
         if not hasattr(config.model.params, "stage1_checkpoint"):
             raise AnomstreamError(f"--stage1: model {config.model.name} has no stage-1 checkpoint")
@@ -37,13 +36,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _score_settings(args: argparse.Namespace):
-    """The config's score section with command-line overrides, and the model the config names."""
-    from pipeline.config import ScoreSection, load_config
+    """The config's score section with command-line overrides (validated as the config is), and
+    the model the config names."""
+    from pipeline.config import ScoreSection, load_config, with_overrides
 
     config = load_config(args.config) if args.config else None
-    settings = config.score if config else ScoreSection()
-    updates = {k: v for k, v in {"replicas": args.replicas, "batch_size": args.batch_size}.items() if v}
-    return settings.model_copy(update=updates), config.model.name if config else None
+    settings = with_overrides(config.score if config else ScoreSection(),
+                              {"replicas": args.replicas, "batch_size": args.batch_size},
+                              {"replicas": "--replicas", "batch_size": "--batch-size"})
+    return settings, config.model.name if config else None
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -53,19 +54,26 @@ def _mode(args: argparse.Namespace) -> str:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    """``score`` and ``live``: every input scored on its own; each failure printed, exit 2 if any."""
     from pipeline.orchestrator import score_sources
 
     settings, model_name = _score_settings(args)
     report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
-                           progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name)
-    print(f"store: {report.store}  streams: {len(report.streams)}  frames: {report.frames}  "
-          f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
-          f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)})")
+                           progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name,
+                           connect_timeout_s=args.connect_timeout)
+    if report.streams:
+        print(f"store: {report.store}  streams: {len(report.streams)}  frames: {report.frames}  "
+              f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
+              f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)})")
+    for rejection in report.left_out:
+        print(f"warning: left out {rejection.reason}", file=sys.stderr)
+    for rejection in report.failed:
+        print(f"error: {rejection.reason}", file=sys.stderr)
     for stream_id, stream in report.streams.items():
+        for message in stream.warnings:
+            print(f"warning: {stream_id}: {message}", file=sys.stderr)
         if stream.error:
             print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.frames})", file=sys.stderr)
-        for message in stream.unreadable:
-            print(f"warning: {stream_id}: skipped {message}", file=sys.stderr)
     return 2 if report.errors else 0
 
 
@@ -74,6 +82,10 @@ def _cmd_eval_stills(args: argparse.Namespace) -> int:
 
     evaluation = evaluate_stills(args.store, args.labels)
     print(f"{evaluation.images} images ({evaluation.normal_images} normal)")
+    if evaluation.anomalous_without_mask:
+        print(f"warning: {len(evaluation.anomalous_without_mask)} image(s) of a defect class have an empty mask "
+              f"(anomalous in image metrics, all pixels normal): {_listing(evaluation.anomalous_without_mask)}",
+              file=sys.stderr)
     rows = {"pooled": evaluation.pooled, **evaluation.per_class}
     for name, metrics in rows.items():
         shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if key != "images")
@@ -91,9 +103,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _cmd_eval_stills(args)
     if not args.labels:
         raise AnomstreamError(f"--labels is required for dataset {args.dataset}")
-    from pipeline.results import Evaluation, evaluate, store_pixel_auc
+    from pipeline.results import Evaluation, evaluate, store_pixel_auc, unscored_streams
 
     labels = load_frame_labels(args.dataset, args.labels)
+    unscored = unscored_streams(args.store)
+    for stream_id in unscored:
+        print(f"warning: stream {stream_id}: no scored frame, left out of the metrics", file=sys.stderr)
     try:
         evaluation = evaluate(args.store, labels, args.normalisation, args.smoothing, args.combine,
                               robust=args.robust_smoothing)
@@ -101,9 +116,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not args.pixel:
             raise
         print(f"frame AUC: undefined ({error})")  # e.g. a test video anomalous throughout: pixels still count
-        evaluation = Evaluation({})
+        evaluation = Evaluation({}, unscored_streams=unscored)
     if args.pixel:
-        evaluation.pixel_auc = store_pixel_auc(args.store, _mask_reader(args.dataset, args.labels))
+        pixel = store_pixel_auc(args.store, _mask_reader(args.dataset, args.labels), labels)
+        evaluation.pixel_auc, evaluation.anomalous_without_mask = pixel.auc, pixel.anomalous_without_mask
+        for stream_id, frames in pixel.anomalous_without_mask.items():
+            print(f"warning: stream {stream_id}: {len(frames)} anomalous frame(s) (label 1) have an empty pixel mask "
+                  f"(all their pixels count as normal): frame_index {_listing(frames)}", file=sys.stderr)
     for method, result in evaluation.results.items():
         print(f"{method:8s} micro AUC {result.micro:.4f}  macro AUC {result.macro:.4f}  ({result.frames} frames)")
     if evaluation.pixel_auc is not None:
@@ -115,13 +134,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _mask_reader(dataset: str, labels_path: str):
-    from pipeline.labels import avenue_masks, ped2_masks
+    """stream id -> its bool (H, W) pixel masks in frame order, from the dataset's layout."""
+    from pipeline.labels import MASK_READERS
 
-    if dataset == "ped2":
-        return lambda stream_id: ped2_masks(labels_path, stream_id)
-    if dataset == "avenue":
-        return lambda stream_id: avenue_masks(Path(labels_path) / f"{int(stream_id)}_label.mat")
-    raise AnomstreamError(f"--pixel: no pixel masks for dataset {dataset!r}")
+    if dataset not in MASK_READERS:
+        raise AnomstreamError(f"--pixel: no pixel masks for dataset {dataset!r}")
+    return lambda stream_id: MASK_READERS[dataset](labels_path, stream_id)
+
+
+def _listing(items: list, limit: int = 10) -> str:
+    """The first ``limit`` items, comma-separated, and how many there are in all beyond that."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... ({len(items)} in all; --json lists every one)"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -133,16 +157,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_live(args: argparse.Namespace) -> int:
-    from pipeline.orchestrator import score_sources
-
-    settings, model_name = _score_settings(args)
-    report = score_sources([args.camera], args.checkpoint, args.out, settings, _mode(args), args.address,
-                           progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name)
-    print(f"store: {report.store}  frames: {report.frames}")
-    return 2 if report.errors else 0
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
@@ -151,6 +165,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"json: {args.json}")
     return 0
+
+
+def _at_least(low: float, kind: type = int):
+    """argparse type: a number >= ``low`` (a bad value is argparse's one-line error naming the option)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,23 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="zarr store to write (STORE.zarr)")
         sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
         sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
-        sub.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+        sub.add_argument("--address", help="join this Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start "
+                                            "a local Ray of this run's own, whatever RAY_ADDRESS says)")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
         sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
-        sub.add_argument("--max-frames", type=int, help="stop each live stream after this many frames")
+        sub.add_argument("--max-frames", type=_at_least(1), help="stop each live stream after this many frames")
+        sub.add_argument("--connect-timeout", type=_at_least(0, float), default=30.0, metavar="SECONDS",
+                         help="keep trying a camera's first connection this long (default 30; 0: one try)")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    source_help = ("video file (any container FFmpeg reads, judged by content), frame folder, folder of clips or images, "
+                   "camera device (camera:N or /dev/videoN; a bare N only where no file or folder N exists), stream URL "
+                   "(rtsp, rtmp, http(s), udp, srt), or a labelled still dataset (mtd:ROOT, mvtec:CATEGORY, "
+                   "mvtec_loco:CATEGORY, ksdd2:ROOT); an existing path always means that path")
     score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
-    score.add_argument("sources", nargs="+", help="video file, frame folder, folder of clips or images, device index, "
-                                                 "rtsp/http URL, or a labelled still dataset (mtd:ROOT, mvtec:CATEGORY, "
-                                                 "mvtec_loco:CATEGORY, ksdd2:ROOT)")
+    score.add_argument("sources", nargs="+", help=source_help)
     scoring_options(score)
     score.set_defaults(run=_cmd_score)
 
-    live = commands.add_parser("live", help="score a live camera (device index, rtsp:// or http(s)://)")
-    live.add_argument("camera", help="device index (0) or stream URL")
+    live = commands.add_parser("live", help="score live cameras or streams (camera:N, rtsp://, http(s)://, ...)")
+    live.add_argument("sources", nargs="+", metavar="camera", help=source_help)
     scoring_options(live)
-    live.set_defaults(run=_cmd_live)
+    live.set_defaults(run=_cmd_score)
 
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from models.registry import MODELS
 from pipeline.errors import ConfigError
@@ -118,3 +125,18 @@ def load_config(path: str | Path) -> AnomstreamConfig:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
     return parse_config(data, str(path))
+
+
+def with_overrides(section: _Strict, updates: dict[str, Any], options: dict[str, str]) -> Any:
+    """A config section with command-line values (None = not given), validated as the YAML is.
+
+    ``options`` names each key's command-line option for the error: ``{"epochs": "--epochs"}``.
+    Raises ConfigError ``--epochs: Input should be greater than or equal to 1``.
+    """
+    given = {key: value for key, value in updates.items() if value is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        raise ConfigError(f"{options.get(key, key)}: {first['msg']} (got {given.get(key)!r})") from None

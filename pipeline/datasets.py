@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.layouts import LAYOUT_SPLITS, ImageRecord, mask_pixels, mtd_split
+from pipeline.label_files import read_mask_file
+from pipeline.layouts import LAYOUT_SPLITS, ImageRecord, mtd_split
 from pipeline.preprocess import prepare_frame
-from pipeline.sources import ImageListSource, list_images, read_image
+from pipeline.sources import ImageListSource, read_image
 
 LAYOUTS = tuple(LAYOUT_SPLITS)
 SPLITS = ("train", "test", "labelled")
@@ -44,11 +45,12 @@ def is_dataset_spec(spec: str) -> bool:
 
 def parse_dataset_spec(spec: str, default_split: str = "test", check_root: bool = True) -> DatasetSpec:
     layout, rest = spec.split(":", 1)
-    root, _, query = rest.partition("?")
+    # the root is a path: it may hold "?" itself, so options are split off only when it is not a path
+    root, _, query = (rest, "", "") if Path(rest).exists() or "?" not in rest else rest.rpartition("?")
     options = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
     unknown = set(options) - set(OPTIONS)
     if unknown:
-        raise SourceError(f"{spec}: unknown dataset option {sorted(unknown)[0]!r}; known: {', '.join(OPTIONS)}")
+        raise SourceError(f"{spec}: unknown dataset option {min(unknown)!r}; known: {', '.join(OPTIONS)}")
     split = options.get("split", default_split)
     if split not in SPLITS:
         raise SourceError(f"{spec}: split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -96,19 +98,21 @@ def dataset_records(spec: DatasetSpec) -> list[ImageRecord]:
 
 
 def read_mask(record: ImageRecord, shape: tuple[int, int]) -> np.ndarray:
-    """bool (H, W) defect mask of ``record`` for an image of ``shape`` (a folder of masks: their union)."""
+    """bool (H, W) defect mask of ``record`` for an image of ``shape`` (a folder of masks: their union).
+
+    Masks are read by value (``pipeline.label_files.defect_pixels``: 0/1, 0/255, palette, 16-bit,
+    colour). Raises :class:`~pipeline.errors.LabelFileError` naming an empty or unreadable mask file,
+    :class:`SourceError` for a mask of another size than its image."""
     if record.mask_path is None:
         return np.zeros(shape, bool)
     files = sorted(record.mask_path.glob("*.png")) if record.mask_path.is_dir() else [record.mask_path]
     union = np.zeros(shape, bool)
     for path in files:
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise SourceError(f"{path}: cannot decode mask")
+        mask = read_mask_file(path)
         if mask.shape != tuple(shape):
             raise SourceError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
                               f"its image {record.path.name} is {shape[1]}x{shape[0]}")
-        union |= mask_pixels(mask)
+        union |= mask
     return union
 
 
@@ -144,5 +148,5 @@ def dataset_sources(spec: str, default_split: str = "test") -> list[ImageListSou
     if parsed.split != "test":
         return [ImageListSource([r.path for r in records], parsed.split, spec)]
     categories = list(dict.fromkeys(r.category for r in records))
-    return [ImageListSource([r.path for r in records if r.category == c], c, f"{spec}#{c}") for c in categories]
+    return [ImageListSource([r.path for r in records if r.category == c], c, spec) for c in categories]
 

@@ -8,17 +8,21 @@ from pathlib import Path
 import numpy as np
 
 
-def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: int = 25, crf: int = 20) -> int:
-    """Write RGB uint8 (H, W, 3) frames; returns the number written. The index goes first
-    (faststart), so a player or decoder can start before the file is complete."""
+def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: int = 25, crf: int = 20,
+                 codec: str = "libx264", container_format: str | None = None) -> int:
+    """Write RGB uint8 (H, W, 3) frames; returns the number written. H.264 in mp4 by default, with
+    the index first (faststart), so a player or decoder can start before the file is complete;
+    ``codec`` / ``container_format`` (FFmpeg names, e.g. "wmv2" / "asf") write other kinds, the
+    container by default chosen from the suffix. Odd sizes are cropped to even ones."""
     import av
 
     count = 0
-    with av.open(str(path), mode="w", options={"movflags": "faststart"}) as container:
+    options = {"movflags": "faststart"} if Path(path).suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+    with av.open(str(path), mode="w", format=container_format, options=options) as container:
         stream = None
         for image in frames:
             if stream is None:
-                stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+                stream = container.add_stream(codec, rate=fps, options={"crf": str(crf)} if codec == "libx264" else {})
                 stream.height, stream.width = image.shape[0] - image.shape[0] % 2, image.shape[1] - image.shape[1] % 2
                 stream.pix_fmt = "yuv420p"
             image = np.ascontiguousarray(image[: stream.height, : stream.width])

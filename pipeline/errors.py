@@ -11,6 +11,10 @@ class SourceError(AnomstreamError):
     """A source cannot be opened or broke while decoding."""
 
 
+class LabelFileError(SourceError):
+    """A label or mask file is missing, empty, corrupt or in a format this does not read."""
+
+
 class ConfigError(AnomstreamError):
     """A config file or key is wrong."""
 

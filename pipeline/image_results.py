@@ -14,9 +14,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.datasets import dataset_records, is_dataset_spec, parse_dataset_spec, read_mask
+from pipeline.datasets import (
+    dataset_records,
+    is_dataset_spec,
+    parse_dataset_spec,
+    read_mask,
+)
 from pipeline.errors import AnomstreamError, UndefinedMetricError
-from pipeline.image_metrics import image_auroc, image_average_precision, pixel_auroc, pro_score
+from pipeline.image_metrics import (
+    image_auroc,
+    image_average_precision,
+    pixel_auroc,
+    pro_score,
+)
 from pipeline.layouts import ImageRecord
 from pipeline.store import open_results
 
@@ -35,10 +45,11 @@ class StillEvaluation:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     images: int = 0
     normal_images: int = 0
+    anomalous_without_mask: list[str] = field(default_factory=list)  # defect-class images, empty mask
 
     def to_dict(self) -> dict:
         return {"pooled": self.pooled, "per_class": self.per_class, "images": self.images,
-                "normal_images": self.normal_images}
+                "normal_images": self.normal_images, "anomalous_images_without_mask": self.anomalous_without_mask}
 
 
 def _records_by_path(spec: str, moved_root: str | None) -> dict[str, ImageRecord]:
@@ -58,7 +69,7 @@ def scored_images(store: str | Path, dataset_root: str | None = None) -> list[Sc
     records: dict[str, dict[str, ImageRecord]] = {}  # dataset spec -> its records by stored path
     for stream_id in sorted(root.group_keys()):
         group = root[stream_id]
-        spec = str(group.attrs.get("source", "")).split("#", 1)[0]
+        spec = str(group.attrs.get("source", ""))
         if not is_dataset_spec(spec) or "items" not in group.attrs:
             raise AnomstreamError(f"{store}: stream {stream_id!r} was not scored from a labelled dataset "
                                   f"(source {spec!r}); score a dataset spec such as mtd:ROOT or mvtec:CATEGORY")
@@ -105,6 +116,9 @@ def _metrics(images: list[ScoredImage]) -> dict[str, float]:
 
 
 def evaluate_stills(store: str | Path, dataset_root: str | None = None) -> StillEvaluation:
+    """Image AUROC / AP, pixel AUROC and PRO pooled and per defect class. Images of a defect class
+    whose mask is empty (or missing) stay in every metric (anomalous for the image metrics, all
+    pixels normal for the pixel metrics) and are listed in ``anomalous_without_mask``."""
     images = scored_images(store, dataset_root)
     normal = [i for i in images if not i.record.anomalous]
     classes = list(dict.fromkeys(i.record.category for i in images if i.record.anomalous))
@@ -116,4 +130,5 @@ def evaluate_stills(store: str | Path, dataset_root: str | None = None) -> Still
             values = [m[name] for m in per_class.values() if name in m]
             if values:
                 pooled[f"mean_class_{name}"] = float(np.mean(values))
-    return StillEvaluation(pooled, per_class, len(images), len(normal))
+    without_mask = [str(i.record.path) for i in images if i.record.anomalous and not i.mask.any()]
+    return StillEvaluation(pooled, per_class, len(images), len(normal), without_mask)

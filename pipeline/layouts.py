@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pipeline.errors import SourceError
+from pipeline.label_files import read_mask_file
 from pipeline.sources import list_images
 
 MTD_NORMAL = "MT_Free"
@@ -37,11 +37,6 @@ class ImageRecord:
 
 
 Split = tuple[list[ImageRecord], list[ImageRecord]]
-
-
-def mask_pixels(mask: np.ndarray) -> np.ndarray:
-    """bool defect pixels of a grey mask: 0/255 masks are thresholded at > 127, 0/1 masks at > 0."""
-    return mask > (127 if mask.max(initial=0) > 1 else 0)
 
 
 def mtd_split(root: Path, seed: int = 0, train_fraction: float = 0.8) -> Split:
@@ -107,10 +102,9 @@ def _ksdd2_records(folder: Path) -> list[ImageRecord]:
         if path.stem.endswith("_GT"):
             continue
         mask_path = path.with_name(f"{path.stem}_GT{path.suffix}")
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise SourceError(f"{path}: ground-truth mask {mask_path.name} missing or unreadable")
-        anomalous = bool(mask_pixels(mask).any())
+        if not mask_path.is_file():
+            raise SourceError(f"{path}: ground-truth mask {mask_path.name} not found")
+        anomalous = bool(read_mask_file(mask_path).any())
         records.append(ImageRecord(path, "defect" if anomalous else "good", anomalous, mask_path if anomalous else None))
     return records
 

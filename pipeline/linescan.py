@@ -52,6 +52,7 @@ class LineScanSource(Source):
         self.stream_id = rows_source.stream_id
         self.tile_height, self.stride = tile_height, stride
         self.is_live = rows_source.is_live
+        self.warnings = rows_source.warnings
 
     def describe(self) -> str:
         return f"{SCHEME}{self.rows_source.describe()}?tile={self.tile_height}&stride={self.stride}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.base import AnomalyModel
-from pipeline.sources import open_sources
+from pipeline.inputs import open_sources
 from pipeline.store import ResultStore, result_arrays
 from pipeline.windows import EndOfStream, window_batches
 from workers.replica import ReplicaCore

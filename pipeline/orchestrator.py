@@ -8,6 +8,7 @@ per stream whichever replica finished first.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from models.registry import build_model
 from pipeline.checkpoint import checkpoint_params, file_sha256, read_checkpoint
 from pipeline.config import ScoreSection
 from pipeline.errors import AnomstreamError
-from pipeline.sources import Source, open_sources
+from pipeline.inputs import Rejection, SourceOptions, resolve_inputs
+from pipeline.probe import error_reason
+from pipeline.sources import Source
 from pipeline.store import result_arrays
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
@@ -32,17 +35,34 @@ SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs w
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` or start a quiet local Ray instance (once per process)."""
+    """Join the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or with
+    None start a quiet local Ray instance of this run's own, whatever RAY_ADDRESS says and whichever
+    cluster already runs on the machine (once per process).
+
+    Raises AnomstreamError naming the address when nothing answers there (within ~5 s)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # Ray runs workers at nice 15: any busy process on the machine would starve the replicas ~30x
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if address:
+        _check_reachable(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except ConnectionError as error:
-        raise AnomstreamError(f"{address}: cannot join Ray cluster ({error})") from None
+        raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({error})") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to HOST:PORT before Ray's own connect, which retries for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray resolves and fails fast itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise AnomstreamError(f"--address {address}: no Ray cluster answers there ({error_reason(error)})") from None
 
 
 @dataclass
@@ -51,13 +71,15 @@ class StreamReport:
     frames: int = 0
     error: str | None = None
     skipped: bool = False  # already complete in the store (resume)
-    unreadable: list[str] = field(default_factory=list)  # still images that could not be decoded
+    warnings: list[str] = field(default_factory=list)  # e.g. still images that could not be decoded
 
 
 @dataclass
 class RunReport:
     store: Path
     streams: dict[str, StreamReport] = field(default_factory=dict)
+    failed: list[Rejection] = field(default_factory=list)  # inputs that gave no stream: errors
+    left_out: list[Rejection] = field(default_factory=list)  # files in folders that are not videos or images
     seconds: float = 0.0  # from the replicas being ready to the last frame written
     replicas: int = 0
     device: str = "cpu"
@@ -69,7 +91,7 @@ class RunReport:
 
     @property
     def errors(self) -> list[str]:
-        return [s.error for s in self.streams.values() if s.error]
+        return [r.reason for r in self.failed] + [s.error for s in self.streams.values() if s.error]
 
 
 def _replica_options(settings: ScoreSection, helper_cpus: float) -> tuple[dict[str, Any], int | None]:
@@ -194,7 +216,12 @@ class _ScoringRun:
         stream_id, batch_ref = self.decode_refs.pop(ref)
         stream = self.active[stream_id]
         stream.decode_pending = False
-        header = ray.get(ref)
+        try:
+            header = ray.get(ref)
+        except ray.exceptions.RayTaskError as failure:  # a decoder bug or a library error: this stream only
+            cause = failure.cause if isinstance(failure.cause, Exception) else failure
+            reason = f"{self.report.streams[stream_id].source}: decoding failed ({type(cause).__name__}: {cause})"
+            header = {"end": True, "error": reason.splitlines()[0], "warnings": []}
         if header["end"]:
             stream.ended = header
             self._flush(stream_id)
@@ -223,14 +250,14 @@ class _ScoringRun:
         while len(self.write_refs) > 2 * self.capacity:
             ray.get(self.write_refs.popleft())
         if stream.finished:
-            self._close(stream_id, stream.ended["error"], stream.ended.get("skipped", []))
+            self._close(stream_id, stream.ended["error"], stream.ended["warnings"])
 
-    def _close(self, stream_id: str, error: str | None, skipped: list[str] | None = None) -> None:
+    def _close(self, stream_id: str, error: str | None, warnings: list[str] | None = None) -> None:
         while self.write_refs:
             ray.get(self.write_refs.popleft())
-        ray.get(self.writer.close_stream.remote(stream_id, error, skipped or []))
+        ray.get(self.writer.close_stream.remote(stream_id, error, warnings or []))
         self.report.streams[stream_id].error = error
-        self.report.streams[stream_id].unreadable = skipped or []
+        self.report.streams[stream_id].warnings = warnings or []
         self.free_decoders.append(self.active.pop(stream_id).actor)
 
     def _settle(self) -> None:
@@ -251,13 +278,22 @@ class _ScoringRun:
 def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: ScoreSection,
                   mode: str = "create", address: str | None = None, progress: bool = True,
                   max_frames: int | None = None, max_active_streams: int | None = None,
-                  expected_model: str | None = None) -> RunReport:
-    """Score every stream of ``specs`` into the zarr store ``out``; returns what was written."""
+                  expected_model: str | None = None, connect_timeout_s: float = 0.0) -> RunReport:
+    """Score every stream of ``specs`` into the zarr store ``out``; returns what was written.
+
+    Every input stands alone: one that cannot be opened, or a stream that breaks, is reported in
+    the RunReport (``failed``, a stream's ``error``) and the others are scored and kept. No store
+    is created when no input gives a stream. Raises StoreError / CheckpointError-like
+    AnomstreamErrors for the store and the checkpoint, which concern the whole run.
+    """
     payload = read_checkpoint(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
-    still_images = model.window_length == 1
-    sources = [source for spec in specs for source in open_sources(spec, max_frames, still_images)]
-    _unique_ids(sources)
+    options = SourceOptions(max_frames, still_images=model.window_length == 1, connect_timeout_s=connect_timeout_s)
+    inputs = resolve_inputs(specs, options)
+    report = RunReport(Path(out), failed=inputs.failed, left_out=inputs.left_out)
+    if not inputs.sources:
+        return report
+    _unique_ids(inputs.sources)
     arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))
     run_attrs = {
         "model": model.name, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
@@ -268,16 +304,17 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     ensure_ray(address)
     writer = WriterActor.options(num_cpus=SMALL_CPU).remote()
     ray.get(writer.open.remote(str(out), run_attrs, mode))
-    decoder_count = min(len(sources), max_active_streams or settings.replicas + 1)
-    options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
-    replicas = [ReplicaActor.options(**options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
+    ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
+    decoder_count = min(len(inputs.sources), max_active_streams or settings.replicas + 1)
+    replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
+    replicas = [ReplicaActor.options(**replica_options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
     decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
     try:
         devices = ray.get([replica.device.remote() for replica in replicas])
         ray.get([decoder.ready.remote() for decoder in decoders])
-        report = RunReport(Path(out), replicas=len(replicas), device=devices[0])
+        report.replicas, report.device = len(replicas), devices[0]
         started = time.time()  # actors are up: from here the clock measures throughput
-        _ScoringRun(sources, model, arrays, settings, writer, replicas, decoders, report, progress).run()
+        _ScoringRun(inputs.sources, model, arrays, settings, writer, replicas, decoders, report, progress).run()
         report.seconds = time.time() - started
         report.replica_busy = [busy / max(report.seconds, 1e-9) for busy in ray.get([r.busy.remote() for r in replicas])]
     finally:

@@ -1,7 +1,8 @@
 """Frame sources: video files, frame folders, image folders and cameras, all as frame iterators.
 
-A source knows nothing of models: it yields RGB uint8 frames with their stream id, index and
-timestamp. Live sources (cameras) are generators that may never end.
+A source knows nothing of models: it yields RGB uint8 frames, upright as a player shows them, with
+their stream id, index and timestamp. Live sources (cameras) are generators that may never end.
+Which sources a command-line spec names is decided in :mod:`pipeline.inputs`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import SourceError
+from pipeline.probe import NotAVideoError, error_reason, probe_video
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-CAMERA_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 
 @dataclass
@@ -49,12 +49,17 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class Source:
-    """Base: iterate frames; ``frame_count`` is None when unknown (live or unindexed)."""
+    """Base: iterate frames; ``frame_count`` is None when unknown (live or unindexed).
+
+    ``warnings`` collects what went wrong without ending the stream (an image that could not be
+    decoded, fewer frames than the container header promised); filled while ``frames()`` runs.
+    """
 
     stream_id: str
     frame_count: int | None = None
     fps: float | None = None
     is_live: bool = False
+    warnings: list[str]
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -68,6 +73,7 @@ class FrameFolderSource(Source):
 
     def __init__(self, folder: Path, stream_id: str | None = None, fps: float = 25.0) -> None:
         self.folder = folder
+        self.warnings = []
         self.paths = list_images(folder)
         if not self.paths:
             raise SourceError(f"{folder}: no image files in folder")
@@ -85,7 +91,7 @@ class FrameFolderSource(Source):
 
 class ImageListSource(Source):
     """Still images from a list, as one stream. The frame index is the position in the list, so an
-    image that cannot be decoded leaves a gap (it is skipped and listed in ``skipped``) and every
+    image that cannot be decoded leaves a gap (it is skipped and named in ``warnings``) and every
     stored frame still names its file through ``items()``."""
 
     def __init__(self, paths: list[Path], stream_id: str, description: str) -> None:
@@ -96,7 +102,7 @@ class ImageListSource(Source):
         self.frame_count = len(paths)
         self.fps = 1.0
         self.description = description
-        self.skipped: list[str] = []
+        self.warnings = []
 
     def describe(self) -> str:
         return self.description
@@ -109,7 +115,7 @@ class ImageListSource(Source):
             try:
                 image = read_image(path)
             except SourceError as error:
-                self.skipped.append(str(error))
+                self.warnings.append(f"skipped {error}")
                 continue
             yield Frame(self.stream_id, index, float(index), image)
 
@@ -123,44 +129,59 @@ def image_folder_source(folder: Path, stream_id: str | None = None) -> ImageList
 
 
 class VideoFileSource(Source):
-    """A video file decoded with PyAV; OpenCV when PyAV cannot open it.
+    """A video file decoded with PyAV; OpenCV when PyAV cannot open it. Frames come upright: a
+    display rotation in the container (phones store portrait video sideways with a display
+    matrix) is applied as players apply it.
 
-    A corrupt or truncated file raises SourceError after yielding every frame decoded before
-    the damage, so those frames are still scored.
+    The frame count of a container header is an estimate: a stream that ends cleanly is complete
+    (fewer frames than the header said is a warning). A decode error raises SourceError after
+    every frame decoded before the damage has been yielded, so those frames are still scored.
+
+    Raises (at construction): NotAVideoError when the file holds no video stream, SourceError when
+    it cannot be read or decoded.
     """
 
-    def __init__(self, path: Path, stream_id: str | None = None) -> None:
+    def __init__(self, path: Path, stream_id: str | None = None, backend: str = "auto") -> None:
+        """``backend``: "auto" (PyAV, OpenCV when PyAV cannot open the file), "pyav" or "opencv"."""
         self.path = path
         self.stream_id = stream_id or path.stem
+        self.warnings = []
         self._backend = "pyav"
+        self._stream_index = 0
         try:
-            import av
-
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise SourceError(f"{path}: no video stream in file")
-                stream = container.streams.video[0]
-                self.frame_count = stream.frames or None
-                self.fps = float(stream.average_rate) if stream.average_rate else None
-        except SourceError:
+            probe = probe_video(path)
+        except NotAVideoError:
             raise
-        except Exception as pyav_error:  # noqa: BLE001 - any PyAV failure falls back to OpenCV
+        except SourceError as pyav_error:
+            if path.stat().st_size == 0 or backend == "pyav":
+                raise
             self._backend = "opencv"
             self._probe_opencv(pyav_error)
+            return
+        self._stream_index, self.frame_count, self.fps = probe.stream_index, probe.frame_count, probe.fps
+        if backend == "opencv":
+            self._backend = "opencv"
+            self._probe_opencv(SourceError(f"{path}: OpenCV cannot decode this video"))
 
-    def _probe_opencv(self, pyav_error: Exception) -> None:
+    def _probe_opencv(self, pyav_error: SourceError) -> None:
         import cv2
 
-        capture = cv2.VideoCapture(str(self.path))
+        capture = self._capture()
         ok = capture.isOpened() and capture.read()[0]
         if not ok:
             capture.release()
-            reason = str(pyav_error).splitlines()[0] if str(pyav_error) else type(pyav_error).__name__
-            raise SourceError(f"{self.path}: cannot decode video ({reason})")
+            raise pyav_error
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
         self.fps = capture.get(cv2.CAP_PROP_FPS) or None
         capture.release()
+
+    def _capture(self):
+        import cv2
+
+        capture = cv2.VideoCapture(str(self.path))
+        capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # upright as players show it (OpenCV's default too)
+        return capture
 
     def describe(self) -> str:
         return str(self.path)
@@ -174,21 +195,21 @@ class VideoFileSource(Source):
         index = 0
         try:
             with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
+                stream = container.streams[self._stream_index]
+                stream.thread_type = "SLICE"  # frame threading hides decode errors: a cut file would end "cleanly"
                 for frame in container.decode(stream):
                     timestamp = float(frame.time) if frame.time is not None else index / (self.fps or 25.0)
-                    yield Frame(self.stream_id, index, timestamp, frame.to_ndarray(format="rgb24"))
+                    yield Frame(self.stream_id, index, timestamp, upright(frame.to_ndarray(format="rgb24"), frame.rotation))
                     index += 1
         except av.FFmpegError as error:
-            raise SourceError(f"{self.path}: video is corrupt or truncated after frame {index} ({error})") from error
-        if self.frame_count and index < self.frame_count:
-            raise SourceError(f"{self.path}: video is truncated: decoded {index} of {self.frame_count} frames")
+            raise SourceError(f"{self.path}: video is truncated: decoded {index} of "
+                              f"{self.frame_count or 'an unknown number of'} frames ({error_reason(error)})") from error
+        self._check_count(index)
 
     def _frames_opencv(self) -> Iterator[Frame]:
         import cv2
 
-        capture = cv2.VideoCapture(str(self.path))
+        capture = self._capture()
         index = 0
         try:
             while True:
@@ -199,13 +220,28 @@ class VideoFileSource(Source):
                 index += 1
         finally:
             capture.release()
-        if self.frame_count and index < self.frame_count:
-            raise SourceError(f"{self.path}: video is truncated: decoded {index} of {self.frame_count} frames")
+        self._check_count(index)
+
+    def _check_count(self, decoded: int) -> None:
+        if self.frame_count and decoded != self.frame_count:
+            self.warnings.append(f"{self.path}: the container header said {self.frame_count} frames, "
+                                 f"the stream ended cleanly after {decoded}")
+
+
+def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """Turn a decoded (H, W, C) frame as its display matrix says. ``rotation``: degrees
+    counter-clockwise (FFmpeg's ``av_display_rotation_get``, PyAV's ``VideoFrame.rotation``);
+    FFmpeg's own auto-rotation likewise handles multiples of 90 degrees."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 class CameraSource(Source):
-    """A live camera: device index, rtsp:// or http(s):// URL, read with OpenCV. Never ends by itself.
+    """A live camera: a device (index or /dev/videoN), rtsp://, http(s):// or another FFmpeg URL,
+    read with OpenCV. Never ends by itself.
 
+    The first connection is retried (waits doubling from ``reconnect_wait_s``) until
+    ``connect_timeout_s`` has passed, so a camera that comes up after the run starts is caught.
     When the camera stops sending frames it is reopened up to ``reconnect_attempts`` times in a row
     (waiting ``reconnect_wait_s``, doubled each try); frame indices continue across reconnections.
     """
@@ -213,15 +249,19 @@ class CameraSource(Source):
     is_live = True
 
     def __init__(self, address: str, stream_id: str | None = None, max_frames: int | None = None,
-                 open_timeout_s: float = 10.0, reconnect_attempts: int = 3, reconnect_wait_s: float = 1.0) -> None:
+                 open_timeout_s: float = 10.0, reconnect_attempts: int = 3, reconnect_wait_s: float = 1.0,
+                 device: int | None = None, connect_timeout_s: float = 0.0) -> None:
         self.address = address
+        self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
         self.stream_id = stream_id or re.sub(r"[^A-Za-z0-9_.-]+", "_", address).strip("_") or "camera"
         self.max_frames = max_frames
         self.frame_count = max_frames
         self.open_timeout_s = open_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_wait_s = reconnect_wait_s
         self.reconnections = 0
+        self.warnings = []
 
     def describe(self) -> str:
         return self.address
@@ -229,7 +269,7 @@ class CameraSource(Source):
     def _open(self):
         import cv2
 
-        target: int | str = int(self.address) if self.address.isdigit() else self.address
+        target: int | str = self.device if self.device is not None else self.address
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.open_timeout_s * 1000)]
         capture = cv2.VideoCapture(target, cv2.CAP_ANY, params)
@@ -238,10 +278,25 @@ class CameraSource(Source):
             raise SourceError(f"{self.address}: camera is unreachable or cannot be opened")
         return capture
 
+    def _connect(self):
+        """The first connection, retried until ``connect_timeout_s`` has passed."""
+        deadline = time.monotonic() + self.connect_timeout_s
+        wait = self.reconnect_wait_s
+        while True:
+            try:
+                return self._open()
+            except SourceError as error:
+                if time.monotonic() + wait > deadline:
+                    if self.connect_timeout_s > 0:
+                        raise SourceError(f"{error} (retried for {self.connect_timeout_s:g} s)") from None
+                    raise
+            time.sleep(wait)
+            wait *= 2
+
     def frames(self) -> Iterator[Frame]:
         import cv2
 
-        capture = self._open()
+        capture = self._connect()
         index = 0
         failures = 0
         try:
@@ -267,45 +322,3 @@ class CameraSource(Source):
             capture.release()
 
 
-def open_sources(spec: str, max_frames: int | None = None, still_images: bool = False,
-                 dataset_split: str = "test") -> list[Source]:
-    """Resolve one source spec into sources.
-
-    - a video file -> one stream named after the file
-    - a folder of images -> one stream: frames of a video in numeric order, or with
-      ``still_images`` independent stills (an undecodable image is skipped and reported)
-    - a folder of video files and/or frame folders (e.g. Ped2 ``testing/frames``) -> one stream each
-    - a camera: a device index (``0``) or an rtsp/http(s) URL
-    - a labelled still-image dataset: ``mtd:ROOT``, ``mvtec:CATEGORY``, ``mvtec_loco:CATEGORY`` or
-      ``ksdd2:ROOT`` (``?split=train|test``), one stream per class (see :mod:`pipeline.datasets`)
-    - a line-scan camera or recording: ``linescan:SPEC?tile=H&stride=S`` (see :mod:`pipeline.linescan`)
-    """
-    from pipeline.datasets import dataset_sources, is_dataset_spec
-    from pipeline.linescan import SCHEME, linescan_sources
-
-    if spec.startswith(SCHEME):
-        return linescan_sources(spec, lambda inner: open_sources(inner, max_frames))
-    if is_dataset_spec(spec):
-        return dataset_sources(spec, dataset_split)
-    if spec.isdigit() or spec.startswith(CAMERA_SCHEMES):
-        return [CameraSource(spec, max_frames=max_frames)]
-    path = Path(spec)
-    if not path.exists():
-        raise SourceError(f"{spec}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise SourceError(f"{spec}: unsupported file type {path.suffix or '(none)'}; "
-                              f"expected a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
-        return [VideoFileSource(path)]
-    folder_source = image_folder_source if still_images else FrameFolderSource
-    if list_images(path):
-        return [folder_source(path)]
-    sources: list[Source] = []
-    for child in sorted(path.iterdir(), key=numeric_sort_key):
-        if child.is_dir() and list_images(child):
-            sources.append(folder_source(child))
-        elif child.is_file() and child.suffix.lower() in VIDEO_SUFFIXES:
-            sources.append(VideoFileSource(child))
-    if not sources:
-        raise SourceError(f"{spec}: folder holds no images, frame folders or videos")
-    return sources

@@ -83,6 +83,11 @@ class ResultStore:
                 raise StoreError(f"{self.path}: cannot resume: store was written with {key} "
                                  f"{self.root.attrs.get(key)!r}, this run has {run_attrs[key]!r}")
 
+    def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
+        """The run's inputs that gave no stream (``failed``: errors) and the files left out of its
+        folders, one message each (root attrs ``failed_inputs`` / ``left_out``, this run's)."""
+        self.root.attrs.update({"failed_inputs": failed, "left_out": left_out})
+
     def written(self, stream_id: str) -> int:
         """Frames already on disk for a stream (0 if the stream is new)."""
         if stream_id in self.root:
@@ -121,14 +126,14 @@ class ResultStore:
             arrays[name][start:end] = data
         self.streams[stream_id].attrs["written"] = end
 
-    def close_stream(self, stream_id: str, error: str | None = None, unreadable: list[str] | None = None) -> None:
+    def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None) -> None:
         group = self.streams[stream_id]
         written = int(group.attrs["written"])
         for array in self.arrays[stream_id].values():
             if array.shape[0] != written:
                 array.resize((written, *array.shape[1:]))
         group.attrs.update({"complete": error is None, "error": error, "finished": _now(),
-                            "unreadable": list(unreadable or [])})
+                            "warnings": list(warnings or [])})
 
 
 def open_results(path: str | Path) -> zarr.Group:

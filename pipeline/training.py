@@ -24,8 +24,8 @@ from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
 from pipeline.datasets import labelled_examples
 from pipeline.errors import ConfigError
+from pipeline.inputs import open_sources
 from pipeline.preprocess import prepare_frame
-from pipeline.sources import open_sources
 
 
 def load_clips(spec: str | list[str], size: int, channels: int, progress: bool = True,

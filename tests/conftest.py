@@ -25,6 +25,18 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def field_cases(shared_data: Path) -> Path:
+    """../shared/cases/field: small inputs from the field with their right results (README there)."""
+    folder = shared_data.parent / "cases" / "field"
+    if not (folder / "README.md").is_file():
+        reason = f"field cases not found at {folder}"
+        if os.environ.get("ANOMSTREAM_REQUIRE_DATA") == "1":
+            pytest.fail(reason + "; ANOMSTREAM_REQUIRE_DATA=1 requires them")
+        pytest.skip(reason)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def ped2(shared_data: Path) -> Path:
     return shared_data / "ped2"
 
@@ -56,21 +68,8 @@ def sample_clip() -> Path:
 @pytest.fixture
 def http_server(shared_data):
     """A loopback HTTP server over ../shared/data, standing in for an IP camera."""
-    import functools
-    import http.server
-    import threading
+    from servers import serve_folder
 
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    class QuietServer(http.server.ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:
-            pass  # a camera client that stops reading (max_frames) breaks the pipe: expected
-
-    handler = functools.partial(QuietHandler, directory=str(shared_data))
-    server = QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_folder(shared_data)
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()

@@ -3,8 +3,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.errors import AnomstreamError
-from pipeline.evaluation import frame_auc, normalise, pixel_auc, robust_window_mean, running_minmax
-from pipeline.labels import avenue_frame_labels, load_frame_labels, ped2_frame_labels, ped2_masks
+from pipeline.evaluation import (
+    frame_auc,
+    normalise,
+    pixel_auc,
+    robust_window_mean,
+    running_minmax,
+)
+from pipeline.labels import (
+    avenue_frame_labels,
+    load_frame_labels,
+    ped2_frame_labels,
+    ped2_masks,
+)
 
 
 def test_micro_and_macro_auc_match_sklearn_by_hand():
@@ -61,7 +72,8 @@ def test_ped2_labels_split_by_clip_and_masks_agree(ped2):
 
 def test_avenue_labels_from_mat_masks(shared_data):
     labels = avenue_frame_labels(shared_data / "avenue" / "testing_label_mask")
-    assert list(labels) == ["08"] and len(labels["08"]) == 36 and labels["08"].all()
+    assert list(labels) == ["08", "20"] and len(labels["08"]) == 36 and labels["08"].all()
+    assert len(labels["20"]) == 273 and labels["20"].sum() == 154  # the counts the data README gives
 
 
 def test_unknown_dataset_and_missing_labels_are_errors(tmp_path):

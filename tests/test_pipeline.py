@@ -15,7 +15,7 @@ from pipeline.config import ScoreSection
 from pipeline.labels import ped2_frame_labels
 from pipeline.orchestrator import score_sources
 from pipeline.results import evaluate
-from pipeline.sources import open_sources
+from pipeline.inputs import open_sources
 from pipeline.store import ResultStore, open_results, result_arrays
 from pipeline.windows import WindowBatch, window_batches
 from workers.replica import ReplicaCore

@@ -7,12 +7,12 @@ import pytest
 
 from pipeline.encode import encode_video
 from pipeline.errors import SourceError
+from pipeline.inputs import open_sources
 from pipeline.sources import (
     CameraSource,
     FrameFolderSource,
     ImageListSource,
     VideoFileSource,
-    open_sources,
 )
 
 
@@ -79,13 +79,13 @@ def test_image_folder_skips_undecodable(tmp_path):
     (source,) = open_sources(str(tmp_path), still_images=True)
     assert isinstance(source, ImageListSource)
     assert [int(f.image[0, 0, 0]) for f in source.frames()] == [1, 2]
-    assert len(source.skipped) == 1 and "3.png: cannot decode image" in source.skipped[0]
+    assert len(source.warnings) == 1 and "3.png: cannot decode image" in source.warnings[0]
 
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing", "no such file or folder"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "folder holds no images, frame folders or videos"),
-    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "unsupported file type .txt"),
+    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "notes.txt: cannot decode video"),
 ])
 def test_bad_paths_name_the_path(tmp_path, make, message):
     path = make(tmp_path)

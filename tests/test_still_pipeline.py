@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 from layout_builders import ksdd2_from_mtd, loco_from_mtd
-from small_models import SMALL, still_windows
 from sklearn.metrics import roc_auc_score
+from small_models import SMALL, still_windows
 
 from models.dsr import DSR
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
@@ -60,7 +60,7 @@ def test_mtd_scored_through_ray_and_evaluated(ray_session, small_mtd, padim_chec
     np.testing.assert_array_equal(free["frame_index"][:], [0, 1])  # 10 - int(0.8 * 10) held-out normals
     np.testing.assert_array_equal(crack["frame_index"][:], [1, 2, 3])  # the broken first image left a gap
     assert crack.attrs["items"][0].endswith("exp0_num_0.jpg") and crack.attrs["complete"] is True
-    assert len(crack.attrs["unreadable"]) == 1 and "exp0_num_0.jpg: cannot decode image" in crack.attrs["unreadable"][0]
+    assert len(crack.attrs["warnings"]) == 1 and "exp0_num_0.jpg: cannot decode image" in crack.attrs["warnings"][0]
     assert crack["map"].shape == (3, 64, 64) and np.isfinite(crack["score"][:]).all()
 
     result_path = tmp_path / "eval.json"
@@ -127,7 +127,7 @@ def test_plain_image_folder_scores_but_has_no_labels(ray_session, small_mtd, pad
                  "--out", str(store), "--replicas", "1", "--quiet"]) == 0
     (group,) = [open_results(store)[k] for k in open_results(store).group_keys()]
     # every file of the folder, masks included, is a still: 3 cracks + their 3 masks (+ the broken one)
-    assert group.attrs["written"] == 6 and len(group.attrs["unreadable"]) == 1
+    assert group.attrs["written"] == 6 and len(group.attrs["warnings"]) == 1
     capsys.readouterr()
     assert main(["eval", str(store), "--dataset", "mtd"]) == 2
     assert "was not scored from a labelled dataset" in capsys.readouterr().err

@@ -29,6 +29,6 @@ class DecodeActor:
         item = next(self._batches)
         if isinstance(item, EndOfStream):
             return {"stream_id": item.stream_id, "end": True, "frames": item.frames, "error": item.error,
-                    "skipped": list(getattr(self._source, "skipped", []))}, None
+                    "warnings": list(self._source.warnings)}, None
         return {"stream_id": item.stream_id, "end": False, "sequence": item.sequence,
                 "start": item.start, "size": item.size}, item

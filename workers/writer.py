@@ -17,6 +17,9 @@ class WriterActor:
     def open(self, path: str, run_attrs: dict[str, Any], mode: str) -> None:
         self.store = ResultStore(path, run_attrs, mode)
 
+    def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
+        self.store.note_inputs(failed, left_out)
+
     def written(self, stream_id: str) -> int:
         return self.store.written(stream_id)
 
@@ -31,5 +34,5 @@ class WriterActor:
         self.store.write(stream_id, start, values)
         return start + len(values["score"])
 
-    def close_stream(self, stream_id: str, error: str | None = None, unreadable: list[str] | None = None) -> None:
-        self.store.close_stream(stream_id, error, unreadable)
+    def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None) -> None:
+        self.store.close_stream(stream_id, error, warnings)
