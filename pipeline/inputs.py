@@ -26,6 +26,7 @@ from pipeline.sources import (
     IMAGE_SUFFIXES,
     CameraSource,
     FrameFolderSource,
+    ImageListSource,
     Source,
     VideoFileSource,
     image_folder_source,
@@ -123,6 +124,8 @@ def _camera(spec: str, options: SourceOptions) -> CameraSource | None:
 
 
 def _resolve_path(path: Path, options: SourceOptions) -> Inputs:
+    if path.is_file() and options.still_images and path.suffix.lower() in IMAGE_SUFFIXES:
+        return Inputs([ImageListSource([path], path.stem, str(path))])
     if path.is_file():
         return Inputs([_video(path)])
     folder_source = image_folder_source if options.still_images else FrameFolderSource

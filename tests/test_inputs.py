@@ -117,6 +117,14 @@ def test_field_04_cover_art_is_never_the_video(field_cases, name, message):
     assert inputs.sources == [] and [r.reason for r in inputs.failed] == [f"{path}: {message}"]
 
 
+def test_an_image_file_is_a_still_for_still_models_only(field_cases):
+    image = field_cases / "06-numeric-folder-name" / "clips" / "01" / "000.jpg"
+    (still,) = open_sources(str(image), still_images=True)
+    assert still.stream_id == "000" and len(_images(still)) == 1 and still.items() == [str(image)]
+    with pytest.raises(SourceError, match=r"000.jpg: a still image, not a video; score the folder that holds it$"):
+        open_sources(str(image))
+
+
 def test_field_05_mpegts_recordings_in_a_folder_and_alone(field_cases):
     folder = field_cases / "05-mpegts-recordings" / "recordings"
     inputs = resolve_inputs([str(folder)])
