@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _cmd_eval_stills(args: argparse.Namespace) -> int:
         shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if key != "images")
         print(f"{name:14s} {shown}")
     if args.json:
-        Path(args.json).write_text(json.dumps(evaluation.to_dict(), indent=2))
+        _write_json(args.json, evaluation.to_dict())
         print(f"json: {args.json}")
     return 0
 
@@ -128,9 +129,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if evaluation.pixel_auc is not None:
         print(f"pixel AUROC {evaluation.pixel_auc:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(evaluation.to_dict(), indent=2))
+        _write_json(args.json, evaluation.to_dict())
         print(f"json: {args.json}")
     return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Write ``--json`` output, making its folder; an unwritable path is a one-line error."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+    except OSError as error:
+        raise AnomstreamError(f"--json {path}: cannot write ({error.strerror})") from None
 
 
 def _mask_reader(dataset: str, labels_path: str):
@@ -162,7 +172,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        _write_json(args.json, results)
         print(f"json: {args.json}")
     return 0
 
@@ -174,7 +184,7 @@ def _at_least(low: float, kind: type = int):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < low:
+        if not math.isfinite(value) or value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
         return value
     return parse
@@ -186,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="score the bundled Ped2 clip with the shipped checkpoint")
     demo.add_argument("--out", default="anomstream_demo", help="output folder (default: ./anomstream_demo)")
-    demo.add_argument("--replicas", type=int, default=2, help="model replicas (default 2)")
+    demo.add_argument("--replicas", type=_at_least(1), default=2, help="model replicas (default 2)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_cmd_demo)
 
@@ -206,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="zarr store to write (STORE.zarr)")
         sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
         sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
-        sub.add_argument("--address", help="join this Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start "
-                                            "a local Ray of this run's own, whatever RAY_ADDRESS says)")
+        sub.add_argument("--address", help="join this Ray cluster: auto (the local one, or RAY_ADDRESS) or HOST:PORT of "
+                                            "its head (default: start a local Ray of this run's own, whatever "
+                                            "RAY_ADDRESS says)")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
         sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
         sub.add_argument("--max-frames", type=_at_least(1), help="stop each live stream after this many frames")
@@ -239,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "shanghaitech: test_frame_mask/; still datasets: the dataset folder if it moved since scoring")
     evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal", "raw"], choices=["offline", "causal", "raw"],
                           help="score normalisations to report (default: all three; raw and causal use no future frames)")
-    evaluate.add_argument("--smoothing", type=int, default=0, help="window of temporal smoothing (centred offline, trailing causal)")
+    evaluate.add_argument("--smoothing", type=_at_least(0), default=0, help="window of temporal smoothing (centred offline, trailing causal)")
     evaluate.add_argument("--robust-smoothing", action="store_true",
                           help="offline: DMAD's 11-frame robust window (mean of the 5 values nearest the window mean)")
     evaluate.add_argument("--combine", default="score", choices=["score", "terms"],
@@ -251,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="decode / model / naive loop / pipeline fps and their ratios")
     bench.add_argument("--source", default="../shared/data/ped2/testing/frames/04", help="clip to benchmark on")
     bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
-    bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--repeats", type=int, default=4, help="times the clip is scored per measurement (default 4)")
-    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are their medians (default 3)")
+    bench.add_argument("--batch-size", type=_at_least(1), default=16)
+    bench.add_argument("--repeats", type=_at_least(1), default=4, help="times the clip is scored per measurement (default 4)")
+    bench.add_argument("--rounds", type=_at_least(1), default=3, help="interleaved rounds; figures are their medians (default 3)")
     bench.add_argument("--out", default="bench_out", help="scratch folder for stores (removed afterwards)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.set_defaults(run=_cmd_bench)

@@ -126,7 +126,7 @@ def _camera(spec: str, options: SourceOptions) -> CameraSource | None:
 def _resolve_path(path: Path, options: SourceOptions) -> Inputs:
     if path.is_file() and options.still_images and path.suffix.lower() in IMAGE_SUFFIXES:
         return Inputs([ImageListSource([path], path.stem, str(path))])
-    if path.is_file():
+    if not path.is_dir():
         return Inputs([_video(path)])
     folder_source = image_folder_source if options.still_images else FrameFolderSource
     entries = sorted(path.iterdir(), key=numeric_sort_key)

@@ -8,6 +8,7 @@ by content and masks by value (``pipeline.label_files``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from pipeline.sources import list_images, numeric_sort_key
 MASK_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 
 
+def frame_labels(values: np.ndarray) -> np.ndarray:
+    """int8 0/1 (frames,) from a label array of any dtype and coding (0/1, 0/255, bool): anomalous
+    = non-zero, by value."""
+    return (np.asarray(values).ravel() != 0).astype(np.int8)
+
+
 def ped2_frame_labels(root: str | Path) -> dict[str, np.ndarray]:
     """UCSD Ped2: ``frame_labels_ped2.npy`` (clips concatenated in order) split by the clip lengths
     of ``testing/frames/NN``."""
@@ -28,7 +35,7 @@ def ped2_frame_labels(root: str | Path) -> dict[str, np.ndarray]:
     frames_root = root / "testing" / "frames"
     if not labels_path.is_file() or not frames_root.is_dir():
         raise AnomstreamError(f"{root}: expected frame_labels_ped2.npy and testing/frames/ (UCSD Ped2 layout)")
-    labels = read_array(labels_path).ravel().astype(np.int8)
+    labels = frame_labels(read_array(labels_path))
     clips = sorted((p for p in frames_root.iterdir() if p.is_dir()), key=numeric_sort_key)
     lengths = [len(list_images(c)) for c in clips]
     if sum(lengths) != len(labels):
@@ -42,10 +49,14 @@ def ped2_masks(root: str | Path, stream_id: str) -> Iterator[np.ndarray]:
 
     Raises :class:`AnomstreamError` when the clip has no mask folder or images, and
     :class:`~pipeline.errors.LabelFileError` naming a mask file that is empty or unreadable."""
-    folder = Path(root) / "testing" / "gt" / f"Test{int(stream_id):03d}_gt"
+    number = re.search(r"\d+$", stream_id)  # clip "01" or, as UCSD names them, "Test001"
+    if number is None:
+        raise AnomstreamError(f"stream {stream_id!r}: a Ped2 test clip is named by its number (01 or Test001)")
+    folder = Path(root) / "testing" / "gt" / f"Test{int(number.group()):03d}_gt"
     if not folder.is_dir():
         raise AnomstreamError(f"{folder}: no pixel masks for stream {stream_id!r} (UCSD Ped2 layout)")
-    paths = [p for p in sorted(folder.iterdir(), key=numeric_sort_key) if p.suffix.lower() in MASK_IMAGE_SUFFIXES]
+    paths = [p for p in sorted(folder.iterdir(), key=numeric_sort_key)
+             if p.suffix.lower() in MASK_IMAGE_SUFFIXES and not p.name.startswith(".")]
     if not paths:
         raise AnomstreamError(f"{folder}: no mask images")
     for path in paths:
@@ -96,7 +107,7 @@ def shanghaitech_frame_labels(folder: str | Path) -> dict[str, np.ndarray]:
     files = sorted(Path(folder).glob("*.npy"), key=numeric_sort_key)
     if not files:
         raise AnomstreamError(f"{folder}: no per-video .npy frame masks (ShanghaiTech layout)")
-    return {f.stem: read_array(f).ravel().astype(np.int8) for f in files}
+    return {f.stem: frame_labels(read_array(f)) for f in files}
 
 
 def shanghaitech_masks(frame_mask_folder: str | Path, stream_id: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,20 +27,25 @@ from pipeline.errors import AnomstreamError
 from pipeline.inputs import Rejection, SourceOptions, resolve_inputs
 from pipeline.probe import error_reason
 from pipeline.sources import Source
-from pipeline.store import result_arrays
+from pipeline.store import result_arrays, stream_key
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
 from workers.writer import WriterActor
 
+# a gRPC server (Ray's GCS) answers the HTTP/2 client preface with a SETTINGS frame (RFC 9113, 3.4)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
 SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs would starve replicas
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or with
-    None start a quiet local Ray instance of this run's own, whatever RAY_ADDRESS says and whichever
-    cluster already runs on the machine (once per process).
+    """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``), or with None start a quiet local
+    Ray instance of this run's own, whatever RAY_ADDRESS says and whichever cluster already runs on
+    the machine (once per process).
 
-    Raises AnomstreamError naming the address when nothing answers there (within ~5 s)."""
+    Raises AnomstreamError naming the address when it is malformed or no Ray cluster answers there
+    (within ~5 s: a port that is closed, or open but not speaking Ray's gRPC)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -48,21 +54,40 @@ def ensure_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
     if address:
         _check_reachable(address)
+    argv = sys.argv
+    # Ray encodes the command line as UTF-8: a file name in another encoding would stop it
+    sys.argv = [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    except ConnectionError as error:
-        raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({error})") from None
+    except (ConnectionError, ValueError) as error:
+        raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({str(error).splitlines()[0]})") from None
+    finally:
+        sys.argv = argv
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A TCP connection to HOST:PORT before Ray's own connect, which retries for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto" and the like: Ray resolves and fails fast itself
+    """Before Ray's own connect, which retries for minutes: HOST:PORT (or, for ``auto``, the
+    RAY_ADDRESS it would read) must accept a TCP connection and answer HTTP/2 as a gRPC server
+    (Ray's GCS) does. Raises AnomstreamError naming ``address``."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if target.startswith("ray://"):
+        raise AnomstreamError(f"--address {address}: Ray Client addresses (ray://) are not supported; "
+                              f"give the cluster's GCS address HOST:PORT (default port 6379)")
+    host, _, port = target.rpartition(":")
+    if not port.isdigit() or not host:
+        if address == "auto":
+            return  # Ray finds the local cluster itself, and fails fast when there is none
+        raise AnomstreamError(f"--address {address}: expected auto or HOST:PORT")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
+            connection.settimeout(timeout_s)
+            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            reply = connection.recv(9)
     except OSError as error:
         raise AnomstreamError(f"--address {address}: no Ray cluster answers there ({error_reason(error)})") from None
+    if os.environ.get("RAY_USE_TLS", "0") in ("0", "") and (len(reply) < 4 or reply[3] != HTTP2_SETTINGS):
+        raise AnomstreamError(f"--address {address}: something listens at {target} but it is not a Ray cluster "
+                              f"(no gRPC answer)")
 
 
 @dataclass
@@ -107,13 +132,20 @@ def _replica_options(settings: ScoreSection, helper_cpus: float) -> tuple[dict[s
 
 
 def _unique_ids(sources: list[Source]) -> None:
+    """Stream ids the store can hold (:func:`pipeline.store.stream_key`), made unique in input order."""
     seen: dict[str, int] = {}
     for source in sources:
+        source.stream_id = stream_key(source.stream_id)
         if source.stream_id in seen:
             seen[source.stream_id] += 1
             source.stream_id = f"{source.stream_id}_{seen[source.stream_id]}"
         else:
             seen[source.stream_id] = 0
+
+
+def _same_source(stored: str, current: str) -> bool:
+    """Whether a stream in the store came from this input (earlier stores kept paths as typed)."""
+    return stored == current or Path(stored).absolute() == Path(current)
 
 
 def _stream_attrs(source: Source) -> dict[str, Any]:
@@ -184,6 +216,11 @@ class _ScoringRun:
         while self.waiting and self.free_decoders:
             source = self.waiting.popleft()
             self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
+            stored = ray.get(self.writer.source_of.remote(source.stream_id))
+            if stored is not None and not _same_source(stored, source.describe()):
+                stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
+                                       f"{stored}; score into another store, or --overwrite")
+                continue  # what the store holds stays as it is
             if ray.get(self.writer.is_complete.remote(source.stream_id)):
                 stream_report.skipped = True
                 self.bar.update(source.frame_count or 0)
@@ -250,7 +287,16 @@ class _ScoringRun:
         while len(self.write_refs) > 2 * self.capacity:
             ray.get(self.write_refs.popleft())
         if stream.finished:
-            self._close(stream_id, stream.ended["error"], stream.ended["warnings"])
+            self._close(stream_id, stream.ended["error"], stream.ended["warnings"] + self._too_short(stream_id))
+
+    def _too_short(self, stream_id: str) -> list[str]:
+        """A warning for a stream that ended cleanly before one full window: it has no score."""
+        ended, needed = self.active[stream_id].ended, self.model.window_length
+        if ended["error"] is None and ended["frames"] < needed:
+            source = self.report.streams[stream_id].source
+            warning = f"{source}: {ended['frames']} frame(s), fewer than the {needed} of the model's window: no frame is scored"
+            return [warning]
+        return []
 
     def _close(self, stream_id: str, error: str | None, warnings: list[str] | None = None) -> None:
         while self.write_refs:

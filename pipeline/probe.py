@@ -7,6 +7,7 @@ art, a thumbnail) and that it can decode; containers and raw streams of every ki
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pipeline.errors import SourceError
 
 # FFmpeg demuxers that read single pictures (a .jpg or .png file): an image is not a video
 IMAGE_DEMUXERS = ("image2", "_pipe")
+# codecs of single pictures: as a second video track, a thumbnail rather than the video
+PICTURE_CODECS = {"mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpeg2000"}
 # "video" codecs of text art (FFmpeg's tty demuxer): never camera footage
 TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
 # suffixes under which people store videos: a file so named that holds no decodable video is a
@@ -36,6 +39,20 @@ class VideoProbe:
     fps: float | None
 
 
+def _video_rank(stream) -> tuple:
+    """Order of preference among video streams: a moving-picture codec, then more frames, then a
+    longer duration (the stream's, or Matroska's DURATION tag)."""
+    duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
+    tag = stream.metadata.get("DURATION", "")
+    if not duration and tag.count(":") == 2:
+        hours, minutes, seconds = tag.split(":")
+        try:
+            duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            duration = 0.0
+    return stream.codec_context.name not in PICTURE_CODECS, stream.frames or 0, duration
+
+
 def error_reason(error: Exception) -> str:
     """FFmpeg's or the OS's words for an error, without the path it repeats."""
     return getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
@@ -52,7 +69,10 @@ def probe_video(path: Path) -> VideoProbe:
     import av
 
     try:
-        if path.stat().st_size == 0:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise SourceError(f"{path}: not a regular file (a device, pipe or socket)")
+        if status.st_size == 0:
             raise SourceError(f"{path}: empty file (0 bytes)")
         container = av.open(str(path))
     except SourceError:
@@ -64,12 +84,10 @@ def probe_video(path: Path) -> VideoProbe:
             raise NotAVideoError(f"{path}: a still image, not a video")
         pictures = [s for s in container.streams.video if s.disposition & av.stream.Disposition.attached_pic]
         kinds = sorted({s.type for s in container.streams if s not in pictures}) or ["no stream"]
-        for stream in container.streams.video:
-            if stream in pictures:
-                continue
-            codec = stream.codec_context.name if stream.codec_context else None
-            if codec is None or codec in TEXT_CODECS:
-                continue
+        candidates = [s for s in container.streams.video if s not in pictures and s.codec_context is not None
+                      and s.codec_context.name not in TEXT_CODECS]
+        if candidates:  # a thumbnail track (Matroska has no attached-picture flag) loses to the video
+            stream = max(candidates, key=_video_rank)
             return VideoProbe(stream.index, stream.frames or None,
                               float(stream.average_rate) if stream.average_rate else None)
         held = " and ".join([*kinds, *(["cover art"] if pictures else [])])

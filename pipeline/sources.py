@@ -7,6 +7,7 @@ Which sources a command-line spec names is decided in :mod:`pipeline.inputs`.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pipeline.errors import SourceError
 from pipeline.probe import NotAVideoError, error_reason, probe_video
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+# OpenCV's FFmpeg logs to stderr what our one-line errors already say ("EBML header parsing failed")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 @dataclass
@@ -153,7 +156,7 @@ class VideoFileSource(Source):
         except NotAVideoError:
             raise
         except SourceError as pyav_error:
-            if path.stat().st_size == 0 or backend == "pyav":
+            if backend == "pyav" or not path.is_file() or path.stat().st_size == 0:
                 raise
             self._backend = "opencv"
             self._probe_opencv(pyav_error)
@@ -193,18 +196,41 @@ class VideoFileSource(Source):
         import av
 
         index = 0
+        last_time = None
         try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams[self._stream_index]
-                stream.thread_type = "SLICE"  # frame threading hides decode errors: a cut file would end "cleanly"
+            container = av.open(str(self.path))
+        except (OSError, av.FFmpegError) as error:
+            raise SourceError(f"{self.path}: cannot decode video ({error_reason(error)})") from None
+        with container:
+            stream = container.streams[self._stream_index]
+            stream.thread_type = "SLICE"  # frame threading hides decode errors: a cut file would end "cleanly"
+            try:
                 for frame in container.decode(stream):
                     timestamp = float(frame.time) if frame.time is not None else index / (self.fps or 25.0)
+                    last_time = frame.time
                     yield Frame(self.stream_id, index, timestamp, upright(frame.to_ndarray(format="rgb24"), frame.rotation))
                     index += 1
-        except av.FFmpegError as error:
-            raise SourceError(f"{self.path}: video is truncated: decoded {index} of "
-                              f"{self.frame_count or 'an unknown number of'} frames ({error_reason(error)})") from error
-        self._check_count(index)
+            except av.FFmpegError as error:
+                raise SourceError(f"{self.path}: video is truncated: decoded {index} of "
+                                  f"{self.frame_count or 'an unknown number of'} frames ({error_reason(error)})") from error
+            if not self._check_count(index):
+                self._check_duration(container, stream, last_time)
+
+    def _check_duration(self, container, stream, last_time: float | None) -> None:
+        """Warn when the stream ended well before the duration its header gives (a cut file in a
+        container without an index: Matroska, MPEG-TS, AVI)."""
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        if stream.duration:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1e6  # AV_TIME_BASE
+        else:
+            return
+        interval = 1.0 / self.fps if self.fps else 0.04
+        ended = (last_time - start + interval) if last_time is not None else 0.0
+        if duration - ended > 2 * interval:
+            self.warnings.append(f"{self.path}: the stream ended cleanly after {ended:.2f} s, the container header "
+                                 f"said {duration:.2f} s (a cut file?)")
 
     def _frames_opencv(self) -> Iterator[Frame]:
         import cv2
@@ -222,10 +248,13 @@ class VideoFileSource(Source):
             capture.release()
         self._check_count(index)
 
-    def _check_count(self, decoded: int) -> None:
+    def _check_count(self, decoded: int) -> bool:
+        """Warn (and say so) when the header's frame count was not what the stream held."""
         if self.frame_count and decoded != self.frame_count:
             self.warnings.append(f"{self.path}: the container header said {self.frame_count} frames, "
                                  f"the stream ended cleanly after {decoded}")
+            return True
+        return False
 
 
 def upright(image: np.ndarray, rotation: float) -> np.ndarray:
@@ -253,7 +282,8 @@ class CameraSource(Source):
                  device: int | None = None, connect_timeout_s: float = 0.0) -> None:
         self.address = address
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
-        self.stream_id = stream_id or re.sub(r"[^A-Za-z0-9_.-]+", "_", address).strip("_") or "camera"
+        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", address.split("?", 1)[0]).strip("_")  # no tokens in names
+        self.stream_id = stream_id or readable or "camera"
         self.max_frames = max_frames
         self.frame_count = max_frames
         self.open_timeout_s = open_timeout_s

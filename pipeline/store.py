@@ -10,6 +10,7 @@ are safely on disk, which is what ``--resume`` continues from.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class ResultStore:
         exists = self.path.exists() and any(self.path.iterdir()) if self.path.is_dir() else self.path.exists()
         if exists and mode == "create":
             raise StoreError(f"{self.path}: store already exists; pass --overwrite to replace it or --resume to continue it")
+        if exists and mode == "overwrite" and not _is_store(self.path):
+            raise StoreError(f"{self.path}: exists and is not an anomstream store; --overwrite replaces stores only "
+                             f"(name a new path or remove it yourself)")
         if mode == "resume" and exists:
             self.root = self._open_existing()
             self._check_same_run(run_attrs)
@@ -136,6 +140,20 @@ class ResultStore:
                             "warnings": list(warnings or [])})
 
 
+def stream_key(name: str, max_bytes: int = 120) -> str:
+    """A group name the store can hold for a stream named ``name`` (a file stem, a camera URL):
+    no "/", not "." / ".." / "zarr.json", not starting with "__" (zarr v3 reserves it), at most
+    ``max_bytes`` UTF-8 bytes (longer names keep their start and a hash of the whole)."""
+    key = name.replace("/", "_").replace("\\", "_") or "stream"
+    if key in (".", "..", "zarr.json") or key.startswith("__"):
+        key = f"stream_{key}"
+    encoded = key.encode("utf-8", "surrogateescape")
+    if len(encoded) > max_bytes:
+        digest = hashlib.sha1(encoded).hexdigest()[:10]
+        key = encoded[: max_bytes - 11].decode("utf-8", "ignore") + "_" + digest
+    return key
+
+
 def open_results(path: str | Path) -> zarr.Group:
     """Reader side: the store's root group, checked for format."""
     path = Path(path)
@@ -148,6 +166,13 @@ def open_results(path: str | Path) -> zarr.Group:
     if root.attrs.get("format") != STORE_FORMAT:
         raise StoreError(f"{path}: not an anomstream store (format {root.attrs.get('format')!r})")
     return root
+
+
+def _is_store(path: Path) -> bool:
+    try:
+        return zarr.open_group(str(path), mode="r").attrs.get("format") == STORE_FORMAT
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
+        return False
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -4,6 +4,7 @@ with its right result, plus the command-line faults found beside them (issue 15)
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -142,3 +143,58 @@ def test_config_without_train_section(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {config}: no train: section; add one (train.data: the normal "
                                                f"data) or pass --data")
+
+
+def test_resume_refuses_another_input_under_a_streams_name(ray_session, field_cases, tmp_path, capsys):
+    """And a clip shorter than the model's window is scored with a warning, not silently."""
+    first, second = tmp_path / "a" / "cam.mp4", tmp_path / "b" / "cam.mp4"
+    for path in (first, second):
+        path.parent.mkdir()
+    from pipeline.encode import encode_video
+    from pipeline.sources import VideoFileSource
+
+    frames = [f.image for f in VideoFileSource(field_cases / "12-ray-address-env" / "clip.mp4").frames()]
+    encode_video(frames[:3], first, fps=10)
+    shutil.copy(field_cases / "12-ray-address-env" / "clip.mp4", second)
+    out = tmp_path / "s.zarr"
+    assert _score(str(first), "--out", str(out)) == 0
+    assert capsys.readouterr().err.strip() == (f"warning: cam: {first}: 3 frame(s), fewer than the 5 of the model's "
+                                               f"window: no frame is scored")
+    assert _score(str(second), "--out", str(out), "--resume") == 2
+    assert capsys.readouterr().err.strip() == (f"error: cam: {second}: the store's stream 'cam' was scored from {first}; "
+                                               f"score into another store, or --overwrite (frames before it are kept: 0)")
+    group = open_results(out)["cam"]
+    assert group.attrs["source"] == str(first) and group.attrs["written"] == 3
+
+
+def test_address_that_is_not_ray_fails_fast(ray_session):
+    from pipeline.errors import AnomstreamError
+    from pipeline.orchestrator import _check_reachable
+
+    _check_reachable(ray_session.get_runtime_context().gcs_address)  # the session's own cluster answers
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(AnomstreamError, match=rf"^--address {address}: no Ray cluster answers there \(timed out\)$"):
+            _check_reachable(address, timeout_s=2)
+        assert time.monotonic() - started < 5
+    for address, message in [("localhost", "expected auto or HOST:PORT"),
+                             ("ray://10.0.0.1:10001", "Ray Client addresses (ray://) are not supported")]:
+        with pytest.raises(AnomstreamError, match=rf"^--address {address}: {re.escape(message)}"):
+            _check_reachable(address)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["score", "x.mp4", "--out", "o.zarr", "--connect-timeout", "nan"], "--connect-timeout"),
+    (["score", "x.mp4", "--out", "o.zarr", "--max-frames", "0"], "--max-frames"),
+    (["demo", "--replicas", "0"], "--replicas"),
+    (["bench", "--rounds", "0"], "--rounds"),
+    (["eval", "s.zarr", "--labels", "x", "--smoothing", "-3"], "--smoothing"),
+])
+def test_numbers_out_of_range_are_refused_by_name(args, option, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert f"error: argument {option}: must be at least" in capsys.readouterr().err.splitlines()[-1]

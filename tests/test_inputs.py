@@ -185,7 +185,42 @@ def mtd_like(tmp_path) -> Path:
     return root
 
 
+def test_thumbnail_track_is_not_the_video(frames, tmp_path):
+    """Matroska has no attached-picture flag: a one-frame thumbnail track before the real one loses."""
+    clip = tmp_path / "thumb_first.mkv"
+    with av.open(str(clip), mode="w") as container:
+        thumbnail = container.add_stream("mjpeg", rate=1)
+        video = container.add_stream("libx264", rate=10)
+        for stream in (thumbnail, video):
+            stream.width, stream.height = 176, 144
+        thumbnail.pix_fmt, video.pix_fmt = "yuvj420p", "yuv420p"
+        for packet in thumbnail.encode(av.VideoFrame.from_ndarray(frames[0], format="rgb24")):
+            container.mux(packet)
+        for image in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for stream in (thumbnail, video):
+            for packet in stream.encode():
+                container.mux(packet)
+    assert probe_video(clip).stream_index == 1
+    assert len(_images(VideoFileSource(clip))) == 12
+
+
+def test_what_is_not_a_file_or_folder(tmp_path):
+    (source_error,) = resolve_inputs(["/dev/null"]).failed
+    assert source_error.reason == "/dev/null: not a regular file (a device, pipe or socket)"
+
+
 # --- kind 6: one bad input never stops the others; header counts are estimates --------------
+
+def test_broken_link_in_a_folder_fails_alone(containers, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(containers[0], folder / "good.ts")
+    (folder / "dead.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    inputs = resolve_inputs([str(folder)])
+    assert [s.stream_id for s in inputs.sources] == ["good"]
+    assert [r.reason for r in inputs.failed] == [f"{folder / 'dead.mp4'}: cannot decode video (No such file or directory)"]
 
 def test_field_11_empty_clip_is_a_failure_of_its_own(field_cases):
     folder = field_cases / "11-empty-clip-in-folder" / "clips"
@@ -215,6 +250,23 @@ def test_header_frame_count_is_an_estimate(frames, tmp_path):
     source = VideoFileSource(promised)
     assert len(_images(source)) == 12
     assert source.warnings == [f"{promised}: the container header said 20 frames, the stream ended cleanly after 12"]
+
+
+def test_a_cut_file_without_an_index_ends_with_a_warning(frames, tmp_path):
+    """Matroska holds no frame index: a cut file decodes cleanly to where it stops, and the duration
+    in its header tells of the cut. (MPEG-TS has no header at all: FFmpeg estimates its duration
+    from the file size, so a cut TS file is simply a shorter recording.)"""
+    clip = tmp_path / "whole.mkv"
+    encode_video(frames * 2, clip, fps=10)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 6 // 10])
+    source = VideoFileSource(cut)
+    decoded = len(_images(source))
+    assert 0 < decoded < 24
+    (warning,) = source.warnings
+    assert warning.startswith(f"{cut}: the stream ended cleanly after ") and warning.endswith("(a cut file?)")
+    whole = VideoFileSource(clip)
+    assert len(_images(whole)) == 24 and whole.warnings == []
 
 
 def test_a_cut_file_is_truncated_not_complete(frames, tmp_path):

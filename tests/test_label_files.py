@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -199,3 +200,19 @@ def test_ped2_masks_coded_0_1_and_0_255_agree(field_cases):
     assert len(ones) == len(full) == 24
     np.testing.assert_array_equal(np.stack(ones), np.stack(full))
     np.testing.assert_array_equal([m.any() for m in ones], [0] * 10 + [1] * 14)
+
+
+def test_frame_labels_read_by_value_and_ucsd_clip_names(field_cases, tmp_path):
+    from pipeline.labels import frame_labels, ped2_frame_labels, ped2_masks
+
+    np.testing.assert_array_equal(frame_labels(np.array([0, 255, 255, 0], np.uint8)), [0, 1, 1, 0])
+    np.testing.assert_array_equal(frame_labels(np.array([[False, True]])), [0, 1])
+    root = tmp_path / "ped2"
+    shutil.copytree(field_cases / "07-ped2-masks-0-1" / "ped2_01", root)
+    coded = np.load(root / "frame_labels_ped2.npy")
+    np.save(root / "frame_labels_ped2.npy", (coded.ravel() != 0).astype(np.uint8) * 255)
+    np.testing.assert_array_equal(ped2_frame_labels(root)["01"], coded.ravel() != 0)
+    masks = list(ped2_masks(root, "Test001"))  # UCSD's own clip folder name
+    assert len(masks) == 24 and [m.any() for m in masks] == list(coded.ravel() != 0)
+    (root / "testing" / "gt" / "Test001_gt" / "._000.png").write_bytes(b"AppleDouble")  # macOS metadata
+    assert len(list(ped2_masks(root, "01"))) == 24

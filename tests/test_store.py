@@ -59,3 +59,29 @@ def test_store_from_another_version_is_refused(tmp_path):
         ResultStore(path, {}, mode="resume")
     with pytest.raises(StoreError, match="not an anomstream store"):
         open_results(path)
+
+
+@pytest.mark.parametrize("name", [".", "..", "zarr.json", "__meta", "a/b", "x" * 300, "é" * 100, "50% off? #1"])
+def test_every_stream_name_becomes_a_group_the_store_holds(tmp_path, name):
+    from pipeline.store import stream_key
+
+    key = stream_key(name)
+    assert len(key.encode()) <= 120 and "/" not in key
+    store = ResultStore(tmp_path / "s.zarr", {"model": "m"})
+    store.open_stream(key, ARRAYS, 8, 4, {"source": name})
+    store.write(key, 0, _batch(0, 4))
+    store.close_stream(key)
+    group = open_results(tmp_path / "s.zarr")[key]
+    assert group.attrs["source"] == name and group.attrs["written"] == 4
+    assert stream_key(name) == key and (name == key) == (name in ("a", "50% off? #1"))
+
+
+def test_overwrite_replaces_stores_only(tmp_path):
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    (folder / "beach.mov").write_bytes(b"not ours")
+    with pytest.raises(StoreError, match=r"holiday: exists and is not an anomstream store; --overwrite replaces stores only"):
+        ResultStore(folder, {"model": "m"}, mode="overwrite")
+    assert (folder / "beach.mov").read_bytes() == b"not ours"
+    ResultStore(tmp_path / "s.zarr", {"model": "m"})
+    ResultStore(tmp_path / "s.zarr", {"model": "m"}, mode="overwrite")  # one of ours: replaced

@@ -23,6 +23,10 @@ class WriterActor:
     def written(self, stream_id: str) -> int:
         return self.store.written(stream_id)
 
+    def source_of(self, stream_id: str) -> str | None:
+        """The input a stream already in the store was scored from (None: a new stream)."""
+        return self.store.root[stream_id].attrs.get("source") if stream_id in self.store.root else None
+
     def is_complete(self, stream_id: str) -> bool:
         return stream_id in self.store.root and bool(self.store.root[stream_id].attrs.get("complete"))
 
