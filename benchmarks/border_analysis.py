@@ -19,9 +19,9 @@ from sklearn.metrics import roc_auc_score
 from models.base import AnomalyModel
 from models.score_maps import max_box_mean
 from pipeline.checkpoint import load_model
-from pipeline.layouts import mtd_split
-from pipeline.preprocess import prepare_frame
-from pipeline.sources import read_image
+from pipeline.datasets.layouts import mtd_split
+from pipeline.files import read_image
+from pipeline.stream.preprocess import prepare_frame
 
 
 def border_report(model: AnomalyModel, images: np.ndarray, defective: np.ndarray, border: int, box: int) -> str:

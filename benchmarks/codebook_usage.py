@@ -17,9 +17,9 @@ import torch
 
 from models.vector_quantizer import VectorQuantizer
 from pipeline.checkpoint import load_model
-from pipeline.preprocess import prepare_frame
-from pipeline.inputs import open_sources
-from pipeline.training import WindowDataset
+from pipeline.sources.resolve import open_sources
+from pipeline.stream.preprocess import prepare_frame
+from pipeline.training.loop import WindowDataset
 
 
 def main() -> None:

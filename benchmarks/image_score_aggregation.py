@@ -1,6 +1,7 @@
 """How a still model's image score is pooled from its anomaly map: image AUROC of each pooling.
 
-    python benchmarks/image_score_aggregation.py runs/mtd_padim runs/mtd_favae --fuse mtd_padim,mtd_favae --json docs/mtd_image_pooling.json
+    python benchmarks/image_score_aggregation.py runs/mtd_padim runs/mtd_favae --fuse mtd_padim,mtd_favae \
+        --json docs/mtd_image_pooling.json
 
 Each run is scored through the Ray pipeline on the MTD test split; from the stored maps (resized to
 ``--side`` px, as every model sees a square image) the image score is recomputed as the map's mean
@@ -25,10 +26,10 @@ from scipy.stats import rankdata
 
 from models.score_maps import max_box_mean
 from pipeline.config import ScoreSection
-from pipeline.image_metrics import image_auroc
-from pipeline.image_results import scored_images
-from pipeline.layouts import ImageRecord
-from pipeline.orchestrator import score_sources
+from pipeline.datasets.layouts import ImageRecord
+from pipeline.driver.run import score_sources
+from pipeline.evaluation.image_metrics import image_auroc
+from pipeline.evaluation.stills import scored_images
 
 
 def poolings(side: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

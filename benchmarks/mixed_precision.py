@@ -1,7 +1,7 @@
 """Training speed of fp32 against bf16 mixed precision (``train.precision``), measured in one run.
 
 For each config: its model, a batch of ``train.batch_size`` real training images, AdamW; the median time of
-the training loop's step (``pipeline.training.gradient_step``: forward under autocast or not, backward,
+the training loop's step (``pipeline.training.loop.gradient_step``: forward under autocast or not, backward,
 optimizer step) in each precision, alternated so that both see the same machine state, and the relative
 difference of the two losses on the same weights.
 
@@ -19,8 +19,12 @@ import torch
 from models.base import AnomalyModel
 from models.registry import build_model
 from pipeline.config import load_config
-from pipeline.training import WindowDataset, gradient_step, load_clips, precision_context
-
+from pipeline.training.loop import (
+    WindowDataset,
+    gradient_step,
+    load_clips,
+    precision_context,
+)
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.config import ScoreSection  # noqa: E402
-from pipeline.image_results import ScoredImage, evaluate_stills, scored_images  # noqa: E402
-from pipeline.orchestrator import score_sources  # noqa: E402
+from pipeline.driver.run import score_sources
+from pipeline.evaluation.stills import ScoredImage, evaluate_stills, scored_images  # noqa: E402
 
 
 def train_seconds(run: Path) -> float:
@@ -46,7 +46,8 @@ def plot_worst(cases: dict[str, tuple[ScoredImage, ScoredImage]], path: Path) ->
     for row, (name, (normal, defect)) in enumerate(cases.items()):
         panels = [(cv2.imread(str(normal.record.path))[..., ::-1], f"{name}: top normal\n{normal.record.path.name}"),
                   (normal.anomaly_map, f"map (score {normal.score:.3g})"),
-                  (cv2.imread(str(defect.record.path))[..., ::-1], f"lowest defect ({defect.record.category})\n{defect.record.path.name}"),
+                  (cv2.imread(str(defect.record.path))[..., ::-1],
+                   f"lowest defect ({defect.record.category})\n{defect.record.path.name}"),
                   (defect.anomaly_map, f"map (score {defect.score:.3g})"),
                   (defect.mask, "defect mask")]
         for axis, (image, title) in zip(axes[row], panels):

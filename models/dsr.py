@@ -236,7 +236,8 @@ class DSR(AnomalyModel):
         q_lo = self._replace_codes(encoded["f_lo"], encoded["q_lo"], mask_lo, self.discrete.quantise_lo)
         q_hi = self._replace_codes(encoded["f_hi"], encoded["q_hi"], mask_hi, self.discrete.quantise_hi)
         size = (self.image_size, self.image_size)
-        truth = torch.maximum(F.interpolate(mask_lo, size=size, mode="nearest"), F.interpolate(mask_hi, size=size, mode="nearest"))
+        truth = torch.maximum(F.interpolate(mask_lo, size=size, mode="nearest"),
+                              F.interpolate(mask_hi, size=size, mode="nearest"))
         return q_lo, q_hi, truth
 
     def _image_smudges(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

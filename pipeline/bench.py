@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ScoreSection
-from pipeline.inputs import open_sources
-from pipeline.naive import naive_score
-from pipeline.orchestrator import ensure_ray, score_sources
-from pipeline.windows import WindowBatch, window_batches
-from workers.replica import ReplicaCore
+from pipeline.driver.ray_setup import ensure_ray
+from pipeline.driver.run import score_sources
+from pipeline.sources.resolve import open_sources
+from pipeline.stream.naive import naive_score
+from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.windows import WindowBatch, window_batches
 
 STAGES = ("model_fps", "naive_fps", "pipeline1_fps", "pipeline2_fps")
 

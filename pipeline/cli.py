@@ -10,8 +10,8 @@ from pathlib import Path
 
 from models.errors import ModelInputError
 from pipeline.assets import SHIPPED_CHECKPOINT
+from pipeline.datasets.layouts import LAYOUT_SPLITS
 from pipeline.errors import AnomstreamError, UndefinedMetricError
-from pipeline.layouts import LAYOUT_SPLITS
 
 STILL_DATASETS = tuple(LAYOUT_SPLITS)
 
@@ -19,7 +19,7 @@ STILL_DATASETS = tuple(LAYOUT_SPLITS)
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import TrainSection, load_config, with_overrides
-    from pipeline.training import train
+    from pipeline.training.loop import train
 
     config = load_config(args.config)
     if config.train is None and not args.data:
@@ -56,7 +56,7 @@ def _mode(args: argparse.Namespace) -> str:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     """``score`` and ``live``: every input scored on its own; each failure printed, exit 2 if any."""
-    from pipeline.orchestrator import score_sources
+    from pipeline.driver.run import score_sources
 
     settings, model_name = _score_settings(args)
     report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
@@ -79,7 +79,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_stills(args: argparse.Namespace) -> int:
-    from pipeline.image_results import evaluate_stills
+    from pipeline.evaluation.stills import evaluate_stills
 
     evaluation = evaluate_stills(args.store, args.labels)
     print(f"{evaluation.images} images ({evaluation.normal_images} normal)")
@@ -98,13 +98,18 @@ def _cmd_eval_stills(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.labels import load_frame_labels
+    from pipeline.datasets.video_labels import load_frame_labels
 
     if args.dataset in STILL_DATASETS:
         return _cmd_eval_stills(args)
     if not args.labels:
         raise AnomstreamError(f"--labels is required for dataset {args.dataset}")
-    from pipeline.results import Evaluation, evaluate, store_pixel_auc, unscored_streams
+    from pipeline.evaluation.video import (
+        Evaluation,
+        evaluate,
+        store_pixel_auc,
+        unscored_streams,
+    )
 
     labels = load_frame_labels(args.dataset, args.labels)
     unscored = unscored_streams(args.store)
@@ -145,7 +150,7 @@ def _write_json(path: str, data: dict) -> None:
 
 def _mask_reader(dataset: str, labels_path: str):
     """stream id -> its bool (H, W) pixel masks in frame order, from the dataset's layout."""
-    from pipeline.labels import MASK_READERS
+    from pipeline.datasets.video_labels import MASK_READERS
 
     if dataset not in MASK_READERS:
         raise AnomstreamError(f"--pixel: no pixel masks for dataset {dataset!r}")
@@ -248,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels",
                           help="ped2: dataset root (frame_labels_ped2.npy, testing/); avenue: testing_label_mask/; "
                                "shanghaitech: test_frame_mask/; still datasets: the dataset folder if it moved since scoring")
-    evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal", "raw"], choices=["offline", "causal", "raw"],
+    evaluate.add_argument("--normalisation", nargs="+", default=["offline", "causal", "raw"],
+                          choices=["offline", "causal", "raw"],
                           help="score normalisations to report (default: all three; raw and causal use no future frames)")
-    evaluate.add_argument("--smoothing", type=_at_least(0), default=0, help="window of temporal smoothing (centred offline, trailing causal)")
+    evaluate.add_argument("--smoothing", type=_at_least(0), default=0,
+                          help="window of temporal smoothing (centred offline, trailing causal)")
     evaluate.add_argument("--robust-smoothing", action="store_true",
                           help="offline: DMAD's 11-frame robust window (mean of the 5 values nearest the window mean)")
     evaluate.add_argument("--combine", default="score", choices=["score", "terms"],

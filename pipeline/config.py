@@ -37,7 +37,8 @@ class ModelSection(_Strict):
 
 
 class TrainSection(_Strict):
-    data: str | list[str] = Field(description="training source(s): frame folders / videos / images / dataset specs (mtd:, mvtec:, mvtec_loco:, ksdd2:)")
+    data: str | list[str] = Field(description="training source(s): frame folders / videos / images / dataset specs "
+                                              "(mtd:, mvtec:, mvtec_loco:, ksdd2:)")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-4, gt=0)

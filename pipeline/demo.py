@@ -9,10 +9,10 @@ import numpy as np
 
 from pipeline.assets import SAMPLE_CLIP, SAMPLE_LABELS, SHIPPED_CHECKPOINT
 from pipeline.config import ScoreSection
+from pipeline.driver.run import score_sources
 from pipeline.errors import AnomstreamError
-from pipeline.evaluation import frame_auc, minmax
-from pipeline.orchestrator import score_sources
-from pipeline.sources import VideoFileSource
+from pipeline.evaluation.frame_metrics import frame_auc, minmax
+from pipeline.sources.video import VideoFileSource
 from pipeline.store import open_results
 from pipeline.visualize import plot_scores, write_overlay
 

@@ -46,7 +46,7 @@ def ray_session():
     """One local Ray instance for the whole test session."""
     import ray
 
-    from pipeline.orchestrator import ensure_ray
+    from pipeline.driver.ray_setup import ensure_ray
 
     ensure_ray()
     yield ray

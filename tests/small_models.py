@@ -13,8 +13,8 @@ from models.ds2 import DS2, DS2Config
 from models.dsr import DSR, DSRConfig
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
-from pipeline.preprocess import prepare_frame
-from pipeline.sources import read_image
+from pipeline.files import read_image
+from pipeline.stream.preprocess import prepare_frame
 
 SMALL = {
     "adtr": (ADTR, ADTRConfig(image_size=64, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, feedforward=64,

@@ -2,19 +2,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from pipeline.datasets.video_labels import (
+    avenue_frame_labels,
+    load_frame_labels,
+    ped2_frame_labels,
+    ped2_masks,
+)
 from pipeline.errors import AnomstreamError
-from pipeline.evaluation import (
+from pipeline.evaluation.frame_metrics import (
     frame_auc,
     normalise,
     pixel_auc,
     robust_window_mean,
     running_minmax,
-)
-from pipeline.labels import (
-    avenue_frame_labels,
-    load_frame_labels,
-    ped2_frame_labels,
-    ped2_masks,
 )
 
 

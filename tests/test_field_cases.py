@@ -128,8 +128,10 @@ def test_live_prints_each_streams_error(ray_session, tmp_path, capsys):
     (["train", "configs/ped2_dmad_cpu.yaml", "--epochs", "-1"], "--epochs: Input should be greater than or equal to 1 (got -1)"),
     (["train", "configs/ped2_dmad_cpu.yaml", "--epochs", "0"], "--epochs: Input should be greater than or equal to 1 (got 0)"),
     (["score", "x.mp4", "--out", "o.zarr", "--replicas", "0"], "--replicas: Input should be greater than or equal to 1 (got 0)"),
-    (["score", "x.mp4", "--out", "o.zarr", "--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1 (got 0)"),
-    (["live", "camera:0", "--out", "o.zarr", "--batch-size", "999"], "--batch-size: Input should be less than or equal to 256 (got 999)"),
+    (["score", "x.mp4", "--out", "o.zarr", "--batch-size", "0"],
+     "--batch-size: Input should be greater than or equal to 1 (got 0)"),
+    (["live", "camera:0", "--out", "o.zarr", "--batch-size", "999"],
+     "--batch-size: Input should be less than or equal to 256 (got 999)"),
 ])
 def test_command_line_overrides_are_validated_as_the_config(args, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -151,7 +153,7 @@ def test_resume_refuses_another_input_under_a_streams_name(ray_session, field_ca
     for path in (first, second):
         path.parent.mkdir()
     from pipeline.encode import encode_video
-    from pipeline.sources import VideoFileSource
+    from pipeline.sources.video import VideoFileSource
 
     frames = [f.image for f in VideoFileSource(field_cases / "12-ray-address-env" / "clip.mp4").frames()]
     encode_video(frames[:3], first, fps=10)
@@ -168,8 +170,8 @@ def test_resume_refuses_another_input_under_a_streams_name(ray_session, field_ca
 
 
 def test_address_that_is_not_ray_fails_fast(ray_session):
+    from pipeline.driver.ray_setup import _check_reachable
     from pipeline.errors import AnomstreamError
-    from pipeline.orchestrator import _check_reachable
 
     _check_reachable(ray_session.get_runtime_context().gcs_address)  # the session's own cluster answers
     with socket.socket() as silent:

@@ -7,7 +7,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.errors import UndefinedMetricError
-from pipeline.image_metrics import image_auroc, image_average_precision, pixel_auroc, pro_score
+from pipeline.evaluation.image_metrics import (
+    image_auroc,
+    image_average_precision,
+    pixel_auroc,
+    pro_score,
+)
 
 
 def test_image_auroc_and_average_precision_by_hand():

@@ -17,12 +17,14 @@ from video_builders import (
     write_containers,
 )
 
-from pipeline.datasets import parse_dataset_spec
+from pipeline.datasets.specs import parse_dataset_spec
 from pipeline.encode import encode_video
 from pipeline.errors import SourceError
-from pipeline.inputs import SourceOptions, open_sources, resolve_inputs
-from pipeline.probe import NotAVideoError, probe_video
-from pipeline.sources import CameraSource, FrameFolderSource, VideoFileSource, upright
+from pipeline.sources.camera import CameraSource
+from pipeline.sources.folders import FrameFolderSource
+from pipeline.sources.probe import NotAVideoError, probe_video
+from pipeline.sources.resolve import SourceOptions, open_sources, resolve_inputs
+from pipeline.sources.video import VideoFileSource, upright
 
 
 def _images(source) -> list[np.ndarray]:

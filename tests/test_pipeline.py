@@ -12,13 +12,13 @@ from sklearn.metrics import roc_auc_score
 from pipeline.checkpoint import file_sha256
 from pipeline.cli import main
 from pipeline.config import ScoreSection
-from pipeline.labels import ped2_frame_labels
-from pipeline.orchestrator import score_sources
-from pipeline.results import evaluate
-from pipeline.inputs import open_sources
+from pipeline.datasets.video_labels import ped2_frame_labels
+from pipeline.driver.run import score_sources
+from pipeline.evaluation.video import evaluate
+from pipeline.sources.resolve import open_sources
 from pipeline.store import ResultStore, open_results, result_arrays
-from pipeline.windows import WindowBatch, window_batches
-from workers.replica import ReplicaCore
+from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.windows import WindowBatch, window_batches
 
 # Micro AUC of the shipped checkpoint on Ped2 test clips 01+02, measured with `anomstream score` +
 # `anomstream eval` on 2026-11-24: offline 0.942, raw 0.924, causal 0.739; the bounds leave a margin.

@@ -7,13 +7,10 @@ import pytest
 
 from pipeline.encode import encode_video
 from pipeline.errors import SourceError
-from pipeline.inputs import open_sources
-from pipeline.sources import (
-    CameraSource,
-    FrameFolderSource,
-    ImageListSource,
-    VideoFileSource,
-)
+from pipeline.sources.camera import CameraSource
+from pipeline.sources.folders import FrameFolderSource, ImageListSource
+from pipeline.sources.resolve import open_sources
+from pipeline.sources.video import VideoFileSource
 
 
 def _write_numbered(folder: Path, numbers: list[int]) -> None:

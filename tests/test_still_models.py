@@ -4,28 +4,26 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from small_models import DSR_STAGE1, SMALL, still_windows
 
 from models.adtr import ADTR
-from models.ds2 import DS2, DS2Config
-from models.blocks import random_rotations, rotate
-from models.dsr import DSR, DSRConfig
 from models.backbones import FrozenBackbone
 from models.base import LabelledAnomalies
+from models.blocks import random_rotations, rotate
+from models.ds2 import DS2, DS2Config
+from models.dsr import DSR, DSRConfig
 from models.errors import BackboneError, EarlierStageError
 from models.favae import FAVAE, FAVAEConfig
 from models.padim import PaDiM, PaDiMConfig
 from models.synthetic_anomalies import cut_paste, cut_paste_scar
 from models.vector_quantizer import EMAVectorQuantizer
 from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
-from pipeline.datasets import read_mask
+from pipeline.datasets.layouts import mtd_split
 from pipeline.errors import AnomstreamError
-from pipeline.layouts import mtd_split
-from pipeline.training import precision_context
-from small_models import DSR_STAGE1, SMALL, still_windows
+from pipeline.training.loop import precision_context
 
 
 @pytest.fixture(scope="module")
@@ -353,8 +351,8 @@ def test_dsr_turns_training_images_as_the_official_code(mtd_images):
     assert images[..., 0, 0].amin() > 0  # so a black corner can only come from a turn
     for probability, corners_black in ((1.0, True), (0.0, False)):
         model = DSR(DSRConfig(**{**SMALL["dsr"][1].__dict__, "rotation_probability": probability}))
-        encoded = []
-        model.discrete.encoder_hi.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0]))
+        encoded: list[torch.Tensor] = []
+        model.discrete.encoder_hi.register_forward_hook(lambda module, inputs, output, seen=encoded: seen.append(inputs[0]))
         model.train()
         model.training_loss(normal)  # stage 2
         model.after_optimizer_step(0.9)

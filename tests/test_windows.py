@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.sources import Frame
-from pipeline.linescan import assemble_tiles
-from pipeline.windows import EndOfStream, WindowBatch, window_batches
+from pipeline.sources.base import Frame
+from pipeline.sources.linescan import assemble_tiles
+from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
 
 
 def _frames(n, size=8, fail_after=None):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ray
 
-from pipeline.sources import Source
-from pipeline.windows import EndOfStream, WindowBatch, window_batches
+from pipeline.sources.base import Source
+from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
 
 
 @ray.remote

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.sources import Frame, Source
+from pipeline.sources.base import Frame, Source
 
 SCHEME = "linescan:"
 

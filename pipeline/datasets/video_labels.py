@@ -3,7 +3,7 @@
 Each frame-label loader returns ``{stream_id: labels}`` with stream ids as the sources name them
 (the clip folder or video stem), so they line up with the groups of a result store; each mask
 reader (``MASK_READERS``) gives the bool (H, W) masks of one stream in frame order. Files are read
-by content and masks by value (``pipeline.label_files``).
+by content and masks by value (``pipeline.datasets.label_files``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.datasets.label_files import read_array, read_mask_file, read_masks
 from pipeline.errors import AnomstreamError
-from pipeline.label_files import read_array, read_mask_file, read_masks
-from pipeline.sources import list_images, numeric_sort_key
+from pipeline.files import list_images, numeric_sort_key
 
 MASK_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 

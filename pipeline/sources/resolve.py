@@ -8,7 +8,7 @@ labelled still dataset (``mtd:ROOT``, ``mvtec:``, ``mvtec_loco:``, ``ksdd2:``), 
 
 A folder is one stream when it holds only images (the frames of a video, in numeric order, or
 still images); otherwise each frame folder and each video in it (probed by content,
-:mod:`pipeline.probe`) is a stream, and every other entry is left out and named.
+:mod:`pipeline.sources.probe`) is a stream, and every other entry is left out and named.
 """
 
 from __future__ import annotations
@@ -17,22 +17,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets import dataset_sources, is_dataset_spec
+from pipeline.datasets.specs import is_dataset_spec
 from pipeline.errors import SourceError
-from pipeline.linescan import SCHEME as LINESCAN_SCHEME
-from pipeline.linescan import linescan_sources
-from pipeline.probe import VIDEO_SUFFIXES, NotAVideoError
-from pipeline.sources import (
-    IMAGE_SUFFIXES,
-    CameraSource,
+from pipeline.files import IMAGE_SUFFIXES, list_images, numeric_sort_key
+from pipeline.sources.base import Source
+from pipeline.sources.camera import CameraSource
+from pipeline.sources.datasets import dataset_sources
+from pipeline.sources.folders import (
     FrameFolderSource,
     ImageListSource,
-    Source,
-    VideoFileSource,
     image_folder_source,
-    list_images,
-    numeric_sort_key,
 )
+from pipeline.sources.linescan import SCHEME as LINESCAN_SCHEME
+from pipeline.sources.linescan import linescan_sources
+from pipeline.sources.probe import VIDEO_SUFFIXES, NotAVideoError
+from pipeline.sources.video import VideoFileSource
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 CAMERA_PREFIX = "camera:"

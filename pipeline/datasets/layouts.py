@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.datasets.label_files import read_mask_file
 from pipeline.errors import SourceError
-from pipeline.label_files import read_mask_file
-from pipeline.sources import list_images
+from pipeline.files import list_images
 
 MTD_NORMAL = "MT_Free"
 

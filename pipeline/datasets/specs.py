@@ -1,11 +1,11 @@
 """Still-image datasets with labels and masks, named by a spec: layout, root and split.
 
 ``mtd:ROOT``, ``mtd:ROOT?split=train&seed=0``, ``mvtec:CATEGORY_FOLDER?split=test``,
-``mvtec_loco:CATEGORY_FOLDER``, ``ksdd2:ROOT`` (layouts: ``pipeline/layouts.py``). Scoring defaults to the test split, training to the train
-split. ``labelled=N`` holds a seeded N defective images of each defect type out of the test split
-as the ``labelled`` split: the few labelled anomalies a model may train on (ADTR's
-anomaly-available variant); the test split of the same spec never contains them. Each split is a
-list of :class:`ImageRecord`; the test split is grouped into one stream per class (``good`` / the
+``mvtec_loco:CATEGORY_FOLDER``, ``ksdd2:ROOT`` (layouts: ``pipeline/datasets/layouts.py``). Scoring
+defaults to the test split, training to the train split. ``labelled=N`` holds a seeded N defective
+images of each defect type out of the test split as the ``labelled`` split: the few labelled
+anomalies a model may train on (ADTR's anomaly-available variant); the test split of the same spec
+never contains them. Each split is a list of :class:`ImageRecord`, grouped by class (``good`` / the
 normal class, then each defect type), so per-class metrics read straight off the store.
 """
 
@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
-import cv2
 import numpy as np
 
+from pipeline.datasets.label_files import read_mask_file
+from pipeline.datasets.layouts import LAYOUT_SPLITS, ImageRecord, mtd_split
 from pipeline.errors import SourceError
-from pipeline.label_files import read_mask_file
-from pipeline.layouts import LAYOUT_SPLITS, ImageRecord, mtd_split
-from pipeline.preprocess import prepare_frame
-from pipeline.sources import ImageListSource, read_image
 
 LAYOUTS = tuple(LAYOUT_SPLITS)
+
 SPLITS = ("train", "test", "labelled")
+
 OPTIONS = ("split", "seed", "train_fraction", "labelled")
 
 
@@ -100,7 +99,7 @@ def dataset_records(spec: DatasetSpec) -> list[ImageRecord]:
 def read_mask(record: ImageRecord, shape: tuple[int, int]) -> np.ndarray:
     """bool (H, W) defect mask of ``record`` for an image of ``shape`` (a folder of masks: their union).
 
-    Masks are read by value (``pipeline.label_files.defect_pixels``: 0/1, 0/255, palette, 16-bit,
+    Masks are read by value (``pipeline.datasets.label_files.defect_pixels``: 0/1, 0/255, palette, 16-bit,
     colour). Raises :class:`~pipeline.errors.LabelFileError` naming an empty or unreadable mask file,
     :class:`SourceError` for a mask of another size than its image."""
     if record.mask_path is None:
@@ -114,39 +113,3 @@ def read_mask(record: ImageRecord, shape: tuple[int, int]) -> np.ndarray:
                               f"its image {record.path.name} is {shape[1]}x{shape[0]}")
         union |= mask
     return union
-
-
-@dataclass
-class LabelledExamples:
-    """Labelled anomalies prepared for a model."""
-
-    images: np.ndarray  # uint8 (N, C, size, size)
-    masks: np.ndarray  # float32 (N, size, size): share of each pixel inside the defect
-    has_mask: np.ndarray  # bool (N,): False = an image-level label only (no mask file)
-
-
-def labelled_examples(specs: list[str], size: int, channels: int) -> LabelledExamples:
-    """The defective images of each spec's ``labelled`` split, resized for the model with their masks."""
-    images, masks, has_mask = [], [], []
-    for spec in specs:
-        parsed = parse_dataset_spec(spec, default_split="labelled") if is_dataset_spec(spec) else None
-        if parsed is None or parsed.split != "labelled":
-            raise SourceError(f"{spec}: labelled anomalies come from a dataset spec with split=labelled&labelled=N")
-        for record in dataset_records(parsed):
-            image = read_image(record.path)
-            images.append(prepare_frame(image, size, channels))
-            mask = read_mask(record, image.shape[:2]).astype(np.float32)
-            masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA))
-            has_mask.append(record.mask_path is not None)
-    return LabelledExamples(np.stack(images), np.stack(masks), np.array(has_mask))
-
-
-def dataset_sources(spec: str, default_split: str = "test") -> list[ImageListSource]:
-    """One source per class of the split (train and labelled: a single stream)."""
-    parsed = parse_dataset_spec(spec, default_split)
-    records = dataset_records(parsed)
-    if parsed.split != "test":
-        return [ImageListSource([r.path for r in records], parsed.split, spec)]
-    categories = list(dict.fromkeys(r.category for r in records))
-    return [ImageListSource([r.path for r in records if r.category == c], c, spec) for c in categories]
-

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import AnomstreamError
-from pipeline.evaluation import FrameAUC, combine_terms, frame_auc, normalise, pixel_auc
+from pipeline.evaluation.frame_metrics import (
+    FrameAUC,
+    combine_terms,
+    frame_auc,
+    normalise,
+    pixel_auc,
+)
 from pipeline.store import open_results
 
 

@@ -7,12 +7,8 @@ per stream whichever replica finished first.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,100 +19,16 @@ import pipeline
 from models.registry import build_model
 from pipeline.checkpoint import checkpoint_params, file_sha256, read_checkpoint
 from pipeline.config import ScoreSection
-from pipeline.errors import AnomstreamError
-from pipeline.inputs import Rejection, SourceOptions, resolve_inputs
-from pipeline.probe import error_reason
-from pipeline.sources import Source
+from pipeline.driver.ray_setup import ensure_ray
+from pipeline.driver.report import RunReport, StreamReport
+from pipeline.sources.base import Source
+from pipeline.sources.resolve import SourceOptions, resolve_inputs
 from pipeline.store import result_arrays, stream_key
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
 from workers.writer import WriterActor
 
-# a gRPC server (Ray's GCS) answers the HTTP/2 client preface with a SETTINGS frame (RFC 9113, 3.4)
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HTTP2_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-HTTP2_SETTINGS = 4
 SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs would starve replicas
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``), or with None start a quiet local
-    Ray instance of this run's own, whatever RAY_ADDRESS says and whichever cluster already runs on
-    the machine (once per process).
-
-    Raises AnomstreamError naming the address when it is malformed or no Ray cluster answers there
-    (within ~5 s: a port that is closed, or open but not speaking Ray's gRPC)."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    # Ray runs workers at nice 15: any busy process on the machine would starve the replicas ~30x
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if address:
-        _check_reachable(address)
-    argv = sys.argv
-    # Ray encodes the command line as UTF-8: a file name in another encoding would stop it
-    sys.argv = [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, ValueError) as error:
-        raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({str(error).splitlines()[0]})") from None
-    finally:
-        sys.argv = argv
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Before Ray's own connect, which retries for minutes: HOST:PORT (or, for ``auto``, the
-    RAY_ADDRESS it would read) must accept a TCP connection and answer HTTP/2 as a gRPC server
-    (Ray's GCS) does. Raises AnomstreamError naming ``address``."""
-    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
-    if target.startswith("ray://"):
-        raise AnomstreamError(f"--address {address}: Ray Client addresses (ray://) are not supported; "
-                              f"give the cluster's GCS address HOST:PORT (default port 6379)")
-    host, _, port = target.rpartition(":")
-    if not port.isdigit() or not host:
-        if address == "auto":
-            return  # Ray finds the local cluster itself, and fails fast when there is none
-        raise AnomstreamError(f"--address {address}: expected auto or HOST:PORT")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
-            connection.settimeout(timeout_s)
-            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
-            reply = connection.recv(9)
-    except OSError as error:
-        raise AnomstreamError(f"--address {address}: no Ray cluster answers there ({error_reason(error)})") from None
-    if os.environ.get("RAY_USE_TLS", "0") in ("0", "") and (len(reply) < 4 or reply[3] != HTTP2_SETTINGS):
-        raise AnomstreamError(f"--address {address}: something listens at {target} but it is not a Ray cluster "
-                              f"(no gRPC answer)")
-
-
-@dataclass
-class StreamReport:
-    source: str
-    frames: int = 0
-    error: str | None = None
-    skipped: bool = False  # already complete in the store (resume)
-    warnings: list[str] = field(default_factory=list)  # e.g. still images that could not be decoded
-
-
-@dataclass
-class RunReport:
-    store: Path
-    streams: dict[str, StreamReport] = field(default_factory=dict)
-    failed: list[Rejection] = field(default_factory=list)  # inputs that gave no stream: errors
-    left_out: list[Rejection] = field(default_factory=list)  # files in folders that are not videos or images
-    seconds: float = 0.0  # from the replicas being ready to the last frame written
-    replicas: int = 0
-    device: str = "cpu"
-    replica_busy: list[float] = field(default_factory=list)  # share of ``seconds`` each replica spent scoring
-
-    @property
-    def frames(self) -> int:
-        return sum(s.frames for s in self.streams.values())
-
-    @property
-    def errors(self) -> list[str]:
-        return [r.reason for r in self.failed] + [s.error for s in self.streams.values() if s.error]
 
 
 def _replica_options(settings: ScoreSection, helper_cpus: float) -> tuple[dict[str, Any], int | None]:

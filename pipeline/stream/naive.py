@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.base import AnomalyModel
-from pipeline.inputs import open_sources
+from pipeline.sources.resolve import open_sources
 from pipeline.store import ResultStore, result_arrays
-from pipeline.windows import EndOfStream, window_batches
-from workers.replica import ReplicaCore
+from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.windows import EndOfStream, window_batches
 
 
 def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 16, threads: int | None = None) -> int:

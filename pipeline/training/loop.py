@@ -22,10 +22,10 @@ from models.base import AnomalyModel, LabelledAnomalies
 from models.registry import build_model
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
-from pipeline.datasets import labelled_examples
 from pipeline.errors import ConfigError
-from pipeline.inputs import open_sources
-from pipeline.preprocess import prepare_frame
+from pipeline.sources.resolve import open_sources
+from pipeline.stream.preprocess import prepare_frame
+from pipeline.training.anomalies import labelled_examples
 
 
 def load_clips(spec: str | list[str], size: int, channels: int, progress: bool = True,

@@ -4,7 +4,7 @@ A ``WindowBatch`` holds B target frames plus up to T-1 frames of context before 
 replica can build every (T, C, H, W) window without state of its own. Targets with no full
 window (the first T-1 frames of a stream) are marked invalid and get a NaN score.
 
-Line-scan cameras slot in before this step: :func:`pipeline.linescan.assemble_tiles` turns a
+Line-scan cameras slot in before this step: :func:`pipeline.sources.linescan.assemble_tiles` turns a
 stream of pixel rows into overlapping 2-D tiles, which are frames like any other.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.preprocess import prepare_frame
-from pipeline.sources import Frame
+from pipeline.sources.base import Frame
+from pipeline.stream.preprocess import prepare_frame
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Joining or starting Ray for a run, and checking a cluster address before Ray's slow retries."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import ray
+
+from pipeline.errors import AnomstreamError
+from pipeline.sources.probe import error_reason
+
+# a gRPC server (Ray's GCS) answers the HTTP/2 client preface with a SETTINGS frame (RFC 9113, 3.4)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+HTTP2_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+HTTP2_SETTINGS = 4
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``), or with None start a quiet local
+    Ray instance of this run's own, whatever RAY_ADDRESS says and whichever cluster already runs on
+    the machine (once per process).
+
+    Raises AnomstreamError naming the address when it is malformed or no Ray cluster answers there
+    (within ~5 s: a port that is closed, or open but not speaking Ray's gRPC)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray runs workers at nice 15: any busy process on the machine would starve the replicas ~30x
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    if address:
+        _check_reachable(address)
+    argv = sys.argv
+    # Ray encodes the command line as UTF-8: a file name in another encoding would stop it
+    sys.argv = [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, ValueError) as error:
+        raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({str(error).splitlines()[0]})") from None
+    finally:
+        sys.argv = argv
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Before Ray's own connect, which retries for minutes: HOST:PORT (or, for ``auto``, the
+    RAY_ADDRESS it would read) must accept a TCP connection and answer HTTP/2 as a gRPC server
+    (Ray's GCS) does. Raises AnomstreamError naming ``address``."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if target.startswith("ray://"):
+        raise AnomstreamError(f"--address {address}: Ray Client addresses (ray://) are not supported; "
+                              f"give the cluster's GCS address HOST:PORT (default port 6379)")
+    host, _, port = target.rpartition(":")
+    if not port.isdigit() or not host:
+        if address == "auto":
+            return  # Ray finds the local cluster itself, and fails fast when there is none
+        raise AnomstreamError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
+            connection.settimeout(timeout_s)
+            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            reply = connection.recv(9)
+    except OSError as error:
+        raise AnomstreamError(f"--address {address}: no Ray cluster answers there ({error_reason(error)})") from None
+    if os.environ.get("RAY_USE_TLS", "0") in ("0", "") and (len(reply) < 4 or reply[3] != HTTP2_SETTINGS):
+        raise AnomstreamError(f"--address {address}: something listens at {target} but it is not a Ray cluster "
+                              f"(no gRPC answer)")

@@ -1,0 +1,1 @@
+"""Evaluation: frame metrics and normalisations, image/pixel metrics, video and still stores."""

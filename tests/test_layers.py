@@ -1,0 +1,89 @@
+"""The house's layout holds: no import circle between files, `models/` imports nothing of the
+pipeline, only the driver (and the CLI above it) imports the Ray actors of `workers/`, and the
+`pipeline/` top level stays small. Imports inside functions count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipeline", "models", "workers", "configs")
+MAY_IMPORT_WORKERS = ("pipeline.driver", "pipeline.cli")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """First-party modules a file imports (``from a.b import c`` counts a.b.c when c is a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                     for alias in node.names]
+        else:
+            continue
+        out.update(name for name in names if name.split(".")[0] in PACKAGES and name in modules)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a list of modules, or None (depth-first search with colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node], _ = 1, stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[node], _ = 2, stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_circle_between_files():
+    assert _cycle(_graph()) is None
+
+
+def test_models_import_nothing_of_the_pipeline():
+    breaks = {m: sorted(t for t in targets if t.startswith(("pipeline", "workers")))
+              for m, targets in _graph().items() if m.startswith("models")}
+    assert {m: t for m, t in breaks.items() if t} == {}
+
+
+def test_only_the_driver_imports_the_ray_actors():
+    importers = {m for m, targets in _graph().items() if any(t.startswith("workers") for t in targets)}
+    outside = {m for m in importers if not m.startswith(("workers", *MAY_IMPORT_WORKERS))}
+    assert outside == set()
+    assert "pipeline.driver.run" in importers  # the rule is checked against real imports
+
+
+def test_pipeline_top_level_stays_small():
+    top = sorted(p.name for p in (REPO / "pipeline").glob("*.py"))
+    assert len(top) <= 12, top
