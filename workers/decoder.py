@@ -6,10 +6,12 @@ job of many short clips does not pay a process start per clip.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ray
 
 from pipeline.sources.base import Source
-from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
+from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, window_batches
 
 
 @ray.remote
@@ -24,11 +26,9 @@ class DecodeActor:
                                        image_size, channels, skip_before)
 
     @ray.method(num_returns=2)
-    def next_batch(self) -> tuple[dict, WindowBatch | None]:
-        """(small header for the driver, the batch itself or None at the end of the stream)."""
+    def next_batch(self) -> tuple[BatchHeader | EndOfStream, WindowBatch | None]:
+        """(what the driver needs to know, the batch itself or None at the end of the stream)."""
         item = next(self._batches)
         if isinstance(item, EndOfStream):
-            return {"stream_id": item.stream_id, "end": True, "frames": item.frames, "error": item.error,
-                    "warnings": list(self._source.warnings)}, None
-        return {"stream_id": item.stream_id, "end": False, "sequence": item.sequence,
-                "start": item.start, "size": item.size}, item
+            return replace(item, warnings=tuple(self._source.warnings)), None
+        return item.header(), item

@@ -24,6 +24,7 @@ from pipeline.driver.report import RunReport, StreamReport
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
 from pipeline.store import result_arrays, stream_key
+from pipeline.stream.windows import EndOfStream
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
 from workers.writer import WriterActor
@@ -62,8 +63,9 @@ def _same_source(stored: str, current: str) -> bool:
 
 def _stream_attrs(source: Source) -> dict[str, Any]:
     attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps}
-    if hasattr(source, "items"):
-        attrs["items"] = source.items()  # still images: frame_index -> file
+    items = source.items()
+    if items is not None:
+        attrs["items"] = items  # still images: frame_index -> file
     return attrs
 
 
@@ -71,7 +73,7 @@ class _Stream:
     def __init__(self, actor: Any, first_sequence: int, written: int) -> None:
         self.actor = actor
         self.decode_pending = False
-        self.ended: dict | None = None  # the decoder's end-of-stream header
+        self.ended: EndOfStream | None = None  # how the decoder's source ended
         self.results: dict[int, tuple[int, Any]] = {}  # sequence -> (size, result ref), not yet written
         self.next_sequence = first_sequence  # batches before it are in the store already (resume)
         # rows are written one after another: a still image that cannot be decoded leaves no empty
@@ -170,8 +172,8 @@ class _ScoringRun:
         except ray.exceptions.RayTaskError as failure:  # a decoder bug or a library error: this stream only
             cause = failure.cause if isinstance(failure.cause, Exception) else failure
             reason = f"{self.report.streams[stream_id].source}: decoding failed ({type(cause).__name__}: {cause})"
-            header = {"end": True, "error": reason.splitlines()[0], "warnings": []}
-        if header["end"]:
+            header = EndOfStream(stream_id, 0, reason.splitlines()[0])
+        if isinstance(header, EndOfStream):
             stream.ended = header
             self._flush(stream_id)
         else:
@@ -183,9 +185,9 @@ class _ScoringRun:
         self.replica_load[target] -= 1
         stream = self.active[stream_id]
         stream.unscored -= 1
-        stream.results[header["sequence"]] = (header["size"], ref)
-        self.report.streams[stream_id].frames += header["size"]
-        self.bar.update(header["size"])
+        stream.results[header.sequence] = (header.size, ref)
+        self.report.streams[stream_id].frames += header.size
+        self.bar.update(header.size)
         self._flush(stream_id)
 
     def _flush(self, stream_id: str) -> None:
@@ -199,14 +201,14 @@ class _ScoringRun:
         while len(self.write_refs) > 2 * self.capacity:
             ray.get(self.write_refs.popleft())
         if stream.finished:
-            self._close(stream_id, stream.ended["error"], stream.ended["warnings"] + self._too_short(stream_id))
+            self._close(stream_id, stream.ended.error, [*stream.ended.warnings, *self._too_short(stream_id)])
 
     def _too_short(self, stream_id: str) -> list[str]:
         """A warning for a stream that ended cleanly before one full window: it has no score."""
         ended, needed = self.active[stream_id].ended, self.model.window_length
-        if ended["error"] is None and ended["frames"] < needed:
+        if ended.error is None and ended.frames < needed:
             source = self.report.streams[stream_id].source
-            warning = f"{source}: {ended['frames']} frame(s), fewer than the {needed} of the model's window: no frame is scored"
+            warning = f"{source}: {ended.frames} frame(s), fewer than the {needed} of the model's window: no frame is scored"
             return [warning]
         return []
 

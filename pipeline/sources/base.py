@@ -12,7 +12,7 @@ import numpy as np
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Frame:
     stream_id: str
     index: int
@@ -35,6 +35,10 @@ class Source:
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def items(self) -> list[str] | None:
+        """The file of each frame index (still images), stored with the stream; None: frames of one video."""
+        return None
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError

@@ -35,6 +35,9 @@ class WindowBatch:
     def size(self) -> int:
         return len(self.frame_index)
 
+    def header(self) -> BatchHeader:
+        return BatchHeader(self.stream_id, self.sequence, self.start, self.size)
+
     @property
     def valid(self) -> np.ndarray:
         """Targets whose full window of ``window_length`` frames is present."""
@@ -49,13 +52,26 @@ class WindowBatch:
             np.empty((0, t, *self.frames.shape[1:]), dtype=self.frames.dtype)
 
 
-@dataclass
-class EndOfStream:
-    """What a window step yields last: how the stream ended."""
+@dataclass(frozen=True)
+class BatchHeader:
+    """What the driver learns of a decoded batch; the batch itself travels by object reference
+    from the decoder to a replica."""
 
     stream_id: str
-    frames: int
+    sequence: int  # batch number within the stream, from 0
+    start: int  # frame index of the first target
+    size: int  # targets (rows the batch writes)
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """What a window step yields last: how the stream ended (``error`` None: cleanly), and what went
+    wrong without ending it (``warnings``, filled by the decoder from its source)."""
+
+    stream_id: str
+    frames: int  # frames decoded, those of a resumed run's skipped batches included
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def window_batches(frames: Iterator[Frame], stream_id: str, window_length: int, batch_size: int,
