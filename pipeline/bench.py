@@ -27,13 +27,13 @@ from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
 from pipeline.sources.resolve import open_sources
 from pipeline.stream.naive import naive_score
-from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.scorer import Scorer
 from pipeline.stream.windows import WindowBatch, window_batches
 
 STAGES = ("model_fps", "naive_fps", "pipeline1_fps", "pipeline2_fps")
 
 
-def _decoded_batches(spec: str, core: ReplicaCore, batch_size: int) -> list[WindowBatch]:
+def _decoded_batches(spec: str, core: Scorer, batch_size: int) -> list[WindowBatch]:
     model = core.model
     source = open_sources(spec)[0]
     items = window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
@@ -41,7 +41,7 @@ def _decoded_batches(spec: str, core: ReplicaCore, batch_size: int) -> list[Wind
     return [b for b in items if isinstance(b, WindowBatch)]
 
 
-def _model_fps(core: ReplicaCore, batches: list[WindowBatch], repeats: int) -> float:
+def _model_fps(core: Scorer, batches: list[WindowBatch], repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
         for batch in batches:
@@ -55,7 +55,7 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    core = ReplicaCore(checkpoint, threads=cores)
+    core = Scorer(checkpoint, threads=cores)
     started = time.perf_counter()
     batches = _decoded_batches(spec, core, batch_size)
     count = sum(b.size for b in batches)

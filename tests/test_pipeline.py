@@ -17,7 +17,7 @@ from pipeline.driver.run import score_sources
 from pipeline.evaluation.video import evaluate
 from pipeline.sources.resolve import open_sources
 from pipeline.store import ResultStore, open_results, result_arrays
-from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.scorer import Scorer
 from pipeline.stream.windows import WindowBatch, window_batches
 
 # Micro AUC of the shipped checkpoint on Ped2 test clips 01+02, measured with `anomstream score` +
@@ -51,7 +51,7 @@ def test_two_replicas_keep_every_frame_once_in_order(ray_session, ped2, sample_c
     assert dataset["score"].dims == ("frame",) and dataset.sizes["frame"] == 180
 
     # the same frames scored in one process (no Ray) give the same scores
-    core = ReplicaCore(str(shipped_checkpoint), threads=1)
+    core = Scorer(str(shipped_checkpoint), threads=1)
     source = open_sources(str(ped2 / "testing" / "frames" / "01"))[0]
     batches = [b for b in window_batches(source.frames(), "01", 5, 8, 128, 1) if isinstance(b, WindowBatch)]
     expected = np.concatenate([core.score(b)["score"] for b in batches])
@@ -96,7 +96,7 @@ def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, ship
     out = tmp_path / "s.zarr"
     args = ["score", str(sample_clip), "--checkpoint", str(shipped_checkpoint), "--out", str(out), "--quiet"]
     # a store from an interrupted run: the first 3 batches of 16 written, then nothing
-    core = ReplicaCore(str(shipped_checkpoint), threads=1)
+    core = Scorer(str(shipped_checkpoint), threads=1)
     store = ResultStore(out, {"model": "dmad", "checkpoint_sha256": file_sha256(shipped_checkpoint)})
     store.open_stream("ped2_test02", result_arrays((128, 128), list(core.model.term_weights)), 16, 180, {})
     source = open_sources(str(sample_clip))[0]

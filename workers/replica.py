@@ -7,14 +7,14 @@ import time
 import numpy as np
 import ray
 
-from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.scorer import Scorer
 from pipeline.stream.windows import WindowBatch
 
 
 @ray.remote
 class ReplicaActor:
     def __init__(self, checkpoint: str, threads: int | None = None) -> None:
-        self.core = ReplicaCore(checkpoint, threads)
+        self.core = Scorer(checkpoint, threads)
         self.busy_seconds = 0.0  # inside score(): what the pipeline around it leaves to the model
 
     def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:

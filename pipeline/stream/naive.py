@@ -7,13 +7,13 @@ from pathlib import Path
 from models.base import AnomalyModel
 from pipeline.sources.resolve import open_sources
 from pipeline.store import ResultStore, result_arrays
-from pipeline.stream.scorer import ReplicaCore
+from pipeline.stream.scorer import Scorer
 from pipeline.stream.windows import EndOfStream, window_batches
 
 
 def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 16, threads: int | None = None) -> int:
     """Score every stream of ``spec`` in this process; returns frames written."""
-    core = ReplicaCore(checkpoint, threads)
+    core = Scorer(checkpoint, threads)
     model: AnomalyModel = core.model
     store = ResultStore(out, {"model": model.name, "term_weights": model.term_weights}, mode="overwrite")
     arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))

@@ -7,11 +7,12 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import load_model
+from pipeline.store import result_arrays
 from pipeline.stream.windows import WindowBatch
 
 
-class ReplicaCore:
-    """The scoring work of a replica, without Ray (used by the actor, the naive loop and benches)."""
+class Scorer:
+    """A model on its device that scores window batches (the work of a replica, without Ray)."""
 
     def __init__(self, checkpoint: str, threads: int | None = None, device: str | None = None) -> None:
         if threads:
@@ -19,20 +20,18 @@ class ReplicaCore:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, _ = load_model(checkpoint)
         self.model.to(self.device).eval()
+        size = self.model.image_size
+        self.arrays = result_arrays((size, size), list(self.model.term_weights))  # what the store holds
 
     def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:
-        """Per-target arrays of the batch; invalid targets (no full window) get NaN."""
+        """The store's per-frame arrays (:func:`pipeline.store.result_arrays`) for the batch's B
+        targets: ``score`` float32 (B,), ``map`` float16 (B, size, size), ``term_*`` float32 (B,),
+        ``frame_index``, ``timestamp``, ``valid``; targets without a full window keep the fill value
+        (NaN)."""
+        result = {name: np.full((batch.size, *spec.frame_shape), spec.fill_value, spec.dtype)
+                  for name, spec in self.arrays.items()}
         valid = batch.valid
-        size = self.model.image_size
-        result = {
-            "score": np.full(batch.size, np.nan, np.float32),
-            "map": np.full((batch.size, size, size), np.nan, np.float16),
-            "frame_index": batch.frame_index,
-            "timestamp": batch.timestamp,
-            "valid": valid,
-        }
-        for name in self.model.term_weights:
-            result[f"term_{name}"] = np.full(batch.size, np.nan, np.float32)
+        result["frame_index"][:], result["timestamp"][:], result["valid"][:] = batch.frame_index, batch.timestamp, valid
         if valid.any():
             windows = torch.from_numpy(batch.windows()).to(self.device, non_blocking=True)
             with torch.inference_mode():
