@@ -1,6 +1,11 @@
 """User-facing errors: printed as one line by the CLI, exit code 2."""
 
 
+def error_reason(error: Exception) -> str:
+    """FFmpeg's or the OS's words for an error, without the path it repeats."""
+    return getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+
+
 class AnomstreamError(Exception):
     """Bad input (a path, a file, a config key, a camera): the message names the thing."""
 

@@ -13,7 +13,7 @@ import datetime as _dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -43,6 +43,15 @@ def result_arrays(map_shape: tuple[int, int], term_names: list[str]) -> dict[str
     for name in term_names:
         specs[f"term_{name}"] = ArraySpec("float32", fill_value=np.nan)
     return specs
+
+
+class StoredStream(NamedTuple):
+    """A stream already in a store: the input it was scored from, whether it is complete, and the
+    frames on disk (what ``--resume`` continues from)."""
+
+    source: str | None
+    complete: bool
+    written: int
 
 
 class ResultStore:
@@ -91,6 +100,13 @@ class ResultStore:
         """The run's inputs that gave no stream (``failed``: errors) and the files left out of its
         folders, one message each (root attrs ``failed_inputs`` / ``left_out``, this run's)."""
         self.root.attrs.update({"failed_inputs": failed, "left_out": left_out})
+
+    def stored_stream(self, stream_id: str) -> StoredStream | None:
+        """What the store already holds of a stream (None: nothing, a new stream)."""
+        if stream_id not in self.root:
+            return None
+        attrs = self.root[stream_id].attrs
+        return StoredStream(attrs.get("source"), bool(attrs.get("complete")), int(attrs.get("written", 0)))
 
     def written(self, stream_id: str) -> int:
         """Frames already on disk for a stream (0 if the stream is new)."""

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.store import ArraySpec, ResultStore
+from pipeline.store import ArraySpec, ResultStore, StoredStream
 
 
 @ray.remote
@@ -20,15 +20,8 @@ class WriterActor:
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.store.note_inputs(failed, left_out)
 
-    def written(self, stream_id: str) -> int:
-        return self.store.written(stream_id)
-
-    def source_of(self, stream_id: str) -> str | None:
-        """The input a stream already in the store was scored from (None: a new stream)."""
-        return self.store.root[stream_id].attrs.get("source") if stream_id in self.store.root else None
-
-    def is_complete(self, stream_id: str) -> bool:
-        return stream_id in self.store.root and bool(self.store.root[stream_id].attrs.get("complete"))
+    def stored_stream(self, stream_id: str) -> StoredStream | None:
+        return self.store.stored_stream(stream_id)
 
     def open_stream(self, stream_id: str, arrays: dict[str, ArraySpec], chunk: int,
                     frame_count: int | None, attrs: dict[str, Any]) -> None:

@@ -8,14 +8,11 @@ import sys
 
 import ray
 
-from pipeline.errors import AnomstreamError
-from pipeline.sources.probe import error_reason
+from pipeline.errors import AnomstreamError, error_reason
 
 # a gRPC server (Ray's GCS) answers the HTTP/2 client preface with a SETTINGS frame (RFC 9113, 3.4)
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
 HTTP2_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-
 HTTP2_SETTINGS = 4
 
 

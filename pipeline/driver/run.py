@@ -24,7 +24,7 @@ from pipeline.driver.report import RunReport, StreamReport
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
 from pipeline.store import result_arrays, stream_key
-from pipeline.stream.windows import EndOfStream
+from pipeline.stream.windows import BatchHeader, EndOfStream
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
 from workers.writer import WriterActor
@@ -97,9 +97,9 @@ class _ScoringRun:
         self.capacity = settings.replicas * settings.in_flight_per_replica
         self.waiting = deque(sources)
         self.active: dict[str, _Stream] = {}
-        self.ready: deque[tuple[str, dict, Any]] = deque()  # decoded batches waiting for a replica
+        self.ready: deque[tuple[str, BatchHeader, Any]] = deque()  # decoded batches waiting for a replica
         self.decode_refs: dict[Any, tuple[str, Any]] = {}
-        self.score_refs: dict[Any, tuple[str, dict, int]] = {}
+        self.score_refs: dict[Any, tuple[str, BatchHeader, int]] = {}
         self.replica_load = [0] * len(replicas)
         self.write_refs: deque = deque()
         known = all(s.frame_count for s in sources)
@@ -130,16 +130,16 @@ class _ScoringRun:
         while self.waiting and self.free_decoders:
             source = self.waiting.popleft()
             self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
-            stored = ray.get(self.writer.source_of.remote(source.stream_id))
-            if stored is not None and not _same_source(stored, source.describe()):
+            stored = ray.get(self.writer.stored_stream.remote(source.stream_id))
+            if stored is not None and stored.source is not None and not _same_source(stored.source, source.describe()):
                 stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
-                                       f"{stored}; score into another store, or --overwrite")
+                                       f"{stored.source}; score into another store, or --overwrite")
                 continue  # what the store holds stays as it is
-            if ray.get(self.writer.is_complete.remote(source.stream_id)):
+            if stored is not None and stored.complete:
                 stream_report.skipped = True
                 self.bar.update(source.frame_count or 0)
                 continue
-            done = ray.get(self.writer.written.remote(source.stream_id))
+            done = stored.written if stored is not None else 0
             ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
                                                    source.frame_count, _stream_attrs(source)))
             self.bar.update(done)

@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, error_reason
 
 # FFmpeg demuxers that read single pictures (a .jpg or .png file): an image is not a video
 IMAGE_DEMUXERS = ("image2", "_pipe")
@@ -28,6 +28,10 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpe
 
 class NotAVideoError(SourceError):
     """FFmpeg reads the file, and it holds no video stream (audio, cover art only, a picture)."""
+
+
+class NotAFileError(SourceError):
+    """Nothing any decoder could read: the path is missing, empty, or not a regular file."""
 
 
 @dataclass(frozen=True)
@@ -53,30 +57,27 @@ def _video_rank(stream) -> tuple:
     return stream.codec_context.name not in PICTURE_CODECS, stream.frames or 0, duration
 
 
-def error_reason(error: Exception) -> str:
-    """FFmpeg's or the OS's words for an error, without the path it repeats."""
-    return getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
-
-
 def probe_video(path: Path) -> VideoProbe:
     """Find the video stream of ``path`` by content.
 
     Raises:
         NotAVideoError: FFmpeg opens the file but finds no decodable, non-picture video stream
             (an audio file with cover art, an image, text art).
-        SourceError: the file is empty, unreadable, or FFmpeg cannot open it at all.
+        NotAFileError: the path is missing, empty or not a regular file.
+        SourceError: FFmpeg cannot open the file at all.
     """
     import av
 
     try:
         status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise SourceError(f"{path}: not a regular file (a device, pipe or socket)")
-        if status.st_size == 0:
-            raise SourceError(f"{path}: empty file (0 bytes)")
+    except OSError as error:
+        raise NotAFileError(f"{path}: cannot decode video ({error_reason(error)})") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise NotAFileError(f"{path}: not a regular file (a device, pipe or socket)")
+    if status.st_size == 0:
+        raise NotAFileError(f"{path}: empty file (0 bytes)")
+    try:
         container = av.open(str(path))
-    except SourceError:
-        raise
     except (OSError, av.FFmpegError) as error:
         raise SourceError(f"{path}: cannot decode video ({error_reason(error)})") from None
     with container:

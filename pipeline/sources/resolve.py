@@ -136,9 +136,9 @@ def _resolve_path(path: Path, options: SourceOptions) -> Inputs:
         if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
             continue
         if entry.is_dir():
-            if list_images(entry):
+            try:
                 streams.append(folder_source(entry))
-            else:
+            except SourceError:  # the folder sources' one refusal: no image in it
                 inputs.left_out.append(Rejection(str(entry), f"{entry}: a folder without images (not read)"))
             continue
         try:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, error_reason
 from pipeline.sources.base import Frame, Source
-from pipeline.sources.probe import NotAVideoError, error_reason, probe_video
+from pipeline.sources.probe import NotAFileError, NotAVideoError, probe_video
 
 
 class VideoFileSource(Source):
@@ -34,10 +34,10 @@ class VideoFileSource(Source):
         self._stream_index = 0
         try:
             probe = probe_video(path)
-        except NotAVideoError:
+        except (NotAVideoError, NotAFileError):
             raise
         except SourceError as pyav_error:
-            if backend == "pyav" or not path.is_file() or path.stat().st_size == 0:
+            if backend == "pyav":
                 raise
             self._backend = "opencv"
             self._probe_opencv(pyav_error)

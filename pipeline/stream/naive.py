@@ -6,7 +6,7 @@ from pathlib import Path
 
 from models.base import AnomalyModel
 from pipeline.sources.resolve import open_sources
-from pipeline.store import ResultStore, result_arrays
+from pipeline.store import ResultStore
 from pipeline.stream.scorer import Scorer
 from pipeline.stream.windows import EndOfStream, window_batches
 
@@ -16,10 +16,9 @@ def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 1
     core = Scorer(checkpoint, threads)
     model: AnomalyModel = core.model
     store = ResultStore(out, {"model": model.name, "term_weights": model.term_weights}, mode="overwrite")
-    arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))
     frames = 0
     for source in open_sources(spec):
-        store.open_stream(source.stream_id, arrays, batch_size, source.frame_count, {"source": source.describe()})
+        store.open_stream(source.stream_id, core.arrays, batch_size, source.frame_count, {"source": source.describe()})
         error = None
         for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
                                    model.image_size, model.channels):
