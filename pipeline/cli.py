@@ -55,13 +55,34 @@ def _mode(args: argparse.Namespace) -> str:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    """``score`` and ``live``: every input scored on its own; each failure printed, exit 2 if any."""
+    """``score``: every input scored on its own; each failure printed, exit 2 if any."""
+    from pipeline.sources.camera import Reconnect
+    from pipeline.sources.resolve import SourceOptions
+
+    options = SourceOptions(args.max_frames, reconnect=Reconnect(connect_timeout_s=args.connect_timeout))
+    return _run_scoring(args, options)
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    """``live``: cameras and streams (and recordings played in real time) scored as they come."""
+    from pipeline.sources.camera import Reconnect
+    from pipeline.sources.resolve import SourceOptions
+    from pipeline.stream.live import LiveOptions
+
+    reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
+                          connect_timeout_s=args.connect_timeout)
+    options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
+    live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None)
+    return _run_scoring(args, options, live, args.duration)
+
+
+def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None) -> int:
     from pipeline.driver.run import score_sources
 
     settings, model_name = _score_settings(args)
     report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
-                           progress=not args.quiet, max_frames=args.max_frames, expected_model=model_name,
-                           connect_timeout_s=args.connect_timeout)
+                           progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
+                           duration_s=duration_s)
     if report.streams:
         print(f"store: {report.store}  streams: {len(report.streams)}  frames: {report.frames}  "
               f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
@@ -71,11 +92,20 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for rejection in report.failed:
         print(f"error: {rejection.reason}", file=sys.stderr)
     for stream_id, stream in report.streams.items():
+        if stream.accounting.get("latency_ms") or stream.accounting.get("gaps"):
+            print(_live_summary(stream_id, stream.accounting))
         for message in stream.warnings:
             print(f"warning: {stream_id}: {message}", file=sys.stderr)
         if stream.error:
             print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.frames})", file=sys.stderr)
     return 2 if report.errors else 0
+
+
+def _live_summary(stream_id: str, accounting: dict) -> str:
+    counts = "  ".join(f"{name} {count}" for name, count in accounting["frame_counts"].items() if count)
+    latency = accounting["latency_ms"]
+    shown = "  ".join(f"{key} {value:.0f}" for key, value in latency.items()) if latency else "none scored"
+    return f"{stream_id}: {counts}; latency ms {shown}; gaps {len(accounting['gaps'])}"
 
 
 def _cmd_eval_stills(args: argparse.Namespace) -> int:
@@ -227,8 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
         sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
         sub.add_argument("--max-frames", type=_at_least(1), help="stop each live stream after this many frames")
-        sub.add_argument("--connect-timeout", type=_at_least(0, float), default=30.0, metavar="SECONDS",
-                         help="keep trying a camera's first connection this long (default 30; 0: one try)")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     source_help = ("video file (any container FFmpeg reads, judged by content), frame folder, folder of clips or images, "
@@ -238,12 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
     score.add_argument("sources", nargs="+", help=source_help)
     scoring_options(score)
+    score.add_argument("--connect-timeout", type=_at_least(0, float), default=30.0, metavar="SECONDS",
+                       help="keep trying a camera's first connection this long (default 30; 0: one try)")
     score.set_defaults(run=_cmd_score)
 
-    live = commands.add_parser("live", help="score live cameras or streams (camera:N, rtsp://, http(s)://, ...)")
-    live.add_argument("sources", nargs="+", metavar="camera", help=source_help)
+    live = commands.add_parser("live", help="score live cameras or streams (camera:N, rtsp://, http(s)://, ...); "
+                                            "recordings are played in real time")
+    live.add_argument("sources", nargs="+", metavar="source", help=source_help)
     scoring_options(live)
-    live.set_defaults(run=_cmd_score)
+    live.add_argument("--policy", choices=["every", "latest"],
+                      help="every: score every frame delivered (backpressure); latest: bounded latency, whole windows "
+                           "dropped when the replicas fall behind (default: latest for cameras, every for recordings)")
+    live.add_argument("--duration", type=_at_least(0.1, float), metavar="SECONDS", help="stop cleanly after this long")
+    live.add_argument("--max-latency-ms", type=_at_least(1, float), metavar="MS",
+                      help="policy latest: frames older than this when a replica is free are dropped (counted)")
+    live.add_argument("--reconnect-attempts", type=_at_least(0), metavar="N",
+                      help="give a stream up after N failed (re)connection attempts in a row (default: never)")
+    live.add_argument("--stall-timeout", type=_at_least(0.1, float), default=10.0, metavar="SECONDS",
+                      help="no frame for this long: reconnect and record a gap (default 10)")
+    live.add_argument("--connect-timeout", type=_at_least(0, float), metavar="SECONDS",
+                      help="give up a first connection after this long (default: as --reconnect-attempts says)")
+    live.add_argument("--frozen-after", type=_at_least(0, float), default=5.0, metavar="SECONDS",
+                      help="the same image for this long is a frozen feed: a gap, not scored (default 5; 0: off)")
+    live.set_defaults(run=_cmd_live)
 
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")

@@ -1,11 +1,17 @@
-"""Loopback servers for tests: a folder served over HTTP stands in for an IP camera."""
+"""Loopback servers for tests: a folder served over HTTP, and an MJPEG camera playing a video in real time."""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -24,3 +30,33 @@ def serve_folder(folder: Path, port: int = 0) -> http.server.ThreadingHTTPServer
     server = _QuietServer(("127.0.0.1", port), functools.partial(_QuietHandler, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class LoopbackCamera:
+    """``pipeline.sources.camera_server`` in a process of its own on 127.0.0.1: an MJPEG camera
+    playing ``video`` in real time. ``stop()`` kills it by its PID; ``start()`` brings it back on
+    the same port."""
+
+    def __init__(self, video: Path, fps: float, *options: str) -> None:
+        self.video, self.fps, self.options = video, fps, options
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "pipeline.sources.camera_server", str(self.video), "--port", str(self.port),
+                   "--fps", str(self.fps), *self.options]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        line = self.process.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:"), line
+        self.port = int(line.rsplit(":", 1)[1].strip("/\n"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None

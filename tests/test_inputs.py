@@ -20,7 +20,7 @@ from video_builders import (
 from pipeline.datasets.specs import parse_dataset_spec
 from pipeline.encode import encode_video
 from pipeline.errors import SourceError
-from pipeline.sources.camera import CameraSource
+from pipeline.sources.camera import CameraSource, Reconnect
 from pipeline.sources.folders import FrameFolderSource
 from pipeline.sources.probe import NotAVideoError, probe_video
 from pipeline.sources.resolve import SourceOptions, open_sources, resolve_inputs
@@ -301,7 +301,7 @@ def test_camera_that_comes_up_late_is_caught(shared_data):
     timer.start()
     try:
         camera = CameraSource(f"http://127.0.0.1:{port}/avenue/testing_videos/08.avi", max_frames=5,
-                              open_timeout_s=2, reconnect_wait_s=0.25, connect_timeout_s=30)
+                              open_timeout_s=2, reconnect=Reconnect(backoff_s=0.25, connect_timeout_s=30))
         assert [f.index for f in camera.frames()] == [0, 1, 2, 3, 4]
     finally:
         timer.join()
@@ -310,12 +310,14 @@ def test_camera_that_comes_up_late_is_caught(shared_data):
 
 
 def test_camera_connect_timeout_names_the_wait():
-    camera = CameraSource("rtsp://127.0.0.1:9/none", open_timeout_s=1, reconnect_wait_s=0.2, connect_timeout_s=1)
+    camera = CameraSource("rtsp://127.0.0.1:9/none", open_timeout_s=1,
+                          reconnect=Reconnect(backoff_s=0.2, connect_timeout_s=1))
     with pytest.raises(SourceError, match=r"^rtsp://127.0.0.1:9/none: camera is unreachable or cannot be opened "
                                           r"\(retried for 1 s\)$"):
         next(camera.frames())
 
 
 def test_source_options_reach_cameras():
-    (camera,) = resolve_inputs(["rtsp://127.0.0.1:9/x"], SourceOptions(max_frames=7, connect_timeout_s=3)).sources
-    assert camera.max_frames == 7 and camera.connect_timeout_s == 3
+    reconnect = Reconnect(attempts=4, connect_timeout_s=3)
+    (camera,) = resolve_inputs(["rtsp://127.0.0.1:9/x"], SourceOptions(max_frames=7, reconnect=reconnect)).sources
+    assert camera.max_frames == 7 and camera.reconnect == reconnect

@@ -141,7 +141,8 @@ def test_checkpoint_for_another_model_is_refused(ray_session, sample_clip, tmp_p
 
 def test_live_http_camera_through_the_pipeline(ray_session, http_server, shipped_checkpoint, tmp_path, capsys):
     out = tmp_path / "live.zarr"
-    code = main(["live", f"{http_server}/vtest.avi", "--max-frames", "40", "--checkpoint", str(shipped_checkpoint),
+    code = main(["live", f"{http_server}/vtest.avi", "--max-frames", "40", "--policy", "every",
+                 "--checkpoint", str(shipped_checkpoint),
                  "--out", str(out), "--quiet"])
     assert code == 0 and "frames: 40" in capsys.readouterr().out
     root = open_results(out)

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.encode import encode_video
 from pipeline.errors import SourceError
-from pipeline.sources.camera import CameraSource
+from pipeline.sources.base import Frame, Gap
+from pipeline.sources.camera import CameraSource, Reconnect
 from pipeline.sources.folders import FrameFolderSource, ImageListSource
 from pipeline.sources.resolve import open_sources
 from pipeline.sources.video import VideoFileSource
@@ -116,12 +117,16 @@ def test_http_camera_streams_frames_until_max(http_server):
 def test_camera_reconnects_when_the_stream_drops(http_server):
     # Avenue test video 08 has 36 frames: served as an IP camera it "drops" after frame 36.
     url = f"{http_server}/avenue/testing_videos/08.avi"
-    source = CameraSource(url, max_frames=50, reconnect_wait_s=0.01)
-    frames = list(source.frames())
+    source = CameraSource(url, max_frames=50, reconnect=Reconnect(backoff_s=0.01))
+    items = list(source.frames())
+    frames = [f for f in items if isinstance(f, Frame)]
     assert [f.index for f in frames] == list(range(50)) and source.reconnections == 1
     np.testing.assert_array_equal(frames[36].image, frames[0].image)  # the reopened stream starts again
+    gap = items[36]  # between the last frame before the drop and the first after it
+    assert isinstance(gap, Gap) and gap.kind == "disconnect"
+    assert gap.start == frames[35].timestamp and gap.end == frames[36].timestamp
 
-    no_retry = CameraSource(url, max_frames=50, reconnect_attempts=0)
+    no_retry = CameraSource(url, max_frames=50, reconnect=Reconnect(attempts=0))
     kept = []
     with pytest.raises(SourceError, match=r"08\.avi: camera stopped sending frames after frame 36 \(0 reconnection"):
         for frame in no_retry.frames():

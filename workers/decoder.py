@@ -1,7 +1,8 @@
 """Decode actor: owns one source at a time and turns its frames into window batches on request.
 
 Actors are pooled by the driver: when a source ends, the same actor opens the next one, so a
-job of many short clips does not pay a process start per clip.
+job of many short clips does not pay a process start per clip. A live source is read on a thread
+of the actor's own (:class:`pipeline.stream.live.LiveWindows`); a request returns what is ready.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import replace
 import ray
 
 from pipeline.sources.base import Source
+from pipeline.stream.live import LiveOptions, LiveWindows
 from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, window_batches
 
 
@@ -20,15 +22,31 @@ class DecodeActor:
         return True
 
     def open(self, source: Source, window_length: int, batch_size: int, image_size: int, channels: int,
-             skip_before: int = 0) -> None:
+             skip_before: int = 0, live: LiveOptions | None = None) -> None:
+        """``live``: read the source as a live stream (its frames as they come, per ``live.policy``)."""
         self._source = source
-        self._batches = window_batches(source.frames(), source.stream_id, window_length, batch_size,
-                                       image_size, channels, skip_before)
+        self._live = LiveWindows(source, window_length, batch_size, image_size, channels, live) if live else None
+        self._batches = None if live else window_batches(source.frames(), source.stream_id, window_length, batch_size,
+                                                         image_size, channels, skip_before)
 
     @ray.method(num_returns=2)
     def next_batch(self) -> tuple[BatchHeader | EndOfStream, WindowBatch | None]:
-        """(what the driver needs to know, the batch itself or None at the end of the stream)."""
-        item = next(self._batches)
+        """(what the driver needs to know, the batch itself or None). A live stream with no frame
+        ready answers a header of size 0 (with the gaps that ended, if any)."""
+        if self._live is None:
+            item = next(self._batches)
+            gaps = ()
+        else:
+            item = self._live.next()
+            if not isinstance(item, EndOfStream):
+                item, gaps = item
+                if item is None:
+                    return BatchHeader(self._source.stream_id, -1, -1, 0, gaps=gaps), None
         if isinstance(item, EndOfStream):
             return replace(item, warnings=tuple(self._source.warnings)), None
-        return item.header(), item
+        return item.header(gaps), item
+
+    def stop(self) -> None:
+        """A live stream stops reading; the next requests hand out what was read, then its end."""
+        if self._live is not None:
+            self._live.stop()

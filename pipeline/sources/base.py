@@ -20,6 +20,22 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
 
 
+@dataclass(frozen=True)
+class Gap:
+    """An interval without usable frames in a live stream, in seconds since the epoch.
+
+    ``kind``: ``disconnect`` (the source closed or failed and was reopened), ``stall`` (no frame for
+    the stall timeout), ``frozen`` (the same image repeated). A live source yields it among its
+    frames when the gap ends, before the first frame after it."""
+
+    start: float
+    end: float
+    kind: str
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"start": self.start, "end": self.end, "kind": self.kind}
+
+
 class Source:
     """Base: iterate frames; ``frame_count`` is None when unknown (live or unindexed).
 
@@ -31,6 +47,7 @@ class Source:
     frame_count: int | None = None
     fps: float | None = None
     is_live: bool = False
+    live_policy: str = "every"  # frame policy when scored live (pipeline.stream.live): cameras "latest"
     warnings: list[str]
 
     def describe(self) -> str:
@@ -40,5 +57,11 @@ class Source:
         """The file of each frame index (still images), stored with the stream; None: frames of one video."""
         return None
 
-    def frames(self) -> Iterator[Frame]:
+    def open_gap(self, now: float) -> Gap | None:
+        """The gap the source is in at ``now`` (seconds since the epoch), ended there; None if none
+        (a live source down when its stream ends)."""
+        return None
+
+    def frames(self) -> Iterator[Frame | Gap]:
+        """Frames in order; live sources also yield a :class:`Gap` where frames were missing."""
         raise NotImplementedError

@@ -21,7 +21,7 @@ from pipeline.datasets.specs import is_dataset_spec
 from pipeline.errors import SourceError
 from pipeline.files import IMAGE_SUFFIXES, list_images, numeric_sort_key
 from pipeline.sources.base import Source
-from pipeline.sources.camera import CameraSource
+from pipeline.sources.camera import CameraSource, Reconnect
 from pipeline.sources.datasets import dataset_sources
 from pipeline.sources.folders import (
     FrameFolderSource,
@@ -31,6 +31,7 @@ from pipeline.sources.folders import (
 from pipeline.sources.linescan import SCHEME as LINESCAN_SCHEME
 from pipeline.sources.linescan import linescan_sources
 from pipeline.sources.probe import VIDEO_SUFFIXES, NotAVideoError
+from pipeline.sources.realtime import RealtimeSource
 from pipeline.sources.video import VideoFileSource
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -64,12 +65,14 @@ class Inputs:
 @dataclass(frozen=True)
 class SourceOptions:
     """How sources are opened: ``still_images`` (an image folder holds stills, not frames),
-    ``dataset_split`` of labelled datasets, ``max_frames`` and ``connect_timeout_s`` of cameras."""
+    ``dataset_split`` of labelled datasets, ``max_frames`` and ``reconnect`` of cameras;
+    ``realtime``: files are played as live streams at their own frame rate."""
 
     max_frames: int | None = None
     still_images: bool = False
     dataset_split: str = "test"
-    connect_timeout_s: float = 0.0
+    reconnect: Reconnect = Reconnect()
+    realtime: bool = False
 
 
 def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions()) -> Inputs:
@@ -81,6 +84,9 @@ def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions()) -
             inputs.extend(_resolve(spec, options))
         except SourceError as error:
             inputs.failed.append(Rejection(spec, str(error)))
+    if options.realtime:
+        inputs.sources = [source if source.is_live else RealtimeSource(source, options.max_frames)
+                          for source in inputs.sources]
     return inputs
 
 
@@ -112,7 +118,7 @@ def _camera(spec: str, options: SourceOptions) -> CameraSource | None:
     """A camera or stream spec, or None. Device indices: ``camera:N``; a bare ``N`` only where no
     path of that name exists (checked before)."""
     number = spec.removeprefix(CAMERA_PREFIX)
-    settings = {"max_frames": options.max_frames, "connect_timeout_s": options.connect_timeout_s}
+    settings = {"max_frames": options.max_frames, "reconnect": options.reconnect}
     if number.isdigit():
         return CameraSource(spec, stream_id=f"camera_{int(number)}", device=int(number), **settings)
     if spec.startswith(CAMERA_PREFIX):

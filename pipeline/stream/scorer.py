@@ -7,8 +7,21 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import load_model
-from pipeline.store import result_arrays
+from pipeline.store import ArraySpec, FrameStatus, result_arrays
 from pipeline.stream.windows import WindowBatch
+
+
+def unscored_rows(batch: WindowBatch, arrays: dict[str, ArraySpec], dropped: bool = False) -> dict[str, np.ndarray]:
+    """The store's rows of a batch before (or instead of) scoring: every array at its fill value but
+    ``frame_index``, ``timestamp``, ``status`` and ``valid``. ``dropped``: the batch is not scored
+    (live policy ``latest``, replicas behind): its SCORED targets become DROPPED_BEHIND."""
+    rows = {name: np.full((batch.size, *spec.frame_shape), spec.fill_value, spec.dtype) for name, spec in arrays.items()}
+    status = batch.status.copy()
+    if dropped:
+        status[status == FrameStatus.SCORED] = FrameStatus.DROPPED_BEHIND
+    rows["frame_index"][:], rows["timestamp"][:], rows["status"][:] = batch.frame_index, batch.timestamp, status
+    rows["valid"][:] = status == FrameStatus.SCORED
+    return rows
 
 
 class Scorer:
@@ -26,12 +39,10 @@ class Scorer:
     def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:
         """The store's per-frame arrays (:func:`pipeline.store.result_arrays`) for the batch's B
         targets: ``score`` float32 (B,), ``map`` float16 (B, size, size), ``term_*`` float32 (B,),
-        ``frame_index``, ``timestamp``, ``valid``; targets without a full window keep the fill value
-        (NaN)."""
-        result = {name: np.full((batch.size, *spec.frame_shape), spec.fill_value, spec.dtype)
-                  for name, spec in self.arrays.items()}
+        ``frame_index``, ``timestamp``, ``status``, ``valid``; targets not scored (status other than
+        SCORED) keep the fill value (NaN)."""
+        result = unscored_rows(batch, self.arrays)
         valid = batch.valid
-        result["frame_index"][:], result["timestamp"][:], result["valid"][:] = batch.frame_index, batch.timestamp, valid
         if valid.any():
             windows = torch.from_numpy(batch.windows()).to(self.device, non_blocking=True)
             with torch.inference_mode():

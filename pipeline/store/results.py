@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,8 +20,10 @@ import numpy as np
 import zarr
 
 from pipeline.errors import StoreError
+from pipeline.store.accounting import StreamAccounting
 
 STORE_FORMAT = "anomstream-store/1"
+ATTRS_REFRESH_S = 2.0  # a running live stream's accounting attrs are at most this old
 
 
 @dataclass
@@ -32,13 +35,14 @@ class ArraySpec:
 
 
 def result_arrays(map_shape: tuple[int, int], term_names: list[str]) -> dict[str, ArraySpec]:
-    """The per-frame arrays of a scoring run."""
+    """The per-frame arrays of a scoring run: ``valid`` is ``status == SCORED``."""
     specs = {
         "score": ArraySpec("float32", fill_value=np.nan),
         "map": ArraySpec("float16", map_shape, ("y", "x"), fill_value=np.nan),
         "frame_index": ArraySpec("int64", fill_value=-1),
         "timestamp": ArraySpec("float64", fill_value=np.nan),
         "valid": ArraySpec("bool", fill_value=False),
+        "status": ArraySpec("uint8", fill_value=255),  # 255: no row written
     }
     for name in term_names:
         specs[f"term_{name}"] = ArraySpec("float32", fill_value=np.nan)
@@ -79,6 +83,8 @@ class ResultStore:
         self.streams: dict[str, zarr.Group] = {}
         self.arrays: dict[str, dict[str, zarr.Array]] = {}  # open handles: no metadata read per write
         self.chunk: dict[str, int] = {}
+        self.accounting: dict[str, StreamAccounting] = {}
+        self._attrs_refreshed: dict[str, float] = {}
 
     def _open_existing(self) -> zarr.Group:
         try:
@@ -131,6 +137,8 @@ class ResultStore:
         self.streams[stream_id] = group
         self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
         self.chunk[stream_id] = chunk
+        self.accounting[stream_id] = StreamAccounting(live=bool(attrs.get("live")))
+        self._attrs_refreshed[stream_id] = time.monotonic()
 
     def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Write frames [start, start + n) of every array; batches arrive in frame order."""
@@ -143,17 +151,33 @@ class ResultStore:
             for array in arrays.values():
                 array.resize((new_capacity, *array.shape[1:]))
         for name, data in values.items():
-            arrays[name][start:end] = data
-        self.streams[stream_id].attrs["written"] = end
+            if name in arrays:  # a store resumed from before an array existed goes on without it
+                arrays[name][start:end] = data
+        accounting = self.accounting[stream_id]
+        if "status" in values:
+            accounting.rows_written(values["status"], values["timestamp"], time.time())
+        attrs: dict[str, Any] = {"written": end}
+        if time.monotonic() - self._attrs_refreshed[stream_id] >= ATTRS_REFRESH_S:
+            attrs.update(accounting.attrs())
+            self._attrs_refreshed[stream_id] = time.monotonic()
+        self.streams[stream_id].attrs.update(attrs)
 
-    def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None) -> None:
+    def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
+        """Intervals without frames (``{"start", "end", "kind"}``, seconds since the epoch), kept in
+        the stream's ``gaps`` attr."""
+        self.accounting[stream_id].add_gaps(gaps)
+        self.streams[stream_id].attrs.update(self.accounting[stream_id].attrs())
+
+    def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
+                     stopped: bool = False) -> None:
+        """``stopped``: a live stream ended by the run (duration, signal), not by its source."""
         group = self.streams[stream_id]
         written = int(group.attrs["written"])
         for array in self.arrays[stream_id].values():
             if array.shape[0] != written:
                 array.resize((written, *array.shape[1:]))
         group.attrs.update({"complete": error is None, "error": error, "finished": _now(),
-                            "warnings": list(warnings or [])})
+                            "warnings": list(warnings or []), "stopped": stopped, **self.accounting[stream_id].attrs()})
 
 
 def stream_key(name: str, max_bytes: int = 120) -> str:

@@ -1,0 +1,103 @@
+"""The driver's choices, without Ray: which replica takes a batch, which waiting batch is scored or
+dropped, when a stream asks its decoder for more, and the order results are written in.
+
+References (``ref``) are opaque here: Ray object references in a run, anything in tests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.stream.live import Policy
+from pipeline.stream.windows import BatchHeader, EndOfStream
+
+
+class ReplicaPool:
+    """Batches in flight per replica; a batch goes to the least loaded one, within capacity."""
+
+    def __init__(self, replicas: int, in_flight_per_replica: int) -> None:
+        self.load = [0] * replicas
+        self.capacity = replicas * in_flight_per_replica
+
+    @property
+    def has_room(self) -> bool:
+        return sum(self.load) < self.capacity
+
+    @property
+    def idle(self) -> int:
+        """Replicas with nothing to score."""
+        return self.load.count(0)
+
+    def acquire(self) -> int:
+        target = min(range(len(self.load)), key=self.load.__getitem__)
+        self.load[target] += 1
+        return target
+
+    def release(self, replica: int) -> None:
+        self.load[replica] -= 1
+
+
+@dataclass
+class Decoded:
+    """A decoded batch waiting for a replica."""
+
+    stream_id: str
+    header: BatchHeader
+    ref: Any
+
+
+@dataclass
+class StreamState:
+    """One open stream: its decoder, what is decoded but not yet written, and where writing resumes.
+
+    Rows are written one after another: a still image that cannot be decoded leaves no empty row
+    (its frame index is simply absent), so the row is not always the frame index."""
+
+    decoder: Any
+    next_sequence: int  # batches before it are in the store already (resume)
+    next_row: int
+    policy: Policy = "every"
+    live: bool = False
+    decode_pending: bool = False
+    last_request: int = 0  # when it last asked its decoder (the loop's request count): the longest waiting goes first
+    stopping: bool = False  # asked to stop (live): what was read is still written
+    ended: EndOfStream | None = None
+    queued: int = 0  # decoded batches waiting for a replica
+    scoring: int = 0  # batches inside a replica
+    to_write: dict[int, tuple[int, Any, str]] = field(default_factory=dict)  # sequence -> (size, ref, how)
+
+    @property
+    def finished(self) -> bool:
+        return self.ended is not None and self.queued == 0 and self.scoring == 0 and not self.to_write
+
+    def wants_batch(self, waiting: int, capacity: int, replica_free: bool) -> bool:
+        """Whether to ask the decoder for the next batch now. ``every`` keeps the queue of decoded
+        batches (``waiting``, all streams) under ``capacity`` (backpressure); ``latest`` asks only
+        when a replica is free for it and it has nothing waiting, so that the frames taken from the
+        source are scored at once and are the newest there are."""
+        if self.ended is not None or self.decode_pending:
+            return False
+        return self.queued == 0 and replica_free if self.policy == "latest" else waiting < capacity
+
+    def take_writable(self) -> list[tuple[int, int, Any, str]]:
+        """(row, size, ref, how) of the results next in frame order, in order; advances the rows."""
+        writable = []
+        while self.next_sequence in self.to_write:
+            size, ref, how = self.to_write.pop(self.next_sequence)
+            writable.append((self.next_row, size, ref, how))
+            self.next_row += size
+            self.next_sequence += 1
+        return writable
+
+
+def choose(waiting: deque[Decoded], streams: dict[str, StreamState], now: float,
+           max_latency_s: float | None) -> tuple[Decoded, bool] | None:
+    """The next waiting batch for a free replica and whether to drop it instead (policy ``latest``:
+    its newest frame was captured more than ``max_latency_s`` before ``now``)."""
+    if not waiting:
+        return None
+    item = waiting.popleft()
+    stale = max_latency_s is not None and now - item.header.newest > max_latency_s
+    return item, streams[item.stream_id].policy == "latest" and stale

@@ -1,0 +1,113 @@
+"""A loopback IP camera for tests, demos and the live benchmark: a video played in real time as
+MJPEG over HTTP (``multipart/x-mixed-replace``, what many IP cameras serve), looping.
+
+``python -m pipeline.sources.camera_server VIDEO [--port 0] [--fps F] [--stall-after S]
+[--freeze-after S]`` prints ``serving http://127.0.0.1:PORT/`` once it listens. Like a real
+camera it sends each client the newest frame: a client that reads slowly misses frames.
+``--stall-after``: S seconds after the first client connected, connections stay open (and new
+ones are accepted) but no frame is sent any more; ``--freeze-after``: S seconds after the first
+client connected, the same image is sent again and again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import sys
+import threading
+import time
+
+import cv2
+
+BOUNDARY = "anomstreamframe"
+
+
+class _Clock:
+    """Decodes the video at its frame rate on a thread; clients wait for the next JPEG."""
+
+    def __init__(self, video: str, fps: float | None, stall_after_s: float | None, freeze_after_s: float | None) -> None:
+        capture = cv2.VideoCapture(video)
+        if not capture.isOpened():
+            raise SystemExit(f"error: {video}: cannot be opened")
+        self.capture, self.fps = capture, fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.stall_after_s, self.freeze_after_s = stall_after_s, freeze_after_s
+        self.jpeg, self.sequence = b"", 0
+        self.first_client: float | None = None  # time.monotonic() of the first connection
+        self.changed = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _next_image(self):
+        ok, image = self.capture.read()
+        if not ok:  # loop the video
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self.capture.read()
+        return image
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        jpeg = b""
+        while True:
+            elapsed = 0.0 if self.first_client is None else time.monotonic() - self.first_client
+            if self.stall_after_s is None or elapsed < self.stall_after_s:
+                if self.freeze_after_s is None or elapsed < self.freeze_after_s or not jpeg:
+                    jpeg = cv2.imencode(".jpg", self._next_image(), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+                with self.changed:
+                    self.jpeg, self.sequence = jpeg, self.sequence + 1
+                    self.changed.notify_all()
+            time.sleep(max(0.0, started + (self.sequence + 1) / self.fps - time.monotonic()))
+
+    def connect(self) -> int:
+        """A client connects: the sequence number of the frame it has seen (the current one)."""
+        with self.changed:
+            if self.first_client is None:
+                self.first_client = time.monotonic()
+            return self.sequence
+
+    def wait_next(self, seen: int) -> tuple[int, bytes]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.sequence > seen)
+            return self.sequence, self.jpeg
+
+
+def _handler(clock: _Clock) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            seen = clock.connect()
+            try:
+                while True:
+                    seen, jpeg = clock.wait_next(seen)
+                    self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                                     .encode() + jpeg + b"\r\n")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("video")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
+    parser.add_argument("--fps", type=float, help="default: the video's frame rate")
+    parser.add_argument("--stall-after", type=float, metavar="SECONDS")
+    parser.add_argument("--freeze-after", type=float, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    clock = _Clock(args.video, args.fps, args.stall_after, args.freeze_after)
+    server = http.server.ThreadingHTTPServer((args.host, args.port), _handler(clock))
+    server.daemon_threads = True
+    print(f"serving http://{args.host}:{server.server_address[1]}/", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""What became of every captured frame: status codes, counts per status, latency percentiles and
+gaps of a stream, kept by the writer and stored in the stream's attrs."""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+LATENCY_SAMPLES = 100_000  # percentiles over the most recent scored frames: a camera runs for days
+
+
+class FrameStatus(IntEnum):
+    """What became of each captured frame (the ``status`` array, uint8; names in the stream's
+    ``status_codes`` attr). Every frame a source delivers gets a row with one of these."""
+
+    SCORED = 0  # scored from a full, contiguous window
+    WARMUP = 1  # the stream's first frames: no full window yet
+    DROPPED_BEHIND = 2  # live policy ``latest``: the replicas were behind, the frame was not scored
+    SOURCE_GAP = 3  # the window would span a disconnect, a stall or a frozen stretch: not scored
+    DECODE_ERROR = 4  # delivered but not decodable
+    FROZEN = 5  # the feed repeated the same image for longer than the frozen limit: not scored
+
+    @classmethod
+    def codes(cls) -> dict[str, int]:
+        return {status.name.lower(): int(status) for status in cls}
+
+
+class StreamAccounting:
+    """Counts of written rows per status, capture-to-written latency of scored frames (live
+    streams, whose timestamps are seconds since the epoch) and the stream's gaps."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.counts = np.zeros(len(FrameStatus), dtype=np.int64)
+        self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.gaps: list[dict[str, Any]] = []
+
+    def rows_written(self, status: np.ndarray, timestamp: np.ndarray, written_at: float) -> None:
+        """``status`` uint8 (n,), ``timestamp`` float64 (n,) seconds, ``written_at``: time.time()."""
+        self.counts += np.bincount(status[status < len(FrameStatus)], minlength=len(FrameStatus))
+        if self.live:
+            scored = status == FrameStatus.SCORED
+            self.latency_ms.extend(((written_at - timestamp[scored]) * 1000.0).tolist())
+
+    def add_gaps(self, gaps: list[dict[str, Any]]) -> None:
+        self.gaps.extend(gaps)
+
+    @property
+    def captured(self) -> int:
+        return int(self.counts.sum())
+
+    def latency_percentiles(self) -> dict[str, float] | None:
+        """``{"p50", "p95", "p99"}`` in ms over the recent scored frames; None before the first."""
+        if not self.latency_ms:
+            return None
+        values = np.percentile(np.fromiter(self.latency_ms, float), [50, 95, 99])
+        return {"p50": round(float(values[0]), 1), "p95": round(float(values[1]), 1), "p99": round(float(values[2]), 1)}
+
+    def attrs(self) -> dict[str, Any]:
+        """The stream attrs this accounting owns."""
+        return {
+            "status_codes": FrameStatus.codes(),
+            "frame_counts": {status.name.lower(): int(self.counts[status]) for status in FrameStatus},
+            "latency_ms": self.latency_percentiles(),
+            "gaps": list(self.gaps),
+            "reconnections": sum(1 for gap in self.gaps if gap["kind"] in ("disconnect", "stall")),
+        }

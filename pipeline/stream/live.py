@@ -1,0 +1,114 @@
+"""The window step for live streams: the source is read on a thread of its own, so a camera is
+drained as fast as it sends, and the scorer takes whatever is ready (dynamic batching).
+
+Policies (per stream):
+
+- ``every``: lossless for what the source delivers; at most ``buffer_frames`` frames wait, then
+  reading pauses (backpressure to the source).
+- ``latest``: bounded latency; reading never pauses. The driver asks for a batch when a replica
+  is free, and the batch scores the newest ``latest_batch`` frames only (on a CPU one window costs
+  about the same alone as in a batch, and a larger batch makes the next frames wait longer); older
+  frames waiting, and frames captured more than ``max_latency_ms`` before the batch is made,
+  become DROPPED_BEHIND. Whole windows are dropped, never frames inside one: the
+  frames of a scored window stay contiguous because every batch carries its own context.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.errors import SourceError, error_reason
+from pipeline.sources.base import Gap, Source
+from pipeline.stream.windows import EndOfStream, WindowAssembler, WindowBatch
+
+Policy = Literal["every", "latest"]
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """``policy``: None = ``latest`` for cameras, ``every`` for recordings played live;
+    ``max_latency_ms``: policy ``latest`` drops frames older than this when a batch is made;
+    ``latest_batch``: policy ``latest`` scores at most this many of the newest frames per batch;
+    ``frozen_after_s``: the same image for this long is a frozen feed (not scored);
+    ``idle_wait_s``: how long a request waits for a first frame before it answers "nothing yet"."""
+
+    policy: Policy | None = None
+    max_latency_ms: float | None = None
+    latest_batch: int = 1
+    frozen_after_s: float | None = 5.0
+    idle_wait_s: float = 0.5
+
+    def policy_for(self, source: Source) -> Policy:
+        return self.policy or source.live_policy
+
+
+class LiveWindows:
+    """Reads ``source`` on a daemon thread into a :class:`WindowAssembler`; :meth:`next` hands out
+    batches of what is ready."""
+
+    def __init__(self, source: Source, window_length: int, batch_size: int, image_size: int, channels: int,
+                 options: LiveOptions) -> None:
+        self.source, self.batch_size, self.options = source, batch_size, options
+        self.policy = options.policy_for(source)
+        self.buffer_frames = 4 * batch_size + window_length
+        self.assembler = WindowAssembler(source.stream_id, window_length, image_size, channels, options.frozen_after_s)
+        self.changed = threading.Condition()
+        self.stopping = False
+        self.done = False
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._read, name=f"read {source.stream_id}", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        error = None
+        try:
+            for item in self.source.frames():
+                with self.changed:
+                    if self.policy == "every":
+                        self.changed.wait_for(lambda: len(self.assembler.pending) < self.buffer_frames or self.stopping)
+                    if self.stopping:
+                        break
+                    if isinstance(item, Gap):
+                        self.assembler.note_gap(item)
+                    else:
+                        self.assembler.push(item)
+                    self.changed.notify_all()
+        except SourceError as failure:
+            error = str(failure)
+        except Exception as failure:  # noqa: BLE001 - a library error ends this stream only
+            error = f"{self.source.describe()}: decoding failed ({error_reason(failure)})"
+        with self.changed:
+            self.done, self.error = True, error
+            self.changed.notify_all()
+
+    def next(self) -> tuple[WindowBatch | None, tuple[Gap, ...]] | EndOfStream:
+        """What is ready: (a batch, or None when no frame came within ``idle_wait_s``; the gaps that
+        ended since the last call), or the EndOfStream once the source ended (or was stopped) and
+        every frame was handed out."""
+        with self.changed:
+            assembler = self.assembler
+            self.changed.wait_for(lambda: assembler.pending or assembler.gaps or self.done or self.stopping,
+                                  timeout=self.options.idle_wait_s)
+            if assembler.pending:
+                max_age = None if self.options.max_latency_ms is None else self.options.max_latency_ms / 1000
+                latest = self.policy == "latest"
+                batch = assembler.batch(self.options.latest_batch if latest else self.batch_size, newest=latest,
+                                        max_age_s=max_age, now=time.time())
+                self.changed.notify_all()  # room in the buffer
+                return batch, assembler.take_gaps()
+            if self.done or self.stopping:
+                now = time.time()
+                assembler.end(now)
+                gap = self.source.open_gap(now)
+                gaps = assembler.take_gaps() + ((gap,) if gap is not None else ())
+                return EndOfStream(self.source.stream_id, assembler.count, self.error, gaps=gaps)
+            return None, assembler.take_gaps()
+
+    def stop(self) -> None:
+        """Stop reading: what was read is still handed out, then the EndOfStream."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()

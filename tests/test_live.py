@@ -1,0 +1,183 @@
+"""Live runs end to end on Ray against loopback MJPEG cameras (stopped and restarted by PID) and
+recordings played in real time: reconnects, gaps, stalls, frozen feeds, policies, accounting, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from servers import REPO, LoopbackCamera
+
+from pipeline.cli import main
+from pipeline.config import ScoreSection
+from pipeline.driver.run import score_sources
+from pipeline.store import FrameStatus, open_results
+
+S = FrameStatus
+
+
+@pytest.fixture
+def vtest(shared_data):
+    return shared_data / "vtest.avi"
+
+
+def _accounted(group) -> dict[str, int]:
+    """Checks, with the store's arrays only, that every captured frame has one row and one status
+    and that the attrs say the same; returns the counts per status."""
+    status, frame_index = group["status"][:], group["frame_index"][:]
+    assert len(status) == group.attrs["written"] and (status != 255).all()
+    np.testing.assert_array_equal(frame_index, np.arange(len(frame_index)))  # nothing lost, nothing twice
+    counts = {name: int((status == code).sum()) for name, code in group.attrs["status_codes"].items()}
+    assert counts == group.attrs["frame_counts"] and sum(counts.values()) == len(status)
+    np.testing.assert_array_equal(group["valid"][:], status == S.SCORED)
+    assert np.isfinite(group["score"][:][status == S.SCORED]).all() and np.isnan(group["score"][:][status != S.SCORED]).all()
+    return counts
+
+
+def test_camera_restart_is_a_gap_and_the_other_stream_goes_on(ray_session, vtest, shipped_checkpoint, tmp_path,
+                                                               capsys):
+    down, up = LoopbackCamera(vtest, 10), LoopbackCamera(vtest, 10)
+    out = tmp_path / "live.zarr"
+    times = {}
+
+    def outage():
+        time.sleep(10)
+        times["killed"] = time.time()
+        down.stop()
+        time.sleep(3)
+        down.start()
+        times["back"] = time.time()
+
+    threading.Thread(target=outage, daemon=True).start()
+    try:
+        code = main(["live", down.url, up.url, "--out", str(out), "--duration", "18", "--policy", "latest",
+                     "--checkpoint", str(shipped_checkpoint), "--quiet"])
+    finally:
+        down.stop(), up.stop()
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    root = open_results(out)
+    by_source = {root[key].attrs["source"]: root[key] for key in root.group_keys()}
+    restarted, steady = by_source[down.url], by_source[up.url]
+    for group in (restarted, steady):
+        assert group.attrs["complete"] is True and group.attrs["stopped"] is True and group.attrs["error"] is None
+    (gap,) = restarted.attrs["gaps"]
+    assert gap["kind"] == "disconnect" and restarted.attrs["reconnections"] == 1
+    assert times["killed"] - 1.0 < gap["start"] <= times["killed"]  # the last frame before the kill
+    assert times["back"] <= gap["end"] < times["back"] + 5.0  # the first frame after the restart (backoff)
+    timestamps, status = restarted["timestamp"][:], restarted["status"][:]
+    after = timestamps >= gap["end"]
+    assert (status[after][:4] == S.SOURCE_GAP).all() and (status[after] == S.SCORED).sum() > 20  # scored again
+    before = timestamps <= gap["start"]
+    assert before.sum() > 10 and (status[before] == S.SOURCE_GAP).sum() == 0
+    counts = _accounted(restarted)
+    assert counts["source_gap"] == 4 and counts["warmup"] == 4
+    steady_counts = _accounted(steady)
+    assert steady.attrs["gaps"] == [] and steady_counts["source_gap"] == 0
+    assert np.diff(steady["timestamp"][:]).max() < 1.0  # the other camera's outage did not touch this one
+    assert steady_counts["scored"] > 30
+    for group in (restarted, steady):
+        assert set(group.attrs["latency_ms"]) == {"p50", "p95", "p99"} and group.attrs["latency_ms"]["p50"] > 0
+    assert "latency ms p50" in printed.out
+
+
+def test_stalled_and_frozen_cameras_are_gaps_not_scores(ray_session, vtest, shipped_checkpoint, tmp_path):
+    stalled = LoopbackCamera(vtest, 10, "--stall-after", "4")
+    frozen = LoopbackCamera(vtest, 10, "--freeze-after", "4")
+    out = tmp_path / "stall.zarr"
+    try:
+        code = main(["live", stalled.url, frozen.url, "--out", str(out), "--duration", "12", "--stall-timeout", "1.5",
+                     "--frozen-after", "1", "--checkpoint", str(shipped_checkpoint), "--quiet"])
+    finally:
+        stalled.stop(), frozen.stop()
+    assert code == 0
+    root = open_results(out)
+    by_source = {root[key].attrs["source"]: root[key] for key in root.group_keys()}
+    stall_group, frozen_group = by_source[stalled.url], by_source[frozen.url]
+    stall_gaps = stall_group.attrs["gaps"]
+    assert [gap["kind"] for gap in stall_gaps] == ["stall"]  # still open at the end: closed there
+    assert stall_gaps[0]["end"] - stall_gaps[0]["start"] > 3
+    _accounted(stall_group)
+    (frozen_gap,) = frozen_group.attrs["gaps"]
+    assert frozen_gap["kind"] == "frozen"
+    counts = _accounted(frozen_group)
+    assert counts["frozen"] > 20 and counts["scored"] > 5
+    status = frozen_group["status"][:]
+    assert (status[np.argmax(status == S.FROZEN):] == S.FROZEN).all()  # never scored again while frozen
+
+
+def test_unreachable_camera_retries_then_one_line_error(ray_session, shipped_checkpoint, tmp_path, capsys):
+    url = "http://127.0.0.1:9/"
+    started = time.monotonic()
+    code = main(["live", url, "--out", str(tmp_path / "none.zarr"), "--reconnect-attempts", "2",
+                 "--checkpoint", str(shipped_checkpoint), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.monotonic() - started < 60
+    assert err == [f"error: http_127.0.0.1_9: {url}: camera is unreachable or cannot be opened (3 attempts) "
+                   f"(frames before it are kept: 0)"]
+
+
+def _reference_scores(clip, checkpoint, out) -> np.ndarray:
+    score_sources([str(clip)], str(checkpoint), out, ScoreSection(replicas=1), progress=False)
+    return open_results(out)["ped2_test02"]["score"][:]
+
+
+def test_latest_drops_whole_windows_and_every_drops_nothing(ray_session, sample_clip, shipped_checkpoint, tmp_path):
+    """Two recordings at 25 fps are more than two CPU replicas can score: ``latest`` drops, and what it
+    scores comes from whole windows (the same scores as an offline run); ``every`` scores every frame."""
+    reference = _reference_scores(sample_clip, shipped_checkpoint, tmp_path / "offline.zarr")
+    out = tmp_path / "latest.zarr"
+    code = main(["live", str(sample_clip), str(sample_clip), "--out", str(out), "--policy", "latest",
+                 "--max-frames", "80", "--checkpoint", str(shipped_checkpoint), "--quiet"])
+    assert code == 0
+    root = open_results(out)
+    for key in root.group_keys():
+        group = root[key]
+        counts = _accounted(group)
+        assert group["status"].shape == (80,) and counts["dropped_behind"] > 0 and counts["scored"] > 0
+        scored = group["status"][:] == S.SCORED
+        np.testing.assert_allclose(group["score"][:][scored], reference[:80][scored], rtol=1e-4, atol=1e-5)
+        assert group.attrs["complete"] is True and group.attrs["stopped"] is False
+
+    out = tmp_path / "every.zarr"
+    code = main(["live", str(sample_clip), "--out", str(out), "--policy", "every", "--max-frames", "40",
+                 "--checkpoint", str(shipped_checkpoint), "--quiet"])
+    assert code == 0
+    group = open_results(out)["ped2_test02"]
+    assert _accounted(group) == {**dict.fromkeys(S.codes(), 0), "scored": 36, "warmup": 4}
+    np.testing.assert_allclose(group["score"][:][4:], reference[4:40], rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_stops_cleanly_and_leaves_a_readable_store(vtest, shipped_checkpoint, tmp_path):
+    camera = LoopbackCamera(vtest, 10)
+    out = tmp_path / "term.zarr"
+    command = [sys.executable, "-m", "pipeline.cli", "live", camera.url, "--out", str(out),
+               "--checkpoint", str(shipped_checkpoint), "--quiet"]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                root = open_results(out)
+                if any(root[key].attrs.get("written", 0) >= 30 for key in root.group_keys()):
+                    break
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+        os.kill(run.pid, signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        camera.stop()
+    assert run.returncode == 0, stderr
+    (key,) = open_results(out).group_keys()
+    group = open_results(out)[key]
+    assert group.attrs["stopped"] is True and group.attrs["complete"] is True
+    assert _accounted(group)["scored"] > 20 and "latency ms" in stdout

@@ -1,0 +1,216 @@
+"""Live window step and driver choices without Ray: gaps, frozen feeds, dropped windows, policies."""
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
+from pipeline.sources.base import Frame, Gap, Source
+from pipeline.store import FrameStatus
+from pipeline.stream.live import LiveOptions, LiveWindows
+from pipeline.stream.windows import BatchHeader, EndOfStream, WindowAssembler
+
+S = FrameStatus
+
+
+def _frame(i, value=None, t=None):
+    return Frame("cam", i, float(i) if t is None else t, np.full((8, 8, 3), i if value is None else value, np.uint8))
+
+
+def _check_windows(batch, window_length):
+    """Every scored target's window is the T frames ending at it, in order (frame value = index)."""
+    windows = batch.windows()
+    for window, target in zip(windows, batch.frame_index[batch.valid]):
+        np.testing.assert_array_equal(window[:, 0, 0, 0], np.arange(target - window_length + 1, target + 1))
+    return len(windows)
+
+
+def test_gap_restarts_windows_and_marks_frames_without_one():
+    assembler = WindowAssembler("cam", 5, 8, 1)
+    for i in range(10):
+        assembler.push(_frame(i))
+    assembler.note_gap(Gap(9.0, 12.0, "disconnect"))
+    for i in range(12, 22):
+        assembler.push(_frame(i))
+    batch = assembler.batch()
+    expected = [S.WARMUP] * 4 + [S.SCORED] * 6 + [S.SOURCE_GAP] * 4 + [S.SCORED] * 6
+    assert batch.status.tolist() == expected
+    assert _check_windows(batch, 5) == 12  # no window spans frames 9 -> 12
+    assert assembler.take_gaps() == (Gap(9.0, 12.0, "disconnect"),) and assembler.take_gaps() == ()
+
+
+def test_newest_policy_drops_whole_windows_and_keeps_context():
+    assembler = WindowAssembler("cam", 5, 8, 1)
+    for i in range(20):
+        assembler.push(_frame(i))
+    batch = assembler.batch(limit=4, newest=True)
+    assert batch.frame_index.tolist() == list(range(20))
+    assert batch.status.tolist() == [S.WARMUP] * 4 + [S.DROPPED_BEHIND] * 12 + [S.SCORED] * 4
+    assert len(batch.frames) == 8  # images of dropped frames travel only as context of the scored ones
+    assert _check_windows(batch, 5) == 4
+    for i in range(20, 23):
+        assembler.push(_frame(i))
+    following = assembler.batch(limit=4, newest=True)
+    assert following.status.tolist() == [S.SCORED] * 3 and _check_windows(following, 5) == 3
+
+
+def test_frames_older_than_max_latency_are_dropped_oldest_first():
+    assembler = WindowAssembler("cam", 2, 8, 1)
+    for i in range(6):
+        assembler.push(_frame(i, t=100.0 + i))
+    batch = assembler.batch(limit=16, newest=True, max_age_s=2.5, now=105.0)
+    assert batch.status.tolist() == [S.WARMUP, S.DROPPED_BEHIND, S.DROPPED_BEHIND, S.SCORED, S.SCORED, S.SCORED]
+    assert _check_windows(batch, 2) == 3
+
+
+def test_every_policy_takes_the_oldest_and_leaves_the_rest():
+    assembler = WindowAssembler("cam", 3, 8, 1)
+    for i in range(10):
+        assembler.push(_frame(i))
+    first, second = assembler.batch(limit=4), assembler.batch(limit=4)
+    assert first.frame_index.tolist() == [0, 1, 2, 3] and second.frame_index.tolist() == [4, 5, 6, 7]
+    assert second.context == 2 and _check_windows(second, 3) == 4
+    assert len(assembler.pending) == 2
+
+
+def test_frozen_feed_is_not_scored_and_becomes_a_gap():
+    """A camera that keeps sending its last image: frames 0-9 move, 10-29 repeat frame 9, 30- move."""
+    assembler = WindowAssembler("cam", 3, 8, 1, frozen_after_s=5.0)
+    for i in range(40):
+        assembler.push(_frame(i, value=min(i, 9) if i < 30 else i))
+    status = assembler.batch().status
+    assert (status[:2] == S.WARMUP).all() and (status[2:14] == S.SCORED).all()  # 9..13: same image, < 5 s so far
+    assert (status[14:30] == S.FROZEN).all()  # from 5 s after the image last changed (t=9) until it changes
+    assert status[30:32].tolist() == [S.SOURCE_GAP] * 2 and (status[32:] == S.SCORED).all()
+    assert assembler.take_gaps() == (Gap(9.0, 30.0, "frozen"),)
+    for i in range(40, 50):
+        assembler.push(_frame(i, value=39))
+    assembler.end(now=60.0)  # still frozen when the stream ends
+    assert assembler.take_gaps() == (Gap(39.0, 60.0, "frozen"),)
+
+
+class _PacedSource(Source):
+    """A live source of ``count`` frames, one every ``interval`` seconds, with a gap after frame 9."""
+
+    is_live = True
+
+    def __init__(self, count, interval):
+        self.stream_id, self.count, self.interval, self.warnings = "cam", count, interval, []
+        self.read = 0
+
+    def describe(self):
+        return "paced"
+
+    def frames(self):
+        for i in range(self.count):
+            if i == 10:
+                yield Gap(9.0, 10.0, "stall")
+            time.sleep(self.interval)
+            self.read = i + 1
+            yield _frame(i)
+
+
+def _drain(live):
+    batches, gaps = [], []
+    while True:
+        item = live.next()
+        if isinstance(item, EndOfStream):
+            return batches, gaps + list(item.gaps), item
+        batch, new_gaps = item
+        gaps += new_gaps
+        if batch is not None:
+            batches.append(batch)
+
+
+def test_live_every_policy_delivers_every_frame_in_order_with_bounded_buffer():
+    source = _PacedSource(40, 0.0)
+    live = LiveWindows(source, 3, 4, 8, 1, LiveOptions(policy="every"))
+    time.sleep(0.3)  # nobody asks: reading pauses once the buffer is full (backpressure)
+    assert source.read <= live.buffer_frames + 1
+    batches, gaps, end = _drain(live)
+    assert np.concatenate([b.frame_index for b in batches]).tolist() == list(range(40))
+    assert all(b.size <= 4 for b in batches) and end.frames == 40 and end.error is None
+    assert gaps == [Gap(9.0, 10.0, "stall")]
+    status = np.concatenate([b.status for b in batches])
+    assert (status == S.DROPPED_BEHIND).sum() == 0 and (status[10:12] == S.SOURCE_GAP).all()
+
+
+def test_live_request_returns_what_is_ready_without_waiting_for_a_full_batch():
+    live = LiveWindows(_PacedSource(6, 0.05), 2, 16, 8, 1, LiveOptions(policy="latest"))
+    started = time.monotonic()
+    batch, _ = live.next()
+    while batch is None:
+        batch, _ = live.next()
+    assert batch.size < 16 and time.monotonic() - started < 0.5
+    live.stop()
+    rest, _, end = _drain(live)
+    assert end.error is None and sum(b.size for b in [batch, *rest]) == end.frames
+
+
+def test_stopped_live_stream_hands_out_what_it_read_then_ends():
+    source = _PacedSource(1000, 0.01)
+    live = LiveWindows(source, 3, 4, 8, 1, LiveOptions(policy="latest"))
+    time.sleep(0.2)
+    live.stop()
+    batches, _, end = _drain(live)
+    assert end.error is None and 0 < end.frames < 1000
+    assert sum(b.size for b in batches) == end.frames  # every frame read has its row
+
+
+def test_replica_pool_and_stream_choices():
+    pool = ReplicaPool(2, 2)
+    assert [pool.acquire() for _ in range(3)] == [0, 1, 0] and pool.has_room
+    pool.acquire()
+    assert not pool.has_room
+    pool.release(1)
+    assert pool.acquire() == 1
+
+    latest = StreamState(decoder=None, next_sequence=0, next_row=0, policy="latest", live=True)
+    every = StreamState(decoder=None, next_sequence=0, next_row=0)
+    assert latest.wants_batch(waiting=10, capacity=4, replica_free=True)
+    assert not latest.wants_batch(waiting=0, capacity=4, replica_free=False)  # decoded when a replica is free
+    assert not every.wants_batch(waiting=4, capacity=4, replica_free=True)  # backpressure
+    assert every.wants_batch(waiting=3, capacity=4, replica_free=False)
+    latest.queued = 1
+    assert not latest.wants_batch(waiting=0, capacity=4, replica_free=True)
+
+    header = BatchHeader("cam", 0, 0, 4, scorable=4, newest=100.0)
+    streams = {"cam": latest, "file": every}
+    waiting = deque([Decoded("cam", header, "ref0"), Decoded("file", header, "ref1")])
+    assert choose(waiting, streams, now=100.2, max_latency_s=0.1) == (Decoded("cam", header, "ref0"), True)
+    assert choose(waiting, streams, now=100.2, max_latency_s=0.1) == (Decoded("file", header, "ref1"), False)
+    assert choose(waiting, streams, now=100.2, max_latency_s=0.1) is None
+
+    every.to_write = {1: (4, "b", "scored"), 0: (2, "a", "unscored"), 3: (1, "d", "scored")}
+    assert every.take_writable() == [(0, 2, "a", "unscored"), (2, 4, "b", "scored")]
+    assert every.next_sequence == 2 and every.next_row == 6 and list(every.to_write) == [3]
+
+
+def test_live_reader_thread_is_a_daemon():
+    live = LiveWindows(_PacedSource(3, 0.0), 2, 4, 8, 1, LiveOptions())
+    assert live.thread.daemon and isinstance(live.thread, threading.Thread)
+    _drain(live)
+
+
+def test_any_mix_of_requests_gaps_and_drops_scores_only_whole_contiguous_windows():
+    """Seeded random arrivals, gaps, limits, policies and ages (small batches: fewer targets than a
+    window, which once kept too little context): every scored window is the T frames ending at its
+    target, none spans a gap."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        assembler, index, gaps_at = WindowAssembler("cam", 5, 8, 1), 0, set()
+        for _ in range(20):
+            for _ in range(rng.integers(0, 7)):
+                if rng.random() < 0.05:
+                    assembler.note_gap(Gap(index - 1.0, float(index), "stall"))
+                    gaps_at.add(index)
+                assembler.push(_frame(index))
+                index += 1
+            batch = assembler.batch(limit=int(rng.integers(1, 5)), newest=bool(rng.random() < 0.7),
+                                    max_age_s=3.0 if rng.random() < 0.5 else None, now=float(index))
+            if batch is not None:
+                _check_windows(batch, 5)
+                for target in batch.frame_index[batch.valid]:
+                    assert not gaps_at & set(range(target - 3, target + 1))
