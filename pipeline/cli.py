@@ -67,24 +67,33 @@ def _cmd_live(args: argparse.Namespace) -> int:
     """``live``: cameras and streams (and recordings played in real time) scored as they come."""
     from pipeline.sources.camera import Reconnect
     from pipeline.sources.resolve import SourceOptions
+    from pipeline.store.rotation import ROTATIONS
     from pipeline.stream.live import LiveOptions
 
+    if args.resume:
+        raise AnomstreamError("--resume: a live stream cannot continue a store (the frames in between are gone); "
+                              "write a new --out, or --rotate hour|day for one store per period")
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
                           connect_timeout_s=args.connect_timeout)
     options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
-    live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None)
-    return _run_scoring(args, options, live, args.duration)
+    live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None,
+                       maps_every=args.keep_maps)
+    view = (args.view_host, args.view) if args.view is not None else None
+    return _run_scoring(args, options, live, args.duration, view, ROTATIONS.get(args.rotate))
 
 
-def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None) -> int:
+def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None, view=None,
+                 rotate_s: float | None = None) -> int:
     from pipeline.driver.run import score_sources
 
     settings, model_name = _score_settings(args)
     report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
                            progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
-                           duration_s=duration_s)
+                           duration_s=duration_s, view=view, rotate_s=rotate_s)
     if report.streams:
-        print(f"store: {report.store}  streams: {len(report.streams)}  frames: {report.frames}  "
+        where = f"{report.store.with_name(report.store.stem + '-*' + report.store.suffix)} (one per period)" if rotate_s \
+            else report.store
+        print(f"store: {where}  streams: {len(report.streams)}  frames: {report.frames}  "
               f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
               f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)})")
     for rejection in report.left_out:
@@ -92,7 +101,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     for rejection in report.failed:
         print(f"error: {rejection.reason}", file=sys.stderr)
     for stream_id, stream in report.streams.items():
-        if stream.accounting.get("latency_ms") or stream.accounting.get("gaps"):
+        if live is not None and stream.accounting:
             print(_live_summary(stream_id, stream.accounting))
         for message in stream.warnings:
             print(f"warning: {stream_id}: {message}", file=sys.stderr)
@@ -102,7 +111,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
 
 
 def _live_summary(stream_id: str, accounting: dict) -> str:
-    counts = "  ".join(f"{name} {count}" for name, count in accounting["frame_counts"].items() if count)
+    counts = "  ".join(f"{name} {count}" for name, count in accounting["frame_counts"].items() if count) or "no frame"
     latency = accounting["latency_ms"]
     shown = "  ".join(f"{key} {value:.0f}" for key, value in latency.items()) if latency else "none scored"
     return f"{stream_id}: {counts}; latency ms {shown}; gaps {len(accounting['gaps'])}"
@@ -288,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="give up a first connection after this long (default: as --reconnect-attempts says)")
     live.add_argument("--frozen-after", type=_at_least(0, float), default=5.0, metavar="SECONDS",
                       help="the same image for this long is a frozen feed: a gap, not scored (default 5; 0: off)")
+    live.add_argument("--keep-maps", type=_at_least(0), default=1, metavar="N",
+                      help="store the anomaly map of every Nth frame only (default 1: all; 0: none); maps are most of "
+                           "a store's bytes, scores and status are always kept")
+    live.add_argument("--rotate", choices=["hour", "day"],
+                      help="one store per hour or day of capture time (UTC): OUT-YYYYmmddTHH.zarr / OUT-YYYYmmdd.zarr")
+    live.add_argument("--view", type=_at_least(0), metavar="PORT",
+                      help="serve a live view (latest frame with its map, score trace, fps, latency) on this port")
+    live.add_argument("--view-host", default="127.0.0.1", metavar="HOST",
+                      help="address the view listens on (default 127.0.0.1: this machine only; 0.0.0.0: everywhere)")
     live.set_defaults(run=_cmd_live)
 
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")

@@ -52,6 +52,17 @@ def _trace_panel(width: int, height: int, score: np.ndarray, upto: int, low: flo
     return panel
 
 
+def overlay_map(image: np.ndarray, anomaly_map: np.ndarray, high: float) -> np.ndarray:
+    """RGB uint8 (H, W, 3) with ``anomaly_map`` (h, w; any float dtype, resized to the image) as a
+    JET heatmap blended in at 40 %, scaled 0..``high``; a map that is not finite leaves the image as is."""
+    if not np.isfinite(anomaly_map).all():
+        return image
+    h, w = image.shape[:2]
+    scaled = np.clip(anomaly_map.astype(np.float32) / max(high, 1e-9), 0, 1)
+    heat = cv2.applyColorMap((cv2.resize(scaled, (w, h)) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 0.6, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.4, 0)
+
+
 def write_overlay(path: Path, source: Source, maps: np.ndarray, score: np.ndarray, fps: float = 25.0,
                   trace_height: int = 48) -> Path:
     """H.264 mp4 (PyAV): each frame with its anomaly map as a heatmap, and the score trace below."""
@@ -73,11 +84,7 @@ def write_overlay(path: Path, source: Source, maps: np.ndarray, score: np.ndarra
                 stream = container.add_stream("libx264", rate=round(fps))
                 stream.width, stream.height = w - w % 2, (h + trace_height) - (h + trace_height) % 2
                 stream.pix_fmt = "yuv420p"
-            heat_map = maps[frame.index]
-            if np.isfinite(heat_map).all():
-                scaled = np.clip(heat_map.astype(np.float32) / max(map_high, 1e-9), 0, 1)
-                heat = cv2.applyColorMap((cv2.resize(scaled, (w, h)) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-                image = cv2.addWeighted(image, 0.6, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.4, 0)
+            image = overlay_map(image, maps[frame.index], map_high)
             composed = np.vstack([image, _trace_panel(w, trace_height, score, frame.index, low, high)])
             composed = np.ascontiguousarray(composed[: stream.height, : stream.width])
             for packet in stream.encode(av.VideoFrame.from_ndarray(composed, format="rgb24")):

@@ -65,6 +65,19 @@ def sample_clip() -> Path:
     return SAMPLE_CLIP
 
 
+@pytest.fixture(scope="session")
+def short_clip(ped2, tmp_path_factory) -> Path:
+    """A frame folder of Ped2 test clip 02's first 48 frames (folder name ``short02``): runs that
+    test the pipeline's mechanics, not the model, need no 180 frames each."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("clips") / "short02"
+    folder.mkdir()
+    for path in sorted((ped2 / "testing" / "frames" / "02").iterdir())[:48]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
 @pytest.fixture
 def http_server(shared_data):
     """A loopback HTTP server over ../shared/data, standing in for an IP camera."""

@@ -4,6 +4,7 @@ paths that look like other things, one bad file among good ones, header frame co
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import av
@@ -302,7 +303,11 @@ def test_camera_that_comes_up_late_is_caught(shared_data):
     try:
         camera = CameraSource(f"http://127.0.0.1:{port}/avenue/testing_videos/08.avi", max_frames=5,
                               open_timeout_s=2, reconnect=Reconnect(backoff_s=0.25, connect_timeout_s=30))
-        assert [f.index for f in camera.frames()] == [0, 1, 2, 3, 4]
+        started = time.time()
+        gap, *frames = list(camera.frames())
+        assert [f.index for f in frames] == [0, 1, 2, 3, 4]
+        # down at the start: a gap from the first failed try to the first frame
+        assert gap.kind == "disconnect" and started <= gap.start < started + 1 and gap.end == frames[0].timestamp
     finally:
         timer.join()
         for server in servers:

@@ -118,7 +118,7 @@ def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, ship
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda p: ["rtsp://127.0.0.1:9/cam"], "rtsp://127.0.0.1:9/cam: camera is unreachable"),
+    (lambda p: ["rtsp://127.0.0.1:9/cam", "--connect-timeout", "0"], "rtsp://127.0.0.1:9/cam: camera is unreachable"),
     (lambda p: [str(p / "missing.mp4")], "missing.mp4: no such file or folder"),
     (lambda p: [str(p)], "folder holds no images, frame folders or videos"),
 ])
@@ -153,29 +153,29 @@ def test_live_http_camera_through_the_pipeline(ray_session, http_server, shipped
     assert group["timestamp"][0] > 1.7e9  # wall-clock time of a live frame
 
 
-def test_many_streams_through_one_busy_replica(ray_session, sample_clip, shipped_checkpoint, tmp_path):
+def test_many_streams_through_one_busy_replica(ray_session, short_clip, shipped_checkpoint, tmp_path):
     """More streams than replica slots: decoded batches queue, and no stream closes before they are written."""
     out = tmp_path / "many.zarr"
     settings = ScoreSection(replicas=1, in_flight_per_replica=2, batch_size=16)
-    report = score_sources([str(sample_clip)] * 3, str(shipped_checkpoint), out, settings, progress=False,
+    report = score_sources([str(short_clip)] * 3, str(shipped_checkpoint), out, settings, progress=False,
                            max_active_streams=3)
-    assert sorted(report.streams) == ["ped2_test02", "ped2_test02_1", "ped2_test02_2"] and report.frames == 540
+    assert sorted(report.streams) == ["short02", "short02_1", "short02_2"] and report.frames == 144
     assert len(report.replica_busy) == 1 and 0.5 < report.replica_busy[0] <= 1.0  # the queue keeps it fed
     root = open_results(out)
     scores = [root[stream_id]["score"][:] for stream_id in sorted(report.streams)]
     for stream_id in report.streams:
-        _assert_complete_stream(root[stream_id], 180)
+        _assert_complete_stream(root[stream_id], 48)
     np.testing.assert_array_equal(scores[0], scores[2])  # the same clip scores the same in every stream
 
 
-def test_more_replicas_than_cores_do_not_pend(ray_session, sample_clip, shipped_checkpoint, tmp_path):
+def test_more_replicas_than_cores_do_not_pend(ray_session, short_clip, shipped_checkpoint, tmp_path):
     """CPU shares are split so that every actor fits: 3 replicas and 4 decoders on a 2-core node still run."""
-    report = score_sources([str(sample_clip)] * 4, str(shipped_checkpoint), tmp_path / "r3.zarr",
+    report = score_sources([str(short_clip)] * 4, str(shipped_checkpoint), tmp_path / "r3.zarr",
                            ScoreSection(replicas=3, batch_size=32), progress=False)
-    assert report.replicas == 3 and report.frames == 720
+    assert report.replicas == 3 and report.frames == 192
     root = open_results(tmp_path / "r3.zarr")
     for stream_id in report.streams:
-        _assert_complete_stream(root[stream_id], 180)
+        _assert_complete_stream(root[stream_id], 48)
 
 
 def test_avenue_video_pixel_auroc_when_every_frame_is_anomalous(ray_session, shared_data, shipped_checkpoint,
@@ -194,10 +194,10 @@ def test_avenue_video_pixel_auroc_when_every_frame_is_anomalous(ray_session, sha
     assert 0.0 < pixel < 1.0
 
 
-def test_bench_measures_every_stage_in_rounds(ray_session, sample_clip, shipped_checkpoint, tmp_path, capsys):
+def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_checkpoint, tmp_path, capsys):
     from pipeline.bench import STAGES, run_bench
 
-    results = run_bench(str(sample_clip), str(shipped_checkpoint), batch_size=16, repeats=1,
+    results = run_bench(str(short_clip), str(shipped_checkpoint), batch_size=16, repeats=1,
                         out=str(tmp_path / "bench"), rounds=2)
     printed = capsys.readouterr().out
     assert "round 1/2: " in printed and "round 2/2: " in printed and "medians of 2 rounds" in printed

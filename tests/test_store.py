@@ -85,3 +85,52 @@ def test_overwrite_replaces_stores_only(tmp_path):
     assert (folder / "beach.mov").read_bytes() == b"not ours"
     ResultStore(tmp_path / "s.zarr", {"model": "m"})
     ResultStore(tmp_path / "s.zarr", {"model": "m"}, mode="overwrite")  # one of ours: replaced
+
+
+@pytest.mark.parametrize("every", [0, 1, 16])
+def test_map_retention_keeps_every_nth_map_and_stores_no_empty_chunk(tmp_path, every):
+    """A live store keeping the map of every 16th frame: the others are NaN, their chunks (8 frames)
+    are not written at all; scores are all kept."""
+    store = ResultStore(tmp_path / "r.zarr", {"model": "m"})
+    store.open_stream("cam", ARRAYS, 8, None, {"source": "cam", "live": True, "maps_every": every})
+    for start in range(0, 64, 8):
+        store.write("cam", start, _batch(start, 8))
+    store.close_stream("cam")
+    group = open_results(tmp_path / "r.zarr")["cam"]
+    maps = group["map"][:]
+    kept = np.isfinite(maps).all(axis=(1, 2))
+    expected = np.arange(64) % every == 0 if every else np.zeros(64, bool)
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(group["score"][:], np.arange(64))
+    chunk_files = [p for p in (tmp_path / "r.zarr" / "cam" / "map").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert len(chunk_files) == {0: 0, 1: 8, 16: 4}[every]
+
+
+def test_rotated_live_store_splits_rows_by_capture_period(tmp_path):
+    """Periods of 10 s: rows captured at t = 1001 .. 1034 land in four stores; frame_index goes on
+    across them, each store's rows start at 0, each period's stream is closed and names the next."""
+    from pipeline.store.rotation import RotatingStore, period_path
+
+    path = tmp_path / "live.zarr"
+    store = RotatingStore(path, {"model": "m"}, "create", period_s=10, now=1000.0)
+    store.open_stream("cam", ARRAYS, 8, None, {"source": "cam", "live": True})
+    for start in range(0, 34, 5):
+        n = min(5, 34 - start)
+        rows = _batch(start, n)
+        rows["timestamp"] = 1001.0 + np.arange(start, start + n)
+        rows["status"] = np.zeros(n, np.uint8)
+        store.write("cam", start, rows)
+    store.add_gaps("cam", [{"start": 1033.5, "end": 1034.0, "kind": "stall"}])
+    store.close_stream("cam", stopped=True)
+    names = [period_path(path, 10, t).name for t in (1000, 1010, 1020, 1030)]
+    assert names == ["live-19700101T001640.zarr", "live-19700101T001650.zarr", "live-19700101T001700.zarr",
+                     "live-19700101T001710.zarr"]
+    groups = [open_results(tmp_path / name)["cam"] for name in names]
+    assert [g["frame_index"].shape[0] for g in groups] == [9, 10, 10, 5]
+    np.testing.assert_array_equal(np.concatenate([g["frame_index"][:] for g in groups]), np.arange(34))
+    np.testing.assert_array_equal(np.concatenate([g["timestamp"][:] for g in groups]), 1001.0 + np.arange(34))
+    assert [g.attrs.get("continues_in") for g in groups] == [*names[1:], None]
+    assert all(g.attrs["complete"] for g in groups) and groups[-1].attrs["stopped"] is True
+    assert [g.attrs["frame_counts"]["scored"] for g in groups] == [9, 10, 10, 5]
+    assert groups[-1].attrs["gaps"] == [{"start": 1033.5, "end": 1034.0, "kind": "stall"}]
+    assert groups[0].attrs["gaps"] == []

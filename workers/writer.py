@@ -8,17 +8,23 @@ import numpy as np
 import ray
 
 from pipeline.store import ArraySpec, ResultStore, StoredStream
+from pipeline.store.rotation import RotatingStore
 from pipeline.stream.scorer import unscored_rows
 from pipeline.stream.windows import WindowBatch
+from pipeline.view.state import StreamView
 
 
 @ray.remote
 class WriterActor:
     """Created empty; ``open`` opens the store so its errors reach the caller as StoreError."""
 
-    def open(self, path: str, run_attrs: dict[str, Any], mode: str) -> None:
-        self.store = ResultStore(path, run_attrs, mode)
+    def open(self, path: str, run_attrs: dict[str, Any], mode: str, view: bool = False,
+             rotate_s: float | None = None) -> None:
+        """``view``: also keep what the live view shows of each stream (:meth:`view_snapshot`);
+        ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`)."""
+        self.store = RotatingStore(path, run_attrs, mode, rotate_s) if rotate_s else ResultStore(path, run_attrs, mode)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
+        self.views: dict[str, StreamView] | None = {} if view else None
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.store.note_inputs(failed, left_out)
@@ -30,9 +36,17 @@ class WriterActor:
                     frame_count: int | None, attrs: dict[str, Any]) -> None:
         self.store.open_stream(stream_id, arrays, chunk, frame_count, attrs)
         self.specs[stream_id] = arrays
+        if self.views is not None:
+            self.views[stream_id] = StreamView()
 
-    def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> int:
+    def write(self, stream_id: str, start: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:
+        """Rows [start, start + n) of a stream; ``batch``: the batch they were scored from, when the
+        live view is to show its newest scored frame."""
         self.store.write(stream_id, start, values)
+        if self.views is not None:
+            self.views[stream_id].add_rows(values)
+            if batch is not None:
+                self.views[stream_id].add_frame(batch, values)
         return start + len(values["score"])
 
     def write_unscored(self, stream_id: str, start: int, batch: WindowBatch, dropped: bool) -> int:
@@ -41,6 +55,12 @@ class WriterActor:
 
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         self.store.add_gaps(stream_id, gaps)
+
+    def view_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per stream (open or closed in this run): its accounting attrs, the view's summary (trace,
+        fps, shown frame's time and score) and the shown frame as JPEG bytes (``jpeg``, or None)."""
+        return {stream_id: {**self.store.accounting[stream_id].attrs(), **view.summary(), "jpeg": view.jpeg()}
+                for stream_id, view in (self.views or {}).items()}
 
     def accounting(self) -> dict[str, dict[str, Any]]:
         """Per open stream: its accounting attrs (frame counts, latency, gaps) as of now."""

@@ -26,6 +26,7 @@ from pipeline.stream.windows import BatchHeader, EndOfStream
 
 WAIT_S = 0.25  # longest the loop waits on actors before it looks at the clock (duration, stop, table)
 TABLE_EVERY_S = 5.0
+VIEW_FRAME_S = 0.4  # live view: a stream's shown frame is renewed at most this often
 
 
 def _same_source(stored: str, current: str) -> bool:
@@ -33,8 +34,10 @@ def _same_source(stored: str, current: str) -> bool:
     return stored == current or Path(stored).absolute() == Path(current)
 
 
-def _stream_attrs(source: Source) -> dict[str, Any]:
+def _stream_attrs(source: Source, live: LiveOptions) -> dict[str, Any]:
     attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live}
+    if source.is_live:
+        attrs["maps_every"] = live.maps_every
     items = source.items()
     if items is not None:
         attrs["items"] = items  # still images: frame_index -> file
@@ -51,7 +54,7 @@ class ScoringLoop:
 
     def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection, writer: Any,
                  replicas: list, decoders: list, report: RunReport, progress: bool, live: LiveOptions,
-                 deadline: float | None = None, stop: threading.Event | None = None) -> None:
+                 deadline: float | None = None, stop: threading.Event | None = None, view: bool = False) -> None:
         self.model, self.arrays, self.settings = model, arrays, settings
         self.writer, self.replicas, self.report, self.live = writer, replicas, report, live
         self.free_decoders = list(decoders)  # at most one source per decoder at a time
@@ -60,13 +63,14 @@ class ScoringLoop:
         self.streams: dict[str, StreamState] = {}
         self.decoded: deque[Decoded] = deque()  # waiting for a replica
         self.decode_refs: dict[Any, tuple[str, Any]] = {}  # header ref -> (stream, batch ref)
-        self.score_refs: dict[Any, tuple[str, BatchHeader, int]] = {}  # result ref -> (stream, header, replica)
+        self.score_refs: dict[Any, tuple[str, BatchHeader, int, Any]] = {}  # result -> (stream, header, replica, batch)
         self.write_refs: deque = deque()
         self.requests = 0
         self.deadline, self.stop = deadline, stop or threading.Event()
         self.stopping = False
         self.live_run = any(source.is_live for source in sources)
-        self.progress = progress
+        self.progress, self.view = progress, view
+        self.view_due: dict[str, float] = {}  # stream -> when its next batch goes to the writer for the view
         self.table_due = time.monotonic() + TABLE_EVERY_S
         known = all(s.frame_count for s in sources) and not self.live_run
         self.bar = tqdm(total=sum(s.frame_count for s in sources) if known else None, desc="scoring",
@@ -119,7 +123,7 @@ class ScoringLoop:
                 continue
             done = stored.written if stored is not None else 0
             ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
-                                                   source.frame_count, _stream_attrs(source)))
+                                                   source.frame_count, _stream_attrs(source, self.live)))
             self.bar.update(done)
             stream_report.frames = done
             decoder = self.free_decoders.pop()
@@ -153,7 +157,8 @@ class ScoringLoop:
                 continue
             replica = self.pool.acquire()
             stream.scoring += 1
-            self.score_refs[self.replicas[replica].score.remote(item.ref)] = (item.stream_id, item.header, replica)
+            self.score_refs[self.replicas[replica].score.remote(item.ref)] = (item.stream_id, item.header, replica,
+                                                                               item.ref)
 
     def _on_decoded(self, ref: Any) -> None:
         stream_id, batch_ref = self.decode_refs.pop(ref)
@@ -178,11 +183,14 @@ class ScoringLoop:
             self.decoded.append(Decoded(stream_id, header, batch_ref))
 
     def _on_scored(self, ref: Any) -> None:
-        stream_id, header, replica = self.score_refs.pop(ref)
+        stream_id, header, replica, batch_ref = self.score_refs.pop(ref)
         self.pool.release(replica)
         stream = self.streams[stream_id]
         stream.scoring -= 1
-        stream.to_write[header.sequence] = (header.size, ref, "scored")
+        shown = None
+        if self.view and time.monotonic() >= self.view_due.get(stream_id, 0.0):
+            shown, self.view_due[stream_id] = batch_ref, time.monotonic() + VIEW_FRAME_S
+        stream.to_write[header.sequence] = (header.size, (ref, shown), "scored")
         self._flush(stream_id)
 
     def _flush(self, stream_id: str) -> None:
@@ -190,7 +198,8 @@ class ScoringLoop:
         stream = self.streams[stream_id]
         for row, size, ref, how in stream.take_writable():
             if how == "scored":
-                self.write_refs.append(self.writer.write.remote(stream_id, row, ref))
+                result_ref, shown_batch_ref = ref
+                self.write_refs.append(self.writer.write.remote(stream_id, row, result_ref, shown_batch_ref))
             else:
                 self.write_refs.append(self.writer.write_unscored.remote(stream_id, row, ref, how == "dropped"))
             self.report.streams[stream_id].frames += size
@@ -201,13 +210,15 @@ class ScoringLoop:
             self._close(stream_id, stream.ended.error, [*stream.ended.warnings, *self._too_short(stream_id)])
 
     def _too_short(self, stream_id: str) -> list[str]:
-        """A warning for a stream that ended cleanly before one full window: it has no score."""
+        """A warning for a stream that ended cleanly before one full window (it has no score), or
+        that was stopped before its source sent a frame (a camera that never came up)."""
         stream, needed = self.streams[stream_id], self.model.window_length
-        frames = stream.ended.frames
-        if stream.ended.error is None and frames < needed and not stream.stopping:
-            source = self.report.streams[stream_id].source
-            return [f"{source}: {frames} frame(s), fewer than the {needed} of the model's window: no frame is scored"]
-        return []
+        frames, source = stream.ended.frames, self.report.streams[stream_id].source
+        if stream.ended.error is not None or frames >= needed:
+            return []
+        if stream.stopping:
+            return [f"{source}: no frame received before the run stopped"] if frames == 0 else []
+        return [f"{source}: {frames} frame(s), fewer than the {needed} of the model's window: no frame is scored"]
 
     def _close(self, stream_id: str, error: str | None, warnings: list[str] | None = None) -> None:
         while self.write_refs:

@@ -8,9 +8,10 @@ finished first.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +28,10 @@ from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
-from pipeline.store import result_arrays, stream_key
+from pipeline.store import check_target, result_arrays, stream_key
+from pipeline.store.rotation import period_path
 from pipeline.stream.live import LiveOptions
+from pipeline.view.server import LiveView
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
 from workers.writer import WriterActor
@@ -61,11 +64,13 @@ def _unique_ids(sources: list[Source]) -> None:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[None]:
-    """While a live run goes on, SIGINT and SIGTERM ask it to stop cleanly (every frame read is
-    written) instead of raising; a second signal interrupts at once."""
+def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[Callable[[], None]]:
+    """While a live run goes on (from its start: Ray and the model take seconds to come up), SIGINT
+    and SIGTERM ask it to stop cleanly (every frame read is written) instead of raising; a second
+    signal interrupts at once. Yields ``install``, to call again after ``ray.init`` (which sets
+    handlers of its own)."""
     if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
 
     def handle(signum: int, frame: Any) -> None:
@@ -73,9 +78,14 @@ def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[None]:
             raise KeyboardInterrupt
         stop.set()
 
-    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    def install() -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, handle)
+
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    install()
     try:
-        yield
+        yield install
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -85,7 +95,8 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
                   mode: str = "create", address: str | None = None, progress: bool = True,
                   max_active_streams: int | None = None, expected_model: str | None = None,
                   source_options: SourceOptions | None = None, live: LiveOptions | None = None,
-                  duration_s: float | None = None) -> RunReport:
+                  duration_s: float | None = None, view: tuple[str, int] | None = None,
+                  rotate_s: float | None = None) -> RunReport:
     """Score every stream of ``specs`` into the zarr store ``out``; returns what was written.
 
     Every input stands alone: one that cannot be opened, or a stream that breaks, is reported in
@@ -96,6 +107,8 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     Live sources (cameras, recordings played live) are all read at once, each by its own decoder,
     as ``live`` says (policy, max latency, frozen feeds); ``duration_s`` ends them after that many
     seconds, and so do SIGINT / SIGTERM: every frame read is written and the streams are closed.
+    ``view``: (host, port) to serve the live view on while the run goes on (:mod:`pipeline.view.server`);
+    ``rotate_s``: one store per period of that many seconds (3600: ``out``-YYYYmmddTHH.zarr, ...).
     """
     payload = read_checkpoint(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
@@ -111,30 +124,40 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         "term_weights": model.term_weights, "window_length": model.window_length,
         "anomstream_version": pipeline.__version__,
     }
-    ensure_ray(address)
-    writer = WriterActor.options(num_cpus=SMALL_CPU).remote()
-    ray.get(writer.open.remote(str(out), run_attrs, mode))
-    ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
+    check_target(period_path(Path(out), rotate_s, time.time()) if rotate_s else Path(out), mode)  # before Ray starts
     live_sources = sum(source.is_live for source in inputs.sources)  # each read all along by a decoder of its own
-    decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
-    replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
-    replicas = [ReplicaActor.options(**replica_options).remote(str(checkpoint), threads) for _ in range(settings.replicas)]
-    decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
-    try:
-        devices = ray.get([replica.device.remote() for replica in replicas])
-        ray.get([decoder.ready.remote() for decoder in decoders])
-        report.replicas, report.device = len(replicas), devices[0]
-        started = time.time()  # actors are up: from here the clock measures throughput
-        deadline = time.monotonic() + duration_s if duration_s is not None else None
-        stop = threading.Event()
-        with _stop_on_signals(stop, enabled=live_sources > 0):
+    stop = threading.Event()
+    with _stop_on_signals(stop, enabled=live_sources > 0) as install:
+        ensure_ray(address)
+        install()
+        writer = WriterActor.options(num_cpus=SMALL_CPU).remote()
+        ray.get(writer.open.remote(str(out), run_attrs, mode, view is not None, rotate_s))
+        ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
+        decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
+        replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
+        replicas = [ReplicaActor.options(**replica_options).remote(str(checkpoint), threads)
+                    for _ in range(settings.replicas)]
+        decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
+        live_view = None
+        try:
+            if view is not None:
+                live_view = LiveView(lambda: ray.get(writer.view_snapshot.remote()), *view)
+                print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
+            devices = ray.get([replica.device.remote() for replica in replicas])
+            ray.get([decoder.ready.remote() for decoder in decoders])
+            report.replicas, report.device = len(replicas), devices[0]
+            started = time.time()  # actors are up: from here the clock measures throughput
+            deadline = time.monotonic() + duration_s if duration_s is not None else None
             ScoringLoop(inputs.sources, model, arrays, settings, writer, replicas, decoders, report, progress,
-                        live or LiveOptions(), deadline, stop).run()
-        report.seconds = time.time() - started
-        for stream_id, accounting in ray.get(writer.accounting.remote()).items():
-            report.streams[stream_id].accounting = accounting
-        report.replica_busy = [busy / max(report.seconds, 1e-9) for busy in ray.get([r.busy.remote() for r in replicas])]
-    finally:
-        for actor in (*replicas, *decoders, writer):
-            ray.kill(actor)
+                        live or LiveOptions(), deadline, stop, view=view is not None).run()
+            report.seconds = time.time() - started
+            for stream_id, accounting in ray.get(writer.accounting.remote()).items():
+                report.streams[stream_id].accounting = accounting
+            busy = ray.get([r.busy.remote() for r in replicas])
+            report.replica_busy = [seconds / max(report.seconds, 1e-9) for seconds in busy]
+        finally:
+            if live_view is not None:
+                live_view.close()
+            for actor in (*replicas, *decoders, writer):
+                ray.kill(actor)
     return report

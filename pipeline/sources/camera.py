@@ -7,9 +7,23 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import SourceError
 from pipeline.sources.base import Frame, Gap, Source
+
+
+def redact_url(address: str) -> str:
+    """``address`` without secrets, for names, messages and the store: a password becomes ``***``
+    and a query string (tokens) ``?***``. Addresses that are not URLs are returned as they are."""
+    parts = urlsplit(address)
+    if not parts.scheme or not parts.netloc:
+        return address
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"{user}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 @dataclass(frozen=True)
@@ -26,7 +40,7 @@ class Reconnect:
 
     attempts: int | None = None
     backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
+    max_backoff_s: float = 10.0
     stall_timeout_s: float = 10.0
     connect_timeout_s: float | None = 0.0
 
@@ -55,9 +69,12 @@ class CameraSource(Source):
 
     def __init__(self, address: str, stream_id: str | None = None, max_frames: int | None = None,
                  open_timeout_s: float = 10.0, reconnect: Reconnect | None = None, device: int | None = None) -> None:
-        self.address = address
+        self.address = address  # what is opened; ``describe()`` (names, messages, the store) has no secrets
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
-        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", address.split("?", 1)[0]).strip("_")  # no tokens in names
+        parts = urlsplit(address)
+        port = f"_{parts.port}" if parts.port else ""
+        named = f"{parts.scheme}_{parts.hostname}{port}{parts.path}" if parts.netloc else address
+        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", named.split("?", 1)[0]).strip("_")  # no user, password, token
         self.stream_id = stream_id or readable or "camera"
         self.max_frames = max_frames
         self.frame_count = max_frames
@@ -71,7 +88,7 @@ class CameraSource(Source):
         return Gap(self._gap[0], now, self._gap[1]) if self._gap is not None else None
 
     def describe(self) -> str:
-        return self.address
+        return redact_url(self.address)
 
     def _open(self):
         import cv2
@@ -82,7 +99,7 @@ class CameraSource(Source):
         capture = cv2.VideoCapture(target, cv2.CAP_ANY, params)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"{self.address}: camera is unreachable or cannot be opened")
+            raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened")
         return capture
 
     def _connect(self):
@@ -94,6 +111,8 @@ class CameraSource(Source):
             try:
                 return self._open()
             except SourceError as error:
+                if self._gap is None:  # down when the run started: a gap from the first failed try to the first frame
+                    self._gap = (time.time(), "disconnect")
                 failures += 1
                 wait = policy.wait_s(failures - 1)
                 if deadline is not None and time.monotonic() + wait > deadline:
@@ -101,7 +120,9 @@ class CameraSource(Source):
                         raise
                     raise SourceError(f"{error} (retried for {policy.connect_timeout_s:g} s)") from None
                 if policy.gives_up(failures - 1):
-                    raise SourceError(f"{error} ({failures} attempts)") from None
+                    if failures == 1:
+                        raise
+                    raise SourceError(f"{error} ({failures - 1} reconnection attempts failed)") from None
             time.sleep(wait)
 
     def frames(self) -> Iterator[Frame | Gap]:
@@ -130,7 +151,7 @@ class CameraSource(Source):
                 if capture is not None:
                     capture.release()
                 if self.reconnect.gives_up(failures):
-                    raise SourceError(f"{self.address}: camera stopped sending frames after frame {index}"
+                    raise SourceError(f"{self.describe()}: camera stopped sending frames after frame {index}"
                                       f" ({failures} reconnection attempts failed)")
                 time.sleep(self.reconnect.wait_s(failures))
                 failures += 1

@@ -6,10 +6,11 @@ from pipeline.store.results import (
     ArraySpec,
     ResultStore,
     StoredStream,
+    check_target,
     open_results,
     result_arrays,
     stream_key,
 )
 
 __all__ = ["STORE_FORMAT", "ArraySpec", "FrameStatus", "ResultStore", "StoredStream", "StreamAccounting",
-           "open_results", "result_arrays", "stream_key"]
+           "check_target", "open_results", "result_arrays", "stream_key"]

@@ -63,14 +63,7 @@ class ResultStore:
 
     def __init__(self, path: str | Path, run_attrs: dict[str, Any], mode: str = "create") -> None:
         self.path = Path(path)
-        if mode not in ("create", "overwrite", "resume"):
-            raise ValueError(f"unknown store mode {mode!r}")
-        exists = self.path.exists() and any(self.path.iterdir()) if self.path.is_dir() else self.path.exists()
-        if exists and mode == "create":
-            raise StoreError(f"{self.path}: store already exists; pass --overwrite to replace it or --resume to continue it")
-        if exists and mode == "overwrite" and not _is_store(self.path):
-            raise StoreError(f"{self.path}: exists and is not an anomstream store; --overwrite replaces stores only "
-                             f"(name a new path or remove it yourself)")
+        exists = check_target(self.path, mode)
         if mode == "resume" and exists:
             self.root = self._open_existing()
             self._check_same_run(run_attrs)
@@ -84,6 +77,7 @@ class ResultStore:
         self.arrays: dict[str, dict[str, zarr.Array]] = {}  # open handles: no metadata read per write
         self.chunk: dict[str, int] = {}
         self.accounting: dict[str, StreamAccounting] = {}
+        self.maps_every: dict[str, int] = {}  # retention: the map of every Nth frame is kept (0: none)
         self._attrs_refreshed: dict[str, float] = {}
 
     def _open_existing(self) -> zarr.Group:
@@ -138,11 +132,18 @@ class ResultStore:
         self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
         self.chunk[stream_id] = chunk
         self.accounting[stream_id] = StreamAccounting(live=bool(attrs.get("live")))
+        self.maps_every[stream_id] = int(group.attrs.get("maps_every", 1))
         self._attrs_refreshed[stream_id] = time.monotonic()
 
     def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
-        """Write frames [start, start + n) of every array; batches arrive in frame order."""
+        """Write frames [start, start + n) of every array; batches arrive in frame order. A stream
+        opened with the attr ``maps_every`` N != 1 keeps the map of frames whose index is a multiple
+        of N only (0: no map); the others stay NaN, and chunks left all NaN are not stored."""
         arrays = self.arrays[stream_id]
+        every = self.maps_every[stream_id]
+        if every != 1 and "map" in values:
+            kept = values["frame_index"] % every == 0 if every else np.zeros(len(values["frame_index"]), bool)
+            values = {**values, "map": np.where(kept[:, None, None], values["map"], np.float16(np.nan))}
         n = len(next(iter(values.values())))
         end = start + n
         capacity = arrays["score"].shape[0]
@@ -178,6 +179,21 @@ class ResultStore:
                 array.resize((written, *array.shape[1:]))
         group.attrs.update({"complete": error is None, "error": error, "finished": _now(),
                             "warnings": list(warnings or []), "stopped": stopped, **self.accounting[stream_id].attrs()})
+
+
+def check_target(path: Path, mode: str) -> bool:
+    """Whether a store may be written at ``path`` in ``mode`` ('create': refuse an existing store,
+    'overwrite': replace stores only, 'resume'); returns whether something exists there. Raises
+    StoreError (one line naming the path) otherwise: callers check before starting anything."""
+    if mode not in ("create", "overwrite", "resume"):
+        raise ValueError(f"unknown store mode {mode!r}")
+    exists = path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()
+    if exists and mode == "create":
+        raise StoreError(f"{path}: store already exists; pass --overwrite to replace it or --resume to continue it")
+    if exists and mode == "overwrite" and not _is_store(path):
+        raise StoreError(f"{path}: exists and is not an anomstream store; --overwrite replaces stores only "
+                         f"(name a new path or remove it yourself)")
+    return exists
 
 
 def stream_key(name: str, max_bytes: int = 120) -> str:

@@ -33,11 +33,14 @@ class LiveOptions:
     ``max_latency_ms``: policy ``latest`` drops frames older than this when a batch is made;
     ``latest_batch``: policy ``latest`` scores at most this many of the newest frames per batch;
     ``frozen_after_s``: the same image for this long is a frozen feed (not scored);
-    ``idle_wait_s``: how long a request waits for a first frame before it answers "nothing yet"."""
+    ``idle_wait_s``: how long a request waits for a first frame before it answers "nothing yet";
+    ``maps_every``: retention, the store keeps the anomaly map of every Nth frame (0: none; scores
+    and status are always kept)."""
 
     policy: Policy | None = None
     max_latency_ms: float | None = None
     latest_batch: int = 1
+    maps_every: int = 1
     frozen_after_s: float | None = 5.0
     idle_wait_s: float = 0.5
 

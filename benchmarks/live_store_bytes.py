@@ -1,0 +1,62 @@
+"""Bytes a live store takes per hour per stream, maps apart from the rest, for map retention
+choices (``--keep-maps``): a loopback camera scored live for a while, bytes on disk scaled to an hour.
+
+    python benchmarks/live_store_bytes.py [--duration 60] [--fps 10] [--keep 1 10 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.assets import SHIPPED_CHECKPOINT
+from pipeline.config import ScoreSection
+from pipeline.driver.ray_setup import ensure_ray
+from pipeline.driver.run import score_sources
+from pipeline.store import open_results
+from pipeline.stream.live import LiveOptions
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", default="../shared/data/vtest.avi", type=Path)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--keep", type=int, nargs="+", default=[1, 10, 0], help="--keep-maps values to measure")
+    args = parser.parse_args()
+    ensure_ray()
+    folder = Path(tempfile.mkdtemp(prefix="live_bytes_"))
+    camera = subprocess.Popen([sys.executable, "-m", "pipeline.sources.camera_server", str(args.video), "--fps",
+                               str(args.fps)], stdout=subprocess.PIPE, text=True)
+    url = camera.stdout.readline().split()[-1]
+    try:
+        for keep in args.keep:
+            out = folder / f"keep{keep}.zarr"
+            score_sources([url], str(SHIPPED_CHECKPOINT), out, ScoreSection(), progress=False,
+                          live=LiveOptions(policy="every", maps_every=keep), duration_s=args.duration)
+            (key,) = open_results(out).group_keys()
+            group = out / key
+            rows = open_results(out)[key].attrs["written"]
+            span = float(open_results(out)[key]["timestamp"][-1] - open_results(out)[key]["timestamp"][0])
+            per_hour = 3600.0 / span
+            maps, total = _bytes(group / "map"), _bytes(group)
+            print(f"keep-maps {keep:>2}: {rows} frames in {span:.0f} s  maps {maps * per_hour / 2**20:8.1f} MiB/h  "
+                  f"the rest {(total - maps) * per_hour / 2**20:6.2f} MiB/h  total {total * per_hour / 2**20:8.1f} MiB/h "
+                  f"({total / rows:.0f} bytes/frame)", flush=True)
+    finally:
+        camera.kill()
+        camera.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

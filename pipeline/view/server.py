@@ -1,0 +1,82 @@
+"""The live view: a web page served while ``anomstream live --view PORT`` runs (FastAPI + uvicorn,
+on a thread of the driver). Each stream's latest scored frame with its anomaly map, the score trace
+of the last minute, frame rate, latency and frame counts; the page polls two JSON/JPEG endpoints.
+
+Endpoints: ``/`` (the page), ``/api/streams`` (JSON), ``/api/streams/{n}/frame.jpg`` (the n-th
+stream's shown frame; 404 before its first scored frame).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import AnomstreamError
+
+PAGE = Path(__file__).with_name("page.html")
+SNAPSHOT_MAX_AGE_S = 0.25  # requests within this share one round trip to the writer
+
+
+class LiveView:
+    """Serves ``snapshot()`` (stream id -> the writer's view snapshot) on ``host:port`` from a daemon
+    thread. Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, dict[str, Any]]], host: str, port: int) -> None:
+        import uvicorn
+
+        try:
+            with socket.create_server((host, port)):  # uvicorn would log a traceback-like report instead
+                pass
+        except OSError as error:
+            raise AnomstreamError(f"--view: cannot serve on {host}:{port} ({error.strerror or error})") from None
+
+        self._snapshot, self._cached, self._cached_at = snapshot, {}, 0.0
+        self._lock = threading.Lock()
+        config = uvicorn.Config(self._app(), host=host, port=port, log_level="error", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="live view", daemon=True)
+        self.thread.start()
+        while not self.server.started and self.thread.is_alive():
+            time.sleep(0.05)
+        if not self.server.started:
+            raise AnomstreamError(f"--view: cannot serve on {host}:{port}")
+        self.url = f"http://{host}:{port}/"
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._cached_at > SNAPSHOT_MAX_AGE_S:
+                self._cached, self._cached_at = self._snapshot(), time.monotonic()
+            return self._cached
+
+    def _app(self):
+        from fastapi import FastAPI, HTTPException
+        from fastapi.responses import HTMLResponse, Response
+
+        app = FastAPI(title="anomstream live", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.get("/", response_class=HTMLResponse)
+        def page() -> str:
+            return PAGE.read_text(encoding="utf-8")
+
+        @app.get("/api/streams")
+        def streams() -> list[dict[str, Any]]:
+            return [{"id": stream_id, "index": n, **{k: v for k, v in view.items() if k != "jpeg"},
+                     "has_frame": view["jpeg"] is not None}
+                    for n, (stream_id, view) in enumerate(sorted(self.snapshot().items()))]
+
+        @app.get("/api/streams/{index}/frame.jpg")
+        def frame(index: int) -> Response:
+            views = sorted(self.snapshot().items())
+            if not 0 <= index < len(views) or views[index][1]["jpeg"] is None:
+                raise HTTPException(status_code=404, detail="no scored frame yet")
+            return Response(views[index][1]["jpeg"], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+        return app
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)

@@ -1,0 +1,84 @@
+"""What the live view shows of each stream, kept by the writer as rows are written: the latest
+scored frame (as the model saw it) with its anomaly map, the score trace of the last minute and the
+frame rate of the source. No web code here."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.store import FrameStatus
+from pipeline.stream.windows import WindowBatch
+from pipeline.visualize import overlay_map
+
+TRACE_S = 60.0  # seconds of score trace kept
+RATE_S = 5.0  # frames per second over the last this many seconds
+VIEW_SIZE = 320  # the shown frame's longer side, pixels
+
+
+class StreamView:
+    """One stream's view. Rows arrive in frame order; times are capture times (seconds since the epoch)."""
+
+    def __init__(self) -> None:
+        self.trace: deque[tuple[float, float]] = deque()  # (capture time, score) of scored frames
+        self.captured: deque[float] = deque()  # capture times of every row, for the frame rate
+        self.image: np.ndarray | None = None  # uint8 (C, H, W), the model's input
+        self.map: np.ndarray | None = None
+        self.frame_time = float("nan")
+        self.frame_score = float("nan")
+        self.map_high: deque[float] = deque(maxlen=64)  # recent maps' 99th percentiles: one colour scale
+
+    def add_rows(self, values: dict[str, np.ndarray]) -> None:
+        """``values``: the rows just written (``timestamp``, ``status``, ``score``)."""
+        timestamp, status, score = values["timestamp"], values["status"], values["score"]
+        scored = status == FrameStatus.SCORED
+        self.trace.extend(zip(timestamp[scored].tolist(), score[scored].tolist()))
+        self.captured.extend(timestamp.tolist())
+        if len(timestamp):
+            newest = float(timestamp[-1])
+            while self.trace and self.trace[0][0] < newest - TRACE_S:
+                self.trace.popleft()
+            while self.captured and self.captured[0] < newest - RATE_S:
+                self.captured.popleft()
+
+    def add_frame(self, batch: WindowBatch, values: dict[str, np.ndarray]) -> None:
+        """The newest scored target of ``batch`` (scored into ``values``) becomes the shown frame."""
+        scored = np.flatnonzero(values["status"] == FrameStatus.SCORED)
+        if not len(scored) or batch.context + scored[-1] < 0:
+            return
+        target = int(scored[-1])
+        self.image = batch.frames[batch.context + target]
+        self.map = values["map"][target]
+        self.frame_time, self.frame_score = float(values["timestamp"][target]), float(values["score"][target])
+        finite = self.map[np.isfinite(self.map)]
+        if finite.size:
+            self.map_high.append(float(np.percentile(finite.astype(np.float32), 99)))
+
+    @property
+    def fps(self) -> float:
+        if len(self.captured) < 2:
+            return 0.0
+        return (len(self.captured) - 1) / max(self.captured[-1] - self.captured[0], 1e-9)
+
+    def jpeg(self) -> bytes | None:
+        """The shown frame with its map overlaid, JPEG; None before the first scored frame."""
+        if self.image is None:
+            return None
+        image = self.image[0] if self.image.shape[0] == 1 else self.image.transpose(1, 2, 0)
+        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else np.ascontiguousarray(image)
+        scale = VIEW_SIZE / max(rgb.shape[:2])
+        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+        shown = overlay_map(rgb, self.map, max(self.map_high) if self.map_high else 1.0)
+        return cv2.imencode(".jpg", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the trace, the frame rate, the shown frame's time and score."""
+        return {
+            "trace": [[round(t, 3), round(s, 5)] for t, s in self.trace],
+            "fps": round(self.fps, 2),
+            "frame_time": None if np.isnan(self.frame_time) else self.frame_time,
+            "frame_score": None if np.isnan(self.frame_score) else round(self.frame_score, 5),
+        }
