@@ -148,8 +148,11 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             report.replicas, report.device = len(replicas), devices[0]
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + duration_s if duration_s is not None else None
+            live = live or LiveOptions()
+            if live.batch is None:
+                live = replace(live, batch=1 if report.device == "cpu" else settings.batch_size)
             ScoringLoop(inputs.sources, model, arrays, settings, writer, replicas, decoders, report, progress,
-                        live or LiveOptions(), deadline, stop, view=view is not None).run()
+                        live, deadline, stop, view=view is not None).run()
             report.seconds = time.time() - started
             for stream_id, accounting in ray.get(writer.accounting.remote()).items():
                 report.streams[stream_id].accounting = accounting

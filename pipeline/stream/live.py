@@ -4,10 +4,9 @@ drained as fast as it sends, and the scorer takes whatever is ready (dynamic bat
 Policies (per stream):
 
 - ``every``: lossless for what the source delivers; at most ``buffer_frames`` frames wait, then
-  reading pauses (backpressure to the source).
+  reading pauses (backpressure to the source). A batch takes the oldest ``batch`` frames waiting.
 - ``latest``: bounded latency; reading never pauses. The driver asks for a batch when a replica
-  is free, and the batch scores the newest ``latest_batch`` frames only (on a CPU one window costs
-  about the same alone as in a batch, and a larger batch makes the next frames wait longer); older
+  is free, and the batch scores the newest ``batch`` frames only; older
   frames waiting, and frames captured more than ``max_latency_ms`` before the batch is made,
   become DROPPED_BEHIND. Whole windows are dropped, never frames inside one: the
   frames of a scored window stay contiguous because every batch carries its own context.
@@ -31,7 +30,9 @@ Policy = Literal["every", "latest"]
 class LiveOptions:
     """``policy``: None = ``latest`` for cameras, ``every`` for recordings played live;
     ``max_latency_ms``: policy ``latest`` drops frames older than this when a batch is made;
-    ``latest_batch``: policy ``latest`` scores at most this many of the newest frames per batch;
+    ``batch``: frames per live batch at most (None: the run decides, 1 on CPU replicas, where a
+    window costs about the same alone as in a batch and a large batch on one replica makes the
+    frames behind it wait while the other replica idles; the score batch size on GPUs);
     ``frozen_after_s``: the same image for this long is a frozen feed (not scored);
     ``idle_wait_s``: how long a request waits for a first frame before it answers "nothing yet";
     ``maps_every``: retention, the store keeps the anomaly map of every Nth frame (0: none; scores
@@ -39,7 +40,7 @@ class LiveOptions:
 
     policy: Policy | None = None
     max_latency_ms: float | None = None
-    latest_batch: int = 1
+    batch: int | None = None
     maps_every: int = 1
     frozen_after_s: float | None = 5.0
     idle_wait_s: float = 0.5
@@ -98,7 +99,7 @@ class LiveWindows:
             if assembler.pending:
                 max_age = None if self.options.max_latency_ms is None else self.options.max_latency_ms / 1000
                 latest = self.policy == "latest"
-                batch = assembler.batch(self.options.latest_batch if latest else self.batch_size, newest=latest,
+                batch = assembler.batch(self.options.batch or self.batch_size, newest=latest,
                                         max_age_s=max_age, now=time.time())
                 self.changed.notify_all()  # room in the buffer
                 return batch, assembler.take_gaps()
