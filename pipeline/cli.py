@@ -58,9 +58,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     """``score``: every input scored on its own; each failure printed, exit 2 if any."""
     from pipeline.sources.camera import Reconnect
     from pipeline.sources.resolve import SourceOptions
+    from pipeline.stream.live import LiveOptions
 
     options = SourceOptions(args.max_frames, reconnect=Reconnect(connect_timeout_s=args.connect_timeout))
-    return _run_scoring(args, options)
+    return _run_scoring(args, options, LiveOptions(policy="every"))  # a camera under score: every frame it sends
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
@@ -70,9 +71,6 @@ def _cmd_live(args: argparse.Namespace) -> int:
     from pipeline.store.rotation import ROTATIONS
     from pipeline.stream.live import LiveOptions
 
-    if args.resume:
-        raise AnomstreamError("--resume: a live stream cannot continue a store (the frames in between are gone); "
-                              "write a new --out, or --rotate hour|day for one store per period")
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
                           connect_timeout_s=args.connect_timeout)
     options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
@@ -101,7 +99,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     for rejection in report.failed:
         print(f"error: {rejection.reason}", file=sys.stderr)
     for stream_id, stream in report.streams.items():
-        if live is not None and stream.accounting:
+        if args.command == "live" and stream.accounting:
             print(_live_summary(stream_id, stream.accounting))
         for message in stream.warnings:
             print(f"warning: {stream_id}: {message}", file=sys.stderr)
@@ -302,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "a store's bytes, scores and status are always kept")
     live.add_argument("--rotate", choices=["hour", "day"],
                       help="one store per hour or day of capture time (UTC): OUT-YYYYmmddTHH.zarr / OUT-YYYYmmdd.zarr")
-    live.add_argument("--view", type=_at_least(0), metavar="PORT",
+    live.add_argument("--view", type=_at_least(1), metavar="PORT",
                       help="serve a live view (latest frame with its map, score trace, fps, latency) on this port")
     live.add_argument("--view-host", default="127.0.0.1", metavar="HOST",
                       help="address the view listens on (default 127.0.0.1: this machine only; 0.0.0.0: everywhere)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -195,9 +196,16 @@ def test_sigterm_while_starting_stops_cleanly_and_leaves_a_readable_store(vtest,
         assert f"warning: {key}: {camera.url}: no frame received before the run stopped" in stderr
 
 
-def test_live_refuses_resume_and_redacts_secrets(ray_session, shipped_checkpoint, tmp_path, capsys):
-    assert main(["live", "camera:0", "--out", str(tmp_path / "r.zarr"), "--resume"]) == 2
-    assert capsys.readouterr().err.startswith("error: --resume: a live stream cannot continue a store")
+def test_live_refuses_resume_and_a_taken_view_port_and_redacts_secrets(ray_session, shipped_checkpoint, tmp_path,
+                                                                         capsys):
+    for command in ("live", "score"):  # a camera under score is live too
+        assert main([command, "rtsp://127.0.0.1:9/cam", "--out", str(tmp_path / "r.zarr"), "--resume"]) == 2
+        assert capsys.readouterr().err.startswith("error: --resume: a live stream cannot continue a store")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["live", "rtsp://127.0.0.1:9/cam", "--out", str(tmp_path / "v.zarr"), "--view", str(port)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --view: cannot serve on 127.0.0.1:{port} (")
+    assert not (tmp_path / "v.zarr").exists()
     url = "http://admin:pw123@127.0.0.1:9/x?token=s3cret"
     code = main(["live", url, "--out", str(tmp_path / "s.zarr"), "--reconnect-attempts", "0",
                  "--checkpoint", str(shipped_checkpoint), "--quiet"])

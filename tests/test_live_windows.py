@@ -1,6 +1,5 @@
 """Live window step and driver choices without Ray: gaps, frozen feeds, dropped windows, policies."""
 
-import threading
 import time
 from collections import deque
 
@@ -89,6 +88,10 @@ def test_frozen_feed_is_not_scored_and_becomes_a_gap():
         assembler.push(_frame(i, value=39))
     assembler.end(now=60.0)  # still frozen when the stream ends
     assert assembler.take_gaps() == (Gap(39.0, 60.0, "frozen"),)
+    for i in range(50, 60):
+        assembler.push(_frame(i, value=49))
+    assembler.note_gap(Gap(59.5, 70.0, "disconnect"))  # a disconnect ends the frozen stretch where it starts
+    assert assembler.take_gaps() == (Gap(50.0, 59.5, "frozen"), Gap(59.5, 70.0, "disconnect"))
 
 
 class _PacedSource(Source):
@@ -135,6 +138,16 @@ def test_live_every_policy_delivers_every_frame_in_order_with_bounded_buffer():
     assert gaps == [Gap(9.0, 10.0, "stall")]
     status = np.concatenate([b.status for b in batches])
     assert (status == S.DROPPED_BEHIND).sum() == 0 and (status[10:12] == S.SOURCE_GAP).all()
+
+
+def test_max_latency_drops_under_latest_only():
+    """Frames captured long ago (t = 0.0 .. 29.0 s since the epoch): ``latest`` drops them all,
+    ``every`` drops none whatever --max-latency-ms says."""
+    for policy, dropped in (("every", 0), ("latest", 26)):
+        live = LiveWindows(_PacedSource(30, 0.0), 3, 4, 8, 1, LiveOptions(policy=policy, max_latency_ms=100, batch=4))
+        batches, _, _ = _drain(live)
+        status = np.concatenate([b.status for b in batches])
+        assert (status == S.DROPPED_BEHIND).sum() == dropped, policy
 
 
 def test_live_request_returns_what_is_ready_without_waiting_for_a_full_batch():
@@ -186,12 +199,6 @@ def test_replica_pool_and_stream_choices():
     every.to_write = {1: (4, "b", "scored"), 0: (2, "a", "unscored"), 3: (1, "d", "scored")}
     assert every.take_writable() == [(0, 2, "a", "unscored"), (2, 4, "b", "scored")]
     assert every.next_sequence == 2 and every.next_row == 6 and list(every.to_write) == [3]
-
-
-def test_live_reader_thread_is_a_daemon():
-    live = LiveWindows(_PacedSource(3, 0.0), 2, 4, 8, 1, LiveOptions())
-    assert live.thread.daemon and isinstance(live.thread, threading.Thread)
-    _drain(live)
 
 
 def test_any_mix_of_requests_gaps_and_drops_scores_only_whole_contiguous_windows():

@@ -154,3 +154,10 @@ def test_line_scan_recording_becomes_overlapping_tiles(ped2, tmp_path):
         open_sources(f"linescan:{folder}?stride=4")
     with pytest.raises(SourceError, match=r"line-scan stride must be in 1..tile \(8\), got 9"):
         open_sources(f"linescan:{folder}?tile=8&stride=9")
+
+
+def test_camera_secrets_and_bad_ports_stay_out_of_names_and_messages():
+    camera = CameraSource("rtsp://admin:pw@cam:554/live;token=abc?key=s3cret")
+    assert camera.describe() == "rtsp://admin:***@cam:554/live;***?***" and camera.stream_id == "rtsp_cam_554_live"
+    with pytest.raises(SourceError, match=r"^http://u:\*\*\*@cam:80a/: not a valid address \(port\)$"):
+        CameraSource("http://u:pw@cam:80a/")

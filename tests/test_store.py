@@ -134,3 +134,51 @@ def test_rotated_live_store_splits_rows_by_capture_period(tmp_path):
     assert [g.attrs["frame_counts"]["scored"] for g in groups] == [9, 10, 10, 5]
     assert groups[-1].attrs["gaps"] == [{"start": 1033.5, "end": 1034.0, "kind": "stall"}]
     assert groups[0].attrs["gaps"] == []
+
+
+def test_rotation_files_each_streams_rows_by_its_own_capture_time(tmp_path):
+    """Two streams, one lagging: the lagging stream's rows of the first period still go to the first
+    store after the other stream moved on; a period store whose name is taken gets a suffix."""
+    from pipeline.store.rotation import RotatingStore, period_path
+
+    path = tmp_path / "live.zarr"
+    taken = period_path(path, 10, 1010)
+    taken.mkdir()
+    (taken / "other run").write_text("x")
+    store = RotatingStore(path, {"model": "m"}, "create", period_s=10, now=1000.0)
+    for stream_id in ("fast", "slow"):
+        store.open_stream(stream_id, ARRAYS, 8, None, {"source": stream_id, "live": True})
+
+    def rows(start, times):
+        batch = _batch(start, len(times))
+        batch["timestamp"], batch["status"] = np.array(times, float), np.zeros(len(times), np.uint8)
+        return batch
+
+    store.write("fast", 0, rows(0, [1008.0, 1009.0, 1011.0, 1012.0]))  # crosses into the second period
+    store.write("slow", 0, rows(0, [1007.0, 1008.5, 1009.5]))  # late, still the first period
+    store.write("slow", 3, rows(3, [1010.5]))
+    for stream_id in ("fast", "slow"):
+        store.close_stream(stream_id, stopped=True)
+    first, second = open_results(period_path(path, 10, 1000)), open_results(taken.with_name("live-19700101T001650-1.zarr"))
+    np.testing.assert_array_equal(first["slow"]["timestamp"][:], [1007.0, 1008.5, 1009.5])
+    np.testing.assert_array_equal(second["slow"]["timestamp"][:], [1010.5])
+    np.testing.assert_array_equal(first["fast"]["frame_index"][:], [0, 1])
+    np.testing.assert_array_equal(second["fast"]["frame_index"][:], [2, 3])
+    assert first["slow"].attrs["continues_in"] == "live-19700101T001650-1.zarr" and (taken / "other run").exists()
+
+
+def test_resumed_stream_counts_the_rows_already_on_disk(tmp_path):
+    path = tmp_path / "c.zarr"
+    store = ResultStore(path, {"model": "m"})
+    store.open_stream("v", ARRAYS, 8, 24, {"source": "v"})
+    first = _batch(0, 8)
+    first["status"] = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.uint8)
+    store.write("v", 0, first)  # then the run dies
+    resumed = ResultStore(path, {"model": "m"}, mode="resume")
+    resumed.open_stream("v", ARRAYS, 8, 24, {"source": "v"})
+    more = _batch(8, 8)
+    more["status"] = np.zeros(8, np.uint8)
+    resumed.write("v", 8, more)
+    resumed.close_stream("v")
+    assert open_results(path)["v"].attrs["frame_counts"]["scored"] == 12
+    assert open_results(path)["v"].attrs["frame_counts"]["warmup"] == 4

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.store import ArraySpec, ResultStore, StoredStream
+from pipeline.store import ArraySpec, ResultStore, StoredStream, StreamAccounting
 from pipeline.store.rotation import RotatingStore
 from pipeline.stream.scorer import unscored_rows
 from pipeline.stream.windows import WindowBatch
@@ -59,7 +59,9 @@ class WriterActor:
     def view_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per stream (open or closed in this run): its accounting attrs, the view's summary (trace,
         fps, shown frame's time and score) and the shown frame as JPEG bytes (``jpeg``, or None)."""
-        return {stream_id: {**self.store.accounting[stream_id].attrs(), **view.summary(), "jpeg": view.jpeg()}
+        accounting = self.store.accounting
+        return {stream_id: {**accounting.get(stream_id, StreamAccounting(live=True)).attrs(), **view.summary(),
+                            "jpeg": view.jpeg()}
                 for stream_id, view in (self.views or {}).items()}
 
     def accounting(self) -> dict[str, dict[str, Any]]:

@@ -26,12 +26,12 @@ from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
+from pipeline.errors import AnomstreamError
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
 from pipeline.store import check_target, result_arrays, stream_key
-from pipeline.store.rotation import period_path
 from pipeline.stream.live import LiveOptions
-from pipeline.view.server import LiveView
+from pipeline.view.server import LiveView, check_port
 from workers.decoder import DecodeActor
 from workers.replica import ReplicaActor
 from workers.writer import WriterActor
@@ -124,8 +124,14 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         "term_weights": model.term_weights, "window_length": model.window_length,
         "anomstream_version": pipeline.__version__,
     }
-    check_target(period_path(Path(out), rotate_s, time.time()) if rotate_s else Path(out), mode)  # before Ray starts
     live_sources = sum(source.is_live for source in inputs.sources)  # each read all along by a decoder of its own
+    if live_sources and mode == "resume":
+        raise AnomstreamError("--resume: a live stream cannot continue a store (the frames in between are gone); "
+                              "write a new --out, or --rotate hour|day for one store per period")
+    if not rotate_s:
+        check_target(Path(out), mode)  # before Ray starts (a rotating store takes a free name of its own)
+    if view is not None:
+        check_port(*view)
     stop = threading.Event()
     with _stop_on_signals(stop, enabled=live_sources > 0) as install:
         ensure_ray(address)

@@ -23,7 +23,8 @@ def redact_url(address: str) -> str:
     if "@" in netloc:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"{user}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+    path = parts.path.split(";", 1)[0] + ";***" if ";" in parts.path else parts.path  # ;token=... path parameters
+    return urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "", ""))
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,11 @@ class CameraSource(Source):
         self.address = address  # what is opened; ``describe()`` (names, messages, the store) has no secrets
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
         parts = urlsplit(address)
-        port = f"_{parts.port}" if parts.port else ""
-        named = f"{parts.scheme}_{parts.hostname}{port}{parts.path}" if parts.netloc else address
+        try:
+            port = f"_{parts.port}" if parts.port else ""
+        except ValueError:
+            raise SourceError(f"{redact_url(address)}: not a valid address (port)") from None
+        named = f"{parts.scheme}_{parts.hostname}{port}{parts.path.split(';', 1)[0]}" if parts.netloc else address
         readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", named.split("?", 1)[0]).strip("_")  # no user, password, token
         self.stream_id = stream_id or readable or "camera"
         self.max_frames = max_frames

@@ -54,6 +54,8 @@ class _Clock:
                 with self.changed:
                     self.jpeg, self.sequence = jpeg, self.sequence + 1
                     self.changed.notify_all()
+            else:
+                time.sleep(1 / self.fps)  # stalled: nothing to send
             time.sleep(max(0.0, started + (self.sequence + 1) / self.fps - time.monotonic()))
 
     def connect(self) -> int:

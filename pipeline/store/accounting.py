@@ -38,10 +38,11 @@ class StreamAccounting:
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.gaps: list[dict[str, Any]] = []
 
-    def rows_written(self, status: np.ndarray, timestamp: np.ndarray, written_at: float) -> None:
-        """``status`` uint8 (n,), ``timestamp`` float64 (n,) seconds, ``written_at``: time.time()."""
+    def rows_written(self, status: np.ndarray, timestamp: np.ndarray, written_at: float, latency: bool = True) -> None:
+        """``status`` uint8 (n,), ``timestamp`` float64 (n,) seconds, ``written_at``: time.time();
+        ``latency``: False for rows counted again (a resumed stream's rows on disk)."""
         self.counts += np.bincount(status[status < len(FrameStatus)], minlength=len(FrameStatus))
-        if self.live:
+        if self.live and latency:
             scored = status == FrameStatus.SCORED
             self.latency_ms.extend(((written_at - timestamp[scored]) * 1000.0).tolist())
 

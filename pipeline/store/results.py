@@ -131,7 +131,11 @@ class ResultStore:
         self.streams[stream_id] = group
         self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
         self.chunk[stream_id] = chunk
-        self.accounting[stream_id] = StreamAccounting(live=bool(attrs.get("live")))
+        self.accounting[stream_id] = accounting = StreamAccounting(live=bool(attrs.get("live")))
+        written = int(group.attrs.get("written", 0))
+        if written and "status" in group:  # a resumed stream: what is on disk counts already
+            accounting.rows_written(group["status"][:written], np.zeros(0), 0.0, latency=False)
+            accounting.add_gaps(list(group.attrs.get("gaps", [])))
         self.maps_every[stream_id] = int(group.attrs.get("maps_every", 1))
         self._attrs_refreshed[stream_id] = time.monotonic()
 

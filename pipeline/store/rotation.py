@@ -2,9 +2,12 @@
 moved, archived or deleted whole while the run goes on.
 
 ``live.zarr`` rotated by the hour is written as ``live-20261130T09.zarr``, ``live-20261130T10.zarr``,
-... (UTC, by the capture time of each row). Every period's store holds the rows of every stream
-captured in it; ``frame_index`` keeps counting across periods, rows start at 0 in each store. When
-a period ends its streams are closed there (complete, attr ``continues_in``: the next store's name).
+... (UTC, by the capture time of each row; a name already taken gets ``-1``, ``-2``, ...: a
+rotation never appends to another run's store). Each stream's rows go to the store of the period
+they were captured in, so a stream that lags behind another still files its rows right;
+``frame_index`` keeps counting across periods, rows start at 0 in each store. When a stream's
+rows pass into the next period its group in the old store is closed (complete, attr
+``continues_in``: the next store's name). Accounting (counts, latency, gaps) is per store.
 """
 
 from __future__ import annotations
@@ -37,45 +40,55 @@ class RotatingStore:
     def __init__(self, path: str | Path, run_attrs: dict[str, Any], mode: str, period_s: float,
                  now: float | None = None) -> None:
         """Opens the store of the period ``now`` (default: the current time) falls in, so that a
-        store that cannot be created is refused at once (StoreError); later periods' stores are
-        continued if they exist (``resume``), unless ``mode`` is ``overwrite``."""
-        self.path, self.run_attrs, self.period_s = Path(path), run_attrs, period_s
-        self.period = -np.inf
+        store that cannot be created is refused at once (StoreError)."""
+        self.path, self.run_attrs, self.mode, self.period_s = Path(path), run_attrs, mode, period_s
         self.inputs: tuple[list[str], list[str]] = ([], [])
+        self.stores: dict[float, ResultStore] = {}  # period start -> its store, while a stream writes there
         self.streams: dict[str, tuple[dict[str, ArraySpec], int, dict[str, Any]]] = {}  # how each stream opens
         self.rows: dict[str, int] = {}  # stream -> the run's next row
-        self.offsets: dict[str, int] = {}  # stream -> the run's row that is row 0 of this period's store
+        self.where: dict[str, tuple[float, int]] = {}  # open stream -> (period, the run's row that is its row 0)
         self.closed: dict[str, StreamAccounting] = {}  # accounting of streams closed for good
-        self.mode = mode
-        self.store = self._store_at(time.time() if now is None else now)
-        self.mode = "overwrite" if mode == "overwrite" else "resume"
+        self.first = self._period(time.time() if now is None else now)
+        self._store(self.first)
 
-    def _store_at(self, timestamp: float) -> ResultStore:
-        period = float(np.floor(timestamp / self.period_s) * self.period_s)
-        if period <= self.period:
-            return self.store
-        following = period_path(self.path, self.period_s, period)
-        if self.period > -np.inf:
-            for stream_id in list(self.offsets):
-                self.store.close_stream(stream_id)
-                self.store.streams[stream_id].attrs["continues_in"] = following.name
-        store = ResultStore(following, self.run_attrs, self.mode)
-        store.note_inputs(*self.inputs)
-        self.store, self.period, self.offsets = store, period, {}
+    def _period(self, timestamp: float) -> float:
+        return float(np.floor(timestamp / self.period_s) * self.period_s)
+
+    def _store(self, period: float) -> ResultStore:
+        if period not in self.stores:
+            base = path = period_path(self.path, self.period_s, period)
+            taken = 0
+            while self.mode == "create" and path.exists():
+                taken += 1
+                path = base.with_name(f"{base.stem}-{taken}{base.suffix}")
+            self.stores[period] = store = ResultStore(path, self.run_attrs, self.mode)
+            store.note_inputs(*self.inputs)
+        return self.stores[period]
+
+    def _open(self, stream_id: str, period: float) -> ResultStore:
+        """The store of ``period`` with the stream open in it (closed in the store it leaves)."""
+        if stream_id in self.where and self.where[stream_id][0] >= period:
+            return self.stores[self.where[stream_id][0]]
+        store = self._store(period)
+        if stream_id in self.where:
+            left = self.stores[self.where[stream_id][0]]
+            left.close_stream(stream_id)
+            left.streams[stream_id].attrs["continues_in"] = store.path.name
+            self._forget(stream_id)
+        arrays, chunk, attrs = self.streams[stream_id]
+        store.open_stream(stream_id, arrays, chunk, None, attrs)
+        self.where[stream_id] = (period, self.rows.get(stream_id, 0))
         return store
 
-    def _open(self, stream_id: str, timestamp: float) -> ResultStore:
-        """The store of ``timestamp``'s period, with the stream open in it."""
-        store = self._store_at(timestamp)
-        if stream_id not in self.offsets:
-            arrays, chunk, attrs = self.streams[stream_id]
-            store.open_stream(stream_id, arrays, chunk, None, attrs)
-            self.offsets[stream_id] = self.rows.get(stream_id, 0) - store.written(stream_id)
-        return store
+    def _forget(self, stream_id: str) -> None:
+        period, _ = self.where.pop(stream_id)
+        if period != self.first and all(p != period for p, _ in self.where.values()):
+            del self.stores[period]  # every stream has moved on: nothing more goes there
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.inputs = (failed, left_out)
-        self.store.note_inputs(failed, left_out)
+        for store in self.stores.values():
+            store.note_inputs(failed, left_out)
 
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         return None  # a rotated live stream starts afresh in whichever store its rows land
@@ -83,6 +96,7 @@ class RotatingStore:
     def open_stream(self, stream_id: str, arrays: dict[str, ArraySpec], chunk: int,
                     frame_count: int | None, attrs: dict[str, Any]) -> None:
         self.streams[stream_id] = (arrays, chunk, attrs)
+        self._open(stream_id, self.first)
 
     def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Rows [start, start + n) of the run, split at period boundaries by capture time."""
@@ -91,23 +105,23 @@ class RotatingStore:
         cuts = [0, *(np.flatnonzero(np.diff(periods)) + 1).tolist(), len(timestamp)]
         for begin, end in zip(cuts, cuts[1:]):
             self.rows.setdefault(stream_id, start + begin)
-            store = self._open(stream_id, float(timestamp[begin]))
+            store = self._open(stream_id, self._period(float(timestamp[begin])))
             part = {name: data[begin:end] for name, data in values.items()}
-            store.write(stream_id, start + begin - self.offsets[stream_id], part)
+            store.write(stream_id, start + begin - self.where[stream_id][1], part)
             self.rows[stream_id] = start + end
 
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
-        """Noted in the store of the period the last gap ended in."""
-        self._open(stream_id, max(gap["end"] for gap in gaps)).add_gaps(stream_id, gaps)
+        """Noted where the stream's rows are now (a gap belongs with the rows before and after it)."""
+        self.stores[self.where[stream_id][0]].add_gaps(stream_id, gaps)
 
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
-        store = self.store if stream_id in self.offsets else self._open(stream_id, self.period)
+        store = self.stores[self.where[stream_id][0]]
         store.close_stream(stream_id, error, warnings, stopped)
         self.closed[stream_id] = store.accounting[stream_id]
-        del self.offsets[stream_id]
+        self._forget(stream_id)
 
     @property
     def accounting(self) -> dict[str, StreamAccounting]:
-        """Each stream's accounting in this period's store (else where it was closed)."""
-        return {**self.closed, **{s: self.store.accounting[s] for s in self.offsets}}
+        """Each stream's accounting in the store it writes to now (else where it was closed)."""
+        return {**self.closed, **{s: self.stores[p].accounting[s] for s, (p, _) in self.where.items()}}

@@ -73,12 +73,12 @@ class LiveWindows:
                 with self.changed:
                     if self.policy == "every":
                         self.changed.wait_for(lambda: len(self.assembler.pending) < self.buffer_frames or self.stopping)
+                    if isinstance(item, Gap):  # noted even when stopping: the gap is over
+                        self.assembler.note_gap(item)
+                    elif not self.stopping:
+                        self.assembler.push(item)
                     if self.stopping:
                         break
-                    if isinstance(item, Gap):
-                        self.assembler.note_gap(item)
-                    else:
-                        self.assembler.push(item)
                     self.changed.notify_all()
         except SourceError as failure:
             error = str(failure)
@@ -97,8 +97,8 @@ class LiveWindows:
             self.changed.wait_for(lambda: assembler.pending or assembler.gaps or self.done or self.stopping,
                                   timeout=self.options.idle_wait_s)
             if assembler.pending:
-                max_age = None if self.options.max_latency_ms is None else self.options.max_latency_ms / 1000
                 latest = self.policy == "latest"
+                max_age = self.options.max_latency_ms / 1000 if latest and self.options.max_latency_ms else None
                 batch = assembler.batch(self.options.batch or self.batch_size, newest=latest,
                                         max_age_s=max_age, now=time.time())
                 self.changed.notify_all()  # room in the buffer

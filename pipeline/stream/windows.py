@@ -121,7 +121,11 @@ class WindowAssembler:
         self.count += 1
 
     def note_gap(self, gap: Gap) -> None:
-        """Frames were missing before the next frame: no window spans the gap."""
+        """Frames were missing before the next frame: no window spans the gap (a frozen stretch
+        going on ends where the gap starts)."""
+        if self._frozen:
+            self.gaps.append(Gap(self._same_since, gap.start, "frozen"))
+            self._frozen = False
         self._run, self._after_gap = 0, True
         self._last = None
         self.gaps.append(gap)

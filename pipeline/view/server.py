@@ -21,6 +21,15 @@ PAGE = Path(__file__).with_name("page.html")
 SNAPSHOT_MAX_AGE_S = 0.25  # requests within this share one round trip to the writer
 
 
+def check_port(host: str, port: int) -> None:
+    """Raises AnomstreamError (one line, naming the address) when nothing can listen on ``host:port``."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise AnomstreamError(f"--view: cannot serve on {host}:{port} ({error.strerror or error})") from None
+
+
 class LiveView:
     """Serves ``snapshot()`` (stream id -> the writer's view snapshot) on ``host:port`` from a daemon
     thread. Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
@@ -28,11 +37,7 @@ class LiveView:
     def __init__(self, snapshot: Callable[[], dict[str, dict[str, Any]]], host: str, port: int) -> None:
         import uvicorn
 
-        try:
-            with socket.create_server((host, port)):  # uvicorn would log a traceback-like report instead
-                pass
-        except OSError as error:
-            raise AnomstreamError(f"--view: cannot serve on {host}:{port} ({error.strerror or error})") from None
+        check_port(host, port)  # uvicorn would log a traceback-like report instead
 
         self._snapshot, self._cached, self._cached_at = snapshot, {}, 0.0
         self._lock = threading.Lock()
