@@ -19,7 +19,7 @@ from models.vector_quantizer import VectorQuantizer
 from pipeline.checkpoint import load_model
 from pipeline.sources.resolve import open_sources
 from pipeline.stream.preprocess import prepare_frame
-from pipeline.training.loop import WindowDataset
+from pipeline.training.data import WindowDataset
 
 
 def main() -> None:

@@ -19,12 +19,8 @@ import torch
 from models.base import AnomalyModel
 from models.registry import build_model
 from pipeline.config import load_config
-from pipeline.training.loop import (
-    WindowDataset,
-    gradient_step,
-    load_clips,
-    precision_context,
-)
+from pipeline.training.data import WindowDataset, load_clips
+from pipeline.training.loop import gradient_step, precision_context
 
 PRECISIONS = ("fp32", "bf16")
 

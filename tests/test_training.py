@@ -9,13 +9,9 @@ from models.registry import build_model
 from pipeline.checkpoint import load_model, read_checkpoint
 from pipeline.cli import main
 from pipeline.config import parse_config
-from pipeline.training.loop import (
-    WindowDataset,
-    gradient_step,
-    learning_rate_factor,
-    load_clips,
-    phase_start_steps,
-)
+from pipeline.training.data import WindowDataset, load_clips
+from pipeline.training.loop import gradient_step
+from pipeline.training.schedule import learning_rate_factor, phase_start_steps
 
 TINY_MODEL = {"name": "dmad", "image_size": 32, "channels": 1, "widths": [4, 8, 8, 16], "memory_size": 16,
               "skip_channels": 4, "offset_width": 4}

@@ -153,21 +153,11 @@ class WindowAssembler:
         if not self.pending:
             return None
         take = self.pending if newest or limit is None else self.pending[:limit]
-        status = np.array([p[3] for p in take], dtype=np.uint8)
-        scored = status == FrameStatus.SCORED
         timestamp = np.array([p[2] for p in take], dtype=np.float64)
-        drop = np.zeros_like(scored)
-        if newest and limit is not None:
-            drop[:max(0, len(take) - limit)] = True
-        if max_age_s is not None:
-            drop |= timestamp < (now if now is not None else 0.0) - max_age_s
-        status[scored & drop] = FrameStatus.DROPPED_BEHIND
+        status, dropped = self._drop(take, timestamp, limit if newest else None, max_age_s, now)
         images = self.history + [p[0] for p in take]
         first = len(self.history)  # position of the first target in ``images``
-        keep_from = 0
-        if drop.any():  # images of dropped frames travel only as context of a scored one
-            still = np.flatnonzero(status == FrameStatus.SCORED)
-            keep_from = first + still[0] - (self.window_length - 1) if len(still) else len(images)
+        keep_from = self._first_image_needed(status, first, len(images)) if dropped else 0
         kept = images[keep_from:]
         batch = WindowBatch(
             stream_id=self.stream_id, sequence=self.sequence, start=take[0][1],
@@ -180,6 +170,27 @@ class WindowAssembler:
         self.pending = self.pending[len(take):]
         self.sequence += 1
         return batch
+
+    @staticmethod
+    def _drop(take: list, timestamp: np.ndarray, keep_newest: int | None, max_age_s: float | None,
+              now: float | None) -> tuple[np.ndarray, bool]:
+        """The targets' statuses with the SCORED ones not among the newest ``keep_newest`` or older
+        than ``max_age_s`` made DROPPED_BEHIND; whether any was."""
+        status = np.array([p[3] for p in take], dtype=np.uint8)
+        drop = np.zeros(len(take), bool)
+        if keep_newest is not None:
+            drop[:max(0, len(take) - keep_newest)] = True
+        if max_age_s is not None:
+            drop |= timestamp < (now if now is not None else 0.0) - max_age_s
+        drop &= status == FrameStatus.SCORED
+        status[drop] = FrameStatus.DROPPED_BEHIND
+        return status, bool(drop.any())
+
+    def _first_image_needed(self, status: np.ndarray, first: int, count: int) -> int:
+        """After drops: the first of ``count`` images (targets from position ``first``) that a
+        scored target's window needs; images of dropped frames travel only as such context."""
+        still = np.flatnonzero(status == FrameStatus.SCORED)
+        return first + int(still[0]) - (self.window_length - 1) if len(still) else count
 
     def end(self, now: float) -> None:
         """The stream ends at ``now``: a frozen stretch still going on is noted as a gap up to then."""

@@ -1,5 +1,5 @@
-"""One training loop for every model: AdamW + cosine schedule (optional linear warm-up and gradient-norm
-clipping), a checkpoint per epoch, resume.
+"""One training loop for every model: AdamW + the schedule of :mod:`.schedule` (optional linear
+warm-up, gradient-norm clipping), a checkpoint per epoch, resume; data from :mod:`.data`.
 
 Model selection never looks at test labels: the checkpoint shipped is the last epoch's.
 """
@@ -7,10 +7,8 @@ Model selection never looks at test labels: the checkpoint shipped is the last e
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,40 +21,8 @@ from models.registry import build_model
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
 from pipeline.errors import ConfigError
-from pipeline.sources.resolve import open_sources
-from pipeline.stream.preprocess import prepare_frame
-from pipeline.training.anomalies import labelled_examples
-
-
-def load_clips(spec: str | list[str], size: int, channels: int, progress: bool = True,
-               still_images: bool = False) -> list[np.ndarray]:
-    """Every stream of ``spec`` decoded and prepared: one uint8 (N, C, size, size) array each
-    (a labelled dataset spec gives its train split)."""
-    clips = []
-    specs = [spec] if isinstance(spec, str) else spec
-    sources = [s for one in specs for s in open_sources(one, still_images=still_images, dataset_split="train")]
-    for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress):
-        frames = [prepare_frame(frame.image, size, channels) for frame in source.frames()]
-        clips.append(np.stack(frames))
-    return clips
-
-
-class WindowDataset(Dataset):
-    """All windows of ``length`` consecutive frames inside each clip (never across clips)."""
-
-    def __init__(self, clips: list[np.ndarray], length: int) -> None:
-        self.clips = clips
-        self.length = length
-        self.index = [(c, s) for c, clip in enumerate(clips) for s in range(len(clip) - length + 1)]
-        if not self.index:
-            raise ConfigError(f"training data has no clip with {length} frames")
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, item: int) -> torch.Tensor:
-        clip, start = self.index[item]
-        return torch.from_numpy(self.clips[clip][start:start + self.length])
+from pipeline.training.data import WindowDataset, draw_anomalies, labelled_anomalies, load_clips, median_sample
+from pipeline.training.schedule import learning_rate_factor, phase_start_steps
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -64,12 +30,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def _median_sample(clips: list[np.ndarray], limit: int = 512) -> torch.Tensor:
-    frames = np.concatenate(clips)
-    step = max(1, len(frames) // limit)
-    return torch.from_numpy(frames[::step])
 
 
 def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -84,7 +44,7 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     clips = load_clips(settings.data, model.image_size, model.channels, progress, still_images=model.window_length == 1)
     dataset = WindowDataset(clips, model.window_length)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator)
-    anomalies = _labelled_anomalies(model, settings)
+    anomalies = labelled_anomalies(model, settings)
     output = Path(settings.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if model.trains_by_gradient:
@@ -98,24 +58,6 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     save_checkpoint(final_path, model, {"epoch": settings.epochs if model.trains_by_gradient else 0,
                                         "config": config.to_dict()})
     return final_path
-
-
-def _labelled_anomalies(model: AnomalyModel, settings) -> LabelledAnomalies | None:
-    if settings.anomalies is None:
-        return None
-    if not model.learns_from_anomalies:
-        raise ConfigError(f"train.anomalies: model {model.name!r} trains on normal images only")
-    specs = [settings.anomalies] if isinstance(settings.anomalies, str) else settings.anomalies
-    examples = labelled_examples(specs, model.image_size, model.channels)
-    return LabelledAnomalies(torch.from_numpy(examples.images), torch.from_numpy(examples.masks),
-                             torch.from_numpy(examples.has_mask))
-
-
-def _draw(anomalies: LabelledAnomalies | None, count: int, generator: torch.Generator) -> LabelledAnomalies | None:
-    if anomalies is None:
-        return None
-    chosen = torch.randint(len(anomalies.images), (count,), generator=generator)
-    return LabelledAnomalies(anomalies.images[chosen], anomalies.masks[chosen], anomalies.has_mask[chosen])
 
 
 def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:
@@ -132,7 +74,7 @@ def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:
     else:
         if (earlier := model.builds_on()) is not None:
             model.start_from(read_checkpoint(earlier, expected_model=model.name))
-        model.initialise_from_frames(_median_sample(clips))
+        model.initialise_from_frames(median_sample(clips))
 
 
 def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, progress: bool) -> None:
@@ -160,26 +102,6 @@ def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.o
         torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], gradient_clip)
     optimizer.step()
     return terms
-
-
-def learning_rate_factor(step: int, total_steps: int, warmup_steps: int = 0, phase_starts: Sequence[int] = ()) -> float:
-    """The multiple of the base learning rate at ``step``: linear warm-up over ``warmup_steps``, then one cosine
-    down to 0 at ``total_steps`` (closed form, so a run resumed with another epoch count follows the new end).
-    With ``phase_starts`` (steps where a model starts training other parts) each phase gets its own warm-up and
-    cosine."""
-    start = max((s for s in phase_starts if s <= step), default=0)
-    end = min((s for s in phase_starts if s > step), default=total_steps)
-    step, total_steps, warmup_steps = step - start, end - start, min(warmup_steps, end - start)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-    return (1 + math.cos(math.pi * progress)) / 2
-
-
-def phase_start_steps(shares: Sequence[float], total_steps: int) -> list[int]:
-    """The first step of each phase that begins at a share of training (``AnomalyModel.training_phases``), by
-    the comparison the model makes: step / total_steps >= share."""
-    return [next(step for step in range(total_steps + 1) if step / max(total_steps, 1) >= share) for share in shares]
 
 
 def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
@@ -214,7 +136,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         learning_rate = optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
-            drawn = _draw(anomalies, settings.anomalies_per_batch, generator)
+            drawn = draw_anomalies(anomalies, settings.anomalies_per_batch, generator)
             terms = gradient_step(model, windows, optimizer, settings.precision, drawn, settings.gradient_clip)
             scheduler.step()
             model.after_optimizer_step(scheduler.last_epoch / total_steps)
