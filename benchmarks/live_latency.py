@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pipeline.config import ScoreSection
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
 from pipeline.sources.camera import Reconnect
+from pipeline.sources.camera_server import spawn
 from pipeline.sources.resolve import SourceOptions
 from pipeline.store import FrameStatus, open_results
 from pipeline.stream.live import LiveOptions
@@ -33,14 +33,8 @@ from pipeline.stream.live import LiveOptions
 SETUPS = [(fps, streams, policy) for fps in (10, 25) for streams in (1, 2) for policy in ("every", "latest")]
 
 
-def _camera(video: Path, fps: float) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.sources.camera_server", str(video), "--fps", str(fps)],
-                               stdout=subprocess.PIPE, text=True)
-    return process, process.stdout.readline().split()[-1]
-
-
 def run_setup(video: Path, fps: float, streams: int, policy: str, duration: float, folder: Path) -> dict:
-    cameras = [_camera(video, fps) for _ in range(streams)]
+    cameras = [spawn(video, fps) for _ in range(streams)]
     out = folder / f"live_{fps}_{streams}_{policy}.zarr"
     try:
         report = score_sources([url for _, url in cameras], str(SHIPPED_CHECKPOINT), out, ScoreSection(), progress=False,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.config import ScoreSection
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
+from pipeline.sources.camera_server import spawn
 from pipeline.store import open_results
 from pipeline.stream.live import LiveOptions
 
@@ -34,18 +34,17 @@ def main() -> int:
     args = parser.parse_args()
     ensure_ray()
     folder = Path(tempfile.mkdtemp(prefix="live_bytes_"))
-    camera = subprocess.Popen([sys.executable, "-m", "pipeline.sources.camera_server", str(args.video), "--fps",
-                               str(args.fps)], stdout=subprocess.PIPE, text=True)
-    url = camera.stdout.readline().split()[-1]
+    camera, url = spawn(args.video, args.fps)
     try:
         for keep in args.keep:
             out = folder / f"keep{keep}.zarr"
             score_sources([url], str(SHIPPED_CHECKPOINT), out, ScoreSection(), progress=False,
                           live=LiveOptions(policy="every", maps_every=keep), duration_s=args.duration)
-            (key,) = open_results(out).group_keys()
+            root = open_results(out)
+            (key,) = root.group_keys()
             group = out / key
-            rows = open_results(out)[key].attrs["written"]
-            span = float(open_results(out)[key]["timestamp"][-1] - open_results(out)[key]["timestamp"][0])
+            rows = root[key].attrs["written"]
+            span = float(root[key]["timestamp"][-1] - root[key]["timestamp"][0])
             per_hour = 3600.0 / span
             maps, total = _bytes(group / "map"), _bytes(group)
             print(f"keep-maps {keep:>2}: {rows} frames in {span:.0f} s  maps {maps * per_hour / 2**20:8.1f} MiB/h  "

@@ -7,9 +7,10 @@ import http.server
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
+
+from pipeline.sources.camera_server import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,12 +45,8 @@ class LoopbackCamera:
         self.start()
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "pipeline.sources.camera_server", str(self.video), "--port", str(self.port),
-                   "--fps", str(self.fps), *self.options]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
-        line = self.process.stdout.readline()
-        assert line.startswith("serving http://127.0.0.1:"), line
-        self.port = int(line.rsplit(":", 1)[1].strip("/\n"))
+        self.process, url = spawn(self.video, self.fps, self.port, *self.options)
+        self.port = int(url.rsplit(":", 1)[1].strip("/"))
 
     @property
     def url(self) -> str:

@@ -62,8 +62,8 @@ def test_camera_restart_is_a_gap_and_the_other_stream_goes_on(ray_session, vtest
 
     def outage():
         _wait_for_rows(out, 20)
+        down.stop()  # SIGKILL, then waited for: no frame leaves the camera after this moment
         times["killed"] = time.time()
-        down.stop()
         time.sleep(3)
         down.start()
         times["back"] = time.time()

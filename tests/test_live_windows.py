@@ -180,7 +180,7 @@ def test_replica_pool_and_stream_choices():
     pool.release(1)
     assert pool.acquire() == 1
 
-    latest = StreamState(decoder=None, next_sequence=0, next_row=0, policy="latest", live=True)
+    latest = StreamState(decoder=None, next_sequence=0, next_row=0, policy="latest")
     every = StreamState(decoder=None, next_sequence=0, next_row=0)
     assert latest.wants_batch(waiting=10, capacity=4, replica_free=True)
     assert not latest.wants_batch(waiting=0, capacity=4, replica_free=False)  # decoded when a replica is free

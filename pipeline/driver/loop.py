@@ -130,8 +130,7 @@ class ScoringLoop:
             decoder.open.remote(source, self.model.window_length, self.settings.batch_size, self.model.image_size,
                                 self.model.channels, done, self.live if source.is_live else None)
             policy = self.live.policy_for(source) if source.is_live else "every"
-            self.streams[source.stream_id] = StreamState(decoder, done // self.settings.batch_size, done, policy,
-                                                         source.is_live)
+            self.streams[source.stream_id] = StreamState(decoder, done // self.settings.batch_size, done, policy)
 
     def _request_batches(self) -> None:
         latest = [s for s in self.streams.values() if s.policy == "latest"]

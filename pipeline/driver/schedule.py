@@ -59,7 +59,6 @@ class StreamState:
     next_sequence: int  # batches before it are in the store already (resume)
     next_row: int
     policy: Policy = "every"
-    live: bool = False
     decode_pending: bool = False
     last_request: int = 0  # when it last asked its decoder (the loop's request count): the longest waiting goes first
     stopping: bool = False  # asked to stop (live): what was read is still written

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 
@@ -92,6 +94,18 @@ def _handler(clock: _Clock) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def spawn(video: str | Path, fps: float, port: int = 0, *options: str) -> tuple[subprocess.Popen, str]:
+    """This server in a process of its own on 127.0.0.1 (``port`` 0: any free one), once it
+    listens: (the process, to stop by its PID; the camera's URL). ``options``: ``--stall-after S``..."""
+    command = [sys.executable, "-m", "pipeline.sources.camera_server", str(video), "--port", str(port), "--fps", str(fps)]
+    process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("serving http://127.0.0.1:"):
+        process.kill()
+        raise RuntimeError(f"loopback camera did not start: {line.strip() or 'no output'}")
+    return process, line.split()[-1]
 
 
 def main(argv: list[str] | None = None) -> int:

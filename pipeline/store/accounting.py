@@ -38,20 +38,19 @@ class StreamAccounting:
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.gaps: list[dict[str, Any]] = []
 
-    def rows_written(self, status: np.ndarray, timestamp: np.ndarray, written_at: float, latency: bool = True) -> None:
-        """``status`` uint8 (n,), ``timestamp`` float64 (n,) seconds, ``written_at``: time.time();
-        ``latency``: False for rows counted again (a resumed stream's rows on disk)."""
+    def count(self, status: np.ndarray) -> None:
+        """Rows on disk by status (uint8 (n,); 255, no row, is not counted)."""
         self.counts += np.bincount(status[status < len(FrameStatus)], minlength=len(FrameStatus))
-        if self.live and latency:
+
+    def rows_written(self, status: np.ndarray, timestamp: np.ndarray, written_at: float) -> None:
+        """Rows just written: ``status`` uint8 (n,), ``timestamp`` float64 (n,) seconds, ``written_at``: time.time()."""
+        self.count(status)
+        if self.live:
             scored = status == FrameStatus.SCORED
             self.latency_ms.extend(((written_at - timestamp[scored]) * 1000.0).tolist())
 
     def add_gaps(self, gaps: list[dict[str, Any]]) -> None:
         self.gaps.extend(gaps)
-
-    @property
-    def captured(self) -> int:
-        return int(self.counts.sum())
 
     def latency_percentiles(self) -> dict[str, float] | None:
         """``{"p50", "p95", "p99"}`` in ms over the recent scored frames; None before the first."""

@@ -1,8 +1,9 @@
-"""zarr v3 result store: one group per stream with per-frame arrays, written in chunk-aligned batches.
+"""zarr v3 result store: one group per stream with per-frame arrays, written in batches in frame
+order (chunk-aligned for recordings; live batches of a few rows rewrite their chunk).
 
 The store knows arrays, not models: a stream is opened with the per-frame arrays it will hold
-(``score``, ``map``, ``frame_index``, ``timestamp``, ``valid`` and any extra score terms), and
-batches arrive in frame order. Arrays are preallocated when the frame count is known and grown
+(``score``, ``map``, ``frame_index``, ``timestamp``, ``valid``, ``status`` and any extra score
+terms), and batches arrive in frame order. Arrays are preallocated when the frame count is known and grown
 by whole chunks otherwise (live streams). ``written`` in each group's attrs says how many frames
 are safely on disk, which is what ``--resume`` continues from.
 """
@@ -134,7 +135,7 @@ class ResultStore:
         self.accounting[stream_id] = accounting = StreamAccounting(live=bool(attrs.get("live")))
         written = int(group.attrs.get("written", 0))
         if written and "status" in group:  # a resumed stream: what is on disk counts already
-            accounting.rows_written(group["status"][:written], np.zeros(0), 0.0, latency=False)
+            accounting.count(group["status"][:written])
             accounting.add_gaps(list(group.attrs.get("gaps", [])))
         self.maps_every[stream_id] = int(group.attrs.get("maps_every", 1))
         self._attrs_refreshed[stream_id] = time.monotonic()
