@@ -40,6 +40,8 @@ class AnomalyModel(nn.Module):
     image_size: int = 256
     # Weights of the raw score terms when they are combined after per-video min-max normalisation.
     term_weights: dict[str, float] = {}
+    # Terms a calibration standardises on normal data and sums, with their weights (default: the score).
+    calibration_terms: dict[str, float] = {}
     # False for models fitted only by statistics (e.g. a Gaussian on frozen features): no epochs run.
     trains_by_gradient: bool = True
     # True for models whose training_loss takes labelled anomalies (``train.anomalies`` in a config).
@@ -79,6 +81,26 @@ class AnomalyModel(nn.Module):
     def after_optimizer_step(self, progress: float) -> None:
         """Called after every optimizer step with the share of training done (0..1), e.g. for a
         momentum (EMA) target network; default: nothing."""
+
+    @property
+    def scores_anomalies(self) -> bool:
+        """False for a model that is only a stage of another (DSR's stage 1): nothing to calibrate."""
+        return True
+
+    @property
+    def term_names(self) -> list[str]:
+        """Every term ``score`` returns (stored as ``term_<name>``)."""
+        return list(dict.fromkeys([*self.term_weights, *self.calibration_terms]))
+
+    def reference_maps(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-pixel maps (N, H, W) of uint8 windows whose per-position median on normal data the
+        model subtracts in some score terms (see :meth:`set_reference`); default: none."""
+        return {}
+
+    def set_reference(self, reference: dict[str, torch.Tensor]) -> None:
+        """The per-position normal medians (H, W) of :meth:`reference_maps`, from a calibration."""
+        if reference:
+            raise ValueError(f"{self.name} takes no reference maps, got {', '.join(reference)}")
 
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         """After gradient training, one pass over the training windows (uint8, in order, eval mode)

@@ -181,6 +181,7 @@ class DMADForward:
 class DMAD(AnomalyModel):
     name = "dmad"
     term_weights = {"offset_vertical": 0.2, "reconstruction_l1": 0.4, "gradient_difference": 0.6}
+    calibration_terms = {"gradient_excess": 1.0, "deformation": 1.0}
 
     def __init__(self, config: DMADConfig | None = None) -> None:
         super().__init__()
@@ -198,6 +199,7 @@ class DMAD(AnomalyModel):
                                               config.coarse_stride, config.coarse_max_px, config.fine_max_px)
         self.mask = ForegroundMask(config.widths, config.channels)
         self.background = nn.Parameter(torch.zeros(1, config.channels, config.image_size, config.image_size))
+        self.reference_gradient: torch.Tensor | None = None  # (H, W) normal median, from a calibration
 
     def initialise_from_frames(self, frames: torch.Tensor) -> None:
         """Background template := per-pixel median of uint8 training frames (N, C, H, W)."""
@@ -265,7 +267,22 @@ class DMAD(AnomalyModel):
         return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
     @torch.no_grad()
+    def reference_maps(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``gradient_difference``: the per-pixel gradient-difference map (N, H, W) of the prediction."""
+        inputs, target = self._split(windows)
+        return {"gradient_difference": _gradient_difference(self.forward(inputs).final, target)[:, 0]}
+
+    def set_reference(self, reference: dict[str, torch.Tensor]) -> None:
+        unknown = set(reference) - {"gradient_difference"}
+        if unknown:
+            raise ValueError(f"dmad takes the reference map gradient_difference, not {', '.join(sorted(unknown))}")
+        self.reference_gradient = reference.get("gradient_difference")
+
+    @torch.no_grad()
     def score(self, windows: torch.Tensor) -> ScoreOutput:
+        """Terms (N,) each: the official three, and for calibrated scores ``gradient_excess`` (the
+        largest mean of the gradient-difference map above its normal per-position median, over boxes
+        twice the score box) and ``deformation`` (largest box mean of the deformation magnitude)."""
         inputs, target = self._split(windows)
         out = self.forward(inputs)
         n, _, h, w = target.shape
@@ -276,13 +293,17 @@ class DMAD(AnomalyModel):
         box = self._box(self.config.score_box)
         paper = box_mean(a_rec, *box).amax(dim=(1, 2, 3)) + self.config.alpha * box_mean(a_df, *box).amax(dim=(1, 2, 3))
         vertical = (out.fields[0][:, 1:2] * pixels_per_unit[:, 1:2]).abs()
+        gradient = _gradient_difference(out.final, target)
+        reference = 0.0 if self.reference_gradient is None else self.reference_gradient.to(gradient)
         terms = {
             "offset_vertical": box_mean(vertical, *self._box(self.config.offset_box)).amax(dim=(1, 2, 3)),
             "reconstruction_l1": a_rec.mean(dim=(1, 2, 3)),
-            "gradient_difference": box_mean(_gradient_difference(out.final, target), *box).amax(dim=(1, 2, 3)),
+            "gradient_difference": box_mean(gradient, *box).amax(dim=(1, 2, 3)),
+            "gradient_excess": box_mean(gradient - reference, box[0] * 2, box[1] * 2).amax(dim=(1, 2, 3)),
+            "deformation": box_mean(a_df, *box).amax(dim=(1, 2, 3)),
         }
         if self.config.score == "paper":
             score = paper
         else:
-            score = sum(self.term_weights[k] * v for k, v in terms.items())
+            score = sum(weight * terms[k] for k, weight in self.term_weights.items())
         return ScoreOutput(score=score, anomaly_map=anomaly_map[:, 0], terms=terms)

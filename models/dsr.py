@@ -292,6 +292,10 @@ class DSR(AnomalyModel):
         loss = focal + self.config.subspace_weight * subspace + self.config.reconstruction_weight * reconstruction
         return {"loss": loss, "focal": focal, "subspace": subspace, "reconstruction": reconstruction}
 
+    @property
+    def scores_anomalies(self) -> bool:
+        return self.config.stage == "detection"
+
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         if self.config.stage != "detection":
             raise RuntimeError("a DSR stage-1 (discrete) model does not score anomalies; train the detection stage")

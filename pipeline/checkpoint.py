@@ -18,9 +18,13 @@ FORMAT = "anomstream-checkpoint/1"
 
 
 def save_checkpoint(path: Path, model: AnomalyModel, extra: dict[str, Any] | None = None) -> None:
+    write_payload(path, {"format": FORMAT, "model": model.name, "params": asdict(model.config),
+                         "state_dict": model.state_dict(), **(extra or {})})
+
+
+def write_payload(path: Path, payload: dict[str, Any]) -> None:
+    """A checkpoint's contents to ``path``, atomically (a temporary file renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "model": model.name, "params": asdict(model.config),
-               "state_dict": model.state_dict(), **(extra or {})}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

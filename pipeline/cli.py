@@ -1,4 +1,4 @@
-"""The ``anomstream`` command line: demo, train, score, eval, live, bench."""
+"""The ``anomstream`` command line: demo, train, calibrate, score, live, eval, bench."""
 
 from __future__ import annotations
 
@@ -83,17 +83,24 @@ def _cmd_live(args: argparse.Namespace) -> int:
 def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None, view=None,
                  rotate_s: float | None = None) -> int:
     from pipeline.driver.run import score_sources
+    from pipeline.events.recorder import EventOptions
 
     settings, model_name = _score_settings(args)
+    events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
+                          args.event_merge_gap, args.webhook)
     report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
                            progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
-                           duration_s=duration_s, view=view, rotate_s=rotate_s)
+                           duration_s=duration_s, view=view, rotate_s=rotate_s, calibration=args.calibration,
+                           events=events)
     if report.streams:
         where = f"{report.store.with_name(report.store.stem + '-*' + report.store.suffix)} (one per period)" if rotate_s \
             else report.store
         print(f"store: {where}  streams: {len(report.streams)}  frames: {report.frames}  "
               f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
               f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)})")
+    if report.events or report.undelivered:
+        left = f"; {report.undelivered} webhook message(s) not delivered yet, kept in the outbox" if report.undelivered else ""
+        print(f"events: {report.events} ({report.store.with_name(report.store.stem + '.events')}){left}")
     for rejection in report.left_out:
         print(f"warning: left out {rejection.reason}", file=sys.stderr)
     for rejection in report.failed:
@@ -113,6 +120,27 @@ def _live_summary(stream_id: str, accounting: dict) -> str:
     latency = accounting["latency_ms"]
     shown = "  ".join(f"{key} {value:.0f}" for key, value in latency.items()) if latency else "none scored"
     return f"{stream_id}: {counts}; latency ms {shown}; gaps {len(accounting['gaps'])}"
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """``calibrate``: fit a calibration on normal footage; a file, or stored into the checkpoint."""
+    from pipeline.calibration.fit import calibrate_checkpoint
+    from pipeline.calibration.stored import save_calibration
+    from pipeline.checkpoint import read_checkpoint, write_payload
+
+    calibration = calibrate_checkpoint(args.checkpoint, args.data, args.smoothing, args.false_alarm_rate,
+                                       threads=args.threads, progress=not args.quiet)
+    if args.into:
+        payload = read_checkpoint(args.checkpoint)
+        write_payload(Path(args.into), {**payload, "calibration": calibration.to_payload()})
+        where = f"checkpoint {args.into}"
+    else:
+        out = Path(args.out or Path(args.checkpoint).with_suffix(".calibration.pt"))
+        save_calibration(calibration, out)
+        where = str(out)
+    print(f"calibration: {where}  normal frames: {calibration.frames}  smoothing: {calibration.smoothing}  "
+          f"threshold: {calibration.threshold:.2f} (false-alarm rate {calibration.false_alarm_rate:g} per frame)")
+    return 0
 
 
 def _cmd_eval_stills(args: argparse.Namespace) -> int:
@@ -141,6 +169,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _cmd_eval_stills(args)
     if not args.labels:
         raise AnomstreamError(f"--labels is required for dataset {args.dataset}")
+    from pipeline.evaluation.events import event_figures
     from pipeline.evaluation.video import (
         Evaluation,
         evaluate,
@@ -167,11 +196,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"warning: stream {stream_id}: {len(frames)} anomalous frame(s) (label 1) have an empty pixel mask "
                   f"(all their pixels count as normal): frame_index {_listing(frames)}", file=sys.stderr)
     for method, result in evaluation.results.items():
-        print(f"{method:8s} micro AUC {result.micro:.4f}  macro AUC {result.macro:.4f}  ({result.frames} frames)")
+        print(f"{method:8s} micro AUC {result.micro:.4f}  macro AUC {result.macro:.4f}  ({result.frames} frames)  "
+              f"{evaluation.protocol(method)}")
     if evaluation.pixel_auc is not None:
         print(f"pixel AUROC {evaluation.pixel_auc:.4f}")
+    figures = event_figures(args.store, labels)
+    if figures is not None:
+        rate = f"{figures.false_per_minute:.2f} per minute of normal footage" if figures.normal_minutes else "no normal footage"
+        recall = f"{figures.recall:.2f}" if figures.segments else "none labelled"
+        print(f"events   recall {figures.detected}/{figures.segments} labelled anomalous segments ({recall})  "
+              f"false events {figures.false_events} of {figures.events} ({rate})")
     if args.json:
-        _write_json(args.json, evaluation.to_dict())
+        _write_json(args.json, {**evaluation.to_dict(), **({"events": figures.to_dict()} if figures else {})})
         print(f"json: {args.json}")
     return 0
 
@@ -264,6 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
         sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
         sub.add_argument("--max-frames", type=_at_least(1), help="stop each live stream after this many frames")
+        sub.add_argument("--calibration", metavar="FILE",
+                         help="calibration file (anomstream calibrate); default: the checkpoint's own, if it has one. "
+                              "The stored score is then calibrated: -log10 of its rate on normal footage")
+        sub.add_argument("--event-threshold", type=float, metavar="SCORE",
+                         help="an event starts when the score exceeds this (default: the calibration's threshold; "
+                              "no calibration and no threshold: no events)")
+        sub.add_argument("--event-low", type=float, metavar="SCORE",
+                         help="an event goes on while the score stays at or above this (default: threshold - 1 with a "
+                              "calibration, at least half the threshold; else the threshold)")
+        sub.add_argument("--event-end-after", type=_at_least(1), default=10, metavar="FRAMES",
+                         help="an event ends after this many frames below the low threshold (default 10)")
+        sub.add_argument("--event-min-frames", type=_at_least(1), default=3, metavar="FRAMES",
+                         help="shorter events are dropped (default 3)")
+        sub.add_argument("--event-merge-gap", type=_at_least(0), default=25, metavar="FRAMES",
+                         help="an event starting this soon after another's end extends it (default 25)")
+        sub.add_argument("--webhook", metavar="URL",
+                         help="POST each event start and end as JSON here (retries with backoff; undelivered messages "
+                              "wait in OUT.events/outbox/ for the next run); receivers deduplicate by message_id")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     source_help = ("video file (any container FFmpeg reads, judged by content), frame folder, folder of clips or images, "
@@ -305,6 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--view-host", default="127.0.0.1", metavar="HOST",
                       help="address the view listens on (default 127.0.0.1: this machine only; 0.0.0.0: everywhere)")
     live.set_defaults(run=_cmd_live)
+
+    calibrate = commands.add_parser("calibrate", help="fit calibrated scores and a threshold on normal footage")
+    calibrate.add_argument("checkpoint", help="model checkpoint to calibrate")
+    calibrate.add_argument("--data", nargs="+", required=True, metavar="SOURCE",
+                           help="normal footage only (videos, frame folders, image folders, dataset specs); "
+                                "never test data with anomalies")
+    calibrate.add_argument("--out", help="calibration file to write (default: CHECKPOINT.calibration.pt)")
+    calibrate.add_argument("--into", metavar="CHECKPOINT",
+                           help="instead, write a copy of the checkpoint with the calibration stored in it (may be "
+                                "the same path)")
+    calibrate.add_argument("--smoothing", type=_at_least(1), default=9, metavar="FRAMES",
+                           help="trailing (causal) mean of this many frames (default 9; 1: none)")
+    calibrate.add_argument("--false-alarm-rate", type=_at_least(1e-9, float), default=1e-3, metavar="RATE",
+                           help="the default threshold passes this share of normal frames (default 0.001)")
+    calibrate.add_argument("--threads", type=_at_least(1), help="torch threads (default: all cores)")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bars")
+    calibrate.set_defaults(run=_cmd_calibrate)
 
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")

@@ -56,6 +56,12 @@ class TrainSection(_Strict):
     anomalies: str | list[str] | None = Field(
         None, description="labelled anomalies to train on (models that learn from them): dataset specs with split=labelled")
     anomalies_per_batch: int = Field(2, ge=1, description="labelled anomalies drawn into each training step")
+    calibrate: bool = Field(True, description="fit calibrated scores and a threshold after training (anomstream calibrate)")
+    calibration_data: str | list[str] | None = Field(
+        None, description="normal footage held out of training for the calibration (default: the training data, "
+                          "which makes the threshold optimistic)")
+    calibration_smoothing: int = Field(9, ge=1, description="trailing mean of this many frames (video models)")
+    calibration_false_alarm_rate: float = Field(1e-3, gt=0, lt=1, description="the default threshold's rate on normal data")
 
 
 class ScoreSection(_Strict):

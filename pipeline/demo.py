@@ -13,7 +13,7 @@ from pipeline.driver.run import score_sources
 from pipeline.errors import AnomstreamError
 from pipeline.evaluation.frame_metrics import frame_auc, minmax
 from pipeline.sources.video import VideoFileSource
-from pipeline.store import open_results
+from pipeline.store import open_results, read_events
 from pipeline.visualize import plot_scores, write_overlay
 
 
@@ -43,5 +43,10 @@ def run_demo(out: Path, replicas: int = 2, progress: bool = True) -> dict[str, P
           f"({report.frames / report.seconds:.1f} fps); frame AUC on this clip: {auc:.3f}")
     source = VideoFileSource(SAMPLE_CLIP)
     plot = plot_scores(out / "scores.png", frame_index, score, f"DMAD score, Ped2 test clip 02 (AUC {auc:.3f})", labels)
-    overlay = write_overlay(out / "overlay.mp4", source, group["map"][:], score, source.fps or 25.0)
+    table = read_events(store, SAMPLE_CLIP.stem)
+    events = list(zip(table["start_frame"].tolist(), table["end_frame"].tolist()))
+    threshold = (open_results(store).attrs.get("events") or {}).get("threshold")
+    print(f"events: {len(events)} ({store.with_name(store.stem + '.events')})")
+    overlay = write_overlay(out / "overlay.mp4", source, group["map"][:], score, source.fps or 25.0,
+                            events=events, threshold=threshold)
     return {"store": store, "plot": plot, "overlay": overlay}

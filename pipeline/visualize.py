@@ -39,8 +39,16 @@ def plot_scores(path: Path, frame_index: np.ndarray, score: np.ndarray, title: s
     return path
 
 
-def _trace_panel(width: int, height: int, score: np.ndarray, upto: int, low: float, high: float) -> np.ndarray:
+def _trace_panel(width: int, height: int, score: np.ndarray, upto: int, low: float, high: float,
+                 events: list[tuple[int, int]] = (), threshold: float | None = None) -> np.ndarray:
     panel = np.full((height, width, 3), 24, np.uint8)
+    scale = (width - 1) / max(len(score) - 1, 1)
+    for start, end in events:
+        if start <= upto:
+            cv2.rectangle(panel, (int(start * scale), 0), (int(min(end, upto) * scale), height - 1), (90, 30, 30), -1)
+    if threshold is not None:
+        y = int(height - 4 - (threshold - low) / max(high - low, 1e-9) * (height - 8))
+        cv2.line(panel, (0, y), (width - 1, y), (255, 77, 77), 1)
     known = np.flatnonzero(~np.isnan(score[: upto + 1]))
     if len(known) > 1:
         xs = (known / max(len(score) - 1, 1) * (width - 1)).astype(np.int32)
@@ -48,6 +56,8 @@ def _trace_panel(width: int, height: int, score: np.ndarray, upto: int, low: flo
         cv2.polylines(panel, [np.stack([xs, ys], 1)], False, (80, 200, 255), 1, cv2.LINE_AA)
     value = score[upto]
     text = f"frame {upto}  score {value:.3f}" if not np.isnan(value) else f"frame {upto}  (no score: warm-up)"
+    if any(start <= upto <= end for start, end in events):
+        text += "  EVENT"
     cv2.putText(panel, text, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (230, 230, 230), 1, cv2.LINE_AA)
     return panel
 
@@ -63,15 +73,29 @@ def overlay_map(image: np.ndarray, anomaly_map: np.ndarray, high: float) -> np.n
     return cv2.addWeighted(image, 0.6, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.4, 0)
 
 
+def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray, high: float, size: int = 320) -> bytes:
+    """A model-input image uint8 (C, H, W) (C = 1 grey or 3 RGB) with its map overlaid
+    (:func:`overlay_map`), scaled so the longer side is ``size`` px, as JPEG bytes (quality 85)."""
+    frame = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    rgb = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if frame.ndim == 2 else np.ascontiguousarray(frame)
+    scale = size / max(rgb.shape[:2])
+    rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+    shown = overlay_map(rgb, anomaly_map, high)
+    return cv2.imencode(".jpg", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
 def write_overlay(path: Path, source: Source, maps: np.ndarray, score: np.ndarray, fps: float = 25.0,
-                  trace_height: int = 48) -> Path:
-    """H.264 mp4 (PyAV): each frame with its anomaly map as a heatmap, and the score trace below."""
+                  trace_height: int = 48, events: list[tuple[int, int]] = (), threshold: float | None = None) -> Path:
+    """H.264 mp4 (PyAV): each frame with its anomaly map as a heatmap, and the score trace below
+    with the event threshold (a red line) and the events (frame spans, shaded once reached)."""
     import av
 
     finite = maps[np.isfinite(maps)]
     map_high = float(np.percentile(finite, 99.5)) if finite.size else 1.0
     scored = score[np.isfinite(score)]
     low, high = (float(scored.min()), float(scored.max())) if scored.size else (0.0, 1.0)
+    if threshold is not None:
+        low, high = min(low, threshold), max(high, threshold * 1.1)
     container = av.open(str(path), mode="w")
     stream = None
     try:
@@ -85,7 +109,8 @@ def write_overlay(path: Path, source: Source, maps: np.ndarray, score: np.ndarra
                 stream.width, stream.height = w - w % 2, (h + trace_height) - (h + trace_height) % 2
                 stream.pix_fmt = "yuv420p"
             image = overlay_map(image, maps[frame.index], map_high)
-            composed = np.vstack([image, _trace_panel(w, trace_height, score, frame.index, low, high)])
+            trace = _trace_panel(w, trace_height, score, frame.index, low, high, events, threshold)
+            composed = np.vstack([image, trace])
             composed = np.ascontiguousarray(composed[: stream.height, : stream.width])
             for packet in stream.encode(av.VideoFrame.from_ndarray(composed, format="rgb24")):
                 container.mux(packet)

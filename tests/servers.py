@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -57,3 +59,51 @@ class LoopbackCamera:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+class WebhookReceiver:
+    """A loopback webhook on 127.0.0.1 (a daemon thread): answers ``refuse_status`` to the first ``refuse_first``
+    POSTs, reads the body of the next ``drop_answer_first`` and closes the connection without an
+    answer (the sender cannot know it arrived), then accepts (200). ``received``: the JSON bodies it
+    answered 200 or dropped after reading, in arrival order. ``stop()`` shuts it down."""
+
+    def __init__(self, refuse_first: int = 0, drop_answer_first: int = 0, refuse_status: int = 503) -> None:
+        self.refuse_left, self.drop_left, self.refuse_status = refuse_first, drop_answer_first, refuse_status
+        self.attempts = 0
+        self.received: list[dict] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.attempts += 1
+                    if receiver.refuse_left > 0:
+                        receiver.refuse_left -= 1
+                        self.send_error(receiver.refuse_status)
+                        return
+                    receiver.received.append(json.loads(body))
+                    if receiver.drop_left > 0:
+                        receiver.drop_left -= 1
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+    def unique(self) -> dict[str, dict]:
+        """What the receiver keeps after deduplicating by ``message_id``."""
+        return {body["message_id"]: body for body in self.received}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

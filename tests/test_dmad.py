@@ -35,9 +35,31 @@ def test_shapes_and_score_terms(clip_frames):
     assert out.offset_fine.abs().max() <= 2 * 1.5 / 64 + 1e-6
     scored = model.score(windows)
     assert scored.score.shape == (3,) and scored.anomaly_map.shape == (3, 64, 64)
-    assert set(scored.terms) == set(model.term_weights) and torch.isfinite(scored.score).all()
+    assert set(scored.terms) == set(model.term_names) == {*model.term_weights, "gradient_excess", "deformation"}
+    assert torch.isfinite(scored.score).all()
+    model.config.score = "official"  # the calibration terms do not enter the official score
+    terms = model.score(windows).terms
+    official = sum(weight * terms[name] for name, weight in model.term_weights.items())
+    torch.testing.assert_close(model.score(windows).score, official)
+    model.config.score = "paper"
     with pytest.raises(ValueError, match=r"dmad expects windows \(N, 5, C, H, W\)"):
         model.score(windows[:, :4])
+
+
+def test_reference_map_is_subtracted_from_the_gradient_excess_only(clip_frames):
+    torch.manual_seed(0)
+    model = DMAD(SMALL).eval()
+    windows = _windows(clip_frames, [0, 5, 10])
+    before = model.score(windows).terms
+    maps = model.reference_maps(windows)["gradient_difference"]
+    assert maps.shape == (3, 64, 64) and (maps >= 0).all()
+    model.set_reference({"gradient_difference": torch.full((64, 64), 0.25)})
+    after = model.score(windows).terms
+    torch.testing.assert_close(after["gradient_excess"], before["gradient_excess"] - 0.25)
+    for name in ("gradient_difference", "deformation", "reconstruction_l1", "offset_vertical"):
+        torch.testing.assert_close(after[name], before[name])
+    with pytest.raises(ValueError, match="dmad takes the reference map gradient_difference, not mask"):
+        model.set_reference({"mask": torch.zeros(64, 64)})
 
 
 def test_background_initialised_from_median(clip_frames):

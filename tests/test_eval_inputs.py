@@ -55,6 +55,11 @@ def avenue_store(ray_session, shared_data, tmp_path_factory) -> Path:
     return store
 
 
+# stores scored with the shipped (calibrated) checkpoint have events: eval adds their figures
+EVENTS_LINE = (r"events   recall \d+/\d+ labelled anomalous segments \(\d\.\d\d\)  false events \d+ of \d+ "
+               r"\((\d+\.\d\d per minute of normal footage|no normal footage)\)\n")
+
+
 def test_case01_avenue_v73_labels_evaluate_as_the_v7_file(avenue_store, shared_data, field_cases, capsys):
     v7 = run(["eval", str(avenue_store), "--dataset", "avenue", "--labels",
               str(shared_data / "avenue" / "testing_label_mask"), "--pixel"], capsys)
@@ -64,7 +69,7 @@ def test_case01_avenue_v73_labels_evaluate_as_the_v7_file(avenue_store, shared_d
     code, out, err = v73
     assert code == 0 and err == ""
     assert re.fullmatch(r"frame AUC: undefined \(labels of the scored frames are all one class: AUC is undefined\)\n"
-                        r"pixel AUROC 0\.\d{4}\n", out)  # video 08 is anomalous throughout
+                        r"pixel AUROC 0\.\d{4}\n" + EVENTS_LINE, out)  # video 08 is anomalous throughout
 
 
 def test_case07_ped2_masks_coded_0_1_evaluate_as_0_255(ped2_case_store, field_cases, capsys):
@@ -74,7 +79,8 @@ def test_case07_ped2_masks_coded_0_1_evaluate_as_0_255(ped2_case_store, field_ca
     assert results[0] == results[1]
     code, out, err = results[0]
     assert code == 0 and err == ""
-    assert re.fullmatch(r"offline  micro AUC 0\.\d{4}  macro AUC 0\.\d{4}  \(20 frames\)\npixel AUROC 0\.\d{4}\n", out)
+    assert re.fullmatch(r"offline  micro AUC 0\.\d{4}  macro AUC 0\.\d{4}  \(20 frames\)  offline: per-video min-max, "
+                        r"needs the whole video \(papers' protocol\)\npixel AUROC 0\.\d{4}\n" + EVENTS_LINE, out)
 
 
 def test_case08_empty_mask_file_is_a_one_line_error(ped2_case_store, field_cases, capsys):
@@ -152,8 +158,9 @@ def test_streams_without_a_scored_frame_are_named_and_left_out(tmp_path, capsys)
     assert code == 0
     assert err == ("warning: stream 02: no scored frame, left out of the metrics\n"
                    "warning: stream 03: no scored frame, left out of the metrics\n")
-    assert out == ("raw      micro AUC 0.8333  macro AUC 0.8333  (5 frames)\n"
-                   "offline  micro AUC 0.8333  macro AUC 0.8333  (5 frames)\n"
+    assert out == ("raw      micro AUC 0.8333  macro AUC 0.8333  (5 frames)  causal: the stored score as written (raw)\n"
+                   "offline  micro AUC 0.8333  macro AUC 0.8333  (5 frames)  offline: per-video min-max, needs the whole "
+                   "video (papers' protocol)\n"
                    f"pixel AUROC 0.8750\njson: {result}\n")
     saved = json.loads(result.read_text())
     assert saved["unscored_streams"] == ["02", "03"] and saved["pixel_auc"] == 0.875
@@ -177,7 +184,8 @@ def test_shanghaitech_pixel_masks_beside_the_frame_masks(tmp_path, capsys):
     code, out, err = run(["eval", str(store), "--dataset", "shanghaitech", "--labels",
                           f"{tmp_path / 'test_frame_mask'}/", "--pixel", "--normalisation", "raw"], capsys)
     assert code == 0
-    assert out == "raw      micro AUC 1.0000  macro AUC 1.0000  (5 frames)\npixel AUROC 0.8750\n"
+    assert out == ("raw      micro AUC 1.0000  macro AUC 1.0000  (5 frames)  causal: the stored score as written (raw)\n"
+                   "pixel AUROC 0.8750\n")
     assert err == ("warning: stream 01_0002: no scored frame, left out of the metrics\n"
                    "warning: stream 01_0001: 1 anomalous frame(s) (label 1) have an empty pixel mask "
                    "(all their pixels count as normal): frame_index 4\n")

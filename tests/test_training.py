@@ -44,6 +44,11 @@ def test_train_checkpoints_every_epoch_and_resumes(tmp_path, sample_clip, capsys
     assert payload["epoch"] == 2 and model.image_size == 32
     # the background template starts from the training frames, not zeros
     assert model.background.abs().mean() > 0.1
+    # calibrated after training, on the training data (no calibration_data held out): 176 windows
+    calibration = payload["calibration"]
+    assert calibration["data"] == str(sample_clip) and calibration["frames"] == 176 and calibration["smoothing"] == 9
+    assert set(calibration["terms"]) == {"gradient_excess", "deformation"}
+    assert tuple(calibration["reference"]["gradient_difference"].shape) == (32, 32)
 
 
 def test_warmup_ramps_the_learning_rate_then_starts_the_cosine(tmp_path, sample_clip):

@@ -13,8 +13,8 @@ from pipeline.stream.windows import WindowBatch
 
 @ray.remote
 class ReplicaActor:
-    def __init__(self, checkpoint: str, threads: int | None = None) -> None:
-        self.core = Scorer(checkpoint, threads)
+    def __init__(self, checkpoint: str, threads: int | None = None, reference: dict[str, np.ndarray] | None = None) -> None:
+        self.core = Scorer(checkpoint, threads, reference=reference)
         self.busy_seconds = 0.0  # inside score(): what the pipeline around it leaves to the model
 
     def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 import ray
 
-from pipeline.store import ArraySpec, ResultStore, StoredStream, StreamAccounting
+from pipeline.calibration.scores import Calibration, StreamCalibrator
+from pipeline.events.recorder import EventRecorder, EventSettings
+from pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
 from pipeline.store.rotation import RotatingStore
 from pipeline.stream.scorer import unscored_rows
 from pipeline.stream.windows import WindowBatch
@@ -19,12 +22,20 @@ class WriterActor:
     """Created empty; ``open`` opens the store so its errors reach the caller as StoreError."""
 
     def open(self, path: str, run_attrs: dict[str, Any], mode: str, view: bool = False,
-             rotate_s: float | None = None) -> None:
+             rotate_s: float | None = None, calibration: dict[str, Any] | None = None,
+             events: EventSettings | None = None) -> None:
         """``view``: also keep what the live view shows of each stream (:meth:`view_snapshot`);
-        ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`)."""
+        ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`);
+        ``calibration``: a calibration's payload, the stored ``score`` becomes the calibrated one
+        (:mod:`pipeline.calibration.scores`); ``events``: detect, keep and deliver events."""
         self.store = RotatingStore(path, run_attrs, mode, rotate_s) if rotate_s else ResultStore(path, run_attrs, mode)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
         self.views: dict[str, StreamView] | None = {} if view else None
+        self.calibration = Calibration.from_payload(calibration) if calibration else None
+        self.calibrators: dict[str, StreamCalibrator] = {}
+        created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None
+        run_key = f"{path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
+        self.events = EventRecorder(events, run_key, fresh=mode == "overwrite") if events is not None else None
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.store.note_inputs(failed, left_out)
@@ -38,11 +49,22 @@ class WriterActor:
         self.specs[stream_id] = arrays
         if self.views is not None:
             self.views[stream_id] = StreamView()
+        if self.calibration is not None:
+            self.calibrators[stream_id] = StreamCalibrator(self.calibration)
+        if self.events is not None:
+            self.events.open_stream(stream_id)
 
     def write(self, stream_id: str, start: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:
-        """Rows [start, start + n) of a stream; ``batch``: the batch they were scored from, when the
-        live view is to show its newest scored frame."""
+        """Rows [start, start + n) of a stream; ``batch``: the batch they were scored from (for the live
+        view's frame and event snapshots; None: neither is taken from these rows)."""
+        if stream_id in self.calibrators:
+            terms = {name[len("term_"):]: data for name, data in values.items() if name.startswith("term_")}
+            scored = values["status"] == FrameStatus.SCORED
+            values = {**values, "score": self.calibrators[stream_id](values["frame_index"],
+                                                                     {**terms, "score": values["score_raw"]}, scored)}
         self.store.write(stream_id, start, values)
+        if self.events is not None:
+            self.store.add_events(stream_id, self.events.feed(stream_id, values, batch))
         if self.views is not None:
             self.views[stream_id].add_rows(values)
             if batch is not None:
@@ -61,6 +83,7 @@ class WriterActor:
         fps, shown frame's time and score) and the shown frame as JPEG bytes (``jpeg``, or None)."""
         accounting = self.store.accounting
         return {stream_id: {**accounting.get(stream_id, StreamAccounting(live=True)).attrs(), **view.summary(),
+                            **(self.events.view(stream_id) if self.events is not None else {"threshold": None, "events": []}),
                             "jpeg": view.jpeg()}
                 for stream_id, view in (self.views or {}).items()}
 
@@ -68,6 +91,17 @@ class WriterActor:
         """Per open stream: its accounting attrs (frame counts, latency, gaps) as of now."""
         return {stream_id: accounting.attrs() for stream_id, accounting in self.store.accounting.items()}
 
+    def take_events(self) -> list[dict[str, Any]]:
+        """Event messages (``type`` start / end) since the last call, for the driver to print."""
+        return self.events.take_news() if self.events is not None else []
+
+    def close_events(self, wait_s: float = 5.0) -> int:
+        """End of the run: flush the event log, give the webhook ``wait_s`` s; returns messages left
+        in the outbox (delivered by the next run with the same events folder and a webhook)."""
+        return self.events.close(wait_s) if self.events is not None else 0
+
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
+        if self.events is not None:
+            self.store.add_events(stream_id, self.events.close_stream(stream_id))
         self.store.close_stream(stream_id, error, warnings, stopped)

@@ -18,7 +18,7 @@ import ray
 from tqdm import tqdm
 
 from pipeline.config import ScoreSection
-from pipeline.driver.report import RunReport, StreamReport, live_table
+from pipeline.driver.report import RunReport, StreamReport, event_line, live_table
 from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions
@@ -26,6 +26,7 @@ from pipeline.stream.windows import BatchHeader, EndOfStream
 
 WAIT_S = 0.25  # longest the loop waits on actors before it looks at the clock (duration, stop, table)
 TABLE_EVERY_S = 5.0
+EVENTS_EVERY_S = 1.0  # a live run prints event starts / ends at most this late
 VIEW_FRAME_S = 0.4  # live view: a stream's shown frame is renewed at most this often
 
 
@@ -54,7 +55,8 @@ class ScoringLoop:
 
     def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection, writer: Any,
                  replicas: list, decoders: list, report: RunReport, progress: bool, live: LiveOptions,
-                 deadline: float | None = None, stop: threading.Event | None = None, view: bool = False) -> None:
+                 deadline: float | None = None, stop: threading.Event | None = None, view: bool = False,
+                 events: bool = False) -> None:
         self.model, self.arrays, self.settings = model, arrays, settings
         self.writer, self.replicas, self.report, self.live = writer, replicas, report, live
         self.free_decoders = list(decoders)  # at most one source per decoder at a time
@@ -69,7 +71,8 @@ class ScoringLoop:
         self.deadline, self.stop = deadline, stop or threading.Event()
         self.stopping = False
         self.live_run = any(source.is_live for source in sources)
-        self.progress, self.view = progress, view
+        self.progress, self.view, self.events = progress, view, events
+        self.events_due = time.monotonic() + EVENTS_EVERY_S
         self.view_due: dict[str, float] = {}  # stream -> when its next batch goes to the writer for the view
         self.table_due = time.monotonic() + TABLE_EVERY_S
         known = all(s.frame_count for s in sources) and not self.live_run
@@ -94,9 +97,11 @@ class ScoringLoop:
                         self._on_scored(ref)
                 self._open_streams()
                 self._print_table()
+                self._print_events()
         finally:
             self.bar.close()
             self._close_unfinished()
+            self._print_events(final=True)
 
     def _stop_if_asked(self) -> None:
         due = self.deadline is not None and time.monotonic() >= self.deadline
@@ -186,7 +191,7 @@ class ScoringLoop:
         self.pool.release(replica)
         stream = self.streams[stream_id]
         stream.scoring -= 1
-        shown = None
+        shown = batch_ref if self.events else None  # event snapshots need every scored batch
         if self.view and time.monotonic() >= self.view_due.get(stream_id, 0.0):
             shown, self.view_due[stream_id] = batch_ref, time.monotonic() + VIEW_FRAME_S
         stream.to_write[header.sequence] = (header.size, (ref, shown), "scored")
@@ -233,6 +238,16 @@ class ScoringLoop:
             return
         self.table_due = time.monotonic() + TABLE_EVERY_S
         print(live_table(ray.get(self.writer.accounting.remote())), file=sys.stderr, flush=True)
+
+    def _print_events(self, final: bool = False) -> None:
+        """Event starts and ends, one line each (live runs print as they come, others at the end)."""
+        if not self.events or not (final or (self.live_run and time.monotonic() >= self.events_due)):
+            return
+        self.events_due = time.monotonic() + EVENTS_EVERY_S
+        for message in ray.get(self.writer.take_events.remote()):
+            self.report.events += message["type"] == "end"
+            if self.live_run and self.progress:
+                print(event_line(message), file=sys.stderr, flush=True)
 
     def _settle(self) -> None:
         """Nothing in flight: finish what can be finished, start what waits, or fail loudly."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class RunReport:
     replicas: int = 0
     device: str = "cpu"
     replica_busy: list[float] = field(default_factory=list)  # share of ``seconds`` each replica spent scoring
+    events: int = 0  # events that ended in this run (all streams)
+    undelivered: int = 0  # webhook messages left in the outbox at the end
 
     @property
     def frames(self) -> int:
@@ -38,6 +41,15 @@ class RunReport:
     @property
     def errors(self) -> list[str]:
         return [r.reason for r in self.failed] + [s.error for s in self.streams.values() if s.error]
+
+
+def event_line(message: dict[str, Any]) -> str:
+    """One line per event message, e.g. ``event start cam1 #3f2a... frame 120 (12:00:04) peak 4.31``."""
+    when = time.strftime("%H:%M:%S", time.localtime(message["start_time" if message["type"] == "start" else "end_time"]))
+    span = (f"frame {message['start_frame']}" if message["type"] == "start"
+            else f"frames {message['start_frame']}-{message['end_frame']}")
+    return (f"event {message['type']:5s} {message['stream_id']} {message['event_id'][:8]} {span} ({when}) "
+            f"peak {message['peak_score']:.2f} at frame {message['peak_frame']}")
 
 
 def live_table(accounting: dict[str, dict[str, Any]]) -> str:

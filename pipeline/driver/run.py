@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,14 @@ import ray
 
 import pipeline
 from models.registry import build_model
+from pipeline.calibration.stored import run_calibration
 from pipeline.checkpoint import checkpoint_params, file_sha256, read_checkpoint
 from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
 from pipeline.errors import AnomstreamError
+from pipeline.events.recorder import EventOptions, event_settings
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
 from pipeline.store import check_target, result_arrays, stream_key
@@ -96,7 +98,8 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
                   max_active_streams: int | None = None, expected_model: str | None = None,
                   source_options: SourceOptions | None = None, live: LiveOptions | None = None,
                   duration_s: float | None = None, view: tuple[str, int] | None = None,
-                  rotate_s: float | None = None) -> RunReport:
+                  rotate_s: float | None = None, calibration: str | None = None,
+                  events: EventOptions | None = None) -> RunReport:
     """Score every stream of ``specs`` into the zarr store ``out``; returns what was written.
 
     Every input stands alone: one that cannot be opened, or a stream that breaks, is reported in
@@ -109,6 +112,9 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     seconds, and so do SIGINT / SIGTERM: every frame read is written and the streams are closed.
     ``view``: (host, port) to serve the live view on while the run goes on (:mod:`pipeline.view.server`);
     ``rotate_s``: one store per period of that many seconds (3600: ``out``-YYYYmmddTHH.zarr, ...).
+    ``calibration``: a calibration file (else the checkpoint's own, if any): the stored ``score`` is
+    calibrated (:mod:`pipeline.calibration.scores`); ``events``: event options (a threshold from the
+    options or the calibration turns scores into events, :mod:`pipeline.events`).
     """
     payload = read_checkpoint(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
@@ -117,9 +123,15 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     if not inputs.sources:
         return report
     _unique_ids(inputs.sources)
-    arrays = result_arrays((model.image_size, model.image_size), list(model.term_weights))
+    arrays = result_arrays((model.image_size, model.image_size), model.term_names)
+    sha256 = file_sha256(checkpoint)
+    calibrated = run_calibration(payload, sha256, calibration)
+    event_options = event_settings(events or EventOptions(), calibrated.threshold if calibrated else None, out)
     run_attrs = {
-        "model": model.name, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+        "model": model.name, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256,
+        "score_kind": "calibrated" if calibrated else "raw",
+        "calibration": calibrated.summary() if calibrated else None,
+        "events": asdict(event_options.rule) if event_options else None,
         "config": {"model": payload["params"], "score": settings.model_dump()},
         "term_weights": model.term_weights, "window_length": model.window_length,
         "anomstream_version": pipeline.__version__,
@@ -137,11 +149,13 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         ensure_ray(address)
         install()
         writer = WriterActor.options(num_cpus=SMALL_CPU).remote()
-        ray.get(writer.open.remote(str(out), run_attrs, mode, view is not None, rotate_s))
+        ray.get(writer.open.remote(str(out), run_attrs, mode, view is not None, rotate_s,
+                                   calibrated.to_payload() if calibrated else None, event_options))
         ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
         decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
         replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
-        replicas = [ReplicaActor.options(**replica_options).remote(str(checkpoint), threads)
+        reference = calibrated.reference if calibrated else None
+        replicas = [ReplicaActor.options(**replica_options).remote(str(checkpoint), threads, reference)
                     for _ in range(settings.replicas)]
         decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
         live_view = None
@@ -158,10 +172,11 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             if live.batch is None:
                 live = replace(live, batch=1 if report.device == "cpu" else settings.batch_size)
             ScoringLoop(inputs.sources, model, arrays, settings, writer, replicas, decoders, report, progress,
-                        live, deadline, stop, view=view is not None).run()
+                        live, deadline, stop, view=view is not None, events=event_options is not None).run()
             report.seconds = time.time() - started
             for stream_id, accounting in ray.get(writer.accounting.remote()).items():
                 report.streams[stream_id].accounting = accounting
+            report.undelivered = ray.get(writer.close_events.remote())
             busy = ray.get([r.busy.remote() for r in replicas])
             report.replica_busy = [seconds / max(report.seconds, 1e-9) for seconds in busy]
         finally:

@@ -21,6 +21,11 @@ from sklearn.metrics import roc_auc_score
 from pipeline.errors import AnomstreamError, UndefinedMetricError
 
 NORMALISATIONS = ("offline", "causal", "raw")
+PROTOCOLS = {  # what each normalisation is, printed beside its figures
+    "offline": "offline: per-video min-max, needs the whole video (papers' protocol)",
+    "causal": "causal: running min-max over the frames so far",
+    "raw": "causal: the stored score as written",
+}
 DMAD_WINDOW_WEIGHTS = np.array([1, 1, 1, 1, 1.2, 1.6, 1.2, 1, 1, 1, 1])
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.errors import AnomstreamError
 from pipeline.evaluation.frame_metrics import (
+    PROTOCOLS,
     FrameAUC,
     combine_terms,
     frame_auc,
@@ -79,10 +80,18 @@ class Evaluation:
     pixel_auc: float | None = None
     unscored_streams: list[str] = field(default_factory=list)  # no scored frame: not in the metrics
     anomalous_without_mask: dict[str, list[int]] | None = None  # with pixel_auc
+    score_kind: str = "raw"  # the stored score: "calibrated" (on normal data) or "raw" (the model's own)
+
+    def protocol(self, method: str) -> str:
+        """What ``method``'s figure measures, in words (the stored score's kind for ``raw``)."""
+        return PROTOCOLS[method] + (f" ({self.score_kind})" if method == "raw" else "")
 
     def to_dict(self) -> dict:
         out: dict = {name: {"micro_auc": r.micro, "macro_auc": r.macro, "frames": r.frames, "per_video": r.per_video}
                      for name, r in self.results.items()}
+        for name in self.results:
+            out[name]["protocol"] = self.protocol(name)
+        out["score_kind"] = self.score_kind
         out["unscored_streams"] = self.unscored_streams
         if self.pixel_auc is not None:
             out["pixel_auc"] = self.pixel_auc
@@ -111,7 +120,7 @@ def evaluate(path: str | Path, labels: dict[str, np.ndarray], normalisations: li
     for method in normalisations:
         scores = {k: normalise(v, method, smoothing, robust and method == "offline") for k, v in raw.items()}
         results[method] = frame_auc(scores, frame_labels)
-    return Evaluation(results, unscored_streams=unscored_streams(path))
+    return Evaluation(results, unscored_streams=unscored_streams(path), score_kind=attrs.get("score_kind", "raw"))
 
 
 def store_pixel_auc(path: str | Path, masks_for_stream: Callable[[str], Iterable[np.ndarray]],

@@ -2,15 +2,17 @@
 
 from pipeline.store.accounting import FrameStatus, StreamAccounting
 from pipeline.store.results import (
+    EVENT_COLUMNS,
     STORE_FORMAT,
     ArraySpec,
     ResultStore,
     StoredStream,
     check_target,
     open_results,
+    read_events,
     result_arrays,
     stream_key,
 )
 
-__all__ = ["STORE_FORMAT", "ArraySpec", "FrameStatus", "ResultStore", "StoredStream", "StreamAccounting",
-           "check_target", "open_results", "result_arrays", "stream_key"]
+__all__ = ["EVENT_COLUMNS", "STORE_FORMAT", "ArraySpec", "FrameStatus", "ResultStore", "StoredStream", "StreamAccounting",
+           "check_target", "open_results", "read_events", "result_arrays", "stream_key"]

@@ -38,7 +38,8 @@ class ArraySpec:
 def result_arrays(map_shape: tuple[int, int], term_names: list[str]) -> dict[str, ArraySpec]:
     """The per-frame arrays of a scoring run: ``valid`` is ``status == SCORED``."""
     specs = {
-        "score": ArraySpec("float32", fill_value=np.nan),
+        "score": ArraySpec("float32", fill_value=np.nan),  # calibrated when the run has a calibration
+        "score_raw": ArraySpec("float32", fill_value=np.nan),  # the model's own score
         "map": ArraySpec("float16", map_shape, ("y", "x"), fill_value=np.nan),
         "frame_index": ArraySpec("int64", fill_value=-1),
         "timestamp": ArraySpec("float64", fill_value=np.nan),
@@ -48,6 +49,12 @@ def result_arrays(map_shape: tuple[int, int], term_names: list[str]) -> dict[str
     for name in term_names:
         specs[f"term_{name}"] = ArraySpec("float32", fill_value=np.nan)
     return specs
+
+
+EVENT_COLUMNS = {"event_id": "str", "start_frame": "int64", "end_frame": "int64", "start_time": "float64",
+                 "end_time": "float64", "peak_frame": "int64", "peak_time": "float64", "peak_score": "float32",
+                 "threshold": "float32", "snapshot": "str"}
+_EVENT_FILL = {"str": "", "int64": -1, "float64": np.nan, "float32": np.nan}
 
 
 class StoredStream(NamedTuple):
@@ -92,7 +99,7 @@ class ResultStore:
         return root
 
     def _check_same_run(self, run_attrs: dict[str, Any]) -> None:
-        for key in ("model", "checkpoint_sha256"):
+        for key in ("model", "checkpoint_sha256", "score_kind", "calibration"):
             if key in run_attrs and self.root.attrs.get(key) != run_attrs[key]:
                 raise StoreError(f"{self.path}: cannot resume: store was written with {key} "
                                  f"{self.root.attrs.get(key)!r}, this run has {run_attrs[key]!r}")
@@ -174,6 +181,25 @@ class ResultStore:
         self.accounting[stream_id].add_gaps(gaps)
         self.streams[stream_id].attrs.update(self.accounting[stream_id].attrs())
 
+    def add_events(self, stream_id: str, events: list[dict[str, Any]]) -> None:
+        """Append rows to the stream's ``events`` table: a subgroup of 1-D arrays along ``event``
+        (``xarray.open_zarr(store, group="<stream>/events")``, or pandas via :func:`read_events`)."""
+        if not events:
+            return
+        group = self.streams[stream_id]
+        if "events" not in group:
+            table = group.create_group("events")
+            for name, dtype in EVENT_COLUMNS.items():
+                table.create_array(name, shape=(0,), chunks=(256,), dtype=dtype, dimension_names=("event",),
+                                   fill_value=_EVENT_FILL[dtype])
+        table = group["events"]
+        start = table["event_id"].shape[0]
+        for name, dtype in EVENT_COLUMNS.items():
+            column = table[name]
+            column.resize((start + len(events),))
+            values = [event.get(name) if event.get(name) is not None else _EVENT_FILL[dtype] for event in events]
+            column[start:] = np.asarray(values, dtype=object if dtype == "str" else dtype)
+
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
         """``stopped``: a live stream ended by the run (duration, signal), not by its source."""
@@ -213,6 +239,16 @@ def stream_key(name: str, max_bytes: int = 120) -> str:
         digest = hashlib.sha1(encoded).hexdigest()[:10]
         key = encoded[: max_bytes - 11].decode("utf-8", "ignore") + "_" + digest
     return key
+
+
+def read_events(path: str | Path, stream_id: str) -> dict[str, np.ndarray]:
+    """A stream's events table as columns (``EVENT_COLUMNS``; empty arrays when it has none), e.g.
+    ``pandas.DataFrame(read_events(path, stream))``."""
+    group = open_results(path)[stream_id]
+    if "events" not in group:
+        return {name: np.zeros(0, object if dtype == "str" else dtype) for name, dtype in EVENT_COLUMNS.items()}
+    table = group["events"]
+    return {name: table[name][:] for name in EVENT_COLUMNS}
 
 
 def open_results(path: str | Path) -> zarr.Group:

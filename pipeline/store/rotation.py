@@ -114,6 +114,10 @@ class RotatingStore:
         """Noted where the stream's rows are now (a gap belongs with the rows before and after it)."""
         self.stores[self.where[stream_id][0]].add_gaps(stream_id, gaps)
 
+    def add_events(self, stream_id: str, events: list[dict[str, Any]]) -> None:
+        """Kept in the store the stream writes to now (an event belongs to the period it ends in)."""
+        self.stores[self.where[stream_id][0]].add_events(stream_id, events)
+
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
         store = self.stores[self.where[stream_id][0]]

@@ -27,14 +27,18 @@ def unscored_rows(batch: WindowBatch, arrays: dict[str, ArraySpec], dropped: boo
 class Scorer:
     """A model on its device that scores window batches (the work of a replica, without Ray)."""
 
-    def __init__(self, checkpoint: str, threads: int | None = None, device: str | None = None) -> None:
+    def __init__(self, checkpoint: str, threads: int | None = None, device: str | None = None,
+                 reference: dict[str, np.ndarray] | None = None) -> None:
+        """``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``)."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, _ = load_model(checkpoint)
+        if reference:
+            self.model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
         self.model.to(self.device).eval()
         size = self.model.image_size
-        self.arrays = result_arrays((size, size), list(self.model.term_weights))  # what the store holds
+        self.arrays = result_arrays((size, size), self.model.term_names)  # what the store holds
 
     def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:
         """The store's per-frame arrays (:func:`pipeline.store.result_arrays`) for the batch's B
@@ -47,7 +51,7 @@ class Scorer:
             windows = torch.from_numpy(batch.windows()).to(self.device, non_blocking=True)
             with torch.inference_mode():
                 output = self.model.score(windows)
-            result["score"][valid] = output.score.float().cpu().numpy()
+            result["score"][valid] = result["score_raw"][valid] = output.score.float().cpu().numpy()
             result["map"][valid] = output.anomaly_map.float().cpu().numpy().astype(np.float16)
             for name, values in output.terms.items():
                 result[f"term_{name}"][valid] = values.float().cpu().numpy()

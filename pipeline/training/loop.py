@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from tqdm import tqdm
 
 from models.base import AnomalyModel, LabelledAnomalies
 from models.registry import build_model
+from pipeline.calibration.fit import TooFewFrames, fit_calibration, normal_sources
+from pipeline.calibration.scores import Calibration
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
 from pipeline.errors import ConfigError
@@ -55,9 +58,28 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
         with (output / "train_log.jsonl").open("a") as log:
             log.write(json.dumps({"fit_statistics_seconds": round(time.time() - started, 1)}) + "\n")
     final_path = output / "model.pt"
-    save_checkpoint(final_path, model, {"epoch": settings.epochs if model.trains_by_gradient else 0,
-                                        "config": config.to_dict()})
+    extra = {"epoch": settings.epochs if model.trains_by_gradient else 0, "config": config.to_dict()}
+    calibration = _calibrate(model, settings, progress) if settings.calibrate and model.scores_anomalies else None
+    if calibration is not None:
+        extra["calibration"] = calibration.to_payload()
+    save_checkpoint(final_path, model, extra)
     return final_path
+
+
+def _calibrate(model: AnomalyModel, settings, progress: bool) -> Calibration | None:
+    """The calibration of the trained model on ``calibration_data`` (else the training data); None,
+    with a warning, when those data are too few to calibrate on."""
+    data = settings.calibration_data or settings.data
+    specs = [data] if isinstance(data, str) else list(data)
+    still = model.window_length == 1
+    sources = normal_sources(specs, model, "train.calibration_data:" if settings.calibration_data else "train.data:")
+    model.eval()
+    try:
+        return fit_calibration(model, sources, ", ".join(specs), 1 if still else settings.calibration_smoothing,
+                               settings.calibration_false_alarm_rate, settings.batch_size, progress=progress)
+    except TooFewFrames as error:
+        print(f"warning: no calibration: {error} (anomstream calibrate can add one later)", file=sys.stderr)
+        return None
 
 
 def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:

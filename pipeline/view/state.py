@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline.store import FrameStatus
 from pipeline.stream.windows import WindowBatch
-from pipeline.visualize import overlay_map
+from pipeline.visualize import overlay_jpeg
 
 TRACE_S = 60.0  # seconds of score trace kept
 RATE_S = 5.0  # frames per second over the last this many seconds
@@ -67,12 +66,7 @@ class StreamView:
         """The shown frame with its map overlaid, JPEG; None before the first scored frame."""
         if self.image is None:
             return None
-        image = self.image[0] if self.image.shape[0] == 1 else self.image.transpose(1, 2, 0)
-        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else np.ascontiguousarray(image)
-        scale = VIEW_SIZE / max(rgb.shape[:2])
-        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
-        shown = overlay_map(rgb, self.map, max(self.map_high) if self.map_high else 1.0)
-        return cv2.imencode(".jpg", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+        return overlay_jpeg(self.image, self.map, max(self.map_high) if self.map_high else 1.0, VIEW_SIZE)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the trace, the frame rate, the shown frame's time and score."""

@@ -1,0 +1,1 @@
+"""Calibrated causal scores (:mod:`.scores`) and fitting them on normal footage (:mod:`.fit`)."""

@@ -1,0 +1,157 @@
+"""Fitting a calibration on normal footage, in this process (no Ray): the model's reference maps
+first (per-position medians, from at most ``max_reference_frames`` evenly spread windows), then
+every window's score terms, their median / MAD, the trailing statistic and its distribution.
+
+Used by ``anomstream calibrate`` and at the end of training. Normal data only: never test labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.base import AnomalyModel
+from pipeline.calibration.scores import Calibration, TrailingMean, fit_rarity, term_statistics
+from pipeline.checkpoint import file_sha256, load_model
+from pipeline.errors import AnomstreamError
+from pipeline.sources.base import Source
+from pipeline.sources.resolve import SourceOptions, resolve_inputs
+from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
+
+MIN_FRAMES = 50  # fewer scored normal frames cannot place a 1-in-20 quantile, let alone a tail
+
+
+class TooFewFrames(AnomstreamError):
+    """The normal data give fewer than ``MIN_FRAMES`` scored frames."""
+
+
+def calibrate_checkpoint(checkpoint: str | Path, data: list[str], smoothing: int = 9,
+                         false_alarm_rate: float = 1e-3, batch_size: int = 16, threads: int | None = None,
+                         max_reference_frames: int = 1000, progress: bool = True) -> Calibration:
+    """Fit a calibration of ``checkpoint`` on the normal sources ``data`` (any source spec).
+
+    Raises :class:`AnomstreamError` (one line) when a source cannot be read, the data give fewer
+    than ``MIN_FRAMES`` scored frames, or an option is out of range."""
+    if smoothing < 1:
+        raise AnomstreamError(f"--smoothing must be >= 1 frame, got {smoothing}")
+    if not 0 < false_alarm_rate < 1:
+        raise AnomstreamError(f"--false-alarm-rate must be between 0 and 1, got {false_alarm_rate}")
+    if threads:
+        torch.set_num_threads(threads)
+    model, _ = load_model(checkpoint)
+    sources = normal_sources(data, model, "--data")
+    still = model.window_length == 1  # independent images: no trailing window
+    calibration = fit_calibration(model, sources, ", ".join(data), 1 if still else smoothing, false_alarm_rate,
+                                  batch_size, max_reference_frames, progress)
+    calibration.checkpoint_sha256 = file_sha256(checkpoint)
+    return calibration
+
+
+def normal_sources(data: list[str], model: AnomalyModel, option: str) -> list[Source]:
+    """The sources of normal footage ``data`` (a labelled dataset spec gives its train split, an
+    image folder holds stills for a still model); one-line AnomstreamError naming ``option`` for an
+    input that fails or a live source."""
+    inputs = resolve_inputs(data, SourceOptions(still_images=model.window_length == 1, dataset_split="train"))
+    if inputs.failed:
+        raise AnomstreamError(f"{option} {inputs.failed[0].reason}")
+    live = [source.describe() for source in inputs.sources if source.is_live]
+    if live:
+        raise AnomstreamError(f"{option} {live[0]}: a live source; record a few minutes of normal footage and "
+                              f"calibrate on the file")
+    return inputs.sources
+
+
+def fit_calibration(model: AnomalyModel, sources: list[Source], description: str, smoothing: int,
+                    false_alarm_rate: float, batch_size: int = 16, max_reference_frames: int = 1000,
+                    progress: bool = True) -> Calibration:
+    """The two passes over ``sources`` (each read twice; files, folders, datasets: not cameras)."""
+    total = sum(source.frame_count or 0 for source in sources)
+    step = max(1, math.ceil(total / max_reference_frames)) if total else 1
+    reference = _reference(model, sources, batch_size, step, max_reference_frames, progress)
+    model.set_reference({name: torch.from_numpy(m) for name, m in reference.items()})
+    per_stream = [terms for terms in (_terms(model, source, batch_size, progress) for source in sources) if len(terms[0])]
+    frames = sum(len(index) for index, _ in per_stream)
+    if frames < MIN_FRAMES:
+        raise TooFewFrames(f"{description}: {frames} scored normal frames; a calibration needs at least {MIN_FRAMES}")
+    weights = model.calibration_terms or model.term_weights
+    names = list(weights) if weights else ["score"]
+    stats = {name: term_statistics(np.concatenate([terms[name] for _, terms in per_stream]), weights.get(name, 1.0))
+             for name in names}
+    calibration = Calibration(model.name, stats, smoothing, np.zeros(1), 1.0, false_alarm_rate, description, frames,
+                              reference=reference)
+    statistic = []
+    for index, terms in per_stream:
+        mean = TrailingMean(smoothing)
+        instant = calibration.statistic(terms)
+        statistic.append(np.array([mean.add(int(f), float(v)) for f, v in zip(index, instant)]))
+    calibration.quantiles, calibration.tail_scale = fit_rarity(np.concatenate(statistic))
+    return calibration
+
+
+def _batches(model: AnomalyModel, source: Source, batch_size: int) -> Iterator[WindowBatch]:
+    for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
+                               model.image_size, model.channels):
+        if isinstance(item, EndOfStream):
+            if item.error:
+                raise AnomstreamError(item.error)
+            return
+        if item.valid.any():
+            yield item
+
+
+def _each_window(model: AnomalyModel, sources: list[Source], batch_size: int, what: str, progress: bool,
+                 use: Callable[[Source, WindowBatch], None]) -> None:
+    with tqdm(desc=what, unit="frame", disable=not progress, total=sum(s.frame_count or 0 for s in sources) or None) as bar:
+        for source in sources:
+            for batch in _batches(model, source, batch_size):
+                use(source, batch)
+                bar.update(batch.size)
+
+
+def _reference(model: AnomalyModel, sources: list[Source], batch_size: int, step: int, limit: int,
+               progress: bool) -> dict[str, np.ndarray]:
+    """Per-position medians of the model's reference maps over every ``step``-th scored window; when
+    more than ``limit`` are kept (the frame count was unknown), every other one is dropped and the
+    step doubles, so at most ``limit`` maps are held."""
+    kept: dict[str, list[np.ndarray]] = {}
+    if type(model).reference_maps is AnomalyModel.reference_maps:
+        return {}
+
+    def use(_source: Source, batch: WindowBatch) -> None:
+        nonlocal step
+        chosen = batch.frame_index[batch.valid] % step == 0
+        if chosen.any():
+            windows = torch.from_numpy(batch.windows()[chosen])
+            with torch.inference_mode():
+                for name, maps in model.reference_maps(windows).items():
+                    kept.setdefault(name, []).extend(maps.float().numpy().astype(np.float16))
+        while kept and len(next(iter(kept.values()))) > limit:
+            step *= 2
+            for name in kept:
+                kept[name] = kept[name][::2]
+
+    _each_window(model, sources, batch_size, "calibration: reference maps", progress, use)
+    return {name: np.median(np.stack(maps).astype(np.float32), axis=0) for name, maps in kept.items()}
+
+
+def _terms(model: AnomalyModel, source: Source, batch_size: int, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A stream's scored frame indices (N,) and its terms (each float64 (N,)), the score as ``score``."""
+    index: list[np.ndarray] = []
+    terms: dict[str, list[np.ndarray]] = {}
+
+    def use(_source: Source, batch: WindowBatch) -> None:
+        with torch.inference_mode():
+            output = model.score(torch.from_numpy(batch.windows()))
+        index.append(batch.frame_index[batch.valid])
+        for name, values in {**output.terms, "score": output.score}.items():
+            terms.setdefault(name, []).append(values.double().numpy())
+
+    _each_window(model, [source], batch_size, f"calibration: scoring {source.stream_id}", progress, use)
+    if not index:
+        return np.zeros(0, np.int64), {}
+    return np.concatenate(index), {name: np.concatenate(values) for name, values in terms.items()}

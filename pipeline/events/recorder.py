@@ -1,0 +1,173 @@
+"""A run's events, kept by the writer as rows are written: one detector per stream, a JPEG snapshot
+of each event's peak frame with its map, ``events.jsonl``, the webhook outbox, and what the driver
+prints. The zarr table is written by the store (:meth:`pipeline.store.ResultStore.add_events`).
+
+Files live in the run's events folder (``S.events/`` beside the store ``S.zarr``):
+``events.jsonl`` (one JSON object per line: ``type`` "start" when an event reaches its minimum
+length, "end" when it is over), ``<event_id>.jpg`` snapshots, ``outbox/`` (webhook messages not
+delivered yet).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import AnomstreamError
+from pipeline.events.detector import Event, EventDetector, EventRule
+from pipeline.events.outbox import Outbox, check_webhook
+from pipeline.store import FrameStatus
+from pipeline.stream.windows import WindowBatch
+from pipeline.visualize import overlay_jpeg
+
+RECENT_EVENTS = 5  # event messages per stream the live view lists
+
+
+def events_folder(store: str | Path) -> Path:
+    """``runs/cam.zarr`` -> ``runs/cam.events``: where a store's event files go."""
+    store = Path(store)
+    return store.with_name(store.stem + ".events")
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """A run's event options: the rule (its threshold from the calibration unless given), the
+    events folder and the webhook URL (None: no delivery)."""
+
+    rule: EventRule
+    folder: str
+    webhook: str | None = None
+
+
+@dataclass(frozen=True)
+class EventOptions:
+    """Event options as given (command line): ``threshold`` None takes the calibration's."""
+
+    threshold: float | None = None
+    low_threshold: float | None = None
+    end_after: int = 10
+    min_frames: int = 3
+    merge_gap: int = 25
+    webhook: str | None = None
+
+
+def event_settings(options: EventOptions, calibrated_threshold: float | None, store: str | Path) -> EventSettings | None:
+    """The run's event settings, or None when there is no threshold (no calibration, none given).
+    With a calibration the low threshold defaults to one unit below (ten times the false-alarm
+    rate), but at least half the threshold (calibrated scores are >= 0). Raises AnomstreamError
+    for a webhook without a threshold or a bad option."""
+    threshold = options.threshold if options.threshold is not None else calibrated_threshold
+    if threshold is None:
+        if options.webhook:
+            raise AnomstreamError("--webhook: events need a threshold: calibrate the checkpoint "
+                                  "(anomstream calibrate) or pass --event-threshold")
+        return None
+    low = options.low_threshold
+    if low is None and calibrated_threshold is not None:  # calibrated scores: ten times the rate, never <= 0
+        low = max(threshold - 1.0, threshold / 2)
+    try:
+        rule = EventRule(threshold, low, options.end_after, options.min_frames, options.merge_gap)
+    except ValueError as error:
+        raise AnomstreamError(str(error)) from None
+    return EventSettings(rule, str(events_folder(store)), check_webhook(options.webhook) if options.webhook else None)
+
+
+def message(kind: str, event: Event) -> dict[str, Any]:
+    return {"type": kind, **event.to_dict()}
+
+
+class EventRecorder:
+    """Events of every stream of a run. ``run_key`` makes event ids unique to the run's store."""
+
+    def __init__(self, settings: EventSettings, run_key: str, fresh: bool = False) -> None:
+        """``fresh``: the store is being replaced (--overwrite): so are the event log and snapshots
+        (webhook messages not delivered yet stay in the outbox)."""
+        self.settings, self.run_key = settings, run_key
+        self.folder = Path(settings.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for path in [self.folder / "events.jsonl", *self.folder.glob("*.jpg")]:
+                path.unlink(missing_ok=True)
+        self.log = (self.folder / "events.jsonl").open("a", encoding="utf-8")
+        self.outbox = Outbox(self.folder / "outbox", settings.webhook) if settings.webhook else None
+        self.detectors: dict[str, EventDetector] = {}
+        self.news: list[dict[str, Any]] = []  # messages since the driver last asked
+        self.recent: dict[str, deque[dict[str, Any]]] = {}  # per stream, for the live view
+
+    def open_stream(self, stream_id: str) -> None:
+        self.detectors[stream_id] = EventDetector(stream_id, self.settings.rule, self.run_key)
+        self.recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS))
+
+    def feed(self, stream_id: str, values: dict[str, np.ndarray], batch: WindowBatch | None) -> list[dict[str, Any]]:
+        """Rows just written (``frame_index``, ``timestamp``, ``score``, ``status``, ``map``) and the
+        batch they were scored from (for the peak frame's image; None: no snapshot). Returns the
+        finished events as table rows for the store."""
+        score = np.where(values["status"] == FrameStatus.SCORED, values["score"], np.nan)
+
+        def peak(row: int) -> tuple[np.ndarray, np.ndarray] | None:
+            position = batch.context + row if batch is not None else -1
+            if position < 0:
+                return None
+            return batch.frames[position].copy(), np.asarray(values["map"][row]).copy()
+
+        messages = self.detectors[stream_id].feed(values["frame_index"], values["timestamp"], score, peak)
+        return self._publish(stream_id, messages)
+
+    def close_stream(self, stream_id: str) -> list[dict[str, Any]]:
+        """The stream ended: its open event is over. Returns the finished events' table rows."""
+        detector = self.detectors.get(stream_id)
+        if detector is None:
+            return []
+        rows = self._publish(stream_id, detector.flush())
+        del self.detectors[stream_id]
+        return rows
+
+    def _publish(self, stream_id: str, messages: list[tuple[str, Event]]) -> list[dict[str, Any]]:
+        """Snapshots of ended events, then every message in order: log, outbox, news, the view."""
+        detector = self.detectors[stream_id]
+        ended = []
+        for kind, event in messages:
+            if kind == "end":
+                self._snapshot(event, detector.peak_payload(event))
+                ended.append(event.to_dict())
+            record = message(kind, event)
+            self.log.write(json.dumps(record) + "\n")
+            if self.outbox is not None:
+                self.outbox.put(f"{event.event_id}-{kind}", record)
+            self.news.append(record)
+            self.recent[stream_id].append(record)
+        self.log.flush()
+        return ended
+
+    def _snapshot(self, event: Event, kept: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """The peak frame with its map as ``<event_id>.jpg`` (written whole, then renamed)."""
+        if kept is None:
+            return
+        image, anomaly_map = kept
+        finite = anomaly_map[np.isfinite(anomaly_map)]
+        high = float(np.percentile(finite.astype(np.float32), 99.5)) if finite.size else 1.0
+        path = self.folder / f"{event.event_id}.jpg"
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(overlay_jpeg(image, anomaly_map, high))
+        temporary.replace(path)
+        event.snapshot = path.name
+
+    def view(self, stream_id: str) -> dict[str, Any]:
+        """For the live view: the threshold, the stream's recent event messages, whether one is open."""
+        recent = list(self.recent.get(stream_id, ()))
+        open_ids = {m["event_id"] for m in recent if m["type"] == "start"} - {m["event_id"] for m in recent if m["type"] == "end"}
+        return {"threshold": self.settings.rule.threshold, "events": recent, "event_open": bool(open_ids)}
+
+    def take_news(self) -> list[dict[str, Any]]:
+        news, self.news = self.news, []
+        return news
+
+    def close(self, wait_s: float = 5.0) -> int:
+        """Flush the log; give the webhook up to ``wait_s`` s. Returns messages left in the outbox."""
+        self.log.close()
+        return self.outbox.close(wait_s) if self.outbox is not None else 0
