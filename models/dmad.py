@@ -291,7 +291,8 @@ class DMAD(AnomalyModel):
         a_df = sum((f * pixels_per_unit).norm(dim=1, keepdim=True) for f in out.fields)
         anomaly_map = a_rec + self.config.alpha * a_df
         box = self._box(self.config.score_box)
-        paper = box_mean(a_rec, *box).amax(dim=(1, 2, 3)) + self.config.alpha * box_mean(a_df, *box).amax(dim=(1, 2, 3))
+        deformation = box_mean(a_df, *box).amax(dim=(1, 2, 3))
+        paper = box_mean(a_rec, *box).amax(dim=(1, 2, 3)) + self.config.alpha * deformation
         vertical = (out.fields[0][:, 1:2] * pixels_per_unit[:, 1:2]).abs()
         gradient = _gradient_difference(out.final, target)
         reference = 0.0 if self.reference_gradient is None else self.reference_gradient.to(gradient)
@@ -300,7 +301,7 @@ class DMAD(AnomalyModel):
             "reconstruction_l1": a_rec.mean(dim=(1, 2, 3)),
             "gradient_difference": box_mean(gradient, *box).amax(dim=(1, 2, 3)),
             "gradient_excess": box_mean(gradient - reference, box[0] * 2, box[1] * 2).amax(dim=(1, 2, 3)),
-            "deformation": box_mean(a_df, *box).amax(dim=(1, 2, 3)),
+            "deformation": deformation,
         }
         if self.config.score == "paper":
             score = paper

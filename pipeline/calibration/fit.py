@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from models.base import AnomalyModel
-from pipeline.calibration.scores import Calibration, TrailingMean, fit_rarity, term_statistics
+from pipeline.calibration.scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
 from pipeline.checkpoint import file_sha256, load_model
 from pipeline.errors import AnomstreamError
 from pipeline.sources.base import Source
@@ -84,11 +84,8 @@ def fit_calibration(model: AnomalyModel, sources: list[Source], description: str
              for name in names}
     calibration = Calibration(model.name, stats, smoothing, np.zeros(1), 1.0, false_alarm_rate, description, frames,
                               reference=reference)
-    statistic = []
-    for index, terms in per_stream:
-        mean = TrailingMean(smoothing)
-        instant = calibration.statistic(terms)
-        statistic.append(np.array([mean.add(int(f), float(v)) for f, v in zip(index, instant)]))
+    statistic = [StreamCalibrator(calibration).smoothed(index, terms, np.ones(len(index), bool))
+                 for index, terms in per_stream]
     calibration.quantiles, calibration.tail_scale = fit_rarity(np.concatenate(statistic))
     return calibration
 

@@ -156,14 +156,16 @@ class StreamCalibrator:
         self.calibration = calibration
         self.mean = TrailingMean(calibration.smoothing)
 
+    def smoothed(self, frame_index: np.ndarray, terms: dict[str, np.ndarray], scored: np.ndarray) -> np.ndarray:
+        """The trailing statistic (before the rarity) of the rows, float64 (B,), NaN where not scored."""
+        out = np.full(len(frame_index), np.nan, np.float64)
+        rows = np.flatnonzero(scored)
+        if len(rows):
+            instant = self.calibration.statistic({name: np.asarray(values)[rows] for name, values in terms.items()})
+            out[rows] = [self.mean.add(int(frame_index[row]), float(value)) for row, value in zip(rows, instant)]
+        return out
+
     def __call__(self, frame_index: np.ndarray, terms: dict[str, np.ndarray], scored: np.ndarray) -> np.ndarray:
         """Rows' ``frame_index`` int (B,), terms float (B,) each, ``scored`` bool (B,) -> calibrated
         score float32 (B,), NaN where not scored."""
-        out = np.full(len(frame_index), np.nan, np.float64)
-        rows = np.flatnonzero(scored)
-        if not len(rows):
-            return out.astype(np.float32)
-        instant = self.calibration.statistic({name: np.asarray(values)[rows] for name, values in terms.items()})
-        smoothed = np.array([self.mean.add(int(frame_index[row]), float(value)) for row, value in zip(rows, instant)])
-        out[rows] = self.calibration.rarity(smoothed)
-        return out.astype(np.float32)
+        return self.calibration.rarity(self.smoothed(frame_index, terms, scored)).astype(np.float32)
