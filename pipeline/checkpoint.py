@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,28 @@ def write_payload(path: Path, payload: dict[str, Any]) -> None:
 
 def read_checkpoint(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
     """The checkpoint's contents; ``expected_model`` guards against a checkpoint of another model."""
+    return read_checkpoint_and_hash(path, expected_model)[0]
+
+
+def read_checkpoint_and_hash(path: str | Path, expected_model: str | None = None) -> tuple[dict[str, Any], str]:
+    """(contents, sha256 of the file's bytes), from one read of the file: what a scoring run reads
+    once on the driver and hands to every replica through Ray's object store.
+
+    Raises AnomstreamError naming ``path``: missing, unreadable, not an anomstream checkpoint, or
+    for another model than ``expected_model``."""
     path = Path(path)
     if not path.is_file():
         raise AnomstreamError(f"{path}: checkpoint file not found")
+    data = path.read_bytes()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
         raise AnomstreamError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AnomstreamError(f"{path}: not an anomstream checkpoint")
     if expected_model is not None and payload["model"] != expected_model:
         raise AnomstreamError(f"{path}: checkpoint is for model {payload['model']!r}, not {expected_model!r}")
-    return payload
+    return payload, hashlib.sha256(data).hexdigest()
 
 
 def checkpoint_params(payload: dict[str, Any], path: str | Path) -> Any:
@@ -60,14 +71,21 @@ def checkpoint_params(payload: dict[str, Any], path: str | Path) -> Any:
 def load_model(path: str | Path, expected_model: str | None = None) -> tuple[AnomalyModel, dict[str, Any]]:
     """Build the checkpoint's model with its weights, in eval mode."""
     payload = read_checkpoint(path, expected_model)
+    return model_from_payload(payload, path), payload
+
+
+def model_from_payload(payload: dict[str, Any], origin: str | Path) -> AnomalyModel:
+    """The model of a checkpoint's contents (:func:`read_checkpoint`) with its weights, in eval mode;
+    ``origin`` names the checkpoint in errors (AnomstreamError: unknown model, parameters or weights
+    that do not fit)."""
     name = payload["model"]
-    model = build_model(name, checkpoint_params(payload, path))
+    model = build_model(name, checkpoint_params(payload, origin))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
-        raise AnomstreamError(f"{path}: weights do not fit model {name!r}: {str(error).splitlines()[0]}") from None
+        raise AnomstreamError(f"{origin}: weights do not fit model {name!r}: {str(error).splitlines()[0]}") from None
     model.eval()
-    return model, payload
+    return model
 
 
 def file_sha256(path: str | Path) -> str:

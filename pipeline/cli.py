@@ -88,16 +88,29 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     settings, model_name = _score_settings(args)
     events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
                           args.event_merge_gap, args.webhook)
-    report = score_sources(args.sources, args.checkpoint, args.out, settings, _mode(args), args.address,
+    specs, stream_ids = list(args.sources), [None] * len(args.sources)
+    if getattr(args, "manifest", None):
+        from pipeline.sources.manifest import read_manifest
+
+        listed = read_manifest(args.manifest)
+        specs += [spec for spec, _ in listed]
+        stream_ids += [stream_id for _, stream_id in listed]
+    if not specs:
+        raise AnomstreamError(f"{args.command}: no input: give sources, or --manifest FILE")
+    report = score_sources(specs, args.checkpoint, args.out, settings, _mode(args), args.address,
                            progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
                            duration_s=duration_s, view=view, rotate_s=rotate_s, calibration=args.calibration,
-                           events=events)
+                           events=events, stream_ids=stream_ids)
     if report.streams:
         where = f"{report.store.with_name(report.store.stem + '-*' + report.store.suffix)} (one per period)" if rotate_s \
             else report.store
         print(f"store: {where}  streams: {len(report.streams)}  frames: {report.frames}  "
               f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
-              f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)})")
+              f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)}"
+              f"{f', on {len(report.nodes)} nodes' if len(report.nodes) > 1 else ''})")
+    if report.faults.counts:
+        survived = ", ".join(f"{kind.replace('_', ' ')} {count}" for kind, count in sorted(report.faults.counts.items()))
+        print(f"faults survived: {survived}")
     if report.events or report.undelivered:
         left = f"; {report.undelivered} webhook message(s) not delivered yet, kept in the outbox" if report.undelivered else ""
         print(f"events: {report.events} ({report.store.with_name(report.store.stem + '.events')}){left}")
@@ -325,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(rtsp, rtmp, http(s), udp, srt), or a labelled still dataset (mtd:ROOT, mvtec:CATEGORY, "
                    "mvtec_loco:CATEGORY, ksdd2:ROOT); an existing path always means that path")
     score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
-    score.add_argument("sources", nargs="+", help=source_help)
+    score.add_argument("sources", nargs="*", help=source_help)
     scoring_options(score)
+    score.add_argument("--manifest", metavar="FILE",
+                       help="more inputs, one source spec per line (# comments), or a CSV table with a 'source' column and "
+                            "an optional 'stream_id' column; relative paths are relative to the manifest's folder")
     score.add_argument("--connect-timeout", type=_at_least(0, float), default=30.0, metavar="SECONDS",
                        help="keep trying a camera's first connection this long (default 30; 0: one try)")
     score.set_defaults(run=_cmd_score)

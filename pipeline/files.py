@@ -25,6 +25,21 @@ def list_images(folder: Path) -> list[Path]:
                   key=numeric_sort_key)
 
 
+def files_fingerprint(paths: list[Path]) -> dict[str, int]:
+    """What tells whether files changed since a stream was scored from them, without reading them:
+    ``files`` (count), ``bytes`` (total size) and ``mtime_ns`` (newest modification). Files that
+    vanished count as absent."""
+    sizes, newest = [], 0
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        sizes.append(stat.st_size)
+        newest = max(newest, stat.st_mtime_ns)
+    return {"files": len(sizes), "bytes": sum(sizes), "mtime_ns": newest}
+
+
 def read_image(path: Path) -> np.ndarray:
     import cv2
 

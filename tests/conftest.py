@@ -78,6 +78,23 @@ def short_clip(ped2, tmp_path_factory) -> Path:
     return folder
 
 
+CLEAN_RUN_BATCH = 8
+
+
+@pytest.fixture(scope="session")
+def clean_run(ray_session, ped2, shipped_checkpoint, tmp_path_factory):
+    """(store, report) of Ped2 test clips 01 and 02 (frame folders) scored on the local Ray with 2
+    replicas of 1 thread, batches of 8, nothing going wrong: what runs with faults are compared
+    with, and what the shipped checkpoint's AUC is measured on."""
+    from pipeline.config import ScoreSection
+    from pipeline.driver.run import score_sources
+
+    out = tmp_path_factory.mktemp("clean") / "run.zarr"
+    report = score_sources([str(ped2 / "testing" / "frames" / clip) for clip in ("01", "02")], str(shipped_checkpoint), out,
+                           ScoreSection(replicas=2, batch_size=CLEAN_RUN_BATCH, replica_threads=1), progress=False)
+    return out, report
+
+
 @pytest.fixture
 def http_server(shared_data):
     """A loopback HTTP server over ../shared/data, standing in for an IP camera."""

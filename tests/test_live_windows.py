@@ -200,6 +200,19 @@ def test_replica_pool_and_stream_choices():
     assert every.take_writable() == [(0, 2, "a", "unscored"), (2, 4, "b", "scored")]
     assert every.next_sequence == 2 and every.next_row == 6 and list(every.to_write) == [3]
 
+    # a fault: what is decoded but not written is forgotten, the new decoder starts at the next unwritten row
+    every.queued, every.scoring, every.decode_pending = 2, 1, True
+    assert every.rewind("decoder2") == 6
+    assert (every.decoder, every.epoch, every.rewinds) == ("decoder2", 1, 1)
+    assert (every.queued, every.scoring, every.decode_pending, every.to_write, every.ended) == (0, 0, False, {}, None)
+    assert every.wants_batch(waiting=0, capacity=4, replica_free=False)
+    # an error at batch 4: batches 2 and 3 are still written, 4 and later dropped
+    every.to_write = {3: (4, "d", "scored"), 5: (4, "f", "scored")}
+    every.end_at(4, EndOfStream("file", 0, "scoring failed"))
+    assert list(every.to_write) == [3] and every.keeps(3) and not every.keeps(4)
+    every.to_write[2] = (4, "c", "scored")
+    assert [row for row, *_ in every.take_writable()] == [6, 10] and every.ended.error == "scoring failed"
+
 
 def test_any_mix_of_requests_gaps_and_drops_scores_only_whole_contiguous_windows():
     """Seeded random arrivals, gaps, limits, policies and ages (small batches: fewer targets than a

@@ -39,14 +39,12 @@ def _assert_complete_stream(group, frames, window_length=5):
     assert group.attrs["complete"] is True and group.attrs["written"] == frames
 
 
-def test_two_replicas_keep_every_frame_once_in_order(ray_session, ped2, sample_clip, shipped_checkpoint, tmp_path):
-    out = tmp_path / "run.zarr"
-    report = score_sources([str(sample_clip), str(ped2 / "testing" / "frames" / "01")], str(shipped_checkpoint), out,
-                           ScoreSection(replicas=2, batch_size=8), progress=False)
+def test_two_replicas_keep_every_frame_once_in_order(clean_run, ped2, shipped_checkpoint):
+    out, report = clean_run
     assert report.frames == 360 and not report.errors and report.replicas == 2
     root = open_results(out)
-    assert sorted(root.group_keys()) == ["01", "ped2_test02"]
-    for stream_id in ("01", "ped2_test02"):
+    assert sorted(root.group_keys()) == ["01", "02"]
+    for stream_id in ("01", "02"):
         _assert_complete_stream(root[stream_id], 180)
     assert root.attrs["model"] == "dmad" and root.attrs["checkpoint_sha256"] == file_sha256(shipped_checkpoint)
     assert root.attrs["config"]["model"]["image_size"] == 128 and root.attrs["anomstream_version"]
@@ -70,10 +68,8 @@ def test_two_replicas_keep_every_frame_once_in_order(ray_session, ped2, sample_c
     torch.set_num_threads(2)
 
 
-def test_shipped_checkpoint_auc_on_two_ped2_clips(ray_session, ped2, shipped_checkpoint, tmp_path, capsys):
-    out, report = tmp_path / "ped2.zarr", tmp_path / "eval.json"
-    frames = ped2 / "testing" / "frames"
-    assert main(["score", str(frames / "01"), str(frames / "02"), "--out", str(out), "--quiet"]) == 0
+def test_shipped_checkpoint_auc_on_two_ped2_clips(clean_run, ped2, tmp_path, capsys):
+    (out, _), report = clean_run, tmp_path / "eval.json"
     assert main(["eval", str(out), "--dataset", "ped2", "--labels", str(ped2), "--pixel", "--json", str(report)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(report.read_text())

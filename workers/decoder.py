@@ -14,16 +14,22 @@ import ray
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions, LiveWindows
 from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, window_batches
+from workers.priority import raise_priority
 
 
 @ray.remote
 class DecodeActor:
+    def __init__(self) -> None:
+        raise_priority()  # the replicas report when this is not allowed (same cause)
+        self._live: LiveWindows | None = None
+
     def ready(self) -> bool:
         return True
 
     def open(self, source: Source, window_length: int, batch_size: int, image_size: int, channels: int,
              skip_before: int = 0, live: LiveOptions | None = None) -> None:
         """``live``: read the source as a live stream (its frames as they come, per ``live.policy``)."""
+        self.stop()  # a live reader of an earlier stream (ended with an error) stops reading
         self._source = source
         self._live = LiveWindows(source, window_length, batch_size, image_size, channels, live) if live else None
         self._batches = None if live else window_batches(source.frames(), source.stream_id, window_length, batch_size,

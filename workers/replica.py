@@ -1,31 +1,56 @@
-"""Model replica actor: holds one model on its device and scores window batches (stateless)."""
+"""Model replica actor: holds one model on its device and scores window batches (stateless).
+
+The driver creates replicas restartable by Ray (``max_restarts``, ``max_task_retries``): when a
+replica process dies, Ray starts it again and sends its batches again. Every call carries
+``[ref]`` to the model (the checkpoint's contents and a calibration's reference maps, put in the
+object store once by the driver): a replica, first started or restarted, loads the model from the
+first call it gets. (A reference among the constructor's arguments would make Ray warn that a
+restart needs it alive: ray-project/ray#53727.) Each answer says which process scored it, so the
+driver sees a restart and reports it.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import numpy as np
 import ray
 
 from pipeline.stream.scorer import Scorer
 from pipeline.stream.windows import WindowBatch
+from workers.priority import niceness, raise_priority
 
 
 @ray.remote
 class ReplicaActor:
-    def __init__(self, checkpoint: str, threads: int | None = None, reference: dict[str, np.ndarray] | None = None) -> None:
-        self.core = Scorer(checkpoint, threads, reference=reference)
+    def __init__(self, threads: int | None = None) -> None:
+        self.priority_warning = raise_priority()
+        self.threads, self.core = threads, None
         self.busy_seconds = 0.0  # inside score(): what the pipeline around it leaves to the model
 
-    def score(self, batch: WindowBatch) -> dict[str, np.ndarray]:
+    def _scorer(self, model: list[ray.ObjectRef]) -> Scorer:
+        if self.core is None:
+            contents, reference = ray.get(model[0])
+            self.core = Scorer(contents, self.threads, reference=reference)
+        return self.core
+
+    @ray.method(num_returns=2)
+    def score(self, model: list[ray.ObjectRef], batch: WindowBatch) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(who scored it: ``pid`` and ``node`` of this process, small; the store's rows of the batch)."""
+        scorer = self._scorer(model)
         started = time.perf_counter()
         try:
-            return self.core.score(batch)
+            return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}, scorer.score(batch)
         finally:
             self.busy_seconds += time.perf_counter() - started
 
     def busy(self) -> float:
         return self.busy_seconds
 
-    def device(self) -> str:
-        return str(self.core.device)
+    def describe(self, model: list[ray.ObjectRef]) -> dict[str, Any]:
+        """Where this replica runs (loading the model first): ``device``, ``pid``, ``node`` (Ray node
+        id), ``nice`` (its priority), ``warning`` (None, or why its priority could not be raised)."""
+        return {"device": str(self._scorer(model).device), "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id(), "nice": niceness(), "warning": self.priority_warning}

@@ -15,6 +15,7 @@ from pipeline.store.rotation import RotatingStore
 from pipeline.stream.scorer import unscored_rows
 from pipeline.stream.windows import WindowBatch
 from pipeline.view.state import StreamView
+from workers.priority import raise_priority
 
 
 @ray.remote
@@ -28,6 +29,7 @@ class WriterActor:
         ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`);
         ``calibration``: a calibration's payload, the stored ``score`` becomes the calibrated one
         (:mod:`pipeline.calibration.scores`); ``events``: detect, keep and deliver events."""
+        raise_priority()
         self.store = RotatingStore(path, run_attrs, mode, rotate_s) if rotate_s else ResultStore(path, run_attrs, mode)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
         self.views: dict[str, StreamView] | None = {} if view else None
@@ -40,6 +42,10 @@ class WriterActor:
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.store.note_inputs(failed, left_out)
 
+    def note_attrs(self, attrs: dict[str, Any]) -> None:
+        """Run-level facts into the store's root attrs (``faults``, ``replicas``)."""
+        self.store.note_attrs(attrs)
+
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         return self.store.stored_stream(stream_id)
 
@@ -51,6 +57,10 @@ class WriterActor:
             self.views[stream_id] = StreamView()
         if self.calibration is not None:
             self.calibrators[stream_id] = StreamCalibrator(self.calibration)
+            if isinstance(self.store, ResultStore):  # a resumed stream: the trailing window goes on from its rows
+                names = ["frame_index", "status", "score_raw", *(name for name in arrays if name.startswith("term_"))]
+                self.calibrators[stream_id].smoothed(*_calibration_inputs(self.store.last_rows(
+                    stream_id, self.calibration.smoothing, names)))
         if self.events is not None:
             self.events.open_stream(stream_id)
 
@@ -58,10 +68,7 @@ class WriterActor:
         """Rows [start, start + n) of a stream; ``batch``: the batch they were scored from (for the live
         view's frame and event snapshots; None: neither is taken from these rows)."""
         if stream_id in self.calibrators:
-            terms = {name[len("term_"):]: data for name, data in values.items() if name.startswith("term_")}
-            scored = values["status"] == FrameStatus.SCORED
-            values = {**values, "score": self.calibrators[stream_id](values["frame_index"],
-                                                                     {**terms, "score": values["score_raw"]}, scored)}
+            values = {**values, "score": self.calibrators[stream_id](*_calibration_inputs(values))}
         self.store.write(stream_id, start, values)
         if self.events is not None:
             self.store.add_events(stream_id, self.events.feed(stream_id, values, batch))
@@ -105,3 +112,9 @@ class WriterActor:
         if self.events is not None:
             self.store.add_events(stream_id, self.events.close_stream(stream_id))
         self.store.close_stream(stream_id, error, warnings, stopped)
+
+
+def _calibration_inputs(values: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """(frame_index, terms with the raw score as ``score``, scored) of rows, for a StreamCalibrator."""
+    terms = {name[len("term_"):]: data for name, data in values.items() if name.startswith("term_")}
+    return values["frame_index"], {**terms, "score": values["score_raw"]}, values["status"] == FrameStatus.SCORED

@@ -11,23 +11,30 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
 from tqdm import tqdm
 
 from pipeline.config import ScoreSection
 from pipeline.driver.report import RunReport, StreamReport, event_line, live_table
 from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
+from pipeline.errors import AnomstreamError
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions
-from pipeline.stream.windows import BatchHeader, EndOfStream
+from pipeline.stream.windows import EndOfStream
 
 WAIT_S = 0.25  # longest the loop waits on actors before it looks at the clock (duration, stop, table)
 TABLE_EVERY_S = 5.0
 EVENTS_EVERY_S = 1.0  # a live run prints event starts / ends at most this late
 VIEW_FRAME_S = 0.4  # live view: a stream's shown frame is renewed at most this often
+MAX_REDECODES = 3  # a stream decoded again more often than this after faults ends with an error
+MAX_REPLACEMENTS_PER_REPLICA = 3  # beyond Ray's own restarts; then the run ends with an error
+MAX_BATCH_ATTEMPTS = 3  # replicas lost while holding one batch before its stream ends with an error
 
 
 def _same_source(stored: str, current: str) -> bool:
@@ -36,7 +43,8 @@ def _same_source(stored: str, current: str) -> bool:
 
 
 def _stream_attrs(source: Source, live: LiveOptions) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live}
+    attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live,
+                             "source_fingerprint": source.fingerprint()}
     if source.is_live:
         attrs["maps_every"] = live.maps_every
     items = source.items()
@@ -45,31 +53,55 @@ def _stream_attrs(source: Source, live: LiveOptions) -> dict[str, Any]:
     return attrs
 
 
+@dataclass
+class Workers:
+    """A run's actors: ``replicas`` (replaced in place when Ray gives one up), ``decoders`` (a
+    pool), ``model``: ``[ref]`` to the model's contents in the object store, sent with every
+    replica call; ``new_replica`` / ``new_decoder`` start one more actor."""
+
+    model: list[Any]
+    new_replica: Callable[[], Any]
+    new_decoder: Callable[[], Any]
+    replicas: list[Any] = field(default_factory=list)
+    decoders: list[Any] = field(default_factory=list)
+
+
 class ScoringLoop:
     """One run's streams from their decoders through the replicas to the writer.
 
     ``live``: how live sources are read (policy, max latency); ``deadline``: time.monotonic() at
     which every stream is stopped; ``stop``: set (e.g. by a signal handler) to stop every stream.
     A stopped stream writes every frame read before the stop and is closed as complete.
+
+    Faults (each a line in ``report.faults``): a replica process that dies is restarted by Ray,
+    which sends its batches again (the loop notes the new process); a replica Ray gives up on is
+    replaced by ``new_replica()`` and its batches go to a replica again; a decoder that dies, or a
+    decoded batch that is lost (its node gone), makes the stream decode again from its next
+    unwritten row with ``new_decoder()``. An exception inside a replica ends that stream only.
     """
 
     def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection, writer: Any,
-                 replicas: list, decoders: list, report: RunReport, progress: bool, live: LiveOptions,
+                 workers: Workers, report: RunReport, progress: bool, live: LiveOptions,
                  deadline: float | None = None, stop: threading.Event | None = None, view: bool = False,
                  events: bool = False) -> None:
         self.model, self.arrays, self.settings = model, arrays, settings
-        self.writer, self.replicas, self.report, self.live = writer, replicas, report, live
-        self.free_decoders = list(decoders)  # at most one source per decoder at a time
+        self.writer, self.workers, self.report, self.live = writer, workers, report, live
+        self.replicas = workers.replicas  # replaced in place: the caller sees the replicas at the end
+        self.replica_pids: list[int | None] = [None] * len(self.replicas)
+        self.replacements = [0] * len(self.replicas)  # new replicas started in each slot
+        self.opened: dict[str, Source] = {}
+        self.free_decoders = list(workers.decoders)  # at most one source per decoder at a time
         self.pool = ReplicaPool(settings.replicas, settings.in_flight_per_replica)
         self.sources = deque(sources)  # not opened yet
         self.streams: dict[str, StreamState] = {}
         self.decoded: deque[Decoded] = deque()  # waiting for a replica
-        self.decode_refs: dict[Any, tuple[str, Any]] = {}  # header ref -> (stream, batch ref)
-        self.score_refs: dict[Any, tuple[str, BatchHeader, int, Any]] = {}  # result -> (stream, header, replica, batch)
+        self.decode_refs: dict[Any, tuple[str, Any, int]] = {}  # header ref -> (stream, batch ref, epoch)
+        self.score_refs: dict[Any, tuple[Decoded, int, Any, Any]] = {}  # who-scored-it ref -> (batch, replica, result, actor)
         self.write_refs: deque = deque()
         self.requests = 0
         self.deadline, self.stop = deadline, stop or threading.Event()
         self.stopping = False
+        self.writer_lost = False
         self.live_run = any(source.is_live for source in sources)
         self.progress, self.view, self.events = progress, view, events
         self.events_due = time.monotonic() + EVENTS_EVERY_S
@@ -80,28 +112,44 @@ class ScoringLoop:
                         unit="frame", disable=not progress or self.live_run)
 
     def run(self) -> None:
+        """Raises AnomstreamError (one line) when the writer is lost: what is on disk is whole (a
+        stream's ``written`` mark counts finished batches only) and ``--resume`` goes on from it."""
         try:
-            self._open_streams()
-            while self.streams or self.sources:
-                self._stop_if_asked()
-                self._request_batches()
-                self._dispatch()
-                pending = list(self.decode_refs) + list(self.score_refs)
-                if not pending:
-                    self._settle()
-                    continue
-                for ref in ray.wait(pending, num_returns=1, timeout=WAIT_S)[0]:
-                    if ref in self.decode_refs:
-                        self._on_decoded(ref)
-                    else:
-                        self._on_scored(ref)
-                self._open_streams()
-                self._print_table()
-                self._print_events()
+            self._loop()
+        except RayActorError as failure:  # the replicas' and decoders' are handled where they happen
+            self.writer_lost = True
+            raise AnomstreamError(f"{self.report.store}: the writer process was lost ({_first_line(failure)}); "
+                                  f"what is written is kept: run again with --resume") from None
+        except RayError as failure:  # e.g. a scored batch lost with its node before the writer read it
+            self.writer_lost = True
+            if isinstance(failure, AnomstreamError):
+                raise  # the store's own one-line error, raised in the writer
+            raise AnomstreamError(f"{self.report.store}: writing failed ({type(failure).__name__}: "
+                                  f"{_first_line(failure)}); what is written is kept: run again with --resume") from None
         finally:
             self.bar.close()
-            self._close_unfinished()
-            self._print_events(final=True)
+            if not self.writer_lost:
+                self._close_unfinished()
+                self._print_events(final=True)
+
+    def _loop(self) -> None:
+        self._open_streams()
+        while self.streams or self.sources:
+            self._stop_if_asked()
+            self._request_batches()
+            self._dispatch()
+            pending = list(self.decode_refs) + list(self.score_refs)
+            if not pending:
+                self._settle()
+                continue
+            for ref in ray.wait(pending, num_returns=1, timeout=WAIT_S)[0]:
+                if ref in self.decode_refs:
+                    self._on_decoded(ref)
+                else:
+                    self._on_scored(ref)
+            self._open_streams()
+            self._print_table()
+            self._print_events()
 
     def _stop_if_asked(self) -> None:
         due = self.deadline is not None and time.monotonic() >= self.deadline
@@ -122,6 +170,11 @@ class ScoringLoop:
                 stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
                                        f"{stored.source}; score into another store, or --overwrite")
                 continue  # what the store holds stays as it is
+            if stored is not None and stored.fingerprint is not None and stored.fingerprint != source.fingerprint():
+                stream_report.error = (f"{source.describe()}: changed since the store's stream {source.stream_id!r} was "
+                                       f"scored from it (files, size or modification time differ); score into another "
+                                       f"store, or --overwrite")
+                continue
             if stored is not None and stored.complete:
                 stream_report.skipped = True
                 self.bar.update(source.frame_count or 0)
@@ -132,10 +185,16 @@ class ScoringLoop:
             self.bar.update(done)
             stream_report.frames = done
             decoder = self.free_decoders.pop()
-            decoder.open.remote(source, self.model.window_length, self.settings.batch_size, self.model.image_size,
-                                self.model.channels, done, self.live if source.is_live else None)
+            self.opened[source.stream_id] = source
+            self._start_decoding(source.stream_id, decoder, done)
             policy = self.live.policy_for(source) if source.is_live else "every"
             self.streams[source.stream_id] = StreamState(decoder, done // self.settings.batch_size, done, policy)
+
+    def _start_decoding(self, stream_id: str, decoder: Any, done: int) -> None:
+        """``decoder`` opens the stream's source; its first batch starts at row ``done``."""
+        source = self.opened[stream_id]
+        decoder.open.remote(source, self.model.window_length, self.settings.batch_size, self.model.image_size,
+                            self.model.channels, done, self.live if source.is_live else None)
 
     def _request_batches(self) -> None:
         latest = [s for s in self.streams.values() if s.policy == "latest"]
@@ -143,7 +202,7 @@ class ScoringLoop:
         for stream_id, stream in sorted(self.streams.items(), key=lambda item: item[1].last_request):
             if stream.wants_batch(len(self.decoded), self.pool.capacity, replica_free=free > 0):
                 header_ref, batch_ref = stream.decoder.next_batch.remote()
-                self.decode_refs[header_ref] = (stream_id, batch_ref)
+                self.decode_refs[header_ref] = (stream_id, batch_ref, stream.epoch)
                 stream.decode_pending = True
                 self.requests += 1
                 stream.last_request = self.requests
@@ -159,21 +218,32 @@ class ScoringLoop:
                 stream.to_write[item.header.sequence] = (item.header.size, item.ref, "dropped")
                 self._flush(item.stream_id)
                 continue
-            replica = self.pool.acquire()
             stream.scoring += 1
-            self.score_refs[self.replicas[replica].score.remote(item.ref)] = (item.stream_id, item.header, replica,
-                                                                               item.ref)
+            self._send(item)
+
+    def _send(self, item: Decoded) -> None:
+        replica = self.pool.acquire()
+        actor = self.replicas[replica]
+        who_ref, result_ref = actor.score.remote(self.workers.model, item.ref)
+        self.score_refs[who_ref] = (item, replica, result_ref, actor)
 
     def _on_decoded(self, ref: Any) -> None:
-        stream_id, batch_ref = self.decode_refs.pop(ref)
-        stream = self.streams[stream_id]
+        stream_id, batch_ref, epoch = self.decode_refs.pop(ref)
+        stream = self.streams.get(stream_id)
+        if stream is None or epoch != stream.epoch:
+            return  # asked of a decoder given up on
         stream.decode_pending = False
+        if stream.cut is not None:
+            return  # the stream ended with an error: nothing more of it is written
         try:
             header = ray.get(ref)
-        except ray.exceptions.RayTaskError as failure:  # a decoder bug or a library error: this stream only
+        except RayTaskError as failure:  # a decoder bug or a library error: this stream only
             cause = failure.cause if isinstance(failure.cause, Exception) else failure
             reason = f"{self.report.streams[stream_id].source}: decoding failed ({type(cause).__name__}: {cause})"
             header = EndOfStream(stream_id, 0, reason.splitlines()[0])
+        except RayActorError as failure:
+            self._redecode(stream_id, f"decoder of stream {stream_id} lost ({_first_line(failure)})")
+            return
         if header.gaps:
             self.write_refs.append(self.writer.add_gaps.remote(stream_id, [gap.to_dict() for gap in header.gaps]))
         if isinstance(header, EndOfStream):
@@ -184,17 +254,123 @@ class ScoringLoop:
             self._flush(stream_id)
         elif header.size:
             stream.queued += 1
-            self.decoded.append(Decoded(stream_id, header, batch_ref))
+            self.decoded.append(Decoded(stream_id, header, batch_ref, stream.epoch))
 
     def _on_scored(self, ref: Any) -> None:
-        stream_id, header, replica, batch_ref = self.score_refs.pop(ref)
+        item, replica, result_ref, actor = self.score_refs.pop(ref)
         self.pool.release(replica)
+        try:
+            who = ray.get(ref)
+        except RayActorError as failure:  # Ray gave the replica up: a new one, and the batch goes out again
+            if actor is self.replicas[replica]:  # its other batches fail too: one new replica
+                self._replace_replica(replica, failure)
+            if self._current(item):
+                self._resend(item)
+            return
+        except (ObjectLostError, RayTaskError) as failure:
+            if self._current(item):
+                self._scoring_failed(item, failure)
+            return
+        self._note_process(replica, who)
+        if not self._current(item):
+            return
+        stream_id, header = item.stream_id, item.header
         stream = self.streams[stream_id]
         stream.scoring -= 1
-        shown = batch_ref if self.events else None  # event snapshots need every scored batch
+        shown = item.ref if self.events else None  # event snapshots need every scored batch
         if self.view and time.monotonic() >= self.view_due.get(stream_id, 0.0):
-            shown, self.view_due[stream_id] = batch_ref, time.monotonic() + VIEW_FRAME_S
-        stream.to_write[header.sequence] = (header.size, (ref, shown), "scored")
+            shown, self.view_due[stream_id] = item.ref, time.monotonic() + VIEW_FRAME_S
+        stream.to_write[header.sequence] = (header.size, (result_ref, shown), "scored")
+        self._flush(stream_id)
+
+    def _current(self, item: Decoded) -> bool:
+        """Whether an answer about ``item`` still counts: its stream was not decoded again since,
+        nor ended before it (an answer that no longer counts is dropped; one ended past is also
+        taken off the stream's count in flight)."""
+        stream = self.streams.get(item.stream_id)
+        if stream is None or item.epoch != stream.epoch:
+            return False  # the counts were reset when the stream was decoded again
+        if not stream.keeps(item.header.sequence):
+            stream.scoring -= 1
+            self._flush(item.stream_id)
+            return False
+        return True
+
+    def _resend(self, item: Decoded) -> None:
+        item.attempts += 1
+        if item.attempts >= MAX_BATCH_ATTEMPTS:
+            header = item.header
+            self._fail(item.stream_id, f"{self.report.streams[item.stream_id].source}: {item.attempts} replicas lost "
+                                       f"while scoring frames {header.start}-{header.start + header.size - 1}", item)
+        else:
+            self.faults.note("batch_resent")
+            self._send(item)
+
+    def _scoring_failed(self, item: Decoded, failure: Exception) -> None:
+        """The batch is lost with its node (decode the stream again), or the model raised (the
+        stream ends there, the others go on)."""
+        cause = failure.cause if isinstance(failure, RayTaskError) and isinstance(failure.cause, Exception) else failure
+        if isinstance(cause, ObjectLostError):
+            self._redecode(item.stream_id, f"a decoded batch of stream {item.stream_id} was lost ({_first_line(cause)})")
+        else:
+            self._fail(item.stream_id, f"{self.report.streams[item.stream_id].source}: scoring failed at frame "
+                                       f"{item.header.start} ({type(cause).__name__}: {_first_line(cause)})", item)
+
+    def _note_process(self, replica: int, who: dict[str, Any]) -> None:
+        """A replica answering from another process than before was restarted by Ray."""
+        known, self.replica_pids[replica] = self.replica_pids[replica], who["pid"]
+        if known is not None and known != who["pid"]:
+            self.faults.note("replica_restarted", f"replica {replica} process {known} lost; Ray restarted it as "
+                                                  f"process {who['pid']} and sent its batches again")
+
+    def _replace_replica(self, replica: int, failure: Exception) -> None:
+        if self.replacements[replica] >= MAX_REPLACEMENTS_PER_REPLICA:
+            raise AnomstreamError(f"replica {replica} keeps being lost ({self.replacements[replica]} replaced; "
+                                  f"last: {_first_line(failure)})")
+        ray.kill(self.replicas[replica], no_restart=True)  # unavailable for now may still mean alive later
+        self.replicas[replica], self.replica_pids[replica] = self.workers.new_replica(), None
+        self.replacements[replica] += 1
+        self.faults.note("replica_replaced", f"replica {replica} lost for good ({_first_line(failure)}); "
+                                             f"a new replica takes its place")
+
+    def _new_decoder(self, stream: StreamState) -> Any:
+        ray.kill(stream.decoder)
+        decoder = self.workers.new_decoder()
+        self.workers.decoders.append(decoder)  # the run kills them all at its end
+        return decoder
+
+    def _redecode(self, stream_id: str, why: str) -> None:
+        """Decode the stream again from its next unwritten row, by a new decoder. A live stream
+        cannot go back: it ends there (what was written is kept)."""
+        stream = self.streams[stream_id]
+        source = self.opened[stream_id]
+        if source.is_live or stream.rewinds >= MAX_REDECODES:
+            stream.decoder = self._new_decoder(stream)
+            limit = "a live stream cannot be read again" if source.is_live else \
+                f"given up after {stream.rewinds} new start(s)"
+            self._fail(stream_id, f"{source.describe()}: {why}; {limit}")
+            return
+        self.decoded = deque(item for item in self.decoded if item.stream_id != stream_id)
+        row = stream.rewind(self._new_decoder(stream))
+        self._start_decoding(stream_id, stream.decoder, row)
+        self.faults.note("stream_redecoded", f"{why}; stream {stream_id} decoded again from row {row}")
+
+    def _fail(self, stream_id: str, reason: str, at: Decoded | None = None) -> None:
+        """End a stream with ``reason`` at batch ``at`` (None: at its next unwritten row): the
+        batches before it are still written, it and the rest are dropped."""
+        stream = self.streams[stream_id]
+        stream.decoder.stop.remote()  # a live reader stops reading
+        dropped = {id(item) for item in self.decoded
+                   if item.stream_id == stream_id and (at is None or item.header.sequence >= at.header.sequence)}
+        self.decoded = deque(item for item in self.decoded if id(item) not in dropped)
+        if at is None:
+            stream.rewind(stream.decoder)  # counts reset: answers still in flight are stale
+            sequence = stream.next_sequence
+        else:
+            stream.queued -= len(dropped)
+            stream.scoring -= 1  # ``at`` itself: its answer came, and failed
+            sequence = at.header.sequence
+        stream.end_at(sequence, EndOfStream(stream_id, stream.next_row, reason))
         self._flush(stream_id)
 
     def _flush(self, stream_id: str) -> None:
@@ -258,7 +434,15 @@ class ScoringLoop:
         if (tuple(self.streams), len(self.sources)) == state:
             raise RuntimeError(f"scoring stalled: streams {sorted(self.streams)} wait on nothing")
 
+    @property
+    def faults(self):
+        return self.report.faults
+
     def _close_unfinished(self) -> None:
         """After an interruption or error: keep every frame already written, mark the streams."""
         for stream_id in list(self.streams):
             self._close(stream_id, "interrupted")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

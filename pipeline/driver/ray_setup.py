@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -34,12 +35,25 @@ def ensure_ray(address: str | None = None) -> None:
     argv = sys.argv
     # Ray encodes the command line as UTF-8: a file name in another encoding would stop it
     sys.argv = [arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for arg in argv]
+    # a cluster on loopback (its nodes started with --node-ip-address 127.0.0.N): the driver is a
+    # node of that address too, or it waits for a node at the machine's outward address
+    host = _loopback_host(address)
+    local = {"_node_ip_address": host} if host else {}
     try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local)
     except (ConnectionError, ValueError) as error:
         raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({str(error).splitlines()[0]})") from None
     finally:
         sys.argv = argv
+
+
+def _loopback_host(address: str | None) -> str | None:
+    """The host of a HOST:PORT address on loopback (127.0.0.0/8, ::1), else None."""
+    host = (address or "").rpartition(":")[0].strip("[]")
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

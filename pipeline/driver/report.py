@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.driver.faults import FaultLog
 from pipeline.sources.resolve import Rejection
 
 
@@ -33,6 +34,8 @@ class RunReport:
     replica_busy: list[float] = field(default_factory=list)  # share of ``seconds`` each replica spent scoring
     events: int = 0  # events that ended in this run (all streams)
     undelivered: int = 0  # webhook messages left in the outbox at the end
+    faults: FaultLog = field(default_factory=FaultLog)  # what the run survived (lost replicas, decoders, batches)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> replicas placed there
 
     @property
     def frames(self) -> int:

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import pipeline
 from models.registry import build_model
 from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import checkpoint_params, file_sha256, read_checkpoint
+from pipeline.checkpoint import checkpoint_params, read_checkpoint_and_hash
 from pipeline.config import ScoreSection
-from pipeline.driver.loop import ScoringLoop
+from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
 from pipeline.errors import AnomstreamError
@@ -39,18 +41,36 @@ from workers.replica import ReplicaActor
 from workers.writer import WriterActor
 
 SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs would starve replicas
+REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the loop replaces the actor)
 
 
 def _replica_options(settings: ScoreSection, helper_cpus: float) -> tuple[dict[str, Any], int | None]:
     """Ray options and torch threads of a replica: a GPU fraction when the cluster has GPUs, else an
     equal share of the CPUs left by the decoders and the writer (so that nothing pends)."""
     resources = ray.cluster_resources()
+    restartable = {"max_restarts": REPLICA_RESTARTS, "max_task_retries": REPLICA_RESTARTS, "scheduling_strategy": "SPREAD"}
     if resources.get("GPU", 0) >= settings.gpu_fraction:
-        return {"num_gpus": settings.gpu_fraction, "num_cpus": SMALL_CPU}, settings.replica_threads
+        return {"num_gpus": settings.gpu_fraction, "num_cpus": SMALL_CPU, **restartable}, settings.replica_threads
     cpus = resources.get("CPU", 1.0)
     share = max(SMALL_CPU, (cpus - helper_cpus) / settings.replicas)
     threads = settings.replica_threads or max(1, int(cpus // settings.replicas))
-    return {"num_cpus": min(settings.replica_cpus, share)}, threads
+    return {"num_cpus": min(settings.replica_cpus, share), **restartable}, threads
+
+
+def _replica_places(replicas: list, model: list, report: RunReport) -> list[dict[str, Any]]:
+    """Each replica's node, process, nice value, device and busy share (``report.replica_busy``,
+    seconds scoring / run seconds; a process restarted by Ray counts from its restart). A replica
+    lost after its last batch is listed as lost."""
+    where = []
+    for replica in replicas:
+        try:
+            busy, at = ray.get([replica.busy.remote(), replica.describe.remote(model)])
+        except RayActorError as failure:
+            where.append({"lost": str(failure).splitlines()[0]})
+            continue
+        report.replica_busy.append(busy / max(report.seconds, 1e-9))
+        where.append({key: at[key] for key in ("node", "pid", "nice", "device")} | {"busy": round(report.replica_busy[-1], 4)})
+    return where
 
 
 def _unique_ids(sources: list[Source]) -> None:
@@ -99,7 +119,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
                   source_options: SourceOptions | None = None, live: LiveOptions | None = None,
                   duration_s: float | None = None, view: tuple[str, int] | None = None,
                   rotate_s: float | None = None, calibration: str | None = None,
-                  events: EventOptions | None = None) -> RunReport:
+                  events: EventOptions | None = None, stream_ids: list[str | None] | None = None) -> RunReport:
     """Score every stream of ``specs`` into the zarr store ``out``; returns what was written.
 
     Every input stands alone: one that cannot be opened, or a stream that breaks, is reported in
@@ -114,17 +134,18 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     ``rotate_s``: one store per period of that many seconds (3600: ``out``-YYYYmmddTHH.zarr, ...).
     ``calibration``: a calibration file (else the checkpoint's own, if any): the stored ``score`` is
     calibrated (:mod:`pipeline.calibration.scores`); ``events``: event options (a threshold from the
-    options or the calibration turns scores into events, :mod:`pipeline.events`).
+    options or the calibration turns scores into events, :mod:`pipeline.events`); ``stream_ids``: one
+    per spec (None: the input's own name), e.g. from a manifest.
     """
-    payload = read_checkpoint(checkpoint, expected_model)
+    payload, sha256 = read_checkpoint_and_hash(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
-    inputs = resolve_inputs(specs, replace(source_options or SourceOptions(), still_images=model.window_length == 1))
+    inputs = resolve_inputs(specs, replace(source_options or SourceOptions(), still_images=model.window_length == 1),
+                            stream_ids)
     report = RunReport(Path(out), failed=inputs.failed, left_out=inputs.left_out)
     if not inputs.sources:
         return report
     _unique_ids(inputs.sources)
     arrays = result_arrays((model.image_size, model.image_size), model.term_names)
-    sha256 = file_sha256(checkpoint)
     calibrated = run_calibration(payload, sha256, calibration)
     event_options = event_settings(events or EventOptions(), calibrated.threshold if calibrated else None, out)
     run_attrs = {
@@ -148,37 +169,46 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     with _stop_on_signals(stop, enabled=live_sources > 0) as install:
         ensure_ray(address)
         install()
-        writer = WriterActor.options(num_cpus=SMALL_CPU).remote()
+        # the store is written on this machine (--out is a path here), whichever node the replicas are on
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        # no CPU asked: a head node started with --num-cpus 0 (a common set-up) runs it too
+        writer = WriterActor.options(num_cpus=0, scheduling_strategy=here).remote()
         ray.get(writer.open.remote(str(out), run_attrs, mode, view is not None, rotate_s,
                                    calibrated.to_payload() if calibrated else None, event_options))
         ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
         decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
         replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
-        reference = calibrated.reference if calibrated else None
-        replicas = [ReplicaActor.options(**replica_options).remote(str(checkpoint), threads, reference)
-                    for _ in range(settings.replicas)]
-        decoders = [DecodeActor.options(num_cpus=SMALL_CPU).remote() for _ in range(decoder_count)]
+        workers = Workers(
+            model=[ray.put((payload, calibrated.reference if calibrated else None))],  # read once, here
+            new_replica=lambda: ReplicaActor.options(**replica_options).remote(threads),
+            new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote())
+        replicas = workers.replicas = [workers.new_replica() for _ in range(settings.replicas)]
+        decoders = workers.decoders = [workers.new_decoder() for _ in range(decoder_count)]
         live_view = None
         try:
             if view is not None:
                 live_view = LiveView(lambda: ray.get(writer.view_snapshot.remote()), *view)
                 print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
-            devices = ray.get([replica.device.remote() for replica in replicas])
+            placed = ray.get([replica.describe.remote(workers.model) for replica in replicas])
             ray.get([decoder.ready.remote() for decoder in decoders])
-            report.replicas, report.device = len(replicas), devices[0]
+            report.replicas, report.device = len(replicas), placed[0]["device"]
+            for where in placed:
+                report.nodes[where["node"]] = report.nodes.get(where["node"], 0) + 1
+            for warning in {where["warning"] for where in placed if where["warning"]}:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + duration_s if duration_s is not None else None
             live = live or LiveOptions()
             if live.batch is None:
                 live = replace(live, batch=1 if report.device == "cpu" else settings.batch_size)
-            ScoringLoop(inputs.sources, model, arrays, settings, writer, replicas, decoders, report, progress,
+            ScoringLoop(inputs.sources, model, arrays, settings, writer, workers, report, progress,
                         live, deadline, stop, view=view is not None, events=event_options is not None).run()
             report.seconds = time.time() - started
             for stream_id, accounting in ray.get(writer.accounting.remote()).items():
                 report.streams[stream_id].accounting = accounting
             report.undelivered = ray.get(writer.close_events.remote())
-            busy = ray.get([r.busy.remote() for r in replicas])
-            report.replica_busy = [seconds / max(report.seconds, 1e-9) for seconds in busy]
+            where = _replica_places(replicas, workers.model, report)
+            ray.get(writer.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
         finally:
             if live_view is not None:
                 live_view.close()

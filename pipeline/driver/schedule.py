@@ -46,6 +46,8 @@ class Decoded:
     stream_id: str
     header: BatchHeader
     ref: Any
+    epoch: int = 0  # the stream's epoch when it was decoded
+    attempts: int = 0  # replicas lost while they held it
 
 
 @dataclass
@@ -63,6 +65,9 @@ class StreamState:
     last_request: int = 0  # when it last asked its decoder (the loop's request count): the longest waiting goes first
     stopping: bool = False  # asked to stop (live): what was read is still written
     ended: EndOfStream | None = None
+    epoch: int = 0  # raised when the stream is decoded again from its written rows: older answers are stale
+    rewinds: int = 0  # times decoded again after a fault
+    cut: int | None = None  # ended with an error at this batch: it and later ones are not written
     queued: int = 0  # decoded batches waiting for a replica
     scoring: int = 0  # batches inside a replica
     to_write: dict[int, tuple[int, Any, str]] = field(default_factory=dict)  # sequence -> (size, ref, how)
@@ -79,6 +84,26 @@ class StreamState:
         if self.ended is not None or self.decode_pending:
             return False
         return self.queued == 0 and replica_free if self.policy == "latest" else waiting < capacity
+
+    def rewind(self, decoder: Any) -> int:
+        """Forget what is decoded but not yet sent to the writer (a fault lost it, or may have): the
+        stream is decoded again by ``decoder`` from its next unwritten row, which it returns."""
+        self.decoder, self.epoch, self.rewinds = decoder, self.epoch + 1, self.rewinds + 1
+        self.decode_pending, self.ended, self.cut, self.queued, self.scoring = False, None, None, 0, 0
+        self.to_write.clear()
+        return self.next_row
+
+    def end_at(self, sequence: int, ended: EndOfStream) -> None:
+        """End the stream with an error at batch ``sequence``: the batches before it are still
+        written as they come; it and later ones are dropped (the caller drops their queued items,
+        answers to those in flight are dropped on arrival, see :meth:`keeps`)."""
+        self.ended, self.cut = ended, sequence
+        for later in [s for s in self.to_write if s >= sequence]:
+            del self.to_write[later]
+
+    def keeps(self, sequence: int) -> bool:
+        """Whether batch ``sequence`` (of this epoch) is still to be written."""
+        return self.cut is None or sequence < self.cut
 
     def take_writable(self) -> list[tuple[int, int, Any, str]]:
         """(row, size, ref, how) of the results next in frame order, in order; advances the rows."""

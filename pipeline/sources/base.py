@@ -53,6 +53,11 @@ class Source:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def fingerprint(self) -> dict[str, int] | None:
+        """What tells whether the input changed since its stream was scored (``--resume`` refuses a
+        changed one): :func:`pipeline.files.files_fingerprint` of its files; None for a live source."""
+        return None
+
     def items(self) -> list[str] | None:
         """The file of each frame index (still images), stored with the stream; None: frames of one video."""
         return None

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import SourceError
-from pipeline.files import list_images, read_image
+from pipeline.files import files_fingerprint, list_images, read_image
 from pipeline.sources.base import Frame, Source
 
 
@@ -25,6 +25,9 @@ class FrameFolderSource(Source):
 
     def describe(self) -> str:
         return str(self.folder)
+
+    def fingerprint(self) -> dict[str, int]:
+        return files_fingerprint(self.paths)
 
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
@@ -48,6 +51,9 @@ class ImageListSource(Source):
 
     def describe(self) -> str:
         return self.description
+
+    def fingerprint(self) -> dict[str, int]:
+        return files_fingerprint(self.paths)
 
     def items(self) -> list[str]:
         return [str(p) for p in self.paths]

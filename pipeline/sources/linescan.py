@@ -54,6 +54,9 @@ class LineScanSource(Source):
         self.is_live = rows_source.is_live
         self.warnings = rows_source.warnings
 
+    def fingerprint(self) -> dict[str, int] | None:
+        return self.rows_source.fingerprint()
+
     def describe(self) -> str:
         return f"{SCHEME}{self.rows_source.describe()}?tile={self.tile_height}&stride={self.stride}"
 

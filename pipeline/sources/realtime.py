@@ -30,6 +30,9 @@ class RealtimeSource(Source):
     def items(self) -> list[str] | None:
         return self.inner.items()
 
+    def fingerprint(self) -> dict[str, int] | None:
+        return self.inner.fingerprint()
+
     def frames(self) -> Iterator[Frame | Gap]:
         started = None
         position = 0

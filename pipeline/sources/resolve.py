@@ -75,15 +75,22 @@ class SourceOptions:
     realtime: bool = False
 
 
-def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions()) -> Inputs:
+def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions(),
+                   stream_ids: list[str | None] | None = None) -> Inputs:
     """Every spec's streams; a spec or a file that cannot be opened is a failure of its own, never
-    the end of the others."""
+    the end of the others. ``stream_ids`` (one per spec, e.g. from a manifest): a spec's stream is
+    named so (a spec of several streams: NAME_<each stream's own name>)."""
     inputs = Inputs()
-    for spec in specs:
+    for spec, name in zip(specs, stream_ids or [None] * len(specs), strict=True):
         try:
-            inputs.extend(_resolve(spec, options))
+            found = _resolve(spec, options)
         except SourceError as error:
             inputs.failed.append(Rejection(spec, str(error)))
+            continue
+        if name:
+            for source in found.sources:
+                source.stream_id = name if len(found.sources) == 1 else f"{name}_{source.stream_id}"
+        inputs.extend(found)
     if options.realtime:
         inputs.sources = [source if source.is_live else RealtimeSource(source, options.max_frames)
                           for source in inputs.sources]

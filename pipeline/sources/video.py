@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import SourceError, error_reason
+from pipeline.files import files_fingerprint
 from pipeline.sources.base import Frame, Source
 from pipeline.sources.probe import NotAFileError, NotAVideoError, probe_video
 
@@ -69,6 +70,9 @@ class VideoFileSource(Source):
 
     def describe(self) -> str:
         return str(self.path)
+
+    def fingerprint(self) -> dict[str, int]:
+        return files_fingerprint([self.path])
 
     def frames(self) -> Iterator[Frame]:
         return self._frames_pyav() if self._backend == "pyav" else self._frames_opencv()

@@ -64,6 +64,7 @@ class StoredStream(NamedTuple):
     source: str | None
     complete: bool
     written: int
+    fingerprint: dict[str, int] | None = None  # the input's files when it was scored (Source.fingerprint)
 
 
 class ResultStore:
@@ -84,6 +85,7 @@ class ResultStore:
         self.streams: dict[str, zarr.Group] = {}
         self.arrays: dict[str, dict[str, zarr.Array]] = {}  # open handles: no metadata read per write
         self.chunk: dict[str, int] = {}
+        self.next_row: dict[str, int] = {}  # rows written per stream: the next write starts there
         self.accounting: dict[str, StreamAccounting] = {}
         self.maps_every: dict[str, int] = {}  # retention: the map of every Nth frame is kept (0: none)
         self._attrs_refreshed: dict[str, float] = {}
@@ -107,20 +109,33 @@ class ResultStore:
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         """The run's inputs that gave no stream (``failed``: errors) and the files left out of its
         folders, one message each (root attrs ``failed_inputs`` / ``left_out``, this run's)."""
-        self.root.attrs.update({"failed_inputs": failed, "left_out": left_out})
+        self.note_attrs({"failed_inputs": failed, "left_out": left_out})
+
+    def note_attrs(self, attrs: dict[str, Any]) -> None:
+        """Run-level facts into the root attrs (e.g. ``faults``: what the run survived)."""
+        self.root.attrs.update(attrs)
 
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         """What the store already holds of a stream (None: nothing, a new stream)."""
         if stream_id not in self.root:
             return None
         attrs = self.root[stream_id].attrs
-        return StoredStream(attrs.get("source"), bool(attrs.get("complete")), int(attrs.get("written", 0)))
+        return StoredStream(attrs.get("source"), bool(attrs.get("complete")), int(attrs.get("written", 0)),
+                            attrs.get("source_fingerprint"))
 
     def written(self, stream_id: str) -> int:
         """Frames already on disk for a stream (0 if the stream is new)."""
         if stream_id in self.root:
             return int(self.root[stream_id].attrs.get("written", 0))
         return 0
+
+    def last_rows(self, stream_id: str, count: int, names: list[str]) -> dict[str, np.ndarray]:
+        """The arrays ``names`` of the stream's last ``count`` rows on disk (fewer at its start; empty
+        arrays for a new stream): what a resumed stream's trailing window continues from."""
+        end = self.written(stream_id)
+        group = self.root[stream_id] if end else None
+        return {name: group[name][max(0, end - count):end] if group is not None else np.empty(0)
+                for name in names if group is None or name in group}
 
     def open_stream(self, stream_id: str, arrays: dict[str, ArraySpec], chunk: int,
                     frame_count: int | None, attrs: dict[str, Any]) -> None:
@@ -140,7 +155,7 @@ class ResultStore:
         self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
         self.chunk[stream_id] = chunk
         self.accounting[stream_id] = accounting = StreamAccounting(live=bool(attrs.get("live")))
-        written = int(group.attrs.get("written", 0))
+        self.next_row[stream_id] = written = int(group.attrs.get("written", 0))
         if written and "status" in group:  # a resumed stream: what is on disk counts already
             accounting.count(group["status"][:written])
             accounting.add_gaps(list(group.attrs.get("gaps", [])))
@@ -150,7 +165,14 @@ class ResultStore:
     def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Write frames [start, start + n) of every array; batches arrive in frame order. A stream
         opened with the attr ``maps_every`` N != 1 keeps the map of frames whose index is a multiple
-        of N only (0: no map); the others stay NaN, and chunks left all NaN are not stored."""
+        of N only (0: no map); the others stay NaN, and chunks left all NaN are not stored.
+
+        Raises StoreError when ``start`` is not the stream's next row (a batch before it was lost):
+        ``written`` never covers rows that were not written."""
+        if start != self.next_row[stream_id]:
+            raise StoreError(f"{self.path}: stream {stream_id}: rows from {start} arrive while {self.next_row[stream_id]} "
+                             f"are written (a batch before them was lost); --resume continues from row "
+                             f"{self.next_row[stream_id]}")
         arrays = self.arrays[stream_id]
         every = self.maps_every[stream_id]
         if every != 1 and "map" in values:
@@ -169,6 +191,7 @@ class ResultStore:
         accounting = self.accounting[stream_id]
         if "status" in values:
             accounting.rows_written(values["status"], values["timestamp"], time.time())
+        self.next_row[stream_id] = end
         attrs: dict[str, Any] = {"written": end}
         if time.monotonic() - self._attrs_refreshed[stream_id] >= ATTRS_REFRESH_S:
             attrs.update(accounting.attrs())

@@ -42,7 +42,7 @@ class RotatingStore:
         """Opens the store of the period ``now`` (default: the current time) falls in, so that a
         store that cannot be created is refused at once (StoreError)."""
         self.path, self.run_attrs, self.mode, self.period_s = Path(path), run_attrs, mode, period_s
-        self.inputs: tuple[list[str], list[str]] = ([], [])
+        self.attrs: dict[str, Any] = {}  # run-level attrs every period's store gets
         self.stores: dict[float, ResultStore] = {}  # period start -> its store, while a stream writes there
         self.streams: dict[str, tuple[dict[str, ArraySpec], int, dict[str, Any]]] = {}  # how each stream opens
         self.rows: dict[str, int] = {}  # stream -> the run's next row
@@ -62,7 +62,7 @@ class RotatingStore:
                 taken += 1
                 path = base.with_name(f"{base.stem}-{taken}{base.suffix}")
             self.stores[period] = store = ResultStore(path, self.run_attrs, self.mode)
-            store.note_inputs(*self.inputs)
+            store.note_attrs(self.attrs)
         return self.stores[period]
 
     def _open(self, stream_id: str, period: float) -> ResultStore:
@@ -86,9 +86,12 @@ class RotatingStore:
             del self.stores[period]  # every stream has moved on: nothing more goes there
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
-        self.inputs = (failed, left_out)
+        self.note_attrs({"failed_inputs": failed, "left_out": left_out})
+
+    def note_attrs(self, attrs: dict[str, Any]) -> None:
+        self.attrs.update(attrs)
         for store in self.stores.values():
-            store.note_inputs(failed, left_out)
+            store.note_attrs(attrs)
 
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         return None  # a rotated live stream starts afresh in whichever store its rows land

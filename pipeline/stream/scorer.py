@@ -3,10 +3,12 @@ per-frame arrays (used by the replica actor, the naive loop and the bench)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_model
+from pipeline.checkpoint import load_model, model_from_payload
 from pipeline.store import ArraySpec, FrameStatus, result_arrays
 from pipeline.stream.windows import WindowBatch
 
@@ -27,13 +29,18 @@ def unscored_rows(batch: WindowBatch, arrays: dict[str, ArraySpec], dropped: boo
 class Scorer:
     """A model on its device that scores window batches (the work of a replica, without Ray)."""
 
-    def __init__(self, checkpoint: str, threads: int | None = None, device: str | None = None,
+    def __init__(self, checkpoint: str | dict[str, Any], threads: int | None = None, device: str | None = None,
                  reference: dict[str, np.ndarray] | None = None) -> None:
-        """``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``)."""
+        """``checkpoint``: a checkpoint file, or its contents as read once by the driver
+        (:func:`pipeline.checkpoint.read_checkpoint_and_hash`; a replica on another node needs no copy of
+        the file); ``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``)."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, _ = load_model(checkpoint)
+        if isinstance(checkpoint, dict):
+            self.model = model_from_payload(checkpoint, f"checkpoint of model {checkpoint.get('model')!r}")
+        else:
+            self.model, _ = load_model(checkpoint)
         if reference:
             self.model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
         self.model.to(self.device).eval()
