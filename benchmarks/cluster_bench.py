@@ -63,7 +63,8 @@ def run_ours(manifest: Path, out: Path, replicas: int, address: str | None = Non
     root = open_results(out)
     scored = sum(int((root[s]["status"][:] == FrameStatus.SCORED).sum()) for s in root.group_keys())
     frames = sum(int(root[s].attrs["written"]) for s in root.group_keys())
-    return {"seconds": seconds, "frames": frames, "scored": scored, "report": stdout.strip().splitlines()[0],
+    report = next((line for line in stdout.splitlines() if line.startswith("store:")), "")  # Ray prints lines of its own
+    return {"seconds": seconds, "frames": frames, "scored": scored, "report": report,
             "faults": root.attrs.get("faults", {}).get("counts", {})}
 
 
