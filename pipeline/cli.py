@@ -124,7 +124,8 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         for message in stream.warnings:
             print(f"warning: {stream_id}: {message}", file=sys.stderr)
         if stream.error:
-            print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.frames})", file=sys.stderr)
+            print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.stored + stream.frames})",
+                  file=sys.stderr)
     return 2 if report.errors else 0
 
 

@@ -29,6 +29,8 @@ def test_manifest_lines_and_tables(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("source,stream_id\n,lobby\n", "line 2: empty source"),
+    ("source,stream_id\na.mp4,lobby\nb.mp4,lobby\n", "line 3: stream_id 'lobby' is already used on line 2"),
+    ("path,id\na.mp4,lobby\n", "a CSV manifest needs a 'source' column (its first line names 'path', 'id')"),
     ("# nothing yet\n\n", "no sources listed"),
     (b"\xff\xfe\x00bad", "cannot read (UnicodeDecodeError"),
 ])
@@ -66,5 +68,18 @@ def test_manifest_job_scores_the_rest_and_resume_refuses_a_changed_input(ray_ses
     assert main([*args[:-2], "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: gate: {first}: changed since the store's stream 'gate' was scored from it (files, size or "
-                   f"modification time differ); score into another store, or --overwrite (frames before it are kept: 0)"]
+                   f"modification time differ); score into another store, or --overwrite (frames before it are kept: 48)"]
     assert zarr.open_group(str(out), mode="r")["gate"].attrs["written"] == 48  # kept as it was
+
+
+def test_auto_address_left_by_a_dead_head_fails_fast(tmp_path, monkeypatch):
+    """``--address auto`` reads the address ``ray start`` left on this machine; a head that died
+    leaves it behind: one line naming it, not minutes of Ray's retries."""
+    from pipeline.driver import ray_setup
+
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    monkeypatch.setattr(ray_setup.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(AnomstreamError, match=r"^--address auto: no Ray cluster answers there \(.*refused"):
+        ray_setup._check_reachable("auto")

@@ -166,6 +166,7 @@ class ScoringLoop:
             source = self.sources.popleft()
             self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
             stored = ray.get(self.writer.stored_stream.remote(source.stream_id))
+            stream_report.stored = stored.written if stored is not None else 0
             if stored is not None and stored.source is not None and not _same_source(stored.source, source.describe()):
                 stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
                                        f"{stored.source}; score into another store, or --overwrite")
@@ -183,7 +184,6 @@ class ScoringLoop:
             ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
                                                    source.frame_count, _stream_attrs(source, self.live)))
             self.bar.update(done)
-            stream_report.frames = done
             decoder = self.free_decoders.pop()
             self.opened[source.stream_id] = source
             self._start_decoding(source.stream_id, decoder, done)

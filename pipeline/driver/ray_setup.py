@@ -6,6 +6,8 @@ import ipaddress
 import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import ray
 
@@ -26,7 +28,8 @@ def ensure_ray(address: str | None = None) -> None:
     (within ~5 s: a port that is closed, or open but not speaking Ray's gRPC)."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not address:  # a Ray of this run's own; a cluster joined keeps its own auth (token) set-up
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # Ray runs workers at nice 15: any busy process on the machine would starve the replicas ~30x
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -56,11 +59,20 @@ def _loopback_host(address: str | None) -> str | None:
         return None
 
 
+def _current_cluster() -> str:
+    """The address ``ray start`` left for ``auto`` on this machine ("" if none); a head that died
+    leaves it behind, and Ray would try it for minutes."""
+    try:
+        return (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Before Ray's own connect, which retries for minutes: HOST:PORT (or, for ``auto``, the
     RAY_ADDRESS it would read) must accept a TCP connection and answer HTTP/2 as a gRPC server
     (Ray's GCS) does. Raises AnomstreamError naming ``address``."""
-    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    target = (os.environ.get("RAY_ADDRESS", "") or _current_cluster()) if address == "auto" else address
     if target.startswith("ray://"):
         raise AnomstreamError(f"--address {address}: Ray Client addresses (ray://) are not supported; "
                               f"give the cluster's GCS address HOST:PORT (default port 6379)")

@@ -14,7 +14,8 @@ from pipeline.sources.resolve import Rejection
 @dataclass
 class StreamReport:
     source: str
-    frames: int = 0
+    frames: int = 0  # rows written by this run
+    stored: int = 0  # rows the store already held when the run began (resume, or a refused input)
     error: str | None = None
     skipped: bool = False  # already complete in the store (resume)
     warnings: list[str] = field(default_factory=list)  # e.g. still images that could not be decoded
