@@ -42,9 +42,9 @@ def _same_source(stored: str, current: str) -> bool:
     return stored == current or Path(stored).absolute() == Path(current)
 
 
-def _stream_attrs(source: Source, live: LiveOptions) -> dict[str, Any]:
+def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int] | None) -> dict[str, Any]:
     attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live,
-                             "source_fingerprint": source.fingerprint()}
+                             "source_fingerprint": fingerprint}
     if source.is_live:
         attrs["maps_every"] = live.maps_every
     items = source.items()
@@ -171,7 +171,8 @@ class ScoringLoop:
                 stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
                                        f"{stored.source}; score into another store, or --overwrite")
                 continue  # what the store holds stays as it is
-            if stored is not None and stored.fingerprint is not None and stored.fingerprint != source.fingerprint():
+            fingerprint = source.fingerprint()  # a stat of every file of the input: once
+            if stored is not None and stored.fingerprint is not None and stored.fingerprint != fingerprint:
                 stream_report.error = (f"{source.describe()}: changed since the store's stream {source.stream_id!r} was "
                                        f"scored from it (files, size or modification time differ); score into another "
                                        f"store, or --overwrite")
@@ -182,7 +183,7 @@ class ScoringLoop:
                 continue
             done = stored.written if stored is not None else 0
             ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
-                                                   source.frame_count, _stream_attrs(source, self.live)))
+                                                   source.frame_count, _stream_attrs(source, self.live, fingerprint)))
             self.bar.update(done)
             decoder = self.free_decoders.pop()
             self.opened[source.stream_id] = source
