@@ -102,7 +102,7 @@ class ADTR(AnomalyModel):
         memory = self.reduce(target)
         for layer in self.encoder:
             memory = layer(memory, self.position)
-        x = self.query.expand(len(target), -1, -1)
+        x = self.query.expand(target.shape[0], -1, -1)
         for layer in self.decoder:
             x = layer(x, self.position, memory)
         return self.restore(x)

@@ -234,8 +234,9 @@ class DS2(AnomalyModel):
         patch, stride = self.config.patch, self.config.patch_stride
         x = imagenet_normalise(images.float() / 255.0)
         patches = F.unfold(x, patch, stride=stride).transpose(1, 2).reshape(-1, 3, patch, patch)
-        embedded = torch.cat([self.backbone(chunk)[1].mean((2, 3)) for chunk in patches.split(self.config.embed_batch)])
-        return F.normalize(embedded, dim=1).view(len(images), -1, 512)
+        chunks = [patches] if torch.jit.is_tracing() else patches.split(self.config.embed_batch)  # export: any batch
+        embedded = torch.cat([self.backbone(chunk)[1].mean((2, 3)) for chunk in chunks])
+        return F.normalize(embedded, dim=1).view(images.shape[0], -1, 512)
 
     @torch.no_grad()
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:

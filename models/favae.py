@@ -99,7 +99,7 @@ class FAVAE(AnomalyModel):
         pixels, decoded = self._decode(latent)
         targets = [images.float() / 255.0, *self.backbone(images)]
         predictions = [pixels, *(adapter(d) for adapter, d in zip(self.adapters, decoded))]
-        total = torch.zeros(len(images), self.crop, self.crop, device=images.device)
+        total = torch.zeros(images.shape[0], self.crop, self.crop, device=images.device)
         for target, prediction, log_variance in zip(targets, predictions, self.log_variances):
             target, prediction = target.float(), prediction.float()  # the likelihood in fp32 under autocast
             if prediction.shape[-2:] != target.shape[-2:]:
@@ -126,7 +126,7 @@ class FAVAE(AnomalyModel):
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         images = windows[:, -1]
-        n, channels, size, tiles = len(images), images.shape[1], self.image_size, self.image_size // self.crop
+        n, channels, size, tiles = images.shape[0], images.shape[1], self.image_size, self.image_size // self.crop
         crops = (images.reshape(n, channels, tiles, self.crop, tiles, self.crop).permute(0, 2, 4, 1, 3, 5)
                  .reshape(n * tiles * tiles, channels, self.crop, self.crop))
         mu, _ = self.encoder(crops.float() / 255.0).flatten(1).chunk(2, dim=1)

@@ -6,6 +6,10 @@ Measured in one run, on the same clip and batch size:
 - naive loop: decode -> model -> zarr in one process;
 - pipeline: the Ray pipeline with 1 and 2 replicas (actors started before the clock runs), with
   the share of the run each replica spent inside its model (busy).
+With several ``backends`` (``torch``, ``onnxruntime``, ``openvino``, ``openvino:bf16``: a backend and
+its precision), model-only and 2-replica pipeline fps are measured for each in the same rounds
+(``model_fps_<backend>``, ``pipeline2_fps_<backend>``) with their ratios to torch and to their own
+model-only fps; the naive loop is torch's, the 1-replica pipeline runs on the first backend.
 The clip is repeated as several streams so that each timing covers enough frames. The machine's
 speed drifts by 10 % or more between seconds-long timings, so the measurements are taken in
 ``rounds`` interleaved rounds and each figure is the median over the rounds; ratios are taken
@@ -20,8 +24,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from pipeline.backends.choice import BackendChoice, choose_backend
+from pipeline.calibration.stored import run_calibration
+from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash
 from pipeline.config import ScoreSection
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
@@ -49,35 +57,75 @@ def _model_fps(core: Scorer, batches: list[WindowBatch], repeats: int) -> float:
     return repeats * sum(b.size for b in batches) / (time.perf_counter() - started)
 
 
+def backend_label(spec: str) -> tuple[str, str, str]:
+    """``openvino:bf16`` -> (``openvino``, ``bf16``, ``openvino_bf16``); a name alone is fp32."""
+    name, _, precision = spec.partition(":")
+    precision = precision or "fp32"
+    return name, precision, name if precision == "fp32" else f"{name}_{precision}"
+
+
+def _backend_scorers(checkpoint: str, backends: list[str], threads: int) -> dict[str, tuple[Scorer, BackendChoice]]:
+    """label -> (a Scorer on that backend, the choice), each checked against torch first."""
+    payload, sha256 = read_checkpoint_and_hash(checkpoint)
+    calibrated = run_calibration(payload, sha256, None)
+    reference = calibrated.reference if calibrated else None
+    model = model_from_payload(payload, checkpoint)
+    if reference:
+        model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
+    scorers = {}
+    for spec in backends:
+        name, precision, label = backend_label(spec)
+        choice = choose_backend(name, precision, model, checkpoint, sha256, reference)
+        scorers[label] = (Scorer(payload, threads=threads, reference=reference, backend=choice), choice)
+    return scorers
+
+
 def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4, out: str = "bench_out",
-              rounds: int = 3) -> dict[str, float]:
+              rounds: int = 3, backends: list[str] | None = None) -> dict[str, float]:
     cores = os.cpu_count() or 1
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    core = Scorer(checkpoint, threads=cores)
+    backends = backends or ["torch"]
+    scorers = _backend_scorers(checkpoint, backends, cores)
+    core = next(iter(scorers.values()))[0]
     started = time.perf_counter()
     batches = _decoded_batches(spec, core, batch_size)
     count = sum(b.size for b in batches)
     results: dict[str, float] = {"decode_fps": count / (time.perf_counter() - started)}
-    for batch in batches:  # warm-up: every batch shape once
-        core.score(batch)
+    for scorer, _ in scorers.values():
+        for batch in batches:  # warm-up: every batch shape once
+            scorer.score(batch)
 
-    samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "pipeline1_busy", "pipeline2_busy")}
+    labels = list(scorers) if len(scorers) > 1 else []
+    samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "pipeline1_busy", "pipeline2_busy",
+                                                                 *(f"model_fps_{label}" for label in labels),
+                                                                 *(f"pipeline2_fps_{label}" for label in labels))}
     for round_number in range(rounds):
         torch.set_num_threads(cores)
-        samples["model_fps"].append(_model_fps(core, batches, repeats))
+        for label, (scorer, _) in scorers.items():
+            fps = _model_fps(scorer, batches, repeats)
+            if scorer is core:
+                samples["model_fps"].append(fps)
+            if labels:
+                samples[f"model_fps_{label}"].append(fps)
         started = time.perf_counter()
         naive_frames = sum(naive_score(spec, checkpoint, out_dir / f"naive{i}.zarr", batch_size, cores) for i in range(repeats))
         samples["naive_fps"].append(naive_frames / (time.perf_counter() - started))
         torch.set_num_threads(1)  # the driver only waits from here on
         ensure_ray()
-        for replicas in (1, 2):
-            settings = ScoreSection(batch_size=batch_size, replicas=replicas)
+        for replicas, label in [(1, None), *((2, label) for label in scorers)]:
+            choice = scorers[label or next(iter(scorers))][1]
+            settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend,
+                                    precision=choice.precision)
             report = score_sources([spec] * repeats, checkpoint, out_dir / f"pipeline{replicas}.zarr", settings,
                                    mode="overwrite", progress=False, max_active_streams=replicas + 1)
-            samples[f"pipeline{replicas}_fps"].append(report.frames / report.seconds)
-            samples[f"pipeline{replicas}_busy"].append(statistics.mean(report.replica_busy))
+            fps = report.frames / report.seconds
+            if label is None or label == next(iter(scorers)):
+                samples[f"pipeline{replicas}_fps"].append(fps)
+                samples[f"pipeline{replicas}_busy"].append(statistics.mean(report.replica_busy))
+            if label is not None and labels:
+                samples[f"pipeline2_fps_{label}"].append(fps)
         print(f"round {round_number + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()), flush=True)
 
     results.update({key: statistics.median(values) for key, values in samples.items()})
@@ -85,9 +133,13 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
     results["pipeline1_over_naive"] = results["pipeline1_fps"] / results["naive_fps"]
     results["pipeline2_over_model"] = results["pipeline2_fps"] / results["model_fps"]
     results["naive_over_model"] = results["naive_fps"] / results["model_fps"]
+    for label in labels[1:]:
+        results[f"model_{label}_over_{labels[0]}"] = results[f"model_fps_{label}"] / results[f"model_fps_{labels[0]}"]
+    for label in labels:
+        results[f"pipeline2_{label}_over_model"] = results[f"pipeline2_fps_{label}"] / results[f"model_fps_{label}"]
     results["rounds"] = rounds
     print(f"clip {spec}: {count} frames x {repeats}, batch {batch_size}, {cores} cores, torch {torch.__version__}, "
-          f"medians of {rounds} rounds")
+          f"backends {', '.join(backends)}, medians of {rounds} rounds")
     for key, value in results.items():
         print(f"{key:24s} {value:8.2f}")
     shutil.rmtree(out_dir, ignore_errors=True)

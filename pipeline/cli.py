@@ -43,8 +43,10 @@ def _score_settings(args: argparse.Namespace):
 
     config = load_config(args.config) if args.config else None
     settings = with_overrides(config.score if config else ScoreSection(),
-                              {"replicas": args.replicas, "batch_size": args.batch_size},
-                              {"replicas": "--replicas", "batch_size": "--batch-size"})
+                              {"replicas": args.replicas, "batch_size": args.batch_size, "backend": args.backend,
+                               "precision": args.precision},
+                              {"replicas": "--replicas", "batch_size": "--batch-size", "backend": "--backend",
+                               "precision": "--precision"})
     return settings, config.model.name if config else None
 
 
@@ -83,7 +85,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
 def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None, view=None,
                  rotate_s: float | None = None) -> int:
     from pipeline.driver.run import score_sources
-    from pipeline.events.recorder import EventOptions
+    from pipeline.events.recorder import EventOptions, events_folder
 
     settings, model_name = _score_settings(args)
     events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
@@ -102,10 +104,11 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
                            duration_s=duration_s, view=view, rotate_s=rotate_s, calibration=args.calibration,
                            events=events, stream_ids=stream_ids)
     if report.streams:
-        where = f"{report.store.with_name(report.store.stem + '-*' + report.store.suffix)} (one per period)" if rotate_s \
-            else report.store
+        store = Path(report.store)
+        where = f"{store.with_name(store.stem + '-*' + store.suffix)} (one per period)" if rotate_s else report.store
+        backend = "" if report.backend.backend == "torch" else f"{report.backend.backend} {report.backend.precision}, "
         print(f"store: {where}  streams: {len(report.streams)}  frames: {report.frames}  "
-              f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, "
+              f"{report.frames / max(report.seconds, 1e-9):.1f} fps  replicas: {report.replicas} ({report.device}, {backend}"
               f"busy {'/'.join(f'{b:.0%}' for b in report.replica_busy)}"
               f"{f', on {len(report.nodes)} nodes' if len(report.nodes) > 1 else ''})")
     if report.faults.counts:
@@ -113,7 +116,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         print(f"faults survived: {survived}")
     if report.events or report.undelivered:
         left = f"; {report.undelivered} webhook message(s) not delivered yet, kept in the outbox" if report.undelivered else ""
-        print(f"events: {report.events} ({report.store.with_name(report.store.stem + '.events')}){left}")
+        print(f"events: {report.events} ({events_folder(report.store)}){left}")
     for rejection in report.left_out:
         print(f"warning: left out {rejection.reason}", file=sys.stderr)
     for rejection in report.failed:
@@ -134,6 +137,17 @@ def _live_summary(stream_id: str, accounting: dict) -> str:
     latency = accounting["latency_ms"]
     shown = "  ".join(f"{key} {value:.0f}" for key, value in latency.items()) if latency else "none scored"
     return f"{stream_id}: {counts}; latency ms {shown}; gaps {len(accounting['gaps'])}"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.backends.export import export_checkpoint
+
+    metadata = export_checkpoint(args.checkpoint, args.format, args.out, args.calibration)
+    worst = max((metadata["parity_with_torch"] or {}).values(), default=None)
+    parity = f"; largest difference to torch {worst:.1g} of an output's range" if worst is not None else ""
+    print(f"exported {metadata['model']} ({args.format}): {', '.join(metadata['files'])} and anomstream.json in "
+          f"{args.out}{parity}")
+    return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -262,7 +276,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
-    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends)
     if args.json:
         _write_json(args.json, results)
         print(f"json: {args.json}")
@@ -302,12 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_cmd_train)
 
+    def backend_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--backend", help="what replicas score with: auto (default: the fastest installed one whose "
+                                           "outputs match torch's, else torch), torch, onnxruntime, openvino (the "
+                                           "model's exported graph, CPU); docs/backends.md")
+        sub.add_argument("--precision", help="fp32 (default) or bf16 (OpenVINO where the CPU has bf16 units; torch autocast)")
+
     def scoring_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint (default: shipped Ped2 DMAD)")
         sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ...")
-        sub.add_argument("--out", required=True, help="zarr store to write (STORE.zarr)")
+        sub.add_argument("--out", required=True, help="zarr store to write: a path (STORE.zarr) or an object-store URL "
+                                                      "(s3://BUCKET/STORE.zarr, gs://, az://; credentials from the environment)")
         sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
         sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
+        backend_options(sub)
         sub.add_argument("--address", help="join this Ray cluster: auto (the local one, or RAY_ADDRESS) or HOST:PORT of "
                                             "its head (default: start a local Ray of this run's own, whatever "
                                             "RAY_ADDRESS says)")
@@ -394,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--quiet", action="store_true", help="no progress bars")
     calibrate.set_defaults(run=_cmd_calibrate)
 
+    export = commands.add_parser("export", help="a checkpoint's scoring graph as ONNX or OpenVINO IR, with its metadata")
+    export.add_argument("checkpoint", help="model checkpoint (any model)")
+    export.add_argument("--format", required=True, help="onnx (model.onnx) or openvino (model.xml + model.bin)")
+    export.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export)")
+    export.add_argument("--calibration", metavar="FILE", help="calibration file (default: the checkpoint's own, if any)")
+    export.set_defaults(run=_cmd_export)
+
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")
     evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech", *STILL_DATASETS],
@@ -423,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=_at_least(1), default=3, help="interleaved rounds; figures are their medians (default 3)")
     bench.add_argument("--out", default="bench_out", help="scratch folder for stores (removed afterwards)")
     bench.add_argument("--json", help="also write the results as JSON here")
+    bench.add_argument("--backends", help="comma-separated backends measured side by side, the first as reference: "
+                                          "torch, onnxruntime, openvino, openvino:bf16 (default: torch)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

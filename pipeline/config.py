@@ -53,6 +53,9 @@ class TrainSection(_Strict):
         "fp32", description="bf16: mixed precision (autocast) for the forward pass and loss, weights and optimizer "
                             "in fp32; ~2x faster on CPUs with AVX512-BF16/AMX, slower on CPUs without")
     init_checkpoint: str | None = Field(None, description="start from this checkpoint's weights (same model), e.g. to fine-tune")
+    augment: list[Literal["hflip"]] = Field(
+        default_factory=list, description="hflip: each training window mirrored left-right with probability 1/2 "
+                                          "(the whole window, so motion stays consistent)")
     anomalies: str | list[str] | None = Field(
         None, description="labelled anomalies to train on (models that learn from them): dataset specs with split=labelled")
     anomalies_per_batch: int = Field(2, ge=1, description="labelled anomalies drawn into each training step")
@@ -71,6 +74,11 @@ class ScoreSection(_Strict):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica when no GPU")
     replica_threads: int | None = Field(None, ge=1, description="torch threads per CPU replica")
     gpu_fraction: float = Field(0.5, gt=0, le=1)
+    backend: Literal["torch", "onnxruntime", "openvino", "auto"] = Field(
+        "auto", description="what replicas score with: torch, or the model's exported graph in ONNX Runtime or "
+                             "OpenVINO (CPU); auto: the fastest installed one that matches torch (docs/backends.md)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: OpenVINO in bf16 where the CPU has bf16 units, torch under autocast")
 
 
 class AnomstreamConfig(_Strict):

@@ -9,7 +9,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 from pipeline.sources.camera_server import spawn
@@ -107,3 +109,36 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class LoopbackS3:
+    """moto's standalone S3-compatible server in a process of its own on 127.0.0.1 (any free port);
+    ``environment``: the variables that point AWS clients (obstore, boto3) at it; ``stop()`` kills
+    it by its PID."""
+
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto server did not start on 127.0.0.1:{self.port}") from None
+                time.sleep(0.1)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()

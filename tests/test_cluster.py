@@ -20,6 +20,7 @@ from conftest import CLEAN_RUN_BATCH, REPO
 
 from pipeline.driver.local_cluster import start_local_cluster, worker_pids
 
+FRAMES = 112  # of clip 02's 180
 ARRAYS = ("frame_index", "status", "valid", "score_raw", "score", "term_gradient_excess", "term_deformation")
 
 
@@ -46,10 +47,15 @@ def _wait_for_rows(run: subprocess.Popen, store: Path, stream: str, rows: int, t
 
 
 def _score_command(cluster, ped2, out: Path) -> list[str]:
-    """The clean run's clip 02 with its settings (replicas, batch size, threads) on the cluster."""
+    """The clean run's clip 02, its first FRAMES frames (the CI's time budget), with its settings
+    (replicas, batch size, threads) on the cluster."""
+    clip = out.parent / "input" / "02"
+    clip.mkdir(parents=True)
+    for frame in sorted((ped2 / "testing" / "frames" / "02").iterdir())[:FRAMES]:
+        (clip / frame.name).symlink_to(frame)
     config = out.with_suffix(".yaml")
     config.write_text(f"model:\n  name: dmad\nscore:\n  replicas: 2\n  batch_size: {CLEAN_RUN_BATCH}\n  replica_threads: 1\n")
-    return [sys.executable, "-m", "pipeline.cli", "score", str(ped2 / "testing" / "frames" / "02"), "--config", str(config),
+    return [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--config", str(config),
             "--address", cluster.address, "--out", str(out), "--quiet"]
 
 
@@ -58,56 +64,70 @@ def _assert_same_as_clean(out: Path, clean: Path) -> zarr.Group:
     faulted, reference = zarr.open_group(str(out), mode="r"), zarr.open_group(str(clean), mode="r")["02"]
     assert list(faulted.group_keys()) == ["02"]
     group = faulted["02"]
-    assert group.attrs["complete"] is True and group.attrs["written"] == 180
-    np.testing.assert_array_equal(group["frame_index"][:], np.arange(180))
+    assert group.attrs["complete"] is True and group.attrs["written"] == FRAMES
+    np.testing.assert_array_equal(group["frame_index"][:], np.arange(FRAMES))
     for name in (*ARRAYS, "map"):
-        np.testing.assert_array_equal(group[name][:], reference[name][:], err_msg=name)
+        np.testing.assert_array_equal(group[name][:], reference[name][:FRAMES], err_msg=name)
     return faulted
 
 
-def test_replica_and_decoder_killed_mid_run_on_two_nodes_lose_no_frame(cluster, clean_run, ped2, tmp_path):
+def test_replica_decoder_and_writer_killed_mid_run_on_two_nodes_lose_no_frame(cluster, clean_run, ped2, tmp_path):
     """The issue's fault test on two nodes: a ReplicaActor process SIGKILLed (Ray restarts it and
     sends its batches again), later a DecodeActor process (its stream is decoded again from its
-    next unwritten row). Exit 0, every frame once in order, every array equal to the clean run."""
+    next unwritten row), then the WriterActor (a new writer reopens the store from its ``written``
+    marks; the rows sent after them are sent again). Exit 0, every frame once in order, every
+    array equal to the clean run."""
     out = tmp_path / "faulted.zarr"
     run = subprocess.Popen(_score_command(cluster, ped2, out), cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_rows(run, out, "02", 24)
+        _wait_for_rows(run, out, "02", 16)
         replicas = worker_pids(cluster, "ray::ReplicaActor")
         assert len(replicas) == 2
         os.kill(replicas[0], signal.SIGKILL)
-        _wait_for_rows(run, out, "02", 64)
+        _wait_for_rows(run, out, "02", 40)
         decoders = worker_pids(cluster, "ray::DecodeActor")
         assert len(decoders) == 1
         os.kill(decoders[0], signal.SIGKILL)
+        _wait_for_rows(run, out, "02", 72)
+        writers = worker_pids(cluster, "ray::WriterActor")
+        assert len(writers) == 1
+        os.kill(writers[0], signal.SIGKILL)
         stdout, stderr = run.communicate(timeout=300)
     finally:
         run.kill()
     assert run.returncode == 0, stderr
-    assert "faults survived: replica restarted 1, stream redecoded 1" in stdout and "on 2 nodes" in stdout
+    assert "faults survived: replica restarted 1, stream redecoded 1, writer replaced 1" in stdout
+    assert "on 2 nodes" in stdout
     warnings = sorted(line for line in stderr.splitlines() if line.startswith("warning:"))  # in the order noticed
-    assert len(warnings) == 2, stderr
+    assert len(warnings) == 3, stderr
     assert warnings[0].startswith("warning: decoder of stream ") and "decoded again from row" in warnings[0]
     assert warnings[1].startswith("warning: replica ") and "lost; Ray restarted it as process" in warnings[1]
+    assert warnings[2].startswith("warning: writer lost (") and "a new writer took over the store" in warnings[2]
 
     root = _assert_same_as_clean(out, clean_run[0]).attrs
-    assert root["faults"]["counts"] == {"replica_restarted": 1, "stream_redecoded": 1}
-    assert len(root["faults"]["messages"]) == 2
+    assert root["faults"]["counts"] == {"replica_restarted": 1, "stream_redecoded": 1, "writer_replaced": 1}
+    assert len(root["faults"]["messages"]) == 3
     placed = root["replicas"]
     assert len(placed) == 2 and all(replica["node"] for replica in placed)  # (spread at the start: "on 2 nodes")
     assert {replica["nice"] for replica in placed} == {0}  # raised from Ray's nice 15 by the replicas themselves
 
 
-def test_driver_killed_then_resume_writes_exactly_what_is_missing(cluster, clean_run, ped2, tmp_path):
+def test_driver_killed_then_resume_survives_a_lost_node_and_writes_exactly_what_is_missing(cluster, clean_run, ped2,
+                                                                                          tmp_path):
     """The driver SIGKILLed mid-run (its job's actors go with it); `--resume` continues each stream
-    from its `written` mark, the calibrated score's trailing window from the rows on disk: the
-    store ends equal to the clean run."""
+    from its `written` mark, the calibrated score's trailing window from the rows on disk, and while
+    it runs the worker node and every process on it are killed without notice to the head: the
+    replica that was there starts again on the head, what was lost with the node is decoded and
+    scored again. Exit 0; the store ends equal to the clean run. Last in this module: a new worker
+    node joins at the end."""
     out = tmp_path / "resumed.zarr"
     command = _score_command(cluster, ped2, out)
+    config = Path(command[command.index("--config") + 1])
+    config.write_text(config.read_text() + "  replica_cpus: 0.5\n")  # the head alone fits both replicas
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_rows(run, out, "02", 48)
+        _wait_for_rows(run, out, "02", 32)
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=30)
     finally:
@@ -117,8 +137,18 @@ def test_driver_killed_then_resume_writes_exactly_what_is_missing(cluster, clean
         time.sleep(0.2)
     assert not worker_pids(cluster, "ray::WriterActor")
     before = _written(out, "02")
-    assert 48 <= before < 180 and before % CLEAN_RUN_BATCH == 0  # whole batches only
+    assert 32 <= before < FRAMES - 32 and before % CLEAN_RUN_BATCH == 0  # whole batches only
 
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    worker = next(node for node in cluster.list_all_nodes() if node is not cluster.head_node)
+    resumed = subprocess.Popen([*command, "--resume"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(resumed, out, "02", before + 16)
+        cluster.remove_node(worker, allow_graceful=False)
+        stdout, stderr = resumed.communicate(timeout=300)
+    finally:
+        resumed.kill()
+        cluster.add_node(num_cpus=2, node_ip_address=cluster.head_node.node_ip_address)
+    assert resumed.returncode == 0, stderr
+    assert "on 2 nodes" in stdout and "faults survived: " in stdout, stdout
+    assert any(line.startswith("warning: replica ") for line in stderr.splitlines()), stderr
     _assert_same_as_clean(out, clean_run[0])

@@ -99,7 +99,7 @@ def test_case_12_leftover_ray_address_is_ignored(field_cases, tmp_path):
     assert refused.stderr.strip() == f"error: --address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
 
 
-@pytest.mark.parametrize("name", ["ped2 #1", "50% ?x=1", "vidéo – überwachung"])
+@pytest.mark.parametrize("name", ["vidéo #1 50% ?x=1 – überwachung"])  # one name with all of them: the CI's time budget
 def test_any_legal_path_survives_score_store_and_eval(ray_session, field_cases, tmp_path, capsys, name):
     """A Ped2-layout dataset and the store under names with spaces, #, ?, % and non-ASCII letters."""
     root = tmp_path / name

@@ -123,9 +123,6 @@ def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, ship
     group = open_results(out)["ped2_test02"]
     _assert_complete_stream(group, 180)
     np.testing.assert_array_equal(group["score"][:48], first)
-    assert main(args + ["--resume"]) == 0  # complete: nothing to do, nothing lost
-    assert open_results(out)["ped2_test02"].attrs["written"] == 180
-    assert main(args + ["--overwrite"]) == 0
 
 
 @pytest.mark.parametrize("make_args, message", [
@@ -180,10 +177,12 @@ def test_many_streams_through_one_busy_replica(ray_session, short_clip, shipped_
 
 
 def test_more_replicas_than_cores_do_not_pend(ray_session, short_clip, shipped_checkpoint, tmp_path):
-    """CPU shares are split so that every actor fits: 3 replicas and 4 decoders on a 2-core node still run."""
+    """CPU shares are split so that every actor fits: 3 replicas and 4 decoders on a 2-core node still
+    run, here on OpenVINO (its own thread pinning off: replicas on one machine would share a core)."""
     report = score_sources([str(short_clip)] * 4, str(shipped_checkpoint), tmp_path / "r3.zarr",
-                           ScoreSection(replicas=3, batch_size=32), progress=False)
+                           ScoreSection(replicas=3, batch_size=32, backend="openvino"), progress=False)
     assert report.replicas == 3 and report.frames == 192
+    assert report.backend.backend == "openvino" and report.replica_busy and min(report.replica_busy) > 0
     root = open_results(tmp_path / "r3.zarr")
     for stream_id in report.streams:
         _assert_complete_stream(root[stream_id], 48)
@@ -209,10 +208,15 @@ def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_c
     from pipeline.bench import STAGES, run_bench
 
     results = run_bench(str(short_clip), str(shipped_checkpoint), batch_size=16, repeats=1,
-                        out=str(tmp_path / "bench"), rounds=2)
-    printed = capsys.readouterr().out
-    assert "round 1/2: " in printed and "round 2/2: " in printed and "medians of 2 rounds" in printed
-    assert all(results[stage] > 0 for stage in (*STAGES, "decode_fps"))
+                        out=str(tmp_path / "bench"), rounds=1, backends=["torch", "onnxruntime"])
+    printed = capsys.readouterr().out  # one round: the CI's time budget (rounds are a loop around the same code)
+    assert "round 1/1: " in printed and "medians of 1 rounds" in printed
+    assert "backends torch, onnxruntime" in printed
+    assert all(results[stage] > 0 for stage in (*STAGES, "decode_fps", "model_fps_onnxruntime", "pipeline2_fps_onnxruntime"))
+    assert results["model_fps"] == results["model_fps_torch"]
+    assert results["model_onnxruntime_over_torch"] == pytest.approx(results["model_fps_onnxruntime"] / results["model_fps"])
+    assert results["pipeline2_onnxruntime_over_model"] == pytest.approx(
+        results["pipeline2_fps_onnxruntime"] / results["model_fps_onnxruntime"])
     assert 0 < results["pipeline1_busy"] <= 1 and 0 < results["pipeline2_busy"] <= 1
     assert results["pipeline1_over_model"] == pytest.approx(results["pipeline1_fps"] / results["model_fps"])
     assert not (tmp_path / "bench").exists()  # scratch stores removed

@@ -100,3 +100,18 @@ def test_bf16_mixed_precision_trains_fp32_weights(tmp_path, sample_clip):
     tensors = [*checkpoint["state_dict"].values(),
                *(v for state in checkpoint["optimizer"]["state"].values() for v in state.values())]
     assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
+
+
+def test_hflip_augmentation_mirrors_whole_windows_and_repeats_with_the_seed():
+    from pipeline.training.augment import augment_windows
+
+    windows = torch.arange(6 * 5 * 1 * 2 * 3, dtype=torch.uint8).reshape(6, 5, 1, 2, 3)
+    first = augment_windows(windows, ["hflip"], torch.Generator().manual_seed(1))
+    again = augment_windows(windows, ["hflip"], torch.Generator().manual_seed(1))
+    assert torch.equal(first, again)
+    flipped = [i for i in range(6) if not torch.equal(first[i], windows[i])]
+    assert flipped == [1, 2, 4]  # seed 1 draws these
+    for i in range(6):
+        assert torch.equal(first[i], windows[i].flip(-1) if i in flipped else windows[i])  # every frame alike
+    assert torch.equal(windows, torch.arange(6 * 5 * 1 * 2 * 3, dtype=torch.uint8).reshape(6, 5, 1, 2, 3))
+    assert augment_windows(windows, [], torch.Generator()) is windows

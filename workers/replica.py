@@ -32,8 +32,8 @@ class ReplicaActor:
 
     def _scorer(self, model: list[ray.ObjectRef]) -> Scorer:
         if self.core is None:
-            contents, reference = ray.get(model[0])
-            self.core = Scorer(contents, self.threads, reference=reference)
+            contents, reference, backend = ray.get(model[0])
+            self.core = Scorer(contents, self.threads, reference=reference, backend=backend)
         return self.core
 
     @ray.method(num_returns=2)
@@ -52,5 +52,7 @@ class ReplicaActor:
     def describe(self, model: list[ray.ObjectRef]) -> dict[str, Any]:
         """Where this replica runs (loading the model first): ``device``, ``pid``, ``node`` (Ray node
         id), ``nice`` (its priority), ``warning`` (None, or why its priority could not be raised)."""
-        return {"device": str(self._scorer(model).device), "pid": os.getpid(),
+        scorer = self._scorer(model)
+        return {"device": str(scorer.device), "backend": scorer.backend.backend, "backend_note": scorer.backend.note,
+                "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id(), "nice": niceness(), "warning": self.priority_warning}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,12 +25,15 @@ class WriterActor:
 
     def open(self, path: str, run_attrs: dict[str, Any], mode: str, view: bool = False,
              rotate_s: float | None = None, calibration: dict[str, Any] | None = None,
-             events: EventSettings | None = None) -> None:
-        """``view``: also keep what the live view shows of each stream (:meth:`view_snapshot`);
+             events: EventSettings | None = None, environment: dict[str, str] | None = None) -> int:
+        """Returns this process's pid (the driver waits for it to be gone before a successor opens
+        the store). ``environment``: variables set here first (an object store's credentials, as
+        the driver has them); ``view``: also keep what the live view shows of each stream (:meth:`view_snapshot`);
         ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`);
         ``calibration``: a calibration's payload, the stored ``score`` becomes the calibrated one
         (:mod:`pipeline.calibration.scores`); ``events``: detect, keep and deliver events."""
         raise_priority()
+        os.environ.update(environment or {})
         self.store = RotatingStore(path, run_attrs, mode, rotate_s) if rotate_s else ResultStore(path, run_attrs, mode)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
         self.views: dict[str, StreamView] | None = {} if view else None
@@ -38,6 +42,7 @@ class WriterActor:
         created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None
         run_key = f"{path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
         self.events = EventRecorder(events, run_key, fresh=mode == "overwrite") if events is not None else None
+        return os.getpid()
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.store.note_inputs(failed, left_out)

@@ -7,6 +7,7 @@ replica straight to the writer. The choices are made by :mod:`pipeline.driver.sc
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -35,6 +36,8 @@ VIEW_FRAME_S = 0.4  # live view: a stream's shown frame is renewed at most this 
 MAX_REDECODES = 3  # a stream decoded again more often than this after faults ends with an error
 MAX_REPLACEMENTS_PER_REPLICA = 3  # beyond Ray's own restarts; then the run ends with an error
 MAX_BATCH_ATTEMPTS = 3  # replicas lost while holding one batch before its stream ends with an error
+MAX_WRITER_TAKEOVERS = 3  # new writers started in one run; then the run ends, telling to --resume
+WRITER_GONE_S = 10.0  # longest wait for a writer given up on to be gone before its successor opens the store
 
 
 def _same_source(stored: str, current: str) -> bool:
@@ -57,11 +60,14 @@ def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int]
 class Workers:
     """A run's actors: ``replicas`` (replaced in place when Ray gives one up), ``decoders`` (a
     pool), ``model``: ``[ref]`` to the model's contents in the object store, sent with every
-    replica call; ``new_replica`` / ``new_decoder`` start one more actor."""
+    replica call; ``new_replica`` / ``new_decoder`` start one more actor; ``new_writer`` starts a
+    writer that opens the run's store again (resume mode) and gives (it, its pid); None: a lost
+    writer ends the run."""
 
     model: list[Any]
     new_replica: Callable[[], Any]
     new_decoder: Callable[[], Any]
+    new_writer: Callable[[], Any] | None = None
     replicas: list[Any] = field(default_factory=list)
     decoders: list[Any] = field(default_factory=list)
 
@@ -77,19 +83,25 @@ class ScoringLoop:
     which sends its batches again (the loop notes the new process); a replica Ray gives up on is
     replaced by ``new_replica()`` and its batches go to a replica again; a decoder that dies, or a
     decoded batch that is lost (its node gone), makes the stream decode again from its next
-    unwritten row with ``new_decoder()``. An exception inside a replica ends that stream only.
+    unwritten row with ``new_decoder()``. An exception inside a replica ends that stream only. A
+    writer that is lost (or a scored batch lost before it was written) is replaced by
+    ``new_writer()``, which reopens the store from its ``written`` marks, and every open stream is
+    decoded again from there (recordings only: a live run ends, telling to start it again).
     """
 
-    def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection, writer: Any,
-                 workers: Workers, report: RunReport, progress: bool, live: LiveOptions,
+    def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection,
+                 writer: tuple[Any, int], workers: Workers, report: RunReport, progress: bool, live: LiveOptions,
                  deadline: float | None = None, stop: threading.Event | None = None, view: bool = False,
                  events: bool = False) -> None:
         self.model, self.arrays, self.settings = model, arrays, settings
-        self.writer, self.workers, self.report, self.live = writer, workers, report, live
+        (self.writer, self.writer_pid), self.workers, self.report, self.live = writer, workers, report, live
         self.replicas = workers.replicas  # replaced in place: the caller sees the replicas at the end
         self.replica_pids: list[int | None] = [None] * len(self.replicas)
         self.replacements = [0] * len(self.replicas)  # new replicas started in each slot
         self.opened: dict[str, Source] = {}
+        self.fingerprints: dict[str, dict[str, int] | None] = {}
+        self.writer_takeovers = 0
+        self.held_events: list[dict[str, Any]] = []  # taken from a writer replaced since
         self.free_decoders = list(workers.decoders)  # at most one source per decoder at a time
         self.pool = ReplicaPool(settings.replicas, settings.in_flight_per_replica)
         self.sources = deque(sources)  # not opened yet
@@ -115,7 +127,7 @@ class ScoringLoop:
         """Raises AnomstreamError (one line) when the writer is lost: what is on disk is whole (a
         stream's ``written`` mark counts finished batches only) and ``--resume`` goes on from it."""
         try:
-            self._loop()
+            self._loop_taking_over()
         except RayActorError as failure:  # the replicas' and decoders' are handled where they happen
             self.writer_lost = True
             raise AnomstreamError(f"{self.report.store}: the writer process was lost ({_first_line(failure)}); "
@@ -131,6 +143,17 @@ class ScoringLoop:
             if not self.writer_lost:
                 self._close_unfinished()
                 self._print_events(final=True)
+
+    def _loop_taking_over(self) -> None:
+        """The loop, with a new writer taking over when the writer (or a result on its way to it) is lost."""
+        while True:
+            try:
+                self._loop()
+                return
+            except RayError as failure:  # replicas' and decoders' faults are handled where they happen
+                if not (_writer_lost(failure) and self._can_take_over()):
+                    raise
+                self._take_over_writer(failure)
 
     def _loop(self) -> None:
         self._open_streams()
@@ -164,32 +187,41 @@ class ScoringLoop:
     def _open_streams(self) -> None:
         while self.sources and self.free_decoders:
             source = self.sources.popleft()
-            self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
-            stored = ray.get(self.writer.stored_stream.remote(source.stream_id))
-            stream_report.stored = stored.written if stored is not None else 0
-            if stored is not None and stored.source is not None and not _same_source(stored.source, source.describe()):
-                stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
-                                       f"{stored.source}; score into another store, or --overwrite")
-                continue  # what the store holds stays as it is
-            fingerprint = source.fingerprint()  # a stat of every file of the input: once
-            if stored is not None and stored.fingerprint is not None and stored.fingerprint != fingerprint:
-                stream_report.error = (f"{source.describe()}: changed since the store's stream {source.stream_id!r} was "
-                                       f"scored from it (files, size or modification time differ); score into another "
-                                       f"store, or --overwrite")
-                continue
-            if stored is not None and stored.complete:
-                stream_report.skipped = True
-                self.bar.update(source.frame_count or 0)
-                continue
-            done = stored.written if stored is not None else 0
-            ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
-                                                   source.frame_count, _stream_attrs(source, self.live, fingerprint)))
-            self.bar.update(done)
-            decoder = self.free_decoders.pop()
-            self.opened[source.stream_id] = source
-            self._start_decoding(source.stream_id, decoder, done)
-            policy = self.live.policy_for(source) if source.is_live else "every"
-            self.streams[source.stream_id] = StreamState(decoder, done // self.settings.batch_size, done, policy)
+            try:
+                self._open_stream(source)
+            except RayError:
+                self.sources.appendleft(source)  # the writer was lost: opened again by the next one
+                raise
+
+    def _open_stream(self, source: Source) -> None:
+        """Open ``source``'s stream in the store and start decoding it, or note why not."""
+        self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
+        stored = ray.get(self.writer.stored_stream.remote(source.stream_id))
+        stream_report.stored = stored.written if stored is not None else 0
+        if stored is not None and stored.source is not None and not _same_source(stored.source, source.describe()):
+            stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
+                                   f"{stored.source}; score into another store, or --overwrite")
+            return  # what the store holds stays as it is
+        fingerprint = source.fingerprint()  # a stat of every file of the input: once
+        if stored is not None and stored.fingerprint is not None and stored.fingerprint != fingerprint:
+            stream_report.error = (f"{source.describe()}: changed since the store's stream {source.stream_id!r} was "
+                                   f"scored from it (files, size or modification time differ); score into another "
+                                   f"store, or --overwrite")
+            return
+        if stored is not None and stored.complete:
+            stream_report.skipped = True
+            self.bar.update(source.frame_count or 0)
+            return
+        done = stored.written if stored is not None else 0
+        ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
+                                               source.frame_count, _stream_attrs(source, self.live, fingerprint)))
+        self.bar.update(done)
+        decoder = self.free_decoders.pop()
+        self.opened[source.stream_id] = source
+        self.fingerprints[source.stream_id] = fingerprint
+        self._start_decoding(source.stream_id, decoder, done)
+        policy = self.live.policy_for(source) if source.is_live else "every"
+        self.streams[source.stream_id] = StreamState(decoder, done // self.settings.batch_size, done, policy)
 
     def _start_decoding(self, stream_id: str, decoder: Any, done: int) -> None:
         """``decoder`` opens the stream's source; its first batch starts at row ``done``."""
@@ -334,6 +366,41 @@ class ScoringLoop:
         self.faults.note("replica_replaced", f"replica {replica} lost for good ({_first_line(failure)}); "
                                              f"a new replica takes its place")
 
+    def _can_take_over(self) -> bool:
+        return (self.workers.new_writer is not None and not self.live_run
+                and self.writer_takeovers < MAX_WRITER_TAKEOVERS)
+
+    def _take_over_writer(self, failure: Exception) -> None:
+        """A new writer reopens the store; every open stream goes on from its ``written`` mark (the
+        rows sent to the lost writer after it are decoded, scored and sent again)."""
+        self.writer_takeovers += 1
+        self._collect_events()  # a writer still alive (a lost result) hands over what it detected
+        ray.kill(self.writer, no_restart=True)
+        _wait_gone(self.writer_pid)  # no write of the old writer may land after the new one opens the store
+        self.writer, self.writer_pid = self.workers.new_writer()
+        self.write_refs.clear()
+        batch_size = self.settings.batch_size
+        for stream_id, stream in list(self.streams.items()):
+            source = self.opened[stream_id]
+            stored = ray.get(self.writer.stored_stream.remote(stream_id))
+            written = stored.written if stored is not None else 0
+            ray.get(self.writer.open_stream.remote(stream_id, self.arrays, batch_size, source.frame_count,
+                                                   _stream_attrs(source, self.live, self.fingerprints[stream_id])))
+            resent = stream.next_row - written
+            self.report.streams[stream_id].frames -= resent
+            self.bar.update(-resent)
+            self.decoded = deque(item for item in self.decoded if item.stream_id != stream_id)
+            if stream.ended is not None and stream.ended.error is not None:  # it ended with an error: it stays ended
+                stream.next_row, stream.queued, stream.scoring = written, 0, 0
+                stream.to_write.clear()
+                self._close(stream_id, stream.ended.error, list(stream.ended.warnings))
+                continue
+            stream.rewind(stream.decoder, row=written, sequence=written // batch_size)
+            self._start_decoding(stream_id, stream.decoder, written)
+        self.faults.note("writer_replaced", f"writer lost ({_first_line(failure)}); a new writer took over the store "
+                                            f"and {len(self.streams)} open stream(s) go on from their written rows "
+                                            f"(an event open at the loss starts again)")
+
     def _new_decoder(self, stream: StreamState) -> Any:
         ray.kill(stream.decoder)
         decoder = self.workers.new_decoder()
@@ -386,7 +453,8 @@ class ScoringLoop:
             self.report.streams[stream_id].frames += size
             self.bar.update(size)
         while len(self.write_refs) > 2 * self.pool.capacity:
-            ray.get(self.write_refs.popleft())
+            ray.get(self.write_refs[0])
+            self.write_refs.popleft()
         if stream.finished:
             self._close(stream_id, stream.ended.error, [*stream.ended.warnings, *self._too_short(stream_id)])
 
@@ -403,9 +471,11 @@ class ScoringLoop:
 
     def _close(self, stream_id: str, error: str | None, warnings: list[str] | None = None) -> None:
         while self.write_refs:
-            ray.get(self.write_refs.popleft())
-        stream = self.streams.pop(stream_id)
+            ray.get(self.write_refs[0])
+            self.write_refs.popleft()
+        stream = self.streams[stream_id]
         ray.get(self.writer.close_stream.remote(stream_id, error, warnings or [], stream.stopping))
+        del self.streams[stream_id]
         report = self.report.streams[stream_id]
         report.error, report.warnings, report.stopped = error, warnings or [], stream.stopping
         self.free_decoders.append(stream.decoder)
@@ -416,12 +486,22 @@ class ScoringLoop:
         self.table_due = time.monotonic() + TABLE_EVERY_S
         print(live_table(ray.get(self.writer.accounting.remote())), file=sys.stderr, flush=True)
 
+    def _collect_events(self) -> None:
+        """The writer's event messages so far, kept for the end of a recordings run (when the
+        writer answers: a lost one's are gone)."""
+        if self.events and not self.live_run:
+            try:
+                self.held_events += ray.get(self.writer.take_events.remote(), timeout=5.0)
+            except RayError:
+                pass
+
     def _print_events(self, final: bool = False) -> None:
         """Event starts and ends, one line each (live runs print as they come, others at the end)."""
         if not self.events or not (final or (self.live_run and time.monotonic() >= self.events_due)):
             return
         self.events_due = time.monotonic() + EVENTS_EVERY_S
-        for message in ray.get(self.writer.take_events.remote()):
+        news, self.held_events = [*self.held_events, *ray.get(self.writer.take_events.remote())], []
+        for message in news:
             self.report.events += message["type"] == "end"
             if self.live_run and self.progress:
                 print(event_line(message), file=sys.stderr, flush=True)
@@ -443,6 +523,37 @@ class ScoringLoop:
         """After an interruption or error: keep every frame already written, mark the streams."""
         for stream_id in list(self.streams):
             self._close(stream_id, "interrupted")
+
+
+def _writer_lost(failure: RayError) -> bool:
+    """The writer's process is gone, or a result was lost on its way to it (not an error raised
+    by the writer's own code, which a new writer would meet again)."""
+    if isinstance(failure, AnomstreamError):
+        return False
+    cause = failure.cause if isinstance(failure, RayTaskError) else failure
+    return isinstance(failure, RayActorError) or isinstance(cause, ObjectLostError)
+
+
+def _wait_gone(pid: int) -> None:
+    """Until process ``pid`` (on this machine: the writer runs on the driver's node) has ended.
+    Raises AnomstreamError when it is still there after WRITER_GONE_S."""
+    deadline = time.monotonic() + WRITER_GONE_S
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return  # ended, not yet reaped by its raylet
+        except FileNotFoundError:
+            return
+        except (OSError, IndexError):  # no /proc: ask the kernel
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+        time.sleep(0.05)
+    raise AnomstreamError(f"the writer process {pid} did not end after it was killed; what is written is kept: "
+                          f"run again with --resume")
 
 
 def _first_line(error: BaseException) -> str:

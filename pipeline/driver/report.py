@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.backends.choice import BackendChoice
 from pipeline.driver.faults import FaultLog
 from pipeline.sources.resolve import Rejection
 
@@ -25,7 +26,7 @@ class StreamReport:
 
 @dataclass
 class RunReport:
-    store: Path
+    store: str | Path  # a path or an object-store URL
     streams: dict[str, StreamReport] = field(default_factory=dict)
     failed: list[Rejection] = field(default_factory=list)  # inputs that gave no stream: errors
     left_out: list[Rejection] = field(default_factory=list)  # files in folders that are not videos or images
@@ -37,6 +38,7 @@ class RunReport:
     undelivered: int = 0  # webhook messages left in the outbox at the end
     faults: FaultLog = field(default_factory=FaultLog)  # what the run survived (lost replicas, decoders, batches)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> replicas placed there
+    backend: BackendChoice = field(default_factory=BackendChoice)  # what the replicas scored with
 
     @property
     def frames(self) -> int:

@@ -17,14 +17,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
+import torch
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import pipeline
 from models.registry import build_model
+from pipeline.backends.choice import BackendChoice, choose_backend
 from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import checkpoint_params, read_checkpoint_and_hash
+from pipeline.checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash
 from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
@@ -34,6 +37,7 @@ from pipeline.events.recorder import EventOptions, event_settings
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
 from pipeline.store import check_target, result_arrays, stream_key
+from pipeline.store.location import credential_environment, is_url
 from pipeline.stream.live import LiveOptions
 from pipeline.view.server import LiveView, check_port
 from workers.decoder import DecodeActor
@@ -44,17 +48,34 @@ SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs w
 REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the loop replaces the actor)
 
 
-def _replica_options(settings: ScoreSection, helper_cpus: float) -> tuple[dict[str, Any], int | None]:
-    """Ray options and torch threads of a replica: a GPU fraction when the cluster has GPUs, else an
-    equal share of the CPUs left by the decoders and the writer (so that nothing pends)."""
+def _replica_options(settings: ScoreSection, helper_cpus: float, gpu: bool = True) -> tuple[dict[str, Any], int | None]:
+    """Ray options and threads of a replica: a GPU fraction when the cluster has GPUs (and ``gpu``:
+    the backend can use one), else an equal share of the CPUs left by the decoders and the writer
+    (so that nothing pends)."""
     resources = ray.cluster_resources()
     restartable = {"max_restarts": REPLICA_RESTARTS, "max_task_retries": REPLICA_RESTARTS, "scheduling_strategy": "SPREAD"}
-    if resources.get("GPU", 0) >= settings.gpu_fraction:
+    if gpu and resources.get("GPU", 0) >= settings.gpu_fraction:
         return {"num_gpus": settings.gpu_fraction, "num_cpus": SMALL_CPU, **restartable}, settings.replica_threads
     cpus = resources.get("CPU", 1.0)
     share = max(SMALL_CPU, (cpus - helper_cpus) / settings.replicas)
     threads = settings.replica_threads or max(1, int(cpus // settings.replicas))
     return {"num_cpus": min(settings.replica_cpus, share), **restartable}, threads
+
+
+def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | Path, sha256: str,
+             calibrated: Any) -> BackendChoice:
+    """What the replicas score with (:func:`pipeline.backends.choice.choose_backend`), checked here
+    once (the model is built only when the graph or its check is not cached yet)."""
+    reference = calibrated.reference if calibrated else None
+
+    def model() -> Any:
+        built = model_from_payload(payload, checkpoint)
+        if reference:
+            built.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
+        return built
+
+    on_gpu = settings.backend != "torch" and ray.cluster_resources().get("GPU", 0) >= settings.gpu_fraction
+    return choose_backend(settings.backend, settings.precision, model, checkpoint, sha256, reference, on_gpu)
 
 
 def _replica_places(replicas: list, model: list, report: RunReport) -> list[dict[str, Any]]:
@@ -69,7 +90,8 @@ def _replica_places(replicas: list, model: list, report: RunReport) -> list[dict
             where.append({"lost": str(failure).splitlines()[0]})
             continue
         report.replica_busy.append(busy / max(report.seconds, 1e-9))
-        where.append({key: at[key] for key in ("node", "pid", "nice", "device")} | {"busy": round(report.replica_busy[-1], 4)})
+        where.append({key: at[key] for key in ("node", "pid", "nice", "device", "backend")}
+                     | {"busy": round(report.replica_busy[-1], 4)})
     return where
 
 
@@ -137,11 +159,14 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     options or the calibration turns scores into events, :mod:`pipeline.events`); ``stream_ids``: one
     per spec (None: the input's own name), e.g. from a manifest.
     """
+    out = out if is_url(out) else Path(out).absolute()  # the writer's working folder may be another
+    if rotate_s and is_url(out):
+        raise AnomstreamError(f"--rotate: {out}: rotating stores need a path (a store per period is named beside it)")
     payload, sha256 = read_checkpoint_and_hash(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
     inputs = resolve_inputs(specs, replace(source_options or SourceOptions(), still_images=model.window_length == 1),
                             stream_ids)
-    report = RunReport(Path(out), failed=inputs.failed, left_out=inputs.left_out)
+    report = RunReport(out, failed=inputs.failed, left_out=inputs.left_out)
     if not inputs.sources:
         return report
     _unique_ids(inputs.sources)
@@ -154,7 +179,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         "calibration": calibrated.summary() if calibrated else None,
         "events": asdict(event_options.rule) if event_options else None,
         "config": {"model": payload["params"], "score": settings.model_dump()},
-        "term_weights": model.term_weights, "window_length": model.window_length,
+        "term_weights": model.term_weights, "window_length": model.window_length, "precision": settings.precision,
         "anomstream_version": pipeline.__version__,
     }
     live_sources = sum(source.is_live for source in inputs.sources)  # each read all along by a decoder of its own
@@ -162,7 +187,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         raise AnomstreamError("--resume: a live stream cannot continue a store (the frames in between are gone); "
                               "write a new --out, or --rotate hour|day for one store per period")
     if not rotate_s:
-        check_target(Path(out), mode)  # before Ray starts (a rotating store takes a free name of its own)
+        check_target(out, mode)  # before Ray starts (a rotating store takes a free name of its own)
     if view is not None:
         check_port(*view)
     stop = threading.Event()
@@ -172,16 +197,33 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         # the store is written on this machine (--out is a path here), whichever node the replicas are on
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         # no CPU asked: a head node started with --num-cpus 0 (a common set-up) runs it too
-        writer = WriterActor.options(num_cpus=0, scheduling_strategy=here).remote()
-        ray.get(writer.open.remote(str(out), run_attrs, mode, view is not None, rotate_s,
-                                   calibrated.to_payload() if calibrated else None, event_options))
+        backend = _backend(settings, payload, checkpoint, sha256, calibrated)  # before the store is touched
+        report.backend = backend
+        # an object store's credentials as this process has them, whatever the node's environment
+        environment = credential_environment() if is_url(out) else None
+
+        def open_writer(writer_mode: str) -> tuple[Any, int]:
+            writer = WriterActor.options(num_cpus=0, scheduling_strategy=here).remote()
+            try:
+                return writer, ray.get(writer.open.remote(str(out), run_attrs, writer_mode, view is not None, rotate_s,
+                                                          calibrated.to_payload() if calibrated else None, event_options,
+                                                          environment))
+            except BaseException:
+                ray.kill(writer)
+                raise
+
+        writer, writer_pid = open_writer(mode)
         ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
+        ray.get(writer.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
+                                                      "note": backend.note}}))
         decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
-        replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU)
+        replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU,
+                                                    gpu=backend.backend == "torch")
         workers = Workers(
-            model=[ray.put((payload, calibrated.reference if calibrated else None))],  # read once, here
+            model=[ray.put((payload, calibrated.reference if calibrated else None, backend))],  # read once, here
             new_replica=lambda: ReplicaActor.options(**replica_options).remote(threads),
-            new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote())
+            new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote(),
+            new_writer=None if rotate_s else lambda: open_writer("resume"))
         replicas = workers.replicas = [workers.new_replica() for _ in range(settings.replicas)]
         decoders = workers.decoders = [workers.new_decoder() for _ in range(decoder_count)]
         live_view = None
@@ -194,15 +236,22 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             report.replicas, report.device = len(replicas), placed[0]["device"]
             for where in placed:
                 report.nodes[where["node"]] = report.nodes.get(where["node"], 0) + 1
-            for warning in {where["warning"] for where in placed if where["warning"]}:
+            warnings = {where["warning"] for where in placed if where["warning"]}
+            warnings |= {f"replica on node {where['node'][:8]}: {where['backend_note']}" for where in placed
+                         if where["backend"] != backend.backend}
+            for warning in sorted(warnings):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + duration_s if duration_s is not None else None
             live = live or LiveOptions()
             if live.batch is None:
                 live = replace(live, batch=1 if report.device == "cpu" else settings.batch_size)
-            ScoringLoop(inputs.sources, model, arrays, settings, writer, workers, report, progress,
-                        live, deadline, stop, view=view is not None, events=event_options is not None).run()
+            loop = ScoringLoop(inputs.sources, model, arrays, settings, (writer, writer_pid), workers, report, progress,
+                               live, deadline, stop, view=view is not None, events=event_options is not None)
+            try:
+                loop.run()
+            finally:
+                writer = loop.writer  # a new one when the first was lost
             report.seconds = time.time() - started
             for stream_id, accounting in ray.get(writer.accounting.remote()).items():
                 report.streams[stream_id].accounting = accounting

@@ -85,10 +85,16 @@ class StreamState:
             return False
         return self.queued == 0 and replica_free if self.policy == "latest" else waiting < capacity
 
-    def rewind(self, decoder: Any) -> int:
+    def rewind(self, decoder: Any, row: int | None = None, sequence: int | None = None) -> int:
         """Forget what is decoded but not yet sent to the writer (a fault lost it, or may have): the
-        stream is decoded again by ``decoder`` from its next unwritten row, which it returns."""
-        self.decoder, self.epoch, self.rewinds = decoder, self.epoch + 1, self.rewinds + 1
+        stream is decoded again by ``decoder`` from its next unwritten row, which it returns.
+        ``row``, ``sequence``: go back further, to this row and batch (what a new writer found on
+        disk; this does not count as one of the stream's ``rewinds``)."""
+        self.decoder, self.epoch = decoder, self.epoch + 1
+        if row is None:
+            self.rewinds += 1
+        else:
+            self.next_row, self.next_sequence = row, sequence if sequence is not None else self.next_sequence
         self.decode_pending, self.ended, self.cut, self.queued, self.scoring = False, None, None, 0, 0
         self.to_write.clear()
         return self.next_row

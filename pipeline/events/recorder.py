@@ -22,6 +22,7 @@ from pipeline.errors import AnomstreamError
 from pipeline.events.detector import Event, EventDetector, EventRule
 from pipeline.events.outbox import Outbox, check_webhook
 from pipeline.store import FrameStatus
+from pipeline.store.location import is_url, store_name
 from pipeline.stream.windows import WindowBatch
 from pipeline.visualize import overlay_jpeg
 
@@ -29,9 +30,11 @@ RECENT_EVENTS = 5  # event messages per stream the live view lists
 
 
 def events_folder(store: str | Path) -> Path:
-    """``runs/cam.zarr`` -> ``runs/cam.events``: where a store's event files go."""
-    store = Path(store)
-    return store.with_name(store.stem + ".events")
+    """``runs/cam.zarr`` -> ``runs/cam.events``: where a store's event files go; for a store on
+    object storage, in this folder (``s3://bucket/jobs/cam.zarr`` -> ``./cam.events``)."""
+    name = store_name(store)
+    folder = name.with_name(name.stem + ".events")
+    return Path(folder.name) if is_url(store) else Path(folder)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def event_settings(options: EventOptions, calibrated_threshold: float | None, st
         rule = EventRule(threshold, low, options.end_after, options.min_frames, options.merge_gap)
     except ValueError as error:
         raise AnomstreamError(str(error)) from None
-    return EventSettings(rule, str(events_folder(store)), check_webhook(options.webhook) if options.webhook else None)
+    return EventSettings(rule, str(events_folder(store).absolute()), check_webhook(options.webhook) if options.webhook else None)
 
 
 def message(kind: str, event: Event) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store.accounting import StreamAccounting
+from pipeline.store.location import holds_objects, is_url, zarr_store
 
 STORE_FORMAT = "anomstream-store/1"
 ATTRS_REFRESH_S = 2.0  # a running live stream's accounting attrs are at most this old
@@ -68,17 +69,18 @@ class StoredStream(NamedTuple):
 
 
 class ResultStore:
-    """Writer side of a store. ``mode``: 'create' (refuse an existing store), 'overwrite', 'resume'."""
+    """Writer side of a store. ``mode``: 'create' (refuse an existing store), 'overwrite', 'resume'.
+    ``path``: a path, or an object-store URL (:mod:`pipeline.store.location`)."""
 
     def __init__(self, path: str | Path, run_attrs: dict[str, Any], mode: str = "create") -> None:
-        self.path = Path(path)
+        self.path = path if is_url(path) else Path(path)
         exists = check_target(self.path, mode)
         if mode == "resume" and exists:
             self.root = self._open_existing()
             self._check_same_run(run_attrs)
         else:
             try:
-                self.root = zarr.open_group(str(self.path), mode="w")
+                self.root = zarr.open_group(zarr_store(self.path), mode="w")
             except Exception as error:  # noqa: BLE001
                 raise StoreError(f"{self.path}: cannot create store ({error})") from None
             self.root.attrs.update({"format": STORE_FORMAT, "created": _now(), **run_attrs})
@@ -92,7 +94,7 @@ class ResultStore:
 
     def _open_existing(self) -> zarr.Group:
         try:
-            root = zarr.open_group(str(self.path), mode="r+")
+            root = zarr.open_group(zarr_store(self.path), mode="r+")
         except Exception:  # noqa: BLE001
             raise StoreError(f"{self.path}: not a zarr store") from None
         if root.attrs.get("format") != STORE_FORMAT:
@@ -101,10 +103,12 @@ class ResultStore:
         return root
 
     def _check_same_run(self, run_attrs: dict[str, Any]) -> None:
-        for key in ("model", "checkpoint_sha256", "score_kind", "calibration"):
-            if key in run_attrs and self.root.attrs.get(key) != run_attrs[key]:
+        earlier = {"precision": "fp32"}  # stores from before a key existed
+        for key in ("model", "checkpoint_sha256", "score_kind", "calibration", "precision"):
+            stored = self.root.attrs.get(key, earlier.get(key))
+            if key in run_attrs and stored != run_attrs[key]:
                 raise StoreError(f"{self.path}: cannot resume: store was written with {key} "
-                                 f"{self.root.attrs.get(key)!r}, this run has {run_attrs[key]!r}")
+                                 f"{stored!r}, this run has {run_attrs[key]!r}")
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         """The run's inputs that gave no stream (``failed``: errors) and the files left out of its
@@ -235,13 +239,15 @@ class ResultStore:
                             "warnings": list(warnings or []), "stopped": stopped, **self.accounting[stream_id].attrs()})
 
 
-def check_target(path: Path, mode: str) -> bool:
-    """Whether a store may be written at ``path`` in ``mode`` ('create': refuse an existing store,
-    'overwrite': replace stores only, 'resume'); returns whether something exists there. Raises
-    StoreError (one line naming the path) otherwise: callers check before starting anything."""
+def check_target(path: str | Path, mode: str) -> bool:
+    """Whether a store may be written at ``path`` (a path or an object-store URL) in ``mode``
+    ('create': refuse an existing store, 'overwrite': replace stores only, 'resume'); returns
+    whether something exists there. Raises StoreError (one line naming the path) otherwise, and
+    for a URL whose store cannot be listed (credentials, endpoint, bucket): callers check before
+    starting anything."""
     if mode not in ("create", "overwrite", "resume"):
         raise ValueError(f"unknown store mode {mode!r}")
-    exists = path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()
+    exists = holds_objects(path)
     if exists and mode == "create":
         raise StoreError(f"{path}: store already exists; pass --overwrite to replace it or --resume to continue it")
     if exists and mode == "overwrite" and not _is_store(path):
@@ -275,12 +281,12 @@ def read_events(path: str | Path, stream_id: str) -> dict[str, np.ndarray]:
 
 
 def open_results(path: str | Path) -> zarr.Group:
-    """Reader side: the store's root group, checked for format."""
-    path = Path(path)
-    if not path.exists():
+    """Reader side: the store's root group (a path or an object-store URL), checked for format."""
+    path = path if is_url(path) else Path(path)
+    if not holds_objects(path):
         raise StoreError(f"{path}: no such store")
     try:
-        root = zarr.open_group(str(path), mode="r")
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
     except Exception:  # noqa: BLE001
         raise StoreError(f"{path}: not a zarr store") from None
     if root.attrs.get("format") != STORE_FORMAT:
@@ -288,9 +294,9 @@ def open_results(path: str | Path) -> zarr.Group:
     return root
 
 
-def _is_store(path: Path) -> bool:
+def _is_store(path: str | Path) -> bool:
     try:
-        return zarr.open_group(str(path), mode="r").attrs.get("format") == STORE_FORMAT
+        return zarr.open_group(zarr_store(path, read_only=True), mode="r").attrs.get("format") == STORE_FORMAT
     except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
         return False
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.backends.choice import BackendChoice
+from pipeline.backends.runners import BackendError, make_runner
 from pipeline.checkpoint import load_model, model_from_payload
 from pipeline.store import ArraySpec, FrameStatus, result_arrays
 from pipeline.stream.windows import WindowBatch
@@ -30,10 +32,12 @@ class Scorer:
     """A model on its device that scores window batches (the work of a replica, without Ray)."""
 
     def __init__(self, checkpoint: str | dict[str, Any], threads: int | None = None, device: str | None = None,
-                 reference: dict[str, np.ndarray] | None = None) -> None:
+                 reference: dict[str, np.ndarray] | None = None, backend: BackendChoice | None = None) -> None:
         """``checkpoint``: a checkpoint file, or its contents as read once by the driver
         (:func:`pipeline.checkpoint.read_checkpoint_and_hash`; a replica on another node needs no copy of
-        the file); ``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``)."""
+        the file); ``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``);
+        ``backend``: what scores (:func:`pipeline.backends.choice.choose_backend`; default torch, fp32).
+        The runtimes run on the CPU with ``threads`` threads; torch in bf16 uses autocast."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -44,6 +48,17 @@ class Scorer:
         if reference:
             self.model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
         self.model.to(self.device).eval()
+        self.backend = backend or BackendChoice()
+        self.runner = None
+        if self.backend.backend != "torch":
+            try:
+                self.runner = make_runner(self.backend.backend, self.backend.graph, self.model.term_names, threads,
+                                          self.backend.precision)
+                self.device = torch.device("cpu")  # the runtimes score on the CPU
+            except BackendError as error:
+                if self.backend.required:
+                    raise
+                self.backend = BackendChoice("torch", self.backend.precision, note=f"{error}: torch scores here instead")
         size = self.model.image_size
         self.arrays = result_arrays((size, size), self.model.term_names)  # what the store holds
 
@@ -56,10 +71,17 @@ class Scorer:
         valid = batch.valid
         if valid.any():
             windows = torch.from_numpy(batch.windows()).to(self.device, non_blocking=True)
-            with torch.inference_mode():
-                output = self.model.score(windows)
+            output = self.score_windows(windows)
             result["score"][valid] = result["score_raw"][valid] = output.score.float().cpu().numpy()
             result["map"][valid] = output.anomaly_map.float().cpu().numpy().astype(np.float16)
             for name, values in output.terms.items():
                 result[f"term_{name}"][valid] = values.float().cpu().numpy()
         return result
+
+    def score_windows(self, windows: torch.Tensor) -> Any:
+        """``model.score`` of uint8 windows (N, T, C, H, W) by this scorer's backend: ScoreOutput."""
+        if self.runner is not None:
+            return self.runner.score(windows)
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
+                                                    enabled=self.backend.precision == "bf16"):
+            return self.model.score(windows)

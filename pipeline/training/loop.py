@@ -24,6 +24,7 @@ from pipeline.calibration.scores import Calibration
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
 from pipeline.errors import ConfigError
+from pipeline.training.augment import augment_windows
 from pipeline.training.data import WindowDataset, draw_anomalies, labelled_anomalies, load_clips, median_sample
 from pipeline.training.schedule import learning_rate_factor, phase_start_steps
 
@@ -158,6 +159,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         learning_rate = optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
+            windows = augment_windows(windows, settings.augment, generator)
             drawn = draw_anomalies(anomalies, settings.anomalies_per_batch, generator)
             terms = gradient_step(model, windows, optimizer, settings.precision, drawn, settings.gradient_clip)
             scheduler.step()

@@ -1,0 +1,88 @@
+"""``anomstream export``: a checkpoint's scoring graph as ONNX or OpenVINO IR, with what a user of
+the files needs beside them (``anomstream.json``): the model and its sizes, the inputs and outputs,
+the term weights, the calibration (its reference maps are inside the graph; the statistics that
+turn terms into the calibrated score and its threshold are in the JSON) and the measured parity
+with torch."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import pipeline
+from pipeline.backends.choice import parity
+from pipeline.backends.graph import INPUT_NAME, ONNX_OPSET, export_onnx, output_names
+from pipeline.backends.runners import BackendError
+from pipeline.calibration.stored import run_calibration
+from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash
+from pipeline.errors import AnomstreamError
+
+EXPORT_FORMATS = ("onnx", "openvino")
+METADATA = "anomstream.json"
+_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
+
+
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibration: str | Path | None = None) -> dict[str, Any]:
+    """Write ``checkpoint``'s scoring graph in ``fmt`` (``onnx``: ``model.onnx``; ``openvino``:
+    ``model.xml`` + ``model.bin``, fp32 weights) and ``anomstream.json`` into the folder ``out``;
+    returns the metadata. The graph takes ``windows`` uint8 (N, T, C, H, W) and gives ``score``
+    float32 (N,), ``map`` float32 (N, H, W) and ``term_<name>`` float32 (N,), N dynamic.
+
+    ``calibration``: a calibration file (default: the checkpoint's own, if any). Raises
+    AnomstreamError (one line): unknown format, a folder holding other files, a model whose graph
+    cannot be exported (ExportError names the blocking operation), OpenVINO not installed."""
+    if fmt not in EXPORT_FORMATS:
+        raise AnomstreamError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AnomstreamError(f"{out}: is a file; --out names a folder")
+    if out.exists() and any(out.iterdir()) and not (out / METADATA).is_file():
+        raise AnomstreamError(f"{out}: folder exists and holds other files; name a new or empty folder")
+    payload, sha256 = read_checkpoint_and_hash(checkpoint)
+    model = model_from_payload(payload, checkpoint)
+    calibrated = run_calibration(payload, sha256, calibration)
+    if calibrated is not None and calibrated.reference:
+        model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in calibrated.reference.items()})
+    graph = export_onnx(model)
+    runtime = "openvino" if fmt == "openvino" else "onnxruntime"
+    measured = parity(runtime, "fp32", model, graph) if _runtime_installed(fmt) else None  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        (out / "model.onnx").write_bytes(graph)
+    else:
+        _save_openvino(graph, out / "model.xml")
+    metadata = {
+        "format": fmt, "files": list(_FILES[fmt]), "model": model.name, "params": payload["params"],
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", model.window_length, model.channels,
+                                                                 model.image_size, model.image_size],
+                  "layout": "windows of T consecutive frames (the last one is scored), C channels, H, W; "
+                            "frames resized to H x W as anomstream prepares them"},
+        "outputs": output_names(model), "term_weights": model.term_weights, "window_length": model.window_length,
+        "checkpoint": str(checkpoint), "checkpoint_sha256": sha256,
+        "calibration": None if calibrated is None else {
+            **calibrated.summary(), "quantiles": calibrated.quantiles.tolist(), "tail_scale": calibrated.tail_scale,
+            "reference_maps": "inside the graph" if calibrated.reference else "none"},
+        "onnx_opset": ONNX_OPSET, "torch": torch.__version__, "anomstream": pipeline.__version__,
+        "parity_with_torch": measured,
+    }
+    (out / METADATA).write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
+def _save_openvino(graph: bytes, path: Path) -> None:
+    try:
+        import openvino
+    except ImportError:
+        raise BackendError("--format openvino: openvino is not installed (pip install 'anomstream[openvino]')") from None
+    openvino.save_model(openvino.convert_model(io.BytesIO(graph)), str(path), compress_to_fp16=False)
+
+
+def _runtime_installed(fmt: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino" if fmt == "openvino" else "onnxruntime") is not None

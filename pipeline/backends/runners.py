@@ -1,0 +1,100 @@
+"""Runtimes that score a model's exported graph (:mod:`pipeline.backends.graph`) on CPU, in place
+of torch: ONNX Runtime and OpenVINO. Each takes the ONNX bytes and the replica's thread count and
+answers ``score(windows)`` as ``AnomalyModel.score`` does.
+
+OpenVINO's CPU plugin computes in bf16 by default on CPUs with AMX / AVX512-BF16; the runner asks
+for f32 (``INFERENCE_PRECISION_HINT``) unless bf16 is asked for, so scores match torch's on every
+CPU, and turns its thread pinning off (two replicas pinned to the same core ran at half speed,
+docs/backends.md).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from models.base import ScoreOutput
+from pipeline.backends.graph import INPUT_NAME
+from pipeline.errors import AnomstreamError
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+class BackendError(AnomstreamError):
+    """A backend that is not installed or cannot load the graph."""
+
+
+class Runner(Protocol):
+    def score(self, windows: torch.Tensor) -> ScoreOutput: ...
+
+
+def _output(values: list[np.ndarray], term_names: list[str]) -> ScoreOutput:
+    score, anomaly_map, *terms = (torch.from_numpy(np.asarray(v)) for v in values)
+    return ScoreOutput(score, anomaly_map, dict(zip(term_names, terms)))
+
+
+class OnnxRuntimeRunner:
+    """ONNX Runtime's CPU execution provider, ``threads`` intra-op threads, graph optimisations on."""
+
+    def __init__(self, onnx: bytes, term_names: list[str], threads: int | None = None, precision: str = "fp32") -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (all cores)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        self.term_names = term_names
+
+    def score(self, windows: torch.Tensor) -> ScoreOutput:
+        return _output(self.session.run(None, {INPUT_NAME: windows.cpu().numpy()}), self.term_names)
+
+
+class OpenVinoRunner:
+    """OpenVINO's CPU plugin: the ONNX graph read from memory, compiled for latency with ``threads``
+    inference threads in ``precision`` (``fp32``; ``bf16`` where the CPU has bf16 units)."""
+
+    def __init__(self, onnx: bytes, term_names: list[str], threads: int | None = None, precision: str = "fp32") -> None:
+        import openvino
+
+        core = openvino.Core()
+        # no pinning: OpenVINO pins its threads to cores, and two replicas on one machine then share one core
+        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "ENABLE_CPU_PINNING": False}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        model = openvino.convert_model(io.BytesIO(onnx))
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.term_names = term_names
+
+    def score(self, windows: torch.Tensor) -> ScoreOutput:
+        results = self.compiled({INPUT_NAME: windows.cpu().numpy()})
+        return _output([results[output] for output in self.compiled.outputs], self.term_names)
+
+
+def make_runner(backend: str, onnx: bytes, term_names: list[str], threads: int | None = None,
+                precision: str = "fp32") -> Runner:
+    """A runner of ``backend`` (``onnxruntime`` or ``openvino``) for the exported graph ``onnx``.
+    Raises BackendError (one line) when the backend is not installed or cannot load the graph."""
+    runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
+    if backend not in runners:
+        raise BackendError(f"--backend: unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    try:
+        return runners[backend](onnx, term_names, threads, precision)
+    except ImportError:
+        raise BackendError(f"--backend {backend}: {_PACKAGES[backend]} is not installed "
+                           f"(pip install 'anomstream[{backend}]')") from None
+    except Exception as error:  # noqa: BLE001 - the runtimes' own load errors
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise BackendError(f"--backend {backend}: cannot load the exported graph ({first})") from None
+
+
+def installed_backends() -> list[str]:
+    """The backends this process can use, torch first."""
+    import importlib.util
+
+    return ["torch", *(name for name, package in _PACKAGES.items() if importlib.util.find_spec(package) is not None)]

@@ -1,0 +1,127 @@
+"""Replica backends: every model's scoring graph exported to ONNX and run by ONNX Runtime and
+OpenVINO on real frames, compared with torch; `anomstream export`. (Every scoring run of the suite
+goes through the default backend, ONNX Runtime here; OpenVINO through the pipeline: test_pipeline's
+3-replica run.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from small_models import SMALL, still_windows
+
+from pipeline.backends.choice import TOLERANCE, choose_backend, parity
+from pipeline.backends.graph import export_onnx
+from pipeline.backends.runners import BackendError
+from pipeline.checkpoint import load_model
+from pipeline.datasets.layouts import mtd_split
+from pipeline.files import read_image
+from pipeline.stream.preprocess import prepare_frame
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def mtd_windows(shared_data):
+    """12 defect-free MTD training images (to fit the statistics of PaDiM and DS2) and 4 crack images, 64x64."""
+    train, test = mtd_split(shared_data / "mtd")
+    cracks = [r.path for r in test if r.category == "MT_Crack"][:4]
+    return still_windows([r.path for r in train[:12]], 64), still_windows(cracks, 64)
+
+
+def ped2_windows(ped2, model, count: int = 6) -> torch.Tensor:
+    """``count`` windows of consecutive frames of Ped2 test clip 01 (an anomalous stretch), uint8."""
+    paths = sorted((ped2 / "testing" / "frames" / "01").iterdir())[120:120 + count + model.window_length - 1]
+    frames = np.stack([prepare_frame(read_image(p), model.image_size, model.channels) for p in paths])
+    return torch.from_numpy(np.stack([frames[i:i + model.window_length] for i in range(count)]))
+
+
+@pytest.mark.parametrize("name", ["dmad", *sorted(SMALL)])
+def test_every_model_exports_and_both_runtimes_match_torch_on_real_frames(name, mtd_windows, ped2, shipped_checkpoint):
+    """Score, map and every term of ONNX Runtime and OpenVINO (fp32) within 1e-4 of the range of
+    torch's, on a batch size other than the one traced (measured: at most 5e-5, most near 1e-6);
+    exporting leaves the model as it was (eval mode, same scores)."""
+    torch.manual_seed(0)
+    if name == "dmad":
+        model, _ = load_model(shipped_checkpoint)
+        windows = ped2_windows(ped2, model)
+    else:
+        model_class, config = SMALL[name]
+        model = model_class(config).eval()
+        normal, windows = mtd_windows
+        if model.fits_statistics:
+            model.fit_statistics([normal[:6], normal[6:]])
+    with torch.inference_mode():
+        before = model.score(windows).score
+    graph = export_onnx(model)
+    assert not model.training
+    with torch.inference_mode():
+        torch.testing.assert_close(model.score(windows).score, before, rtol=0, atol=0)
+    for backend in ("onnxruntime", "openvino"):
+        difference = parity(backend, "fp32", model, graph, windows)
+        assert set(difference) == {"score", "map", *(f"term_{t}" for t in model.term_names)}
+        assert max(difference.values()) <= TOLERANCE["fp32"], (backend, difference)
+
+
+def test_export_writes_the_graph_and_what_its_users_need(shipped_checkpoint, ped2, tmp_path):
+    """`anomstream export` of the shipped (calibrated) checkpoint: model.onnx that ONNX Runtime alone
+    runs on Ped2 windows to torch's scores (the calibration's reference map is inside), and
+    anomstream.json with the model, input, outputs, weights, the calibration's threshold and
+    statistics and the measured parity."""
+    import onnxruntime
+
+    from pipeline.stream.scorer import Scorer
+
+    out = tmp_path / "onnx"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "export", str(shipped_checkpoint), "--format", "onnx",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"exported dmad (onnx): model.onnx and anomstream.json in {out}; largest difference")
+    metadata = json.loads((out / "anomstream.json").read_text())
+    checkpoint = torch.load(shipped_checkpoint, weights_only=True)
+    assert metadata["model"] == "dmad" and metadata["files"] == ["model.onnx"]
+    assert metadata["input"]["shape"] == ["N", 5, 1, 128, 128] and metadata["input"]["dtype"] == "uint8"
+    assert metadata["outputs"][:2] == ["score", "map"] and len(metadata["outputs"]) == 2 + len(checkpoint_terms(metadata))
+    threshold = -np.log10(checkpoint["calibration"]["false_alarm_rate"])
+    assert metadata["calibration"]["threshold"] == pytest.approx(threshold, abs=1e-4)
+    assert metadata["calibration"]["reference_maps"] == "inside the graph"
+    assert max(metadata["parity_with_torch"].values()) <= TOLERANCE["fp32"]
+
+    calibration = checkpoint["calibration"]
+    scorer = Scorer(str(shipped_checkpoint), threads=2, reference={k: v.numpy() for k, v in calibration["reference"].items()})
+    windows = ped2_windows(ped2, scorer.model)
+    expected = scorer.score_windows(windows)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip(metadata["outputs"], session.run(None, {"windows": windows.numpy()})))
+    np.testing.assert_allclose(got["score"], expected.score.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["term_gradient_excess"], expected.terms["gradient_excess"].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def checkpoint_terms(metadata: dict) -> list[str]:
+    return [name for name in metadata["outputs"] if name.startswith("term_")]
+
+
+def test_export_and_backend_refusals_are_one_line(shipped_checkpoint, tmp_path):
+    from pipeline.backends.export import export_checkpoint
+    from pipeline.errors import AnomstreamError
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(AnomstreamError) as refused:
+        export_checkpoint(shipped_checkpoint, "onnx", taken)
+    assert str(refused.value) == f"{taken}: folder exists and holds other files; name a new or empty folder"
+    assert (taken / "notes.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    with pytest.raises(AnomstreamError, match=r"^--format: 'tflite' is not one of onnx, openvino$"):
+        export_checkpoint(shipped_checkpoint, "tflite", tmp_path / "new")
+    model, _ = load_model(shipped_checkpoint)
+    with pytest.raises(BackendError, match=r"^--backend onnxruntime computes in fp32 only \(--precision fp32\)$"):
+        choose_backend("onnxruntime", "bf16", model, shipped_checkpoint, "0" * 64)
+    with pytest.raises(BackendError, match=r"^--backend: unknown backend 'tensorrt'; one of torch, onnxruntime, openvino, auto$"):
+        choose_backend("tensorrt", "fp32", model, shipped_checkpoint, "0" * 64)
