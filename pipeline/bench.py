@@ -24,12 +24,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.backends.choice import BackendChoice, choose_backend
 from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash
+from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from pipeline.config import ScoreSection
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
@@ -69,9 +68,7 @@ def _backend_scorers(checkpoint: str, backends: list[str], threads: int) -> dict
     payload, sha256 = read_checkpoint_and_hash(checkpoint)
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
-    model = model_from_payload(payload, checkpoint)
-    if reference:
-        model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
+    model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
     scorers = {}
     for spec in backends:
         name, precision, label = backend_label(spec)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 
@@ -72,6 +73,14 @@ def load_model(path: str | Path, expected_model: str | None = None) -> tuple[Ano
     """Build the checkpoint's model with its weights, in eval mode."""
     payload = read_checkpoint(path, expected_model)
     return model_from_payload(payload, path), payload
+
+
+def set_reference_maps(model: AnomalyModel, reference: dict[str, Any] | None) -> AnomalyModel:
+    """``model`` with a calibration's per-position normal maps (name -> (H, W) array, any float
+    dtype; taken as float32) set (:meth:`AnomalyModel.set_reference`); None or empty: as it is."""
+    if reference:
+        model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
+    return model
 
 
 def model_from_payload(payload: dict[str, Any], origin: str | Path) -> AnomalyModel:

@@ -6,6 +6,13 @@ def error_reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """The first line of an error's message (its type's name when it has none), at most ``limit``
+    characters: what a one-line report shows of a library's error."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if limit is None else line[:limit]
+
+
 class AnomstreamError(Exception):
     """Bad input (a path, a file, a config key, a camera): the message names the thing."""
 

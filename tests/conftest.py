@@ -81,6 +81,16 @@ def short_clip(ped2, tmp_path_factory) -> Path:
 CLEAN_RUN_BATCH = 8
 
 
+def first_frames(ped2: Path, clip: str, count: int, folder: Path) -> Path:
+    """A frame folder ``folder/clip`` holding the first ``count`` frames of Ped2 test clip ``clip``
+    (links): the same stream id and rows as the clean run's, fewer of them."""
+    made = folder / clip
+    made.mkdir(parents=True)
+    for frame in sorted((ped2 / "testing" / "frames" / clip).iterdir())[:count]:
+        (made / frame.name).symlink_to(frame)
+    return made
+
+
 @pytest.fixture(scope="session")
 def clean_run(ray_session, ped2, shipped_checkpoint, tmp_path_factory):
     """(store, report) of Ped2 test clips 01 and 02 (frame folders) scored on the local Ray with 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import CLEAN_RUN_BATCH, REPO
+from conftest import CLEAN_RUN_BATCH, REPO, first_frames
 
 from pipeline.driver.local_cluster import start_local_cluster, worker_pids
 
@@ -49,10 +49,7 @@ def _wait_for_rows(run: subprocess.Popen, store: Path, stream: str, rows: int, t
 def _score_command(cluster, ped2, out: Path) -> list[str]:
     """The clean run's clip 02, its first FRAMES frames (the CI's time budget), with its settings
     (replicas, batch size, threads) on the cluster."""
-    clip = out.parent / "input" / "02"
-    clip.mkdir(parents=True)
-    for frame in sorted((ped2 / "testing" / "frames" / "02").iterdir())[:FRAMES]:
-        (clip / frame.name).symlink_to(frame)
+    clip = first_frames(ped2, "02", FRAMES, out.parent / "input")
     config = out.with_suffix(".yaml")
     config.write_text(f"model:\n  name: dmad\nscore:\n  replicas: 2\n  batch_size: {CLEAN_RUN_BATCH}\n  replica_threads: 1\n")
     return [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--config", str(config),

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from conftest import CLEAN_RUN_BATCH, REPO
+from conftest import CLEAN_RUN_BATCH, REPO, first_frames
 from servers import LoopbackS3
 
 ARRAYS = ("frame_index", "status", "valid", "score_raw", "score", "term_gradient_excess", "term_deformation", "map")
@@ -49,10 +49,7 @@ def test_a_store_on_s3_holds_what_a_local_store_holds(s3_environment, clean_run,
     from pipeline.store import open_results
 
     monkeypatch.chdir(tmp_path)  # the events folder of a store on object storage is made here
-    clip = tmp_path / "01"
-    clip.mkdir()
-    for frame in sorted((ped2 / "testing" / "frames" / "01").iterdir())[:40]:
-        (clip / frame.name).symlink_to(frame)
+    clip = first_frames(ped2, "01", 40, tmp_path)
     url = "s3://runs/jobs/a.zarr"
     settings = ScoreSection(replicas=2, batch_size=CLEAN_RUN_BATCH, replica_threads=1)
     report = score_sources([str(clip)], str(shipped_checkpoint), url, settings, progress=False)

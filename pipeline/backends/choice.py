@@ -24,6 +24,7 @@ import torch
 from models.base import AnomalyModel
 from pipeline.backends.graph import ONNX_OPSET, ExportError, example_windows, export_onnx
 from pipeline.backends.runners import BACKENDS, BackendError, installed_backends, make_runner
+from pipeline.errors import first_line
 
 PRECISIONS = ("fp32", "bf16")
 # largest |backend - torch| allowed at the check, relative to the largest |torch| value of each
@@ -172,8 +173,7 @@ def parity(backend: str, precision: str, model: AnomalyModel, graph: bytes, wind
         if missing:
             raise ValueError(f"the graph lacks the terms {', '.join(sorted(missing))}")
     except Exception as error:  # noqa: BLE001 - the runtimes' own errors while scoring
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise BackendError(f"--backend {backend}: scoring the exported graph failed ({first})") from None
+        raise BackendError(f"--backend {backend}: scoring the exported graph failed ({first_line(error)})") from None
     pairs = {"score": (output.score, reference.score), "map": (output.anomaly_map, reference.anomaly_map),
              **{f"term_{name}": (output.terms[name], reference.terms[name]) for name in model.term_names}}
     return {name: float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))

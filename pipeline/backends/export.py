@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import pipeline
@@ -19,7 +18,7 @@ from pipeline.backends.choice import parity
 from pipeline.backends.graph import INPUT_NAME, ONNX_OPSET, export_onnx, output_names
 from pipeline.backends.runners import BackendError
 from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash
+from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from pipeline.errors import AnomstreamError
 
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -44,10 +43,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
     if out.exists() and any(out.iterdir()) and not (out / METADATA).is_file():
         raise AnomstreamError(f"{out}: folder exists and holds other files; name a new or empty folder")
     payload, sha256 = read_checkpoint_and_hash(checkpoint)
-    model = model_from_payload(payload, checkpoint)
     calibrated = run_calibration(payload, sha256, calibration)
-    if calibrated is not None and calibrated.reference:
-        model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in calibrated.reference.items()})
+    model = set_reference_maps(model_from_payload(payload, checkpoint), calibrated.reference if calibrated else None)
     graph = export_onnx(model)
     runtime = "openvino" if fmt == "openvino" else "onnxruntime"
     measured = parity(runtime, "fp32", model, graph) if _runtime_installed(fmt) else None  # before anything is written

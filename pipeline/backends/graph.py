@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from models.base import AnomalyModel
-from pipeline.errors import AnomstreamError
+from pipeline.errors import AnomstreamError, first_line
 
 ONNX_OPSET = 17
 INPUT_NAME = "windows"
@@ -68,5 +68,5 @@ def export_onnx(model: AnomalyModel) -> bytes:
 def _blocking_operation(error: Exception) -> str:
     text = str(error)
     found = re.search(r"operator '?([\w:.]+)'?", text)
-    first = (text.strip().splitlines() or [type(error).__name__])[0][:200]
+    first = first_line(error)
     return f"operation {found.group(1)} ({first})" if found else f"{type(error).__name__}: {first}"

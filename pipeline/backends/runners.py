@@ -18,7 +18,7 @@ import torch
 
 from models.base import ScoreOutput
 from pipeline.backends.graph import INPUT_NAME
-from pipeline.errors import AnomstreamError
+from pipeline.errors import AnomstreamError, first_line
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -89,8 +89,7 @@ def make_runner(backend: str, onnx: bytes, term_names: list[str], threads: int |
         raise BackendError(f"--backend {backend}: {_PACKAGES[backend]} is not installed "
                            f"(pip install 'anomstream[{backend}]')") from None
     except Exception as error:  # noqa: BLE001 - the runtimes' own load errors
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise BackendError(f"--backend {backend}: cannot load the exported graph ({first})") from None
+        raise BackendError(f"--backend {backend}: cannot load the exported graph ({first_line(error)})") from None
 
 
 def installed_backends() -> list[str]:

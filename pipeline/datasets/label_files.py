@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import LabelFileError
+from pipeline.errors import LabelFileError, first_line
 
 NPY_MAGIC = b"\x93NUMPY"
 MAT5_MAGIC = b"MATLAB"  # v5-v7 text header; v7.3 files start with it too but are HDF5 (checked first)
@@ -122,7 +122,7 @@ def _read(path: Path, variable: str | None) -> tuple[np.ndarray, str]:
         try:
             return np.load(path, allow_pickle=False), kind
         except (ValueError, OSError, EOFError) as error:
-            raise LabelFileError(f"{path}: corrupt .npy file ({_first_line(error)})") from None
+            raise LabelFileError(f"{path}: corrupt .npy file ({first_line(error, None)})") from None
     variables = _load_mat73(path) if kind == "mat-v7.3" else _load_mat5(path)
     if variable is None and len(variables) == 1:
         return next(iter(variables.values())), kind
@@ -138,7 +138,7 @@ def _load_mat5(path: Path) -> dict[str, np.ndarray]:
     try:
         contents = loadmat(str(path))
     except Exception as error:  # noqa: BLE001 - scipy raises several kinds for a damaged file
-        raise LabelFileError(f"{path}: corrupt MATLAB file ({_first_line(error)})") from None
+        raise LabelFileError(f"{path}: corrupt MATLAB file ({first_line(error, None)})") from None
     return {k: v for k, v in contents.items() if not k.startswith("__")}
 
 
@@ -149,7 +149,7 @@ def _load_mat73(path: Path) -> dict[str, np.ndarray]:
         with h5py.File(path, "r") as file:
             return {name: _from_hdf5(path, file, node) for name, node in file.items() if not name.startswith("#")}
     except (OSError, KeyError, ValueError) as error:
-        raise LabelFileError(f"{path}: corrupt MATLAB v7.3 file ({_first_line(error)})") from None
+        raise LabelFileError(f"{path}: corrupt MATLAB v7.3 file ({first_line(error, None)})") from None
 
 
 def _from_hdf5(path: Path, file, node) -> np.ndarray:
@@ -185,7 +185,7 @@ def _image_values(path: Path) -> np.ndarray:
         raise LabelFileError(f"{path}: not a label/mask file this reads "
                              f"(an image Pillow decodes, .npy, or MATLAB .mat)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise LabelFileError(f"{path}: corrupt mask image ({_first_line(error)})") from None
+        raise LabelFileError(f"{path}: corrupt mask image ({first_line(error, None)})") from None
     if mode in ("P", "PA"):
         return (values[..., 0] if values.ndim == 3 else values) != 0
     if values.ndim == 3:
@@ -193,5 +193,3 @@ def _image_values(path: Path) -> np.ndarray:
     return values
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

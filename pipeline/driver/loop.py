@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline.config import ScoreSection
 from pipeline.driver.report import RunReport, StreamReport, event_line, live_table
 from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
-from pipeline.errors import AnomstreamError
+from pipeline.errors import AnomstreamError, first_line
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions
 from pipeline.stream.windows import EndOfStream
@@ -130,14 +130,14 @@ class ScoringLoop:
             self._loop_taking_over()
         except RayActorError as failure:  # the replicas' and decoders' are handled where they happen
             self.writer_lost = True
-            raise AnomstreamError(f"{self.report.store}: the writer process was lost ({_first_line(failure)}); "
+            raise AnomstreamError(f"{self.report.store}: the writer process was lost ({first_line(failure)}); "
                                   f"what is written is kept: run again with --resume") from None
         except RayError as failure:  # e.g. a scored batch lost with its node before the writer read it
             self.writer_lost = True
             if isinstance(failure, AnomstreamError):
                 raise  # the store's own one-line error, raised in the writer
             raise AnomstreamError(f"{self.report.store}: writing failed ({type(failure).__name__}: "
-                                  f"{_first_line(failure)}); what is written is kept: run again with --resume") from None
+                                  f"{first_line(failure)}); what is written is kept: run again with --resume") from None
         finally:
             self.bar.close()
             if not self.writer_lost:
@@ -275,7 +275,7 @@ class ScoringLoop:
             reason = f"{self.report.streams[stream_id].source}: decoding failed ({type(cause).__name__}: {cause})"
             header = EndOfStream(stream_id, 0, reason.splitlines()[0])
         except RayActorError as failure:
-            self._redecode(stream_id, f"decoder of stream {stream_id} lost ({_first_line(failure)})")
+            self._redecode(stream_id, f"decoder of stream {stream_id} lost ({first_line(failure)})")
             return
         if header.gaps:
             self.write_refs.append(self.writer.add_gaps.remote(stream_id, [gap.to_dict() for gap in header.gaps]))
@@ -344,10 +344,10 @@ class ScoringLoop:
         stream ends there, the others go on)."""
         cause = failure.cause if isinstance(failure, RayTaskError) and isinstance(failure.cause, Exception) else failure
         if isinstance(cause, ObjectLostError):
-            self._redecode(item.stream_id, f"a decoded batch of stream {item.stream_id} was lost ({_first_line(cause)})")
+            self._redecode(item.stream_id, f"a decoded batch of stream {item.stream_id} was lost ({first_line(cause)})")
         else:
             self._fail(item.stream_id, f"{self.report.streams[item.stream_id].source}: scoring failed at frame "
-                                       f"{item.header.start} ({type(cause).__name__}: {_first_line(cause)})", item)
+                                       f"{item.header.start} ({type(cause).__name__}: {first_line(cause)})", item)
 
     def _note_process(self, replica: int, who: dict[str, Any]) -> None:
         """A replica answering from another process than before was restarted by Ray."""
@@ -359,11 +359,11 @@ class ScoringLoop:
     def _replace_replica(self, replica: int, failure: Exception) -> None:
         if self.replacements[replica] >= MAX_REPLACEMENTS_PER_REPLICA:
             raise AnomstreamError(f"replica {replica} keeps being lost ({self.replacements[replica]} replaced; "
-                                  f"last: {_first_line(failure)})")
+                                  f"last: {first_line(failure)})")
         ray.kill(self.replicas[replica], no_restart=True)  # unavailable for now may still mean alive later
         self.replicas[replica], self.replica_pids[replica] = self.workers.new_replica(), None
         self.replacements[replica] += 1
-        self.faults.note("replica_replaced", f"replica {replica} lost for good ({_first_line(failure)}); "
+        self.faults.note("replica_replaced", f"replica {replica} lost for good ({first_line(failure)}); "
                                              f"a new replica takes its place")
 
     def _can_take_over(self) -> bool:
@@ -397,7 +397,7 @@ class ScoringLoop:
                 continue
             stream.rewind(stream.decoder, row=written, sequence=written // batch_size)
             self._start_decoding(stream_id, stream.decoder, written)
-        self.faults.note("writer_replaced", f"writer lost ({_first_line(failure)}); a new writer took over the store "
+        self.faults.note("writer_replaced", f"writer lost ({first_line(failure)}); a new writer took over the store "
                                             f"and {len(self.streams)} open stream(s) go on from their written rows "
                                             f"(an event open at the loss starts again)")
 
@@ -554,7 +554,3 @@ def _wait_gone(pid: int) -> None:
         time.sleep(0.05)
     raise AnomstreamError(f"the writer process {pid} did not end after it was killed; what is written is kept: "
                           f"run again with --resume")
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

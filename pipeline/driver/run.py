@@ -17,9 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
-import torch
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -27,7 +25,7 @@ import pipeline
 from models.registry import build_model
 from pipeline.backends.choice import BackendChoice, choose_backend
 from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash
+from pipeline.checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
@@ -69,10 +67,7 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     reference = calibrated.reference if calibrated else None
 
     def model() -> Any:
-        built = model_from_payload(payload, checkpoint)
-        if reference:
-            built.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
-        return built
+        return set_reference_maps(model_from_payload(payload, checkpoint), reference)
 
     on_gpu = settings.backend != "torch" and ray.cluster_resources().get("GPU", 0) >= settings.gpu_fraction
     return choose_backend(settings.backend, settings.precision, model, checkpoint, sha256, reference, on_gpu)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, first_line
 
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
 _CREDENTIAL_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
@@ -55,7 +55,7 @@ def zarr_store(target: str | Path, read_only: bool = False) -> Any:
     except StoreError:
         raise
     except Exception as error:  # noqa: BLE001 - obstore's configuration errors
-        raise StoreError(f"{target}: cannot open the object store ({_first_line(error)})") from None
+        raise StoreError(f"{target}: cannot open the object store ({first_line(error, 300)})") from None
 
 
 def holds_objects(target: str | Path) -> bool:
@@ -71,7 +71,7 @@ def holds_objects(target: str | Path) -> bool:
     try:
         return any(len(chunk) for chunk in obstore.list(store, chunk_size=1))
     except Exception as error:  # noqa: BLE001 - credentials, network, bucket
-        raise StoreError(f"{target}: cannot list the object store ({_first_line(error)}); check the bucket, the "
+        raise StoreError(f"{target}: cannot list the object store ({first_line(error, 300)}); check the bucket, the "
                          f"endpoint and the credentials in the environment (AWS_*, GOOGLE_*, AZURE_*)") from None
 
 
@@ -87,7 +87,3 @@ def credential_environment() -> dict[str, str]:
     """This process's object-store credentials and endpoints (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``
     variables), for the runtime environment of an actor that opens the store."""
     return {key: value for key, value in os.environ.items() if key.startswith(_CREDENTIAL_PREFIXES)}
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

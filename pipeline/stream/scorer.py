@@ -10,7 +10,7 @@ import torch
 
 from pipeline.backends.choice import BackendChoice
 from pipeline.backends.runners import BackendError, make_runner
-from pipeline.checkpoint import load_model, model_from_payload
+from pipeline.checkpoint import load_model, model_from_payload, set_reference_maps
 from pipeline.store import ArraySpec, FrameStatus, result_arrays
 from pipeline.stream.windows import WindowBatch
 
@@ -45,8 +45,7 @@ class Scorer:
             self.model = model_from_payload(checkpoint, f"checkpoint of model {checkpoint.get('model')!r}")
         else:
             self.model, _ = load_model(checkpoint)
-        if reference:
-            self.model.set_reference({name: torch.from_numpy(np.asarray(m, np.float32)) for name, m in reference.items()})
+        set_reference_maps(self.model, reference)
         self.model.to(self.device).eval()
         self.backend = backend or BackendChoice()
         self.runner = None
