@@ -44,9 +44,9 @@ def _score_settings(args: argparse.Namespace):
     config = load_config(args.config) if args.config else None
     settings = with_overrides(config.score if config else ScoreSection(),
                               {"replicas": args.replicas, "batch_size": args.batch_size, "backend": args.backend,
-                               "precision": args.precision},
+                               "precision": args.precision, "writers": args.writers},
                               {"replicas": "--replicas", "batch_size": "--batch-size", "backend": "--backend",
-                               "precision": "--precision"})
+                               "precision": "--precision", "writers": "--writers"})
     return settings, config.model.name if config else None
 
 
@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(s3://BUCKET/STORE.zarr, gs://, az://; credentials from the environment)")
         sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
         sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
+        sub.add_argument("--writers", type=int, help="writer processes on this node, each writing whole streams (default "
+                                                     "1; more for many streams on many replicas: docs/cluster.md)")
         backend_options(sub)
         sub.add_argument("--address", help="join this Ray cluster: auto (the local one, or RAY_ADDRESS) or HOST:PORT of "
                                             "its head (default: start a local Ray of this run's own, whatever "

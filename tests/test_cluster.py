@@ -51,7 +51,9 @@ def _score_command(cluster, ped2, out: Path) -> list[str]:
     (replicas, batch size, threads) on the cluster."""
     clip = first_frames(ped2, "02", FRAMES, out.parent / "input")
     config = out.with_suffix(".yaml")
-    config.write_text(f"model:\n  name: dmad\nscore:\n  replicas: 2\n  batch_size: {CLEAN_RUN_BATCH}\n  replica_threads: 1\n")
+    # rows reach the disk (and `written`, which the faults are timed by) within 0.25 s instead of 1 s
+    config.write_text(f"model:\n  name: dmad\nscore:\n  replicas: 2\n  batch_size: {CLEAN_RUN_BATCH}\n  replica_threads: 1\n"
+                      f"  flush_s: 0.25\n")
     return [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--config", str(config),
             "--address", cluster.address, "--out", str(out), "--quiet"]
 

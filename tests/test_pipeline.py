@@ -114,6 +114,7 @@ def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, ship
     for batch in window_batches(source.frames(), source.stream_id, 5, 16, 128, 1):
         if isinstance(batch, WindowBatch) and batch.sequence < 3:
             store.write("ped2_test02", batch.start, core.score(batch))
+    store.flush("ped2_test02")  # then the run was lost
     first = open_results(out)["ped2_test02"]["score"][:48]
     torch.set_num_threads(2)
 
@@ -161,10 +162,11 @@ def test_live_http_camera_through_the_pipeline(ray_session, http_server, shipped
     assert group["timestamp"][0] > 1.7e9  # wall-clock time of a live frame
 
 
-def test_many_streams_through_one_busy_replica(ray_session, short_clip, shipped_checkpoint, tmp_path):
-    """More streams than replica slots: decoded batches queue, and no stream closes before they are written."""
+def test_many_streams_through_one_busy_replica_and_two_writers(ray_session, short_clip, shipped_checkpoint, tmp_path):
+    """More streams than replica slots: decoded batches queue, and no stream closes before they are
+    written. Two writers share the streams (each stream written by one)."""
     out = tmp_path / "many.zarr"
-    settings = ScoreSection(replicas=1, in_flight_per_replica=2, batch_size=16)
+    settings = ScoreSection(replicas=1, in_flight_per_replica=2, batch_size=16, writers=2)
     report = score_sources([str(short_clip)] * 3, str(shipped_checkpoint), out, settings, progress=False,
                            max_active_streams=3)
     assert sorted(report.streams) == ["short02", "short02_1", "short02_2"] and report.frames == 144
@@ -174,6 +176,9 @@ def test_many_streams_through_one_busy_replica(ray_session, short_clip, shipped_
     for stream_id in report.streams:
         _assert_complete_stream(root[stream_id], 48)
     np.testing.assert_array_equal(scores[0], scores[2])  # the same clip scores the same in every stream
+    np.testing.assert_array_equal(scores[0], scores[1])
+    assert root.attrs["writers"] == 2
+    assert sorted(root[stream_id].attrs["writer"] for stream_id in report.streams) == [0, 0, 1]
 
 
 def test_more_replicas_than_cores_do_not_pend(ray_session, short_clip, shipped_checkpoint, tmp_path):

@@ -19,9 +19,12 @@ def test_preallocated_batches_and_unknown_length_growth(tmp_path):
     store = ResultStore(tmp_path / "s.zarr", {"model": "m"})
     store.open_stream("known", ARRAYS, 8, 20, {"source": "x"})
     store.open_stream("live", ARRAYS, 8, None, {"source": "cam"})
-    assert store.root["known"]["map"].shape == (24, 4, 6)
+    assert store.root["known"]["map"].shape == (20, 4, 6)
     for start in range(0, 20, 8):
         store.write("known", start, _batch(start, min(8, 20 - start)))
+    assert store.written("known") == 0  # rows wait in memory (FLUSH_S, FLUSH_ROWS)...
+    store.flush("known")
+    assert store.written("known") == 20  # ...until flushed
     for start in range(0, 100, 8):
         store.write("live", start, _batch(start, 8))
     store.close_stream("known")
@@ -30,8 +33,26 @@ def test_preallocated_batches_and_unknown_length_growth(tmp_path):
     np.testing.assert_array_equal(root["known"]["score"][:], np.arange(20))
     assert root["live"]["score"].shape == (104,) and root["live"].attrs["error"] == "camera stopped"
     assert root["known"].attrs["complete"] is True and root["known"]["map"].chunks == (8, 4, 6)
+    assert root["known"]["score"].chunks == (1024,)  # per-frame scalars: one chunk per 1,024 rows
     dataset = xr.open_zarr(tmp_path / "s.zarr", group="known", consolidated=False)
     assert dataset["map"].dims == ("frame", "y", "x") and dataset.sizes["frame"] == 20
+
+
+def test_rows_reach_the_disk_after_flush_rows_or_flush_seconds(tmp_path):
+    import pipeline.store.results as results
+
+    store = ResultStore(tmp_path / "s.zarr", {"model": "m"})
+    store.open_stream("v", ARRAYS, 8, None, {})
+    for start in range(0, results.FLUSH_ROWS, 8):
+        assert store.written("v") == 0
+        store.write("v", start, _batch(start, 8))
+    assert store.written("v") == results.FLUSH_ROWS  # the 256th row made them due
+    store.write("v", results.FLUSH_ROWS, _batch(results.FLUSH_ROWS, 8))
+    store.flush_s = 0.0
+    store.flush_due()  # what a live run's driver calls while a stream waits for frames
+    assert store.written("v") == results.FLUSH_ROWS + 8
+    np.testing.assert_array_equal(open_results(tmp_path / "s.zarr")["v"]["score"][:results.FLUSH_ROWS + 8],
+                                  np.arange(results.FLUSH_ROWS + 8))
 
 
 def test_existing_store_is_refused_unless_overwrite_or_resume(tmp_path):
@@ -39,16 +60,19 @@ def test_existing_store_is_refused_unless_overwrite_or_resume(tmp_path):
     store = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc"})
     store.open_stream("v", ARRAYS, 8, 16, {})
     store.write("v", 0, _batch(0, 8))
+    store.write("v", 8, _batch(8, 8))
+    store.flush("v")
+    store.write("v", 16, _batch(16, 8))  # lost with its process: never flushed
     with pytest.raises(StoreError, match="s.zarr: store already exists; pass --overwrite"):
         ResultStore(path, {"model": "m"})
     with pytest.raises(StoreError, match="cannot resume: store was written with checkpoint_sha256 'abc'"):
         ResultStore(path, {"model": "m", "checkpoint_sha256": "other"}, mode="resume")
     resumed = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc"}, mode="resume")
-    assert resumed.written("v") == 8
-    resumed.open_stream("v", ARRAYS, 8, 16, {})
-    resumed.write("v", 8, _batch(8, 8))
+    assert resumed.written("v") == 16
+    resumed.open_stream("v", ARRAYS, 8, 24, {})
+    resumed.write("v", 16, _batch(16, 8))
     resumed.close_stream("v")
-    np.testing.assert_array_equal(open_results(path)["v"]["score"][:], np.arange(16))
+    np.testing.assert_array_equal(open_results(path)["v"]["score"][:], np.arange(24))
     assert ResultStore(path, {"model": "m"}, mode="overwrite").written("v") == 0
 
 
@@ -173,7 +197,8 @@ def test_resumed_stream_counts_the_rows_already_on_disk(tmp_path):
     store.open_stream("v", ARRAYS, 8, 24, {"source": "v"})
     first = _batch(0, 8)
     first["status"] = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.uint8)
-    store.write("v", 0, first)  # then the run dies
+    store.write("v", 0, first)
+    store.flush("v")  # then the run dies
     resumed = ResultStore(path, {"model": "m"}, mode="resume")
     resumed.open_stream("v", ARRAYS, 8, 24, {"source": "v"})
     more = _batch(8, 8)

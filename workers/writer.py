@@ -1,4 +1,4 @@
-"""Writer actor: the one process that writes a store; receives batches in frame order."""
+"""Writer actor: writes its streams into a store (one writer per stream); receives batches in frame order."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import ray
 from pipeline.calibration.scores import Calibration, StreamCalibrator
 from pipeline.events.recorder import EventRecorder, EventSettings
 from pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
+from pipeline.store.results import FLUSH_S
 from pipeline.store.rotation import RotatingStore
 from pipeline.stream.scorer import unscored_rows
 from pipeline.stream.windows import WindowBatch
@@ -25,23 +26,27 @@ class WriterActor:
 
     def open(self, path: str, run_attrs: dict[str, Any], mode: str, view: bool = False,
              rotate_s: float | None = None, calibration: dict[str, Any] | None = None,
-             events: EventSettings | None = None, environment: dict[str, str] | None = None) -> int:
+             events: EventSettings | None = None, environment: dict[str, str] | None = None,
+             deliver: bool = True, flush_s: float = FLUSH_S) -> int:
         """Returns this process's pid (the driver waits for it to be gone before a successor opens
         the store). ``environment``: variables set here first (an object store's credentials, as
         the driver has them); ``view``: also keep what the live view shows of each stream (:meth:`view_snapshot`);
         ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`);
         ``calibration``: a calibration's payload, the stored ``score`` becomes the calibrated one
-        (:mod:`pipeline.calibration.scores`); ``events``: detect, keep and deliver events."""
+        (:mod:`pipeline.calibration.scores`); ``events``: detect and keep events, and with ``deliver``
+        send the webhook's outbox (one writer of a run does; the others only put messages in it);
+        ``flush_s``: rows wait in memory at most this long before they are written (:class:`ResultStore`)."""
         raise_priority()
         os.environ.update(environment or {})
-        self.store = RotatingStore(path, run_attrs, mode, rotate_s) if rotate_s else ResultStore(path, run_attrs, mode)
+        self.store = RotatingStore(path, run_attrs, mode, rotate_s, flush_s=flush_s) if rotate_s else \
+            ResultStore(path, run_attrs, mode, flush_s)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
         self.views: dict[str, StreamView] | None = {} if view else None
         self.calibration = Calibration.from_payload(calibration) if calibration else None
         self.calibrators: dict[str, StreamCalibrator] = {}
         created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None
         run_key = f"{path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
-        self.events = EventRecorder(events, run_key, fresh=mode == "overwrite") if events is not None else None
+        self.events = EventRecorder(events, run_key, fresh=mode == "overwrite", deliver=deliver) if events is not None else None
         return os.getpid()
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
@@ -89,6 +94,15 @@ class WriterActor:
 
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         self.store.add_gaps(stream_id, gaps)
+
+    def flush_due(self) -> None:
+        """Rows that waited long enough onto disk (a stream between batches writes nothing)."""
+        self.store.flush_due()
+
+    def flush_all(self) -> None:
+        """Every row that arrived onto disk: the run ends without closing the streams (a writer
+        lost, an error), or this writer is about to be replaced."""
+        self.store.flush_all()
 
     def view_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per stream (open or closed in this run): its accounting attrs, the view's summary (trace,

@@ -7,7 +7,6 @@ replica straight to the writer. The choices are made by :mod:`pipeline.driver.sc
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -22,8 +21,10 @@ from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskErro
 from tqdm import tqdm
 
 from pipeline.config import ScoreSection
+from pipeline.driver.busy import NodeBusy
 from pipeline.driver.report import RunReport, StreamReport, event_line, live_table
 from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
+from pipeline.driver.writers import WriterSet, collect_events
 from pipeline.errors import AnomstreamError, first_line
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions
@@ -37,7 +38,6 @@ MAX_REDECODES = 3  # a stream decoded again more often than this after faults en
 MAX_REPLACEMENTS_PER_REPLICA = 3  # beyond Ray's own restarts; then the run ends with an error
 MAX_BATCH_ATTEMPTS = 3  # replicas lost while holding one batch before its stream ends with an error
 MAX_WRITER_TAKEOVERS = 3  # new writers started in one run; then the run ends, telling to --resume
-WRITER_GONE_S = 10.0  # longest wait for a writer given up on to be gone before its successor opens the store
 
 
 def _same_source(stored: str, current: str) -> bool:
@@ -45,9 +45,9 @@ def _same_source(stored: str, current: str) -> bool:
     return stored == current or Path(stored).absolute() == Path(current)
 
 
-def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int] | None) -> dict[str, Any]:
+def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int] | None, writer: int) -> dict[str, Any]:
     attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live,
-                             "source_fingerprint": fingerprint}
+                             "source_fingerprint": fingerprint, "writer": writer}
     if source.is_live:
         attrs["maps_every"] = live.maps_every
     items = source.items()
@@ -60,20 +60,20 @@ def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int]
 class Workers:
     """A run's actors: ``replicas`` (replaced in place when Ray gives one up), ``decoders`` (a
     pool), ``model``: ``[ref]`` to the model's contents in the object store, sent with every
-    replica call; ``new_replica`` / ``new_decoder`` start one more actor; ``new_writer`` starts a
-    writer that opens the run's store again (resume mode) and gives (it, its pid); None: a lost
-    writer ends the run."""
+    replica call; ``new_replica`` / ``new_decoder`` start one more actor; ``new_writer(index)``
+    starts writer ``index`` again on the run's store (resume mode) and gives (it, its pid); None: a
+    lost writer ends the run."""
 
     model: list[Any]
     new_replica: Callable[[], Any]
     new_decoder: Callable[[], Any]
-    new_writer: Callable[[], Any] | None = None
+    new_writer: Callable[[int], tuple[Any, int]] | None = None
     replicas: list[Any] = field(default_factory=list)
     decoders: list[Any] = field(default_factory=list)
 
 
 class ScoringLoop:
-    """One run's streams from their decoders through the replicas to the writer.
+    """One run's streams from their decoders through the replicas to their writers (:class:`WriterSet`).
 
     ``live``: how live sources are read (policy, max latency); ``deadline``: time.monotonic() at
     which every stream is stopped; ``stop``: set (e.g. by a signal handler) to stop every stream.
@@ -84,19 +84,21 @@ class ScoringLoop:
     replaced by ``new_replica()`` and its batches go to a replica again; a decoder that dies, or a
     decoded batch that is lost (its node gone), makes the stream decode again from its next
     unwritten row with ``new_decoder()``. An exception inside a replica ends that stream only. A
-    writer that is lost (or a scored batch lost before it was written) is replaced by
-    ``new_writer()``, which reopens the store from its ``written`` marks, and every open stream is
-    decoded again from there (recordings only: a live run ends, telling to start it again).
+    writer that is lost (or a scored batch lost before it was written) is replaced, with the
+    others, by ``new_writer(index)``, which reopens the store from its ``written`` marks, and every
+    open stream is decoded again from there (recordings only: a live run ends, telling to start it again).
     """
 
     def __init__(self, sources: list[Source], model: Any, arrays: dict, settings: ScoreSection,
-                 writer: tuple[Any, int], workers: Workers, report: RunReport, progress: bool, live: LiveOptions,
+                 writers: WriterSet, workers: Workers, report: RunReport, progress: bool, live: LiveOptions,
                  deadline: float | None = None, stop: threading.Event | None = None, view: bool = False,
                  events: bool = False) -> None:
         self.model, self.arrays, self.settings = model, arrays, settings
-        (self.writer, self.writer_pid), self.workers, self.report, self.live = writer, workers, report, live
+        self.writers, self.workers, self.report, self.live = writers, workers, report, live
         self.replicas = workers.replicas  # replaced in place: the caller sees the replicas at the end
         self.replica_pids: list[int | None] = [None] * len(self.replicas)
+        self.replica_nodes: list[str | None] = [None] * len(self.replicas)  # as their answers say
+        self.node_busy = NodeBusy()
         self.replacements = [0] * len(self.replicas)  # new replicas started in each slot
         self.opened: dict[str, Source] = {}
         self.fingerprints: dict[str, dict[str, int] | None] = {}
@@ -119,6 +121,7 @@ class ScoringLoop:
         self.events_due = time.monotonic() + EVENTS_EVERY_S
         self.view_due: dict[str, float] = {}  # stream -> when its next batch goes to the writer for the view
         self.table_due = time.monotonic() + TABLE_EVERY_S
+        self.rows_due = time.monotonic() + settings.flush_s
         known = all(s.frame_count for s in sources) and not self.live_run
         self.bar = tqdm(total=sum(s.frame_count for s in sources) if known else None, desc="scoring",
                         unit="frame", disable=not progress or self.live_run)
@@ -143,6 +146,8 @@ class ScoringLoop:
             if not self.writer_lost:
                 self._close_unfinished()
                 self._print_events(final=True)
+            else:
+                self.writers.flush_all()  # the writers that still answer keep what they received
 
     def _loop_taking_over(self) -> None:
         """The loop, with a new writer taking over when the writer (or a result on its way to it) is lost."""
@@ -173,6 +178,8 @@ class ScoringLoop:
             self._open_streams()
             self._print_table()
             self._print_events()
+            self._flush_rows_due()
+            self._show_busy()
 
     def _stop_if_asked(self) -> None:
         due = self.deadline is not None and time.monotonic() >= self.deadline
@@ -196,7 +203,7 @@ class ScoringLoop:
     def _open_stream(self, source: Source) -> None:
         """Open ``source``'s stream in the store and start decoding it, or note why not."""
         self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
-        stored = ray.get(self.writer.stored_stream.remote(source.stream_id))
+        stored = ray.get(self.writers.root.stored_stream.remote(source.stream_id))
         stream_report.stored = stored.written if stored is not None else 0
         if stored is not None and stored.source is not None and not _same_source(stored.source, source.describe()):
             stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
@@ -213,8 +220,9 @@ class ScoringLoop:
             self.bar.update(source.frame_count or 0)
             return
         done = stored.written if stored is not None else 0
-        ray.get(self.writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size,
-                                               source.frame_count, _stream_attrs(source, self.live, fingerprint)))
+        writer = self.writers.assign(source.stream_id)
+        ray.get(writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size, source.frame_count,
+                                          _stream_attrs(source, self.live, fingerprint, self.writers.index(source.stream_id))))
         self.bar.update(done)
         decoder = self.free_decoders.pop()
         self.opened[source.stream_id] = source
@@ -278,7 +286,7 @@ class ScoringLoop:
             self._redecode(stream_id, f"decoder of stream {stream_id} lost ({first_line(failure)})")
             return
         if header.gaps:
-            self.write_refs.append(self.writer.add_gaps.remote(stream_id, [gap.to_dict() for gap in header.gaps]))
+            self.write_refs.append(self.writers.of(stream_id).add_gaps.remote(stream_id, [gap.to_dict() for gap in header.gaps]))
         if isinstance(header, EndOfStream):
             stream.ended = header
             self._flush(stream_id)
@@ -352,6 +360,7 @@ class ScoringLoop:
     def _note_process(self, replica: int, who: dict[str, Any]) -> None:
         """A replica answering from another process than before was restarted by Ray."""
         known, self.replica_pids[replica] = self.replica_pids[replica], who["pid"]
+        self.replica_nodes[replica] = who["node"]
         if known is not None and known != who["pid"]:
             self.faults.note("replica_restarted", f"replica {replica} process {known} lost; Ray restarted it as "
                                                   f"process {who['pid']} and sent its batches again")
@@ -362,6 +371,8 @@ class ScoringLoop:
                                   f"last: {first_line(failure)})")
         ray.kill(self.replicas[replica], no_restart=True)  # unavailable for now may still mean alive later
         self.replicas[replica], self.replica_pids[replica] = self.workers.new_replica(), None
+        self.replica_nodes[replica] = None
+        self.node_busy.forget(replica)
         self.replacements[replica] += 1
         self.faults.note("replica_replaced", f"replica {replica} lost for good ({first_line(failure)}); "
                                              f"a new replica takes its place")
@@ -371,21 +382,20 @@ class ScoringLoop:
                 and self.writer_takeovers < MAX_WRITER_TAKEOVERS)
 
     def _take_over_writer(self, failure: Exception) -> None:
-        """A new writer reopens the store; every open stream goes on from its ``written`` mark (the
-        rows sent to the lost writer after it are decoded, scored and sent again)."""
+        """New writers reopen the store; every open stream goes on from its ``written`` mark (the
+        rows sent to the lost writers after it are decoded, scored and sent again)."""
         self.writer_takeovers += 1
-        self._collect_events()  # a writer still alive (a lost result) hands over what it detected
-        ray.kill(self.writer, no_restart=True)
-        _wait_gone(self.writer_pid)  # no write of the old writer may land after the new one opens the store
-        self.writer, self.writer_pid = self.workers.new_writer()
+        self._collect_events()  # writers still alive (a lost result) hand over what they detected
+        self.writers.replace_all(self.workers.new_writer)
         self.write_refs.clear()
         batch_size = self.settings.batch_size
         for stream_id, stream in list(self.streams.items()):
             source = self.opened[stream_id]
-            stored = ray.get(self.writer.stored_stream.remote(stream_id))
+            stored = ray.get(self.writers.of(stream_id).stored_stream.remote(stream_id))
             written = stored.written if stored is not None else 0
-            ray.get(self.writer.open_stream.remote(stream_id, self.arrays, batch_size, source.frame_count,
-                                                   _stream_attrs(source, self.live, self.fingerprints[stream_id])))
+            ray.get(self.writers.of(stream_id).open_stream.remote(stream_id, self.arrays, batch_size, source.frame_count,
+                                                   _stream_attrs(source, self.live, self.fingerprints[stream_id],
+                                                                 self.writers.index(stream_id))))
             resent = stream.next_row - written
             self.report.streams[stream_id].frames -= resent
             self.bar.update(-resent)
@@ -397,7 +407,8 @@ class ScoringLoop:
                 continue
             stream.rewind(stream.decoder, row=written, sequence=written // batch_size)
             self._start_decoding(stream_id, stream.decoder, written)
-        self.faults.note("writer_replaced", f"writer lost ({first_line(failure)}); a new writer took over the store "
+        taking_over = "a new writer" if len(self.writers.actors) == 1 else f"{len(self.writers.actors)} new writers"
+        self.faults.note("writer_replaced", f"writer lost ({first_line(failure)}); {taking_over} took over the store "
                                             f"and {len(self.streams)} open stream(s) go on from their written rows "
                                             f"(an event open at the loss starts again)")
 
@@ -447,9 +458,9 @@ class ScoringLoop:
         for row, size, ref, how in stream.take_writable():
             if how == "scored":
                 result_ref, shown_batch_ref = ref
-                self.write_refs.append(self.writer.write.remote(stream_id, row, result_ref, shown_batch_ref))
+                self.write_refs.append(self.writers.of(stream_id).write.remote(stream_id, row, result_ref, shown_batch_ref))
             else:
-                self.write_refs.append(self.writer.write_unscored.remote(stream_id, row, ref, how == "dropped"))
+                self.write_refs.append(self.writers.of(stream_id).write_unscored.remote(stream_id, row, ref, how == "dropped"))
             self.report.streams[stream_id].frames += size
             self.bar.update(size)
         while len(self.write_refs) > 2 * self.pool.capacity:
@@ -474,7 +485,8 @@ class ScoringLoop:
             ray.get(self.write_refs[0])
             self.write_refs.popleft()
         stream = self.streams[stream_id]
-        ray.get(self.writer.close_stream.remote(stream_id, error, warnings or [], stream.stopping))
+        ray.get(self.writers.of(stream_id).close_stream.remote(stream_id, error, warnings or [], stream.stopping))
+        self.writers.release(stream_id)
         del self.streams[stream_id]
         report = self.report.streams[stream_id]
         report.error, report.warnings, report.stopped = error, warnings or [], stream.stopping
@@ -484,23 +496,39 @@ class ScoringLoop:
         if not (self.live_run and self.progress) or time.monotonic() < self.table_due:
             return
         self.table_due = time.monotonic() + TABLE_EVERY_S
-        print(live_table(ray.get(self.writer.accounting.remote())), file=sys.stderr, flush=True)
+        print(live_table(self.writers.accounting()), file=sys.stderr, flush=True)
+
+    def _flush_rows_due(self) -> None:
+        """Rows that waited ``flush_s`` onto disk although their stream sent nothing since (a camera
+        between frames, a recording waiting on busy replicas)."""
+        if self.settings.flush_s and time.monotonic() >= self.rows_due:
+            self.rows_due = time.monotonic() + self.settings.flush_s
+            self.write_refs.extend(self.writers.flush_due())
+
+    def _show_busy(self) -> None:
+        """Progress across the cluster: each node's replica busy share and the faults so far, on
+        the progress bar (recordings) or as a line every few seconds (live runs)."""
+        if not self.progress or not self.node_busy.poll(self.replicas, self.replica_nodes):
+            return
+        faults = sum(self.faults.counts.values())
+        text = f"busy {self.node_busy.line()}" + (f"; faults {faults}" if faults else "")
+        if self.live_run:
+            print(f"replicas {text}", file=sys.stderr, flush=True)
+        else:
+            self.bar.set_postfix_str(text, refresh=False)
 
     def _collect_events(self) -> None:
         """The writer's event messages so far, kept for the end of a recordings run (when the
         writer answers: a lost one's are gone)."""
         if self.events and not self.live_run:
-            try:
-                self.held_events += ray.get(self.writer.take_events.remote(), timeout=5.0)
-            except RayError:
-                pass
+            self.held_events += collect_events(self.writers)
 
     def _print_events(self, final: bool = False) -> None:
         """Event starts and ends, one line each (live runs print as they come, others at the end)."""
         if not self.events or not (final or (self.live_run and time.monotonic() >= self.events_due)):
             return
         self.events_due = time.monotonic() + EVENTS_EVERY_S
-        news, self.held_events = [*self.held_events, *ray.get(self.writer.take_events.remote())], []
+        news, self.held_events = [*self.held_events, *self.writers.take_events()], []
         for message in news:
             self.report.events += message["type"] == "end"
             if self.live_run and self.progress:
@@ -532,25 +560,3 @@ def _writer_lost(failure: RayError) -> bool:
         return False
     cause = failure.cause if isinstance(failure, RayTaskError) else failure
     return isinstance(failure, RayActorError) or isinstance(cause, ObjectLostError)
-
-
-def _wait_gone(pid: int) -> None:
-    """Until process ``pid`` (on this machine: the writer runs on the driver's node) has ended.
-    Raises AnomstreamError when it is still there after WRITER_GONE_S."""
-    deadline = time.monotonic() + WRITER_GONE_S
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-                return  # ended, not yet reaped by its raylet
-        except FileNotFoundError:
-            return
-        except (OSError, IndexError):  # no /proc: ask the kernel
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                pass
-        time.sleep(0.05)
-    raise AnomstreamError(f"the writer process {pid} did not end after it was killed; what is written is kept: "
-                          f"run again with --resume")

@@ -1,4 +1,4 @@
-"""Scoring run on Ray: decode actors -> model replicas -> one writer, with bounded in-flight work.
+"""Scoring run on Ray: decode actors -> model replicas -> writers, with bounded in-flight work.
 
 This module sets a run up (checkpoint, inputs, store, actors) and hands it to the event loop
 (:mod:`pipeline.driver.loop`). Results are written in frame order per stream whichever replica
@@ -30,6 +30,7 @@ from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
+from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError
 from pipeline.events.recorder import EventOptions, event_settings
 from pipeline.sources.base import Source
@@ -88,6 +89,45 @@ def _replica_places(replicas: list, model: list, report: RunReport) -> list[dict
         where.append({key: at[key] for key in ("node", "pid", "nice", "device", "backend")}
                      | {"busy": round(report.replica_busy[-1], 4)})
     return where
+
+
+def _check_rotation(out: str | Path, rotate_s: float | None, writers: int) -> None:
+    """A rotating store (``rotate_s``) needs a path and one writer: one-line AnomstreamError otherwise."""
+    if rotate_s and is_url(out):
+        raise AnomstreamError(f"--rotate: {out}: rotating stores need a path (a store per period is named beside it)")
+    if rotate_s and writers > 1:
+        raise AnomstreamError(f"--writers {writers}: a rotating store has one writer (each period's store is "
+                              f"opened by the writer that reaches it)")
+
+
+def _writer_opener(out: str, run_attrs: dict[str, Any], here: Any, *options: Any,
+                   flush_s: float) -> Callable[[str, int], tuple[Any, int]]:
+    """``open_writer(mode, index)``: a writer actor on the driver's node (``here``) with the store
+    open, and its pid. Writer 0 opens the store in ``mode``, the others join it (resume mode) and
+    leave the webhook's delivery to writer 0. ``options``: view, rotate_s, calibration payload,
+    event settings, environment; ``flush_s`` (:meth:`WriterActor.open`)."""
+
+    def open_writer(mode: str, index: int) -> tuple[Any, int]:
+        writer = WriterActor.options(num_cpus=0, scheduling_strategy=here).remote()
+        try:
+            return writer, ray.get(writer.open.remote(out, run_attrs, mode if index == 0 else "resume", *options,
+                                                      deliver=index == 0, flush_s=flush_s))
+        except BaseException:
+            ray.kill(writer)
+            raise
+
+    return open_writer
+
+
+def _open_writers(open_writer: Callable[[str, int], tuple[Any, int]], mode: str, count: int) -> WriterSet:
+    writers = WriterSet([open_writer(mode, 0)])  # first: the others join the store it opened
+    try:
+        for index in range(1, count):
+            writers.add(open_writer(mode, index))
+    except BaseException:
+        writers.kill()
+        raise
+    return writers
 
 
 def _unique_ids(sources: list[Source]) -> None:
@@ -155,8 +195,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     per spec (None: the input's own name), e.g. from a manifest.
     """
     out = out if is_url(out) else Path(out).absolute()  # the writer's working folder may be another
-    if rotate_s and is_url(out):
-        raise AnomstreamError(f"--rotate: {out}: rotating stores need a path (a store per period is named beside it)")
+    _check_rotation(out, rotate_s, settings.writers)
     payload, sha256 = read_checkpoint_and_hash(checkpoint, expected_model)
     model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
     inputs = resolve_inputs(specs, replace(source_options or SourceOptions(), still_images=model.window_length == 1),
@@ -197,20 +236,13 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         # an object store's credentials as this process has them, whatever the node's environment
         environment = credential_environment() if is_url(out) else None
 
-        def open_writer(writer_mode: str) -> tuple[Any, int]:
-            writer = WriterActor.options(num_cpus=0, scheduling_strategy=here).remote()
-            try:
-                return writer, ray.get(writer.open.remote(str(out), run_attrs, writer_mode, view is not None, rotate_s,
-                                                          calibrated.to_payload() if calibrated else None, event_options,
-                                                          environment))
-            except BaseException:
-                ray.kill(writer)
-                raise
-
-        writer, writer_pid = open_writer(mode)
-        ray.get(writer.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
-        ray.get(writer.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
-                                                      "note": backend.note}}))
+        open_writer = _writer_opener(str(out), run_attrs, here, view is not None, rotate_s,
+                                     calibrated.to_payload() if calibrated else None, event_options, environment,
+                                     flush_s=settings.flush_s)
+        writers = _open_writers(open_writer, mode, settings.writers)
+        ray.get(writers.root.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
+        ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
+                                                            "note": backend.note}, "writers": settings.writers}))
         decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
         replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU,
                                                     gpu=backend.backend == "torch")
@@ -218,13 +250,13 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             model=[ray.put((payload, calibrated.reference if calibrated else None, backend))],  # read once, here
             new_replica=lambda: ReplicaActor.options(**replica_options).remote(threads),
             new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote(),
-            new_writer=None if rotate_s else lambda: open_writer("resume"))
+            new_writer=None if rotate_s else lambda index: open_writer("resume", index))
         replicas = workers.replicas = [workers.new_replica() for _ in range(settings.replicas)]
         decoders = workers.decoders = [workers.new_decoder() for _ in range(decoder_count)]
         live_view = None
         try:
             if view is not None:
-                live_view = LiveView(lambda: ray.get(writer.view_snapshot.remote()), *view)
+                live_view = LiveView(writers.view_snapshot, *view)
                 print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
             placed = ray.get([replica.describe.remote(workers.model) for replica in replicas])
             ray.get([decoder.ready.remote() for decoder in decoders])
@@ -241,21 +273,18 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             live = live or LiveOptions()
             if live.batch is None:
                 live = replace(live, batch=1 if report.device == "cpu" else settings.batch_size)
-            loop = ScoringLoop(inputs.sources, model, arrays, settings, (writer, writer_pid), workers, report, progress,
+            loop = ScoringLoop(inputs.sources, model, arrays, settings, writers, workers, report, progress,
                                live, deadline, stop, view=view is not None, events=event_options is not None)
-            try:
-                loop.run()
-            finally:
-                writer = loop.writer  # a new one when the first was lost
+            loop.run()
             report.seconds = time.time() - started
-            for stream_id, accounting in ray.get(writer.accounting.remote()).items():
+            for stream_id, accounting in writers.accounting().items():
                 report.streams[stream_id].accounting = accounting
-            report.undelivered = ray.get(writer.close_events.remote())
+            report.undelivered = writers.close_events()
             where = _replica_places(replicas, workers.model, report)
-            ray.get(writer.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
+            ray.get(writers.root.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
         finally:
             if live_view is not None:
                 live_view.close()
-            for actor in (*replicas, *decoders, writer):
+            for actor in (*replicas, *decoders, *writers.actors):
                 ray.kill(actor)
     return report

@@ -87,17 +87,19 @@ def message(kind: str, event: Event) -> dict[str, Any]:
 class EventRecorder:
     """Events of every stream of a run. ``run_key`` makes event ids unique to the run's store."""
 
-    def __init__(self, settings: EventSettings, run_key: str, fresh: bool = False) -> None:
+    def __init__(self, settings: EventSettings, run_key: str, fresh: bool = False, deliver: bool = True) -> None:
         """``fresh``: the store is being replaced (--overwrite): so are the event log and snapshots
-        (webhook messages not delivered yet stay in the outbox)."""
+        (webhook messages not delivered yet stay in the outbox). ``deliver``: send the outbox to the
+        webhook (False: only put messages in it, for the recorder that delivers the folder's outbox)."""
         self.settings, self.run_key = settings, run_key
         self.folder = Path(settings.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if fresh:
             for path in [self.folder / "events.jsonl", *self.folder.glob("*.jpg")]:
                 path.unlink(missing_ok=True)
-        self.log = (self.folder / "events.jsonl").open("a", encoding="utf-8")
-        self.outbox = Outbox(self.folder / "outbox", settings.webhook) if settings.webhook else None
+        # unbuffered: each group of lines is one append, whole, beside other writers' (one run's K writers)
+        self.log = (self.folder / "events.jsonl").open("ab", buffering=0)
+        self.outbox = Outbox(self.folder / "outbox", settings.webhook if deliver else None) if settings.webhook else None
         self.detectors: dict[str, EventDetector] = {}
         self.news: list[dict[str, Any]] = []  # messages since the driver last asked
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # per stream, for the live view
@@ -133,18 +135,19 @@ class EventRecorder:
     def _publish(self, stream_id: str, messages: list[tuple[str, Event]]) -> list[dict[str, Any]]:
         """Snapshots of ended events, then every message in order: log, outbox, news, the view."""
         detector = self.detectors[stream_id]
-        ended = []
+        ended, lines = [], []
         for kind, event in messages:
             if kind == "end":
                 self._snapshot(event, detector.peak_payload(event))
                 ended.append(event.to_dict())
             record = message(kind, event)
-            self.log.write(json.dumps(record) + "\n")
+            lines.append(json.dumps(record) + "\n")
             if self.outbox is not None:
                 self.outbox.put(f"{event.event_id}-{kind}", record)
             self.news.append(record)
             self.recent[stream_id].append(record)
-        self.log.flush()
+        if lines:
+            self.log.write("".join(lines).encode("utf-8"))
         return ended
 
     def _snapshot(self, event: Event, kept: tuple[np.ndarray, np.ndarray] | None) -> None:

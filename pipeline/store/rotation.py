@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.store.accounting import StreamAccounting
-from pipeline.store.results import ArraySpec, ResultStore, StoredStream
+from pipeline.store.results import FLUSH_S, ArraySpec, ResultStore, StoredStream
 
 ROTATIONS = {"hour": 3600.0, "day": 86400.0}
 
@@ -38,10 +38,12 @@ class RotatingStore:
     86400 (day), or any length (tests)."""
 
     def __init__(self, path: str | Path, run_attrs: dict[str, Any], mode: str, period_s: float,
-                 now: float | None = None) -> None:
+                 now: float | None = None, flush_s: float = FLUSH_S) -> None:
         """Opens the store of the period ``now`` (default: the current time) falls in, so that a
-        store that cannot be created is refused at once (StoreError)."""
+        store that cannot be created is refused at once (StoreError). ``flush_s``: each period's
+        :class:`ResultStore`'s."""
         self.path, self.run_attrs, self.mode, self.period_s = Path(path), run_attrs, mode, period_s
+        self.flush_s = flush_s
         self.attrs: dict[str, Any] = {}  # run-level attrs every period's store gets
         self.stores: dict[float, ResultStore] = {}  # period start -> its store, while a stream writes there
         self.streams: dict[str, tuple[dict[str, ArraySpec], int, dict[str, Any]]] = {}  # how each stream opens
@@ -61,7 +63,7 @@ class RotatingStore:
             while self.mode == "create" and path.exists():
                 taken += 1
                 path = base.with_name(f"{base.stem}-{taken}{base.suffix}")
-            self.stores[period] = store = ResultStore(path, self.run_attrs, self.mode)
+            self.stores[period] = store = ResultStore(path, self.run_attrs, self.mode, self.flush_s)
             store.note_attrs(self.attrs)
         return self.stores[period]
 
@@ -112,6 +114,14 @@ class RotatingStore:
             part = {name: data[begin:end] for name, data in values.items()}
             store.write(stream_id, start + begin - self.where[stream_id][1], part)
             self.rows[stream_id] = start + end
+
+    def flush_due(self) -> None:
+        for store in self.stores.values():
+            store.flush_due()
+
+    def flush_all(self) -> None:
+        for store in self.stores.values():
+            store.flush_all()
 
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         """Noted where the stream's rows are now (a gap belongs with the rows before and after it)."""

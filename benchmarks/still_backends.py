@@ -1,0 +1,129 @@
+"""Still-image models on every replica backend (issue 20): model-only speed-ups, and MTD accuracy
+of trained checkpoints scored through the pipeline with each backend.
+
+    python benchmarks/still_backends.py --speed                      # every still model, its CPU config
+    python benchmarks/still_backends.py --accuracy runs/mtd_padim runs/mtd_favae16
+
+``--speed``: each model built from its ``configs/mtd_<model>.yaml`` (weights as initialised: the
+graph's cost does not depend on them; models that fit statistics fit them on 16 normal MTD images),
+exported once, then torch eager, ONNX Runtime, OpenVINO fp32 and bf16 timed in interleaved rounds
+on the same 32 MTD test images (batch 16, 2 threads; medians of 3 rounds): images/s and the ratio
+to torch. ``--accuracy``: each run's ``model.pt`` scores the MTD test split (DS2 protocol, seed 0)
+through ``score_sources`` (2 replicas) with each backend; image / pixel AUROC and their difference
+to torch's (pooled over the split, from :func:`pipeline.evaluation.stills.scored_images`). Prints
+markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "mtd"
+BACKENDS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+STILL_CONFIGS = ["mtd_padim", "mtd_favae", "mtd_adtr", "mtd_dsr", "mtd_ds2"]
+
+
+def _windows(paths: list[Path], size: int, channels: int) -> torch.Tensor:
+    from pipeline.files import read_image
+    from pipeline.stream.preprocess import prepare_frame
+
+    return torch.from_numpy(np.stack([prepare_frame(read_image(p), size, channels)[None] for p in paths]))
+
+
+def speed(rounds: int = 3, batch: int = 16) -> None:
+    from models.registry import build_model
+    from pipeline.backends.graph import export_onnx
+    from pipeline.backends.runners import make_runner
+    from pipeline.config import load_config
+    from pipeline.datasets.layouts import mtd_split
+
+    torch.set_num_threads(2)
+    train, test = mtd_split(DATA)
+    print("| model (config) | torch images/s | ONNX Runtime | OpenVINO fp32 | OpenVINO bf16 |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in STILL_CONFIGS:
+        config = load_config(REPO / "configs" / f"{name}.yaml")
+        torch.manual_seed(0)
+        model = build_model(config.model.name, config.model.params).eval()
+        size, channels = model.image_size, model.channels
+        windows = _windows([r.path for r in test[:32]], size, channels)
+        if model.fits_statistics:
+            normal = _windows([r.path for r in train[:16]], size, channels)
+            model.fit_statistics([normal[:8], normal[8:]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = export_onnx(model)
+        scorers = {}
+        for backend, precision in BACKENDS:
+            if backend == "torch":
+                scorers[(backend, precision)] = model.score
+            else:
+                scorers[(backend, precision)] = make_runner(backend, graph, model.term_names, 2, precision).score
+        samples: dict[tuple[str, str], list[float]] = {key: [] for key in scorers}
+        for score in scorers.values():  # warm-up: every batch shape once
+            with torch.inference_mode():
+                score(windows[:batch])
+        for _ in range(rounds):
+            for key, score in scorers.items():
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    for start in range(0, len(windows), batch):
+                        score(windows[start:start + batch])
+                samples[key].append(len(windows) / (time.perf_counter() - started))
+        fps = {key: statistics.median(values) for key, values in samples.items()}
+        base = fps[("torch", "fp32")]
+        cells = [f"{fps[key]:.1f}" + ("" if key == ("torch", "fp32") else f" ({fps[key] / base:.2f}x)") for key in fps]
+        print(f"| {config.model.name} (`{name}`) | " + " | ".join(cells) + " |", flush=True)
+
+
+def accuracy(runs: list[Path], replicas: int = 2) -> None:
+    from pipeline.config import ScoreSection
+    from pipeline.driver.run import score_sources
+    from pipeline.evaluation.image_metrics import image_auroc, pixel_auroc
+    from pipeline.evaluation.stills import scored_images
+
+    spec = f"mtd:{DATA}?split=test&seed=0"
+    print("| run | backend | image AUROC | pixel AUROC | image diff to torch | pixel diff | pipeline fps |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in runs:
+            reference = None
+            for backend, precision in BACKENDS:
+                store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
+                report = score_sources([spec], str(run / "model.pt"), store,
+                                       ScoreSection(replicas=replicas, backend=backend, precision=precision),
+                                       mode="overwrite", progress=False)
+                images = scored_images(store)
+                image = image_auroc(np.array([i.score for i in images]), np.array([i.record.anomalous for i in images]))
+                pixel = pixel_auroc([i.anomaly_map for i in images], [i.mask for i in images])
+                reference = reference or (image, pixel)
+                print(f"| {run.name} | {backend} {precision} | {image:.4f} | {pixel:.4f} | {image - reference[0]:+.4f} | "
+                      f"{pixel - reference[1]:+.4f} | {report.frames / report.seconds:.1f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed", action="store_true", help="model-only images/s of every still model per backend")
+    parser.add_argument("--accuracy", nargs="*", type=Path, default=[], metavar="RUN",
+                        help="run folders (model.pt) scored on the MTD test split with every backend")
+    args = parser.parse_args()
+    if not (args.speed or args.accuracy):
+        parser.error("give --speed and/or --accuracy RUN ...")
+    if args.speed:
+        speed()
+    if args.accuracy:
+        accuracy(args.accuracy)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
