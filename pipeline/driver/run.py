@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import pipeline
@@ -31,7 +31,7 @@ from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
 from pipeline.driver.writers import WriterSet
-from pipeline.errors import AnomstreamError
+from pipeline.errors import AnomstreamError, first_line
 from pipeline.events.recorder import EventOptions, event_settings
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
@@ -128,6 +128,21 @@ def _open_writers(open_writer: Callable[[str, int], tuple[Any, int]], mode: str,
         writers.kill()
         raise
     return writers
+
+
+def _finish(writers: WriterSet, replicas: list, workers: Workers, report: RunReport) -> None:
+    """After the last stream closed: the streams' accounting into the report, the event logs closed,
+    the run's faults and replicas into the store's root attrs. A writer lost now costs those attrs
+    only (every stream is closed and on disk): one warning line."""
+    try:
+        for stream_id, accounting in writers.accounting().items():
+            report.streams[stream_id].accounting = accounting
+        report.undelivered = writers.close_events()
+        where = _replica_places(replicas, workers.model, report)
+        ray.get(writers.root.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
+    except RayError as failure:
+        print(f"warning: a writer was lost after every stream was closed ({first_line(failure)}); the streams are "
+              f"complete, the store's root attrs faults and replicas are not written", file=sys.stderr, flush=True)
 
 
 def _unique_ids(sources: list[Source]) -> None:
@@ -277,11 +292,7 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
                                live, deadline, stop, view=view is not None, events=event_options is not None)
             loop.run()
             report.seconds = time.time() - started
-            for stream_id, accounting in writers.accounting().items():
-                report.streams[stream_id].accounting = accounting
-            report.undelivered = writers.close_events()
-            where = _replica_places(replicas, workers.model, report)
-            ray.get(writers.root.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
+            _finish(writers, replicas, workers, report)
         finally:
             if live_view is not None:
                 live_view.close()
