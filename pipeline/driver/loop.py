@@ -217,19 +217,25 @@ class ScoringLoop:
             return
         if stored is not None and stored.complete:
             stream_report.skipped = True
-            self.bar.update(source.frame_count or 0)
+            self._not_this_run(source.frame_count or 0)
             return
         done = stored.written if stored is not None else 0
         writer = self.writers.assign(source.stream_id)
         ray.get(writer.open_stream.remote(source.stream_id, self.arrays, self.settings.batch_size, source.frame_count,
                                           _stream_attrs(source, self.live, fingerprint, self.writers.index(source.stream_id))))
-        self.bar.update(done)
+        self._not_this_run(done)
         decoder = self.free_decoders.pop()
         self.opened[source.stream_id] = source
         self.fingerprints[source.stream_id] = fingerprint
         self._start_decoding(source.stream_id, decoder, done)
         policy = self.live.policy_for(source) if source.is_live else "every"
         self.streams[source.stream_id] = StreamState(decoder, done // self.settings.batch_size, done, policy)
+
+    def _not_this_run(self, frames: int) -> None:
+        """Frames the store already holds leave the progress bar's total (its rate and ETA are this run's)."""
+        if self.bar.total:
+            self.bar.total = max(0, self.bar.total - frames)
+            self.bar.refresh()
 
     def _start_decoding(self, stream_id: str, decoder: Any, done: int) -> None:
         """``decoder`` opens the stream's source; its first batch starts at row ``done``."""

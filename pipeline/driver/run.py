@@ -96,8 +96,8 @@ def _check_rotation(out: str | Path, rotate_s: float | None, writers: int) -> No
     if rotate_s and is_url(out):
         raise AnomstreamError(f"--rotate: {out}: rotating stores need a path (a store per period is named beside it)")
     if rotate_s and writers > 1:
-        raise AnomstreamError(f"--writers {writers}: a rotating store has one writer (each period's store is "
-                              f"opened by the writer that reaches it)")
+        raise AnomstreamError(f"--rotate with {writers} writers (--writers, score.writers): a rotating store has one "
+                              f"writer (each period's store is opened by the writer that reaches it)")
 
 
 def _writer_opener(out: str, run_attrs: dict[str, Any], here: Any, *options: Any,
