@@ -24,7 +24,7 @@ from pipeline.config import ScoreSection
 from pipeline.driver.busy import NodeBusy
 from pipeline.driver.report import RunReport, StreamReport, event_line, live_table
 from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
-from pipeline.driver.writers import WriterSet, collect_events
+from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, first_line
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions
@@ -527,7 +527,7 @@ class ScoringLoop:
         """The writer's event messages so far, kept for the end of a recordings run (when the
         writer answers: a lost one's are gone)."""
         if self.events and not self.live_run:
-            self.held_events += collect_events(self.writers)
+            self.held_events += self.writers.take_events(lost_ok=True)
 
     def _print_events(self, final: bool = False) -> None:
         """Event starts and ends, one line each (live runs print as they come, others at the end)."""

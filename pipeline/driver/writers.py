@@ -66,9 +66,20 @@ class WriterSet:
             merged.update(part)
         return merged
 
-    def take_events(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Event messages since the last call, writer after writer (each stream's in its order)."""
-        return [m for part in ray.get([actor.take_events.remote() for actor in self.actors], timeout=timeout) for m in part]
+    def take_events(self, lost_ok: bool = False) -> list[dict[str, Any]]:
+        """Event messages since the last call, writer after writer (each stream's in its order).
+        ``lost_ok``: writers that do not answer within 5 s are left out (a lost writer's are gone)
+        instead of raising."""
+        refs = [actor.take_events.remote() for actor in self.actors]
+        if not lost_ok:
+            return [message for part in ray.get(refs) for message in part]
+        news = []
+        for ref in refs:
+            try:
+                news += ray.get(ref, timeout=5.0)
+            except RayError:
+                pass
+        return news
 
     def view_snapshot(self) -> dict[str, dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {}
@@ -109,17 +120,6 @@ class WriterSet:
             _wait_gone(pid)
         for index in range(len(self.actors)):
             self.actors[index], self.pids[index] = new_writer(index)
-
-
-def collect_events(writers: WriterSet) -> list[dict[str, Any]]:
-    """What the writers that still answer detected (a lost writer's messages are gone)."""
-    news = []
-    for actor in writers.actors:
-        try:
-            news += ray.get(actor.take_events.remote(), timeout=5.0)
-        except RayError:
-            pass
-    return news
 
 
 def _wait_gone(pid: int) -> None:

@@ -98,8 +98,7 @@ class ResultStore:
             self.root.attrs.update({"format": STORE_FORMAT, "created": _now(), **run_attrs})
         self.streams: dict[str, zarr.Group] = {}
         self.arrays: dict[str, dict[str, zarr.Array]] = {}  # open handles: no metadata read per write
-        self.chunk: dict[str, int] = {}
-        self.next_row: dict[str, int] = {}  # rows written per stream: the next write starts there
+        self.next_row: dict[str, int] = {}  # rows arrived per stream (on disk or pending): the next write starts there
         self.accounting: dict[str, StreamAccounting] = {}
         self.maps_every: dict[str, int] = {}  # retention: the map of every Nth frame is kept (0: none)
         self._attrs_refreshed: dict[str, float] = {}
@@ -175,7 +174,6 @@ class ResultStore:
             group.attrs.update({"written": 0, "complete": False, "error": None, **attrs})
         self.streams[stream_id] = group
         self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
-        self.chunk[stream_id] = chunk
         self.accounting[stream_id] = accounting = StreamAccounting(live=bool(attrs.get("live")))
         self.next_row[stream_id] = written = int(group.attrs.get("written", 0))
         if written and "status" in group:  # a resumed stream: what is on disk counts already
