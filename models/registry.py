@@ -1,25 +1,40 @@
-"""Model names -> (class, hyper-parameter dataclass)."""
+"""Model names -> (class, hyper-parameter dataclass), each model's module imported when first asked
+for (a DMAD replica need not import torchvision for the still models' backbones)."""
 
 from __future__ import annotations
 
-from models.adtr import ADTR, ADTRConfig
-from models.base import AnomalyModel
-from models.dmad import DMAD, DMADConfig
-from models.ds2 import DS2, DS2Config
-from models.dsr import DSR, DSRConfig
-from models.favae import FAVAE, FAVAEConfig
-from models.padim import PaDiM, PaDiMConfig
+from collections.abc import Iterator, Mapping
+from importlib import import_module
 
-MODELS: dict[str, tuple[type[AnomalyModel], type]] = {
-    "dmad": (DMAD, DMADConfig),
-    "adtr": (ADTR, ADTRConfig),
-    "ds2": (DS2, DS2Config),
-    "dsr": (DSR, DSRConfig),
-    "favae": (FAVAE, FAVAEConfig),
-    "padim": (PaDiM, PaDiMConfig),
+from models.base import AnomalyModel
+
+_PLACES = {  # name -> (module, model class, config class)
+    "dmad": ("models.dmad", "DMAD", "DMADConfig"),
+    "adtr": ("models.adtr", "ADTR", "ADTRConfig"),
+    "ds2": ("models.ds2", "DS2", "DS2Config"),
+    "dsr": ("models.dsr", "DSR", "DSRConfig"),
+    "favae": ("models.favae", "FAVAE", "FAVAEConfig"),
+    "padim": ("models.padim", "PaDiM", "PaDiMConfig"),
 }
 
 
+class _Registry(Mapping[str, tuple[type[AnomalyModel], type]]):
+    def __getitem__(self, name: str) -> tuple[type[AnomalyModel], type]:
+        module, model_class, config_class = _PLACES[name]
+        loaded = import_module(module)
+        return getattr(loaded, model_class), getattr(loaded, config_class)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_PLACES)
+
+    def __len__(self) -> int:
+        return len(_PLACES)
+
+
+MODELS: Mapping[str, tuple[type[AnomalyModel], type]] = _Registry()
+
+
 def build_model(name: str, params: object) -> AnomalyModel:
+    """The model ``name`` (a key of :data:`MODELS`) built from its config dataclass ``params``."""
     model_class, _ = MODELS[name]
     return model_class(params)

@@ -14,7 +14,7 @@ from pipeline.events.recorder import EventRecorder, EventSettings
 from pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
 from pipeline.store.results import FLUSH_S
 from pipeline.store.rotation import RotatingStore
-from pipeline.stream.scorer import unscored_rows
+from pipeline.stream.rows import unscored_rows
 from pipeline.stream.windows import WindowBatch
 from pipeline.view.state import StreamView
 from workers.priority import raise_priority

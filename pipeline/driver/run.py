@@ -254,10 +254,6 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         open_writer = _writer_opener(str(out), run_attrs, here, view is not None, rotate_s,
                                      calibrated.to_payload() if calibrated else None, event_options, environment,
                                      flush_s=settings.flush_s)
-        writers = _open_writers(open_writer, mode, settings.writers)
-        ray.get(writers.root.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
-        ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
-                                                            "note": backend.note}, "writers": settings.writers}))
         decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
         replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU,
                                                     gpu=backend.backend == "torch")
@@ -266,10 +262,16 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             new_replica=lambda: ReplicaActor.options(**replica_options).remote(threads),
             new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote(),
             new_writer=None if rotate_s else lambda index: open_writer("resume", index))
+        # started before the writers open the store: their processes start (and import torch) meanwhile
         replicas = workers.replicas = [workers.new_replica() for _ in range(settings.replicas)]
         decoders = workers.decoders = [workers.new_decoder() for _ in range(decoder_count)]
+        writers: WriterSet | None = None
         live_view = None
         try:
+            writers = _open_writers(open_writer, mode, settings.writers)
+            ray.get(writers.root.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
+            ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
+                                                                "note": backend.note}, "writers": settings.writers}))
             if view is not None:
                 live_view = LiveView(writers.view_snapshot, *view)
                 print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
@@ -296,6 +298,6 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
         finally:
             if live_view is not None:
                 live_view.close()
-            for actor in (*replicas, *decoders, *writers.actors):
+            for actor in (*replicas, *decoders, *(writers.actors if writers is not None else ())):
                 ray.kill(actor)
     return report

@@ -11,21 +11,9 @@ import torch
 from pipeline.backends.choice import BackendChoice
 from pipeline.backends.runners import BackendError, make_runner
 from pipeline.checkpoint import load_model, model_from_payload, set_reference_maps
-from pipeline.store import ArraySpec, FrameStatus, result_arrays
+from pipeline.store import result_arrays
+from pipeline.stream.rows import unscored_rows
 from pipeline.stream.windows import WindowBatch
-
-
-def unscored_rows(batch: WindowBatch, arrays: dict[str, ArraySpec], dropped: bool = False) -> dict[str, np.ndarray]:
-    """The store's rows of a batch before (or instead of) scoring: every array at its fill value but
-    ``frame_index``, ``timestamp``, ``status`` and ``valid``. ``dropped``: the batch is not scored
-    (live policy ``latest``, replicas behind): its SCORED targets become DROPPED_BEHIND."""
-    rows = {name: np.full((batch.size, *spec.frame_shape), spec.fill_value, spec.dtype) for name, spec in arrays.items()}
-    status = batch.status.copy()
-    if dropped:
-        status[status == FrameStatus.SCORED] = FrameStatus.DROPPED_BEHIND
-    rows["frame_index"][:], rows["timestamp"][:], rows["status"][:] = batch.frame_index, batch.timestamp, status
-    rows["valid"][:] = status == FrameStatus.SCORED
-    return rows
 
 
 class Scorer:
