@@ -94,11 +94,14 @@ class AnomalyModel(nn.Module):
 
     def reference_maps(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-pixel maps (N, H, W) of uint8 windows whose per-position median on normal data the
-        model subtracts in some score terms (see :meth:`set_reference`); default: none."""
+        model subtracts in some score terms, and by whose per-position robust scale it divides
+        (see :meth:`set_reference`); default: none."""
         return {}
 
     def set_reference(self, reference: dict[str, torch.Tensor]) -> None:
-        """The per-position normal medians (H, W) of :meth:`reference_maps`, from a calibration."""
+        """From a calibration, per map NAME of :meth:`reference_maps`: ``NAME`` its per-position normal
+        median (H, W) and ``NAME_scale`` its per-position robust scale (H, W, > 0; calibrations made
+        before scales were kept have none)."""
         if reference:
             raise ValueError(f"{self.name} takes no reference maps, got {', '.join(reference)}")
 

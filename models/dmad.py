@@ -200,6 +200,7 @@ class DMAD(AnomalyModel):
         self.mask = ForegroundMask(config.widths, config.channels)
         self.background = nn.Parameter(torch.zeros(1, config.channels, config.image_size, config.image_size))
         self.reference_gradient: torch.Tensor | None = None  # (H, W) normal median, from a calibration
+        self.reference_gradient_scale: torch.Tensor | None = None  # (H, W) normal robust scale
 
     def initialise_from_frames(self, frames: torch.Tensor) -> None:
         """Background template := per-pixel median of uint8 training frames (N, C, H, W)."""
@@ -273,16 +274,20 @@ class DMAD(AnomalyModel):
         return {"gradient_difference": _gradient_difference(self.forward(inputs).final, target)[:, 0]}
 
     def set_reference(self, reference: dict[str, torch.Tensor]) -> None:
-        unknown = set(reference) - {"gradient_difference"}
+        unknown = set(reference) - {"gradient_difference", "gradient_difference_scale"}
         if unknown:
-            raise ValueError(f"dmad takes the reference map gradient_difference, not {', '.join(sorted(unknown))}")
+            raise ValueError(f"dmad takes the reference map gradient_difference (and its _scale), not "
+                             f"{', '.join(sorted(unknown))}")
         self.reference_gradient = reference.get("gradient_difference")
+        self.reference_gradient_scale = reference.get("gradient_difference_scale")
 
     @torch.no_grad()
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         """Terms (N,) each: the official three, and for calibrated scores ``gradient_excess`` (the
-        largest mean of the gradient-difference map above its normal per-position median, over boxes
-        twice the score box) and ``deformation`` (largest box mean of the deformation magnitude)."""
+        largest mean, over boxes twice the score box, of the gradient-difference map above its normal
+        per-position median in units of its normal per-position robust scale: a z-map, so positions
+        where normal motion keeps the error high weigh no more than quiet ones) and ``deformation``
+        (largest box mean of the deformation magnitude)."""
         inputs, target = self._split(windows)
         out = self.forward(inputs)
         n, _, h, w = target.shape
@@ -295,12 +300,14 @@ class DMAD(AnomalyModel):
         paper = box_mean(a_rec, *box).amax(dim=(1, 2, 3)) + self.config.alpha * deformation
         vertical = (out.fields[0][:, 1:2] * pixels_per_unit[:, 1:2]).abs()
         gradient = _gradient_difference(out.final, target)
-        reference = 0.0 if self.reference_gradient is None else self.reference_gradient.to(gradient)
+        excess = gradient if self.reference_gradient is None else gradient - self.reference_gradient.to(gradient)
+        if self.reference_gradient_scale is not None:
+            excess = excess / self.reference_gradient_scale.to(gradient)
         terms = {
             "offset_vertical": box_mean(vertical, *self._box(self.config.offset_box)).amax(dim=(1, 2, 3)),
             "reconstruction_l1": a_rec.mean(dim=(1, 2, 3)),
             "gradient_difference": box_mean(gradient, *box).amax(dim=(1, 2, 3)),
-            "gradient_excess": box_mean(gradient - reference, box[0] * 2, box[1] * 2).amax(dim=(1, 2, 3)),
+            "gradient_excess": box_mean(excess, box[0] * 2, box[1] * 2).amax(dim=(1, 2, 3)),
             "deformation": deformation,
         }
         if self.config.score == "paper":

@@ -157,7 +157,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from pipeline.checkpoint import read_checkpoint, write_payload
 
     calibration = calibrate_checkpoint(args.checkpoint, args.data, args.smoothing, args.false_alarm_rate,
-                                       threads=args.threads, progress=not args.quiet)
+                                       threads=args.threads, progress=not args.quiet, position_scale=args.position_scale)
     if args.into:
         payload = read_checkpoint(args.checkpoint)
         write_payload(Path(args.into), {**payload, "calibration": calibration.to_payload()})
@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="trailing (causal) mean of this many frames (default 9; 1: none)")
     calibrate.add_argument("--false-alarm-rate", type=_at_least(1e-9, float), default=1e-3, metavar="RATE",
                            help="the default threshold passes this share of normal frames (default 0.001)")
+    calibrate.add_argument("--position-scale", action="store_true",
+                           help="also divide the model's reference terms by their per-position normal spread (DMAD: "
+                                "helps crowded scenes such as Avenue, hurts Ped2; docs/results.md)")
     calibrate.add_argument("--threads", type=_at_least(1), help="torch threads (default: all cores)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bars")
     calibrate.set_defaults(run=_cmd_calibrate)

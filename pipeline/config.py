@@ -65,6 +65,9 @@ class TrainSection(_Strict):
                           "which makes the threshold optimistic)")
     calibration_smoothing: int = Field(9, ge=1, description="trailing mean of this many frames (video models)")
     calibration_false_alarm_rate: float = Field(1e-3, gt=0, lt=1, description="the default threshold's rate on normal data")
+    calibration_position_scale: bool = Field(
+        False, description="reference terms divided by their per-position normal spread too (anomstream calibrate "
+                           "--position-scale)")
 
 
 class ScoreSection(_Strict):

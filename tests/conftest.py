@@ -60,6 +60,14 @@ def shipped_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def avenue_checkpoint() -> Path:
+    """The shipped Avenue checkpoint (configs/avenue_dmad_cpu.yaml, calibrated with position scales)."""
+    path = REPO / "configs" / "weights" / "avenue_dmad_cpu.pt"
+    assert path.is_file(), f"shipped checkpoint missing: {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
 def sample_clip() -> Path:
     assert SAMPLE_CLIP.is_file(), f"bundled clip missing: {SAMPLE_CLIP}"
     return SAMPLE_CLIP

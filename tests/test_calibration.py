@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.calibration.fit import position_statistics
 from pipeline.calibration.scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
 from pipeline.calibration.stored import load_calibration, run_calibration, save_calibration
 from pipeline.checkpoint import file_sha256, read_checkpoint, write_payload
@@ -51,6 +52,16 @@ def test_trailing_window_is_the_same_however_rows_are_batched():
     assert whole[t] == pytest.approx(calibration.rarity(np.array([shrunk]))[0], rel=1e-6)
 
 
+def test_position_statistics_are_the_median_and_a_floored_robust_scale():
+    maps = np.stack([np.full((2, 3), value, np.float32) for value in (1.0, 2.0, 4.0)])
+    maps[:, 0, 0] = 5.0  # a position that never changes in the normal maps
+    median, scale = position_statistics(maps)
+    assert median[0, 0] == 5.0 and np.all(median.ravel()[1:] == 2.0)
+    assert np.allclose(scale.ravel()[1:], 1.4826)  # MAD of (1, 2, 4) is 1
+    assert scale[0, 0] == pytest.approx(0.1 * 5 * 1.4826 / 6)  # floored at 0.1 of the mean scale
+    assert median.dtype == scale.dtype == np.float32
+
+
 def test_calibration_files_round_trip_and_are_checked(tmp_path, shipped_checkpoint):
     calibration = _calibration(np.random.default_rng(2).normal(size=500))
     calibration.reference = {"gradient_difference": np.ones((4, 4), np.float32)}
@@ -78,13 +89,15 @@ def test_calibrate_on_normal_footage_then_score_with_it(ray_session, ped2, short
     write_payload(bare, {key: value for key, value in payload.items() if key != "calibration"})
     normal = ped2 / "training" / "frames" / "01"
     assert main(["calibrate", str(bare), "--data", str(normal), "--smoothing", "5", "--false-alarm-rate", "0.01",
-                 "--quiet", "--threads", "2"]) == 0
+                 "--position-scale", "--quiet", "--threads", "2"]) == 0
     written = tmp_path / "bare.calibration.pt"
     assert capsys.readouterr().out == (f"calibration: {written}  normal frames: 116  smoothing: 5  threshold: 2.00 "
                                        f"(false-alarm rate 0.01 per frame)\n")
     calibration = load_calibration(written)
     assert calibration.checkpoint_sha256 == file_sha256(bare) and calibration.data == str(normal)
     assert calibration.reference["gradient_difference"].shape == (128, 128)
+    scale = calibration.reference["gradient_difference_scale"]
+    assert scale.shape == (128, 128) and scale.min() > 0 and calibration.summary()["position_scale"] is True
     assert set(calibration.terms) == {"gradient_excess", "deformation"}
 
     assert main(["score", str(short_clip), "--checkpoint", str(bare), "--out", str(tmp_path / "raw.zarr"), "--quiet"]) == 0

@@ -58,7 +58,19 @@ def test_reference_map_is_subtracted_from_the_gradient_excess_only(clip_frames):
     torch.testing.assert_close(after["gradient_excess"], before["gradient_excess"] - 0.25)
     for name in ("gradient_difference", "deformation", "reconstruction_l1", "offset_vertical"):
         torch.testing.assert_close(after[name], before[name])
-    with pytest.raises(ValueError, match="dmad takes the reference map gradient_difference, not mask"):
+    # a position scale: the excess in its units (a uniform scale of 4 divides the box means by 4)
+    model.set_reference({"gradient_difference": torch.full((64, 64), 0.25),
+                         "gradient_difference_scale": torch.full((64, 64), 4.0)})
+    torch.testing.assert_close(model.score(windows).terms["gradient_excess"], (before["gradient_excess"] - 0.25) / 4)
+    scale = torch.ones(64, 64)
+    scale[:, 32:] = 1e3  # per position: the right half's usual spread is large, its excess counts for little
+    model.set_reference({"gradient_difference_scale": scale})
+    maps = model.reference_maps(windows)["gradient_difference"][:, None]
+    box = model._box(model.config.score_box)
+    expected = torch.nn.functional.avg_pool2d(maps / scale, (box[0] * 2, box[1] * 2), stride=1).amax(dim=(1, 2, 3))
+    torch.testing.assert_close(model.score(windows).terms["gradient_excess"], expected)
+    assert not torch.allclose(expected, before["gradient_excess"] / scale.mean())
+    with pytest.raises(ValueError, match=r"dmad takes the reference map gradient_difference \(and its _scale\), not mask"):
         model.set_reference({"mask": torch.zeros(64, 64)})
 
 

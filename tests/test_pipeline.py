@@ -193,20 +193,34 @@ def test_more_replicas_than_cores_do_not_pend(ray_session, short_clip, shipped_c
         _assert_complete_stream(root[stream_id], 48)
 
 
-def test_avenue_video_pixel_auroc_when_every_frame_is_anomalous(ray_session, shared_data, shipped_checkpoint,
-                                                                tmp_path, capsys):
+def test_shipped_avenue_checkpoint_on_videos_20_and_08(ray_session, shared_data, avenue_checkpoint, tmp_path, capsys):
+    """Frame AUC of the stored calibrated score on video 20 (the one with both classes): 0.843
+    measured 2026-12-01 (0.851 with the authors' per-video min-max and robust window); video 08,
+    anomalous throughout, alone has no frame AUC but a pixel AUROC."""
     avenue = shared_data / "avenue"
     out = tmp_path / "avenue.zarr"
-    assert main(["score", str(avenue / "testing_videos" / "08.avi"), "--out", str(out), "--quiet"]) == 0
-    assert open_results(out)["08"].attrs["written"] == 36
+    assert main(["score", str(avenue / "testing_videos" / "20.avi"), str(avenue / "testing_videos" / "08.avi"),
+                 "--checkpoint", str(avenue_checkpoint), "--out", str(out), "--quiet"]) == 0
+    assert [open_results(out)[video].attrs["written"] for video in ("20", "08")] == [273, 36]
+    assert open_results(out).attrs["calibration"]["position_scale"] is True
+    capsys.readouterr()
     labels = str(avenue / "testing_label_mask")
-    assert main(["eval", str(out), "--dataset", "avenue", "--labels", labels]) == 2
+    figures = {}
+    for protocol in (["--normalisation", "raw"], ["--normalisation", "offline", "--robust-smoothing"]):
+        assert main(["eval", str(out), "--dataset", "avenue", "--labels", labels, *protocol]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        figures[protocol[1]] = float(line.split("macro AUC ")[1].split()[0])  # macro: video 20 alone
+    assert figures["raw"] > 0.82 and figures["offline"] > 0.83
+
+    only_08 = tmp_path / "only08.zarr"  # the same store without video 20
+    shutil.copytree(out, only_08)
+    shutil.rmtree(only_08 / "20")
+    assert main(["eval", str(only_08), "--dataset", "avenue", "--labels", labels]) == 2
     assert "labels of the scored frames are all one class" in capsys.readouterr().err
-    assert main(["eval", str(out), "--dataset", "avenue", "--labels", labels, "--pixel"]) == 0
+    assert main(["eval", str(only_08), "--dataset", "avenue", "--labels", labels, "--pixel"]) == 0
     printed = capsys.readouterr().out
     assert "frame AUC: undefined" in printed
-    pixel = float(printed.split("pixel AUROC ")[1].split()[0])
-    assert 0.0 < pixel < 1.0
+    assert 0.6 < float(printed.split("pixel AUROC ")[1].split()[0]) < 1.0  # 0.672 measured
 
 
 def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_checkpoint, tmp_path, capsys):

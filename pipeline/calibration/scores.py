@@ -38,7 +38,8 @@ class TermStatistics:
 @dataclass
 class Calibration:
     """What a calibration run learnt from normal data. ``reference``: per-position normal medians
-    (H, W) float32 of the model's reference maps (``AnomalyModel.set_reference``). ``quantiles``:
+    (``NAME``) and robust scales (``NAME_scale``), (H, W) float32 each, of the model's reference
+    maps (``AnomalyModel.set_reference``). ``quantiles``:
     the normal statistic at ``QUANTILE_LEVELS``; ``tail_scale``: the mean excess above the last."""
 
     model: str
@@ -105,6 +106,7 @@ class Calibration:
         """JSON-ready, for store attrs and reports (no arrays)."""
         return {"threshold": round(self.threshold, 4), "false_alarm_rate": self.false_alarm_rate,
                 "smoothing": self.smoothing, "data": self.data, "frames": self.frames,
+                "position_scale": any(name.endswith("_scale") for name in self.reference),
                 "terms": {name: {"median": s.median, "scale": s.scale, "weight": s.weight} for name, s in self.terms.items()},
                 "checkpoint_sha256": self.checkpoint_sha256}
 

@@ -77,7 +77,8 @@ def _calibrate(model: AnomalyModel, settings, progress: bool) -> Calibration | N
     model.eval()
     try:
         return fit_calibration(model, sources, ", ".join(specs), 1 if still else settings.calibration_smoothing,
-                               settings.calibration_false_alarm_rate, settings.batch_size, progress=progress)
+                               settings.calibration_false_alarm_rate, settings.batch_size, progress=progress,
+                               position_scale=settings.calibration_position_scale)
     except TooFewFrames as error:
         print(f"warning: no calibration: {error} (anomstream calibrate can add one later)", file=sys.stderr)
         return None
