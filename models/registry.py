@@ -24,6 +24,9 @@ class _Registry(Mapping[str, tuple[type[AnomalyModel], type]]):
         loaded = import_module(module)
         return getattr(loaded, model_class), getattr(loaded, config_class)
 
+    def __contains__(self, name: object) -> bool:  # without importing the model's module
+        return name in _PLACES
+
     def __iter__(self) -> Iterator[str]:
         return iter(_PLACES)
 

@@ -39,15 +39,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _score_settings(args: argparse.Namespace):
     """The config's score section with command-line overrides (validated as the config is), and
     the model the config names."""
-    from pipeline.config import ScoreSection, load_config, with_overrides
+    from pipeline.config import ScoreSection, load_score_config, with_overrides
 
-    config = load_config(args.config) if args.config else None
-    settings = with_overrides(config.score if config else ScoreSection(),
+    section, model_name = load_score_config(args.config) if args.config else (ScoreSection(), None)
+    settings = with_overrides(section,
                               {"replicas": args.replicas, "batch_size": args.batch_size, "backend": args.backend,
                                "precision": args.precision, "writers": args.writers},
                               {"replicas": "--replicas", "batch_size": "--batch-size", "backend": "--backend",
                                "precision": "--precision", "writers": "--writers"})
-    return settings, config.model.name if config else None
+    return settings, model_name
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -103,7 +103,10 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
                            progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
                            duration_s=duration_s, view=view, rotate_s=rotate_s, calibration=args.calibration,
                            events=events, stream_ids=stream_ids)
-    if report.streams:
+    if report.streams and all(stream.skipped for stream in report.streams.values()):
+        print(f"store: {report.store}  streams: {len(report.streams)}  all complete already: nothing to score "
+              f"(--overwrite scores them again)")
+    elif report.streams:
         store = Path(report.store)
         where = f"{store.with_name(store.stem + '-*' + store.suffix)} (one per period)" if rotate_s else report.store
         backend = "" if report.backend.backend == "torch" else f"{report.backend.backend} {report.backend.precision}, "
@@ -325,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def scoring_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint (default: shipped Ped2 DMAD)")
-        sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ...")
+        sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ... (a file "
+                                          "with only that section will do)")
         sub.add_argument("--out", required=True, help="zarr store to write: a path (STORE.zarr) or an object-store URL "
                                                       "(s3://BUCKET/STORE.zarr, gs://, az://; credentials from the environment)")
         sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")

@@ -102,15 +102,15 @@ class AnomstreamConfig(_Strict):
         return data
 
 
-def _format_error(source: str, error: ValidationError, prefix: str = "") -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
-    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        message = "unknown key"
-    else:
-        message = first["msg"]
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source}: {location}: {message}{more}"
+def _format_error(source: str, error: ValidationError, prefix: str = "", shown: int = 3) -> str:
+    """One line: ``SOURCE: a.b: message; c: message`` for the first ``shown`` complaints, then how many more."""
+    parts = []
+    for complaint in error.errors()[:shown]:
+        location = ".".join(str(part) for part in (prefix, *complaint["loc"]) if part != "")
+        unknown = complaint["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        parts.append(f"{location}: {'unknown key' if unknown else complaint['msg']}")
+    more = f" (+{error.error_count() - shown} more)" if error.error_count() > shown else ""
+    return f"{source}: {'; '.join(parts)}{more}"
 
 
 def parse_config(data: Any, source: str = "config") -> AnomstreamConfig:
@@ -136,17 +136,34 @@ def parse_config(data: Any, source: str = "config") -> AnomstreamConfig:
     return config
 
 
-def load_config(path: str | Path) -> AnomstreamConfig:
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> AnomstreamConfig:
+    """A whole config file (model, train, score). Raises ConfigError (one line naming the file and key)."""
+    return parse_config(_read_yaml(Path(path)), str(path))
+
+
+def load_score_config(path: str | Path) -> tuple[ScoreSection, str | None]:
+    """The ``score`` section of a config file and the model the file names, for ``score`` / ``live
+    --config``: a file holding only a ``score`` section is enough (model None: any checkpoint).
+    Raises ConfigError (one line naming the file and key)."""
+    data = _read_yaml(Path(path))
+    if isinstance(data, dict) and set(data) <= {"score"}:
+        try:
+            return ScoreSection.model_validate(data.get("score") or {}), None
+        except ValidationError as error:
+            raise ConfigError(_format_error(str(path), error, prefix="score")) from None
+    config = parse_config(data, str(path))
+    return config.score, config.model.name
 
 
 def with_overrides(section: _Strict, updates: dict[str, Any], options: dict[str, str]) -> Any:

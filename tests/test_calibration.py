@@ -69,6 +69,7 @@ def test_calibration_files_round_trip_and_are_checked(tmp_path, shipped_checkpoi
     save_calibration(calibration, tmp_path / "c.pt")
     loaded = load_calibration(tmp_path / "c.pt")
     assert loaded.summary() == calibration.summary() and loaded.reference["gradient_difference"].shape == (4, 4)
+    assert "position_scale" not in calibration.summary()  # as in stores from before the option: they resume
     payload = read_checkpoint(shipped_checkpoint)
     with pytest.raises(AnomstreamError, match=r"^--calibration .*c.pt: fitted for another checkpoint \(sha256 000000000000...\); "
                                               r"run anomstream calibrate for this one$"):

@@ -6,7 +6,7 @@ import yaml
 from models.dmad import DMADConfig
 from models.registry import MODELS
 from pipeline.cli import main
-from pipeline.config import load_config, parse_config
+from pipeline.config import load_config, load_score_config, parse_config
 from pipeline.errors import ConfigError
 
 REPO_CONFIGS = ["configs/ped2_dmad_cpu.yaml", "configs/ped2_dmad.yaml"]
@@ -57,3 +57,22 @@ def test_cli_exits_2_on_bad_config(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}: model.widths") and "\n" not in err
+
+
+def test_score_config_may_hold_only_its_score_section_and_errors_list_each_complaint(tmp_path):
+    path = tmp_path / "score.yaml"
+    path.write_text(yaml.safe_dump({"score": {"replicas": 3, "flush_s": 0}}))
+    section, model = load_score_config(path)
+    assert (section.replicas, section.flush_s, section.batch_size, model) == (3, 0.0, 16, None)
+    section, model = load_score_config(REPO_CONFIGS[0])  # a whole config: its model too
+    assert model == "dmad"
+    path.write_text(yaml.safe_dump({"score": {"replica": 3, "batch_size": 0}}))
+    with pytest.raises(ConfigError) as error:
+        load_score_config(path)
+    assert str(error.value) == (f"{path}: score.batch_size: Input should be greater than or equal to 1; "
+                                f"score.replica: unknown key")
+    path.write_text(yaml.safe_dump({"train": {"epochs": 0}, "score": {"replicas": 1}}))
+    with pytest.raises(ConfigError) as error:  # train needs a model: the whole file is checked
+        load_score_config(path)
+    assert str(error.value) == (f"{path}: model: Field required; train.data: Field required; "
+                                f"train.epochs: Input should be greater than or equal to 1")

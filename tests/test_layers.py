@@ -87,3 +87,22 @@ def test_only_the_driver_imports_the_ray_actors():
 def test_pipeline_top_level_stays_small():
     top = sorted(p.name for p in (REPO / "pipeline").glob("*.py"))
     assert len(top) <= 12, top
+
+
+def test_writer_and_decoder_start_without_torch_and_a_replica_without_the_still_models():
+    """Actor start-up is import time: the writer and decoder processes need neither torch nor a
+    model; a DMAD replica needs torch but not torchvision (the still models' backbones)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+             "print(' '.join(m for m in ('torch', 'torchvision', 'models.dmad') if m in sys.modules))")
+    loaded = {module: subprocess.run([sys.executable, "-c", probe, module], cwd=REPO, capture_output=True, text=True,
+                                     check=True).stdout.split()
+              for module in ("workers.writer", "workers.decoder")}
+    assert loaded == {"workers.writer": [], "workers.decoder": []}
+    replica = ("import sys; from pipeline.checkpoint import load_model; load_model(sys.argv[1]); "
+               "print('torchvision' in sys.modules)")
+    shipped = REPO / "configs" / "weights" / "ped2_dmad_cpu.pt"
+    assert subprocess.run([sys.executable, "-c", replica, str(shipped)], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

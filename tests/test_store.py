@@ -198,12 +198,17 @@ def test_resumed_stream_counts_the_rows_already_on_disk(tmp_path):
     first = _batch(0, 8)
     first["status"] = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.uint8)
     store.write("v", 0, first)
+    gap = {"start": 0.2, "end": 0.4, "kind": "source_gap"}
+    store.add_gaps("v", [gap])
     store.flush("v")  # then the run dies
     resumed = ResultStore(path, {"model": "m"}, mode="resume")
     resumed.open_stream("v", ARRAYS, 8, 24, {"source": "v"})
     more = _batch(8, 8)
     more["status"] = np.zeros(8, np.uint8)
     resumed.write("v", 8, more)
+    later = {"start": 1.2, "end": 1.3, "kind": "source_gap"}
+    resumed.add_gaps("v", [gap, later])  # the recording decoded again from its start reports the first gap again
     resumed.close_stream("v")
     assert open_results(path)["v"].attrs["frame_counts"]["scored"] == 12
     assert open_results(path)["v"].attrs["frame_counts"]["warmup"] == 4
+    assert open_results(path)["v"].attrs["gaps"] == [gap, later]

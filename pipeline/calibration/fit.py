@@ -77,7 +77,7 @@ def fit_calibration(model: AnomalyModel, sources: list[Source], description: str
 
     ``position_scale``: besides each reference map's per-position median, keep its per-position
     robust scale (``NAME_scale``): the model's reference terms become z-maps. Measured (docs/results.md):
-    it lifts DMAD on Avenue (crowds keep the error high where people walk: video 20, 0.742 -> 0.843)
+    it lifts DMAD on Avenue (crowds keep the error high where people walk: video 20, 0.744 -> 0.843)
     and lowers it on Ped2 (anomalies cross the busy walkway: 0.967 -> 0.903), so it is a choice per scene."""
     total = sum(source.frame_count or 0 for source in sources)
     step = max(1, math.ceil(total / max_reference_frames)) if total else 1

@@ -106,9 +106,10 @@ class Calibration:
         """JSON-ready, for store attrs and reports (no arrays)."""
         return {"threshold": round(self.threshold, 4), "false_alarm_rate": self.false_alarm_rate,
                 "smoothing": self.smoothing, "data": self.data, "frames": self.frames,
-                "position_scale": any(name.endswith("_scale") for name in self.reference),
                 "terms": {name: {"median": s.median, "scale": s.scale, "weight": s.weight} for name, s in self.terms.items()},
-                "checkpoint_sha256": self.checkpoint_sha256}
+                "checkpoint_sha256": self.checkpoint_sha256,
+                # only when true: stores of calibrations from before it existed resume with the same summary
+                **({"position_scale": True} if any(name.endswith("_scale") for name in self.reference) else {})}
 
 
 def term_statistics(values: np.ndarray, weight: float) -> TermStatistics:

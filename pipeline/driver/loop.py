@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from pipeline.config import ScoreSection
 from pipeline.driver.busy import NodeBusy
 from pipeline.driver.report import RunReport, StreamReport, event_line, live_table
+from pipeline.driver.resume import resume_refusal
 from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
 from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, first_line
@@ -38,11 +38,6 @@ MAX_REDECODES = 3  # a stream decoded again more often than this after faults en
 MAX_REPLACEMENTS_PER_REPLICA = 3  # beyond Ray's own restarts; then the run ends with an error
 MAX_BATCH_ATTEMPTS = 3  # replicas lost while holding one batch before its stream ends with an error
 MAX_WRITER_TAKEOVERS = 3  # new writers started in one run; then the run ends, telling to --resume
-
-
-def _same_source(stored: str, current: str) -> bool:
-    """Whether a stream in the store came from this input (earlier stores kept paths as typed)."""
-    return stored == current or Path(stored).absolute() == Path(current)
 
 
 def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int] | None, writer: int) -> dict[str, Any]:
@@ -205,16 +200,10 @@ class ScoringLoop:
         self.report.streams[source.stream_id] = stream_report = StreamReport(source.describe())
         stored = ray.get(self.writers.root.stored_stream.remote(source.stream_id))
         stream_report.stored = stored.written if stored is not None else 0
-        if stored is not None and stored.source is not None and not _same_source(stored.source, source.describe()):
-            stream_report.error = (f"{source.describe()}: the store's stream {source.stream_id!r} was scored from "
-                                   f"{stored.source}; score into another store, or --overwrite")
-            return  # what the store holds stays as it is
         fingerprint = source.fingerprint()  # a stat of every file of the input: once
-        if stored is not None and stored.fingerprint is not None and stored.fingerprint != fingerprint:
-            stream_report.error = (f"{source.describe()}: changed since the store's stream {source.stream_id!r} was "
-                                   f"scored from it (files, size or modification time differ); score into another "
-                                   f"store, or --overwrite")
-            return
+        stream_report.error = resume_refusal(stored, source, fingerprint)
+        if stream_report.error:
+            return  # what the store holds stays as it is
         if stored is not None and stored.complete:
             stream_report.skipped = True
             self._not_this_run(source.frame_count or 0)

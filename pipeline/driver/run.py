@@ -29,7 +29,8 @@ from pipeline.checkpoint import checkpoint_params, model_from_payload, read_chec
 from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
-from pipeline.driver.report import RunReport
+from pipeline.driver.report import RunReport, StreamReport
+from pipeline.driver.resume import complete_already
 from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, first_line
 from pipeline.events.recorder import EventOptions, event_settings
@@ -237,6 +238,12 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
                               "write a new --out, or --rotate hour|day for one store per period")
     if not rotate_s:
         check_target(out, mode)  # before Ray starts (a rotating store takes a free name of its own)
+    if mode == "resume" and not rotate_s and not inputs.failed:
+        complete = complete_already(out, inputs.sources, run_attrs)
+        if complete is not None:  # nothing to do: no Ray, and the store keeps the last run's attrs
+            report.streams = {source.stream_id: StreamReport(source.describe(), stored=complete[source.stream_id],
+                                                             skipped=True) for source in inputs.sources}
+            return report
     if view is not None:
         check_port(*view)
     stop = threading.Event()
@@ -262,12 +269,17 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
             new_replica=lambda: ReplicaActor.options(**replica_options).remote(threads),
             new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote(),
             new_writer=None if rotate_s else lambda index: open_writer("resume", index))
-        # started before the writers open the store: their processes start (and import torch) meanwhile
-        replicas = workers.replicas = [workers.new_replica() for _ in range(settings.replicas)]
-        decoders = workers.decoders = [workers.new_decoder() for _ in range(decoder_count)]
+        replicas: list = []
+        decoders: list = []
         writers: WriterSet | None = None
         live_view = None
         try:
+            # started before the writers open the store: their processes start (and import torch) meanwhile
+            for _ in range(settings.replicas):
+                replicas.append(workers.new_replica())
+            for _ in range(decoder_count):
+                decoders.append(workers.new_decoder())
+            workers.replicas, workers.decoders = replicas, decoders
             writers = _open_writers(open_writer, mode, settings.writers)
             ray.get(writers.root.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
             ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,

@@ -50,7 +50,11 @@ class StreamAccounting:
             self.latency_ms.extend(((written_at - timestamp[scored]) * 1000.0).tolist())
 
     def add_gaps(self, gaps: list[dict[str, Any]]) -> None:
-        self.gaps.extend(gaps)
+        """Gaps (``{"start", "end", "kind"}``) not known yet: a stretch of a recording decoded again (a
+        writer takeover, ``--resume``) reports its gaps again, and each is kept once."""
+        for gap in gaps:
+            if gap not in self.gaps:
+                self.gaps.append(gap)
 
     def latency_percentiles(self) -> dict[str, float] | None:
         """``{"p50", "p95", "p99"}`` in ms over the recent scored frames; None before the first."""

@@ -117,12 +117,7 @@ class ResultStore:
         return root
 
     def _check_same_run(self, run_attrs: dict[str, Any]) -> None:
-        earlier = {"precision": "fp32"}  # stores from before a key existed
-        for key in ("model", "checkpoint_sha256", "score_kind", "calibration", "precision"):
-            stored = self.root.attrs.get(key, earlier.get(key))
-            if key in run_attrs and stored != run_attrs[key]:
-                raise StoreError(f"{self.path}: cannot resume: store was written with {key} "
-                                 f"{stored!r}, this run has {run_attrs[key]!r}")
+        check_same_run(self.path, self.root, run_attrs)
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         """The run's inputs that gave no stream (``failed``: errors) and the files left out of its
@@ -135,11 +130,7 @@ class ResultStore:
 
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         """What the store already holds of a stream (None: nothing, a new stream)."""
-        if stream_id not in self.root:
-            return None
-        attrs = self.root[stream_id].attrs
-        return StoredStream(attrs.get("source"), bool(attrs.get("complete")), int(attrs.get("written", 0)),
-                            attrs.get("source_fingerprint"))
+        return stored_stream(self.root, stream_id)
 
     def written(self, stream_id: str) -> int:
         """Frames already on disk for a stream (0 if the stream is new)."""
@@ -288,6 +279,26 @@ class ResultStore:
                 array.resize((written, *array.shape[1:]))
         group.attrs.update({"complete": error is None, "error": error, "finished": _now(),
                             "warnings": list(warnings or []), "stopped": stopped, **self.accounting[stream_id].attrs()})
+
+
+def check_same_run(path: str | Path, root: zarr.Group, run_attrs: dict[str, Any]) -> None:
+    """Raises StoreError (one line naming ``path``) when the store ``root`` was written by another model,
+    checkpoint, calibration or precision than the run with ``run_attrs``: it cannot be resumed."""
+    earlier = {"precision": "fp32"}  # stores from before a key existed
+    for key in ("model", "checkpoint_sha256", "score_kind", "calibration", "precision"):
+        stored = root.attrs.get(key, earlier.get(key))
+        if key in run_attrs and stored != run_attrs[key]:
+            raise StoreError(f"{path}: cannot resume: store was written with {key} "
+                             f"{stored!r}, this run has {run_attrs[key]!r}")
+
+
+def stored_stream(root: zarr.Group, stream_id: str) -> StoredStream | None:
+    """What the store ``root`` already holds of a stream (None: nothing, a new stream)."""
+    if stream_id not in root:
+        return None
+    attrs = root[stream_id].attrs
+    return StoredStream(attrs.get("source"), bool(attrs.get("complete")), int(attrs.get("written", 0)),
+                        attrs.get("source_fingerprint"))
 
 
 def check_target(path: str | Path, mode: str) -> bool:
