@@ -103,9 +103,11 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
                            progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
                            duration_s=duration_s, view=view, rotate_s=rotate_s, calibration=args.calibration,
                            events=events, stream_ids=stream_ids)
-    if report.streams and all(stream.skipped for stream in report.streams.values()):
-        print(f"store: {report.store}  streams: {len(report.streams)}  all complete already: nothing to score "
-              f"(--overwrite scores them again)")
+    if report.streams and not report.started:  # a resume found each stream complete, or refused it
+        complete = sum(stream.skipped for stream in report.streams.values())
+        refused = len(report.streams) - complete
+        print(f"store: {report.store}  streams: {len(report.streams)}  nothing to score: {complete} complete already"
+              f"{f', {refused} refused (below)' if refused else ''} (--overwrite scores them again)")
     elif report.streams:
         store = Path(report.store)
         where = f"{store.with_name(store.stem + '-*' + store.suffix)} (one per period)" if rotate_s else report.store
@@ -130,8 +132,9 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         for message in stream.warnings:
             print(f"warning: {stream_id}: {message}", file=sys.stderr)
         if stream.error:
-            print(f"error: {stream_id}: {stream.error} (frames before it are kept: {stream.stored + stream.frames})",
-                  file=sys.stderr)
+            kept = stream.stored + stream.frames
+            held = f"frames before it are kept: {kept}" if report.started else f"the store keeps its {kept} frames"
+            print(f"error: {stream_id}: {stream.error} ({held})", file=sys.stderr)
     return 2 if report.errors else 0
 
 
@@ -169,7 +172,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         out = Path(args.out or Path(args.checkpoint).with_suffix(".calibration.pt"))
         save_calibration(calibration, out)
         where = str(out)
-    print(f"calibration: {where}  normal frames: {calibration.frames}  smoothing: {calibration.smoothing}  "
+    scaled = "  position scale: on" if args.position_scale else ""
+    print(f"calibration: {where}  normal frames: {calibration.frames}  smoothing: {calibration.smoothing}{scaled}  "
           f"threshold: {calibration.threshold:.2f} (false-alarm rate {calibration.false_alarm_rate:g} per frame)")
     return 0
 
@@ -436,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")
     evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech", *STILL_DATASETS],
-                          help="label layout; still datasets (mtd, mvtec, mvtec_loco, ksdd2): stores scored from "
-                               "a dataset spec, labels and masks found from the dataset")
+                          help="label layout (default ped2); still datasets (mtd, mvtec, mvtec_loco, ksdd2): stores "
+                               "scored from a dataset spec, labels and masks found from the dataset")
     evaluate.add_argument("--labels",
                           help="ped2: dataset root (frame_labels_ped2.npy, testing/); avenue: testing_label_mask/; "
                                "shanghaitech: test_frame_mask/; still datasets: the dataset folder if it moved since scoring")

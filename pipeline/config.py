@@ -157,7 +157,11 @@ def load_score_config(path: str | Path) -> tuple[ScoreSection, str | None]:
     --config``: a file holding only a ``score`` section is enough (model None: any checkpoint).
     Raises ConfigError (one line naming the file and key)."""
     data = _read_yaml(Path(path))
-    if isinstance(data, dict) and set(data) <= {"score"}:
+    if isinstance(data, dict) and not {"model", "train"} & set(data):  # a score config
+        unknown = sorted(str(key) for key in data if key != "score")
+        if unknown:
+            raise ConfigError(f"{path}: {unknown[0]}: unknown key (a score config holds a score section; "
+                              f"a whole config: model, train, score)")
         try:
             return ScoreSection.model_validate(data.get("score") or {}), None
         except ValidationError as error:

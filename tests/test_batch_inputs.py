@@ -65,10 +65,13 @@ def test_manifest_job_scores_the_rest_and_resume_refuses_a_changed_input(ray_ses
     frame.write_bytes(frame.read_bytes())
     os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))
     manifest.write_text("source,stream_id\nclips/a,gate\nclips/b,\n")
-    assert main([*args[:-2], "--resume"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: gate: {first}: changed since the store's stream 'gate' was scored from it (files, size or "
-                   f"modification time differ); score into another store, or --overwrite (frames before it are kept: 48)"]
+    assert main([*args[:-2], "--resume"]) == 2  # nothing left to score: no run starts
+    printed = capsys.readouterr()
+    assert printed.out == (f"store: {out}  streams: 2  nothing to score: 1 complete already, 1 refused (below) "
+                           f"(--overwrite scores them again)\n")
+    assert printed.err.strip().splitlines() == [
+        f"error: gate: {first}: changed since the store's stream 'gate' was scored from it (files, size or "
+        f"modification time differ); score into another store, or --overwrite (the store keeps its 48 frames)"]
     assert zarr.open_group(str(out), mode="r")["gate"].attrs["written"] == 48  # kept as it was
 
 

@@ -92,7 +92,8 @@ def test_calibrate_on_normal_footage_then_score_with_it(ray_session, ped2, short
     assert main(["calibrate", str(bare), "--data", str(normal), "--smoothing", "5", "--false-alarm-rate", "0.01",
                  "--position-scale", "--quiet", "--threads", "2"]) == 0
     written = tmp_path / "bare.calibration.pt"
-    assert capsys.readouterr().out == (f"calibration: {written}  normal frames: 116  smoothing: 5  threshold: 2.00 "
+    assert capsys.readouterr().out == (f"calibration: {written}  normal frames: 116  smoothing: 5  position scale: on  "
+                                       f"threshold: 2.00 "
                                        f"(false-alarm rate 0.01 per frame)\n")
     calibration = load_calibration(written)
     assert calibration.checkpoint_sha256 == file_sha256(bare) and calibration.data == str(normal)

@@ -71,6 +71,11 @@ def test_score_config_may_hold_only_its_score_section_and_errors_list_each_compl
         load_score_config(path)
     assert str(error.value) == (f"{path}: score.batch_size: Input should be greater than or equal to 1; "
                                 f"score.replica: unknown key")
+    path.write_text(yaml.safe_dump({"scor": {"replicas": 1}}))
+    with pytest.raises(ConfigError) as error:
+        load_score_config(path)
+    assert str(error.value) == (f"{path}: scor: unknown key (a score config holds a score section; a whole config: "
+                                f"model, train, score)")
     path.write_text(yaml.safe_dump({"train": {"epochs": 0}, "score": {"replicas": 1}}))
     with pytest.raises(ConfigError) as error:  # train needs a model: the whole file is checked
         load_score_config(path)

@@ -165,7 +165,7 @@ def test_resume_refuses_another_input_under_a_streams_name(ray_session, field_ca
                                                f"window: no frame is scored")
     assert _score(str(second), "--out", str(out), "--resume") == 2
     assert capsys.readouterr().err.strip() == (f"error: cam: {second}: the store's stream 'cam' was scored from {first}; "
-                                               f"score into another store, or --overwrite (frames before it are kept: 3)")
+                                               f"score into another store, or --overwrite (the store keeps its 3 frames)")
     group = open_results(out)["cam"]
     assert group.attrs["source"] == str(first) and group.attrs["written"] == 3
 

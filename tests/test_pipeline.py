@@ -124,17 +124,18 @@ def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, ship
     group = open_results(out)["ped2_test02"]
     _assert_complete_stream(group, 180)
     np.testing.assert_array_equal(group["score"][:48], first)
-    # resumed again: nothing left to do; no run starts, the store stays as the last run left it
+    # resumed again, the clip named through "..": nothing left to do; no run starts, the store stays as it is
     attrs = dict(open_results(out).attrs)
     capsys.readouterr()
-    assert main(args + ["--resume", "--replicas", "1"]) == 0
-    assert capsys.readouterr().out == (f"store: {out}  streams: 1  all complete already: nothing to score "
+    other_path = sample_clip.parent / ".." / sample_clip.parent.name / sample_clip.name
+    assert main(["score", str(other_path), *args[2:], "--resume", "--replicas", "1"]) == 0
+    assert capsys.readouterr().out == (f"store: {out}  streams: 1  nothing to score: 1 complete already "
                                        f"(--overwrite scores them again)\n")
     assert dict(open_results(out).attrs) == attrs
     code = main(["score", str(sample_clip), "--checkpoint", str(shipped_checkpoint), "--out", str(out), "--resume", "--quiet"])
     assert (code, capsys.readouterr().err.splitlines()[-1]) == (
         2, f"error: {out}: cannot resume: store was written with checkpoint_sha256 {file_sha256(bare)!r}, this run has "
-           f"{file_sha256(shipped_checkpoint)!r}")
+           f"{file_sha256(shipped_checkpoint)!r}; score into another store, or --overwrite")
 
 
 @pytest.mark.parametrize("make_args, message", [

@@ -57,7 +57,7 @@ def test_rows_reach_the_disk_after_flush_rows_or_flush_seconds(tmp_path):
 
 def test_existing_store_is_refused_unless_overwrite_or_resume(tmp_path):
     path = tmp_path / "s.zarr"
-    store = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc"})
+    store = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc", "calibration": {"data": "a", "threshold": 3}})
     store.open_stream("v", ARRAYS, 8, 16, {})
     store.write("v", 0, _batch(0, 8))
     store.write("v", 8, _batch(8, 8))
@@ -67,6 +67,10 @@ def test_existing_store_is_refused_unless_overwrite_or_resume(tmp_path):
         ResultStore(path, {"model": "m"})
     with pytest.raises(StoreError, match="cannot resume: store was written with checkpoint_sha256 'abc'"):
         ResultStore(path, {"model": "m", "checkpoint_sha256": "other"}, mode="resume")
+    with pytest.raises(StoreError, match=r"^.*s.zarr: cannot resume: store was written with another calibration "
+                                         r"\(data, threshold differ\); score into another store, or --overwrite$"):
+        ResultStore(path, {"model": "m", "checkpoint_sha256": "abc", "calibration": {"data": "b", "threshold": 2}},
+                    mode="resume")
     resumed = ResultStore(path, {"model": "m", "checkpoint_sha256": "abc"}, mode="resume")
     assert resumed.written("v") == 16
     resumed.open_stream("v", ARRAYS, 8, 24, {})

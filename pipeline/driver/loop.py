@@ -118,8 +118,9 @@ class ScoringLoop:
         self.table_due = time.monotonic() + TABLE_EVERY_S
         self.rows_due = time.monotonic() + settings.flush_s
         known = all(s.frame_count for s in sources) and not self.live_run
+        # shown from its first update after 0.5 s: by then the frames a resume skips have left its total
         self.bar = tqdm(total=sum(s.frame_count for s in sources) if known else None, desc="scoring",
-                        unit="frame", disable=not progress or self.live_run)
+                        unit="frame", disable=not progress or self.live_run, delay=0.5)
 
     def run(self) -> None:
         """Raises AnomstreamError (one line) when the writer is lost: what is on disk is whole (a
@@ -224,7 +225,6 @@ class ScoringLoop:
         """Frames the store already holds leave the progress bar's total (its rate and ETA are this run's)."""
         if self.bar.total:
             self.bar.total = max(0, self.bar.total - frames)
-            self.bar.refresh()
 
     def _start_decoding(self, stream_id: str, decoder: Any, done: int) -> None:
         """``decoder`` opens the stream's source; its first batch starts at row ``done``."""

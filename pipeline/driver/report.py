@@ -39,6 +39,7 @@ class RunReport:
     faults: FaultLog = field(default_factory=FaultLog)  # what the run survived (lost replicas, decoders, batches)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> replicas placed there
     backend: BackendChoice = field(default_factory=BackendChoice)  # what the replicas scored with
+    started: bool = False  # a run started (False: no input gave a stream, or a resume had nothing to score)
 
     @property
     def frames(self) -> int:

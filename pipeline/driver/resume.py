@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.driver.report import StreamReport
 from pipeline.errors import StoreError
 from pipeline.sources.base import Source
 from pipeline.store.results import StoredStream, check_same_run, open_results, stored_stream
 
 
 def same_source(stored: str, current: str) -> bool:
-    """Whether a stream in the store came from this input (earlier stores kept paths as typed)."""
-    return stored == current or Path(stored).absolute() == Path(current)
+    """Whether a stream in the store came from this input: the same text, or the same file by another
+    path (relative, through ``..`` or a symlink; earlier stores kept paths as typed)."""
+    return stored == current or Path(stored).resolve() == Path(current).resolve()
 
 
 def resume_refusal(stored: StoredStream | None, source: Source, fingerprint: dict[str, int] | None) -> str | None:
@@ -30,21 +32,25 @@ def resume_refusal(stored: StoredStream | None, source: Source, fingerprint: dic
     return None
 
 
-def complete_already(out: str | Path, sources: list[Source], run_attrs: dict[str, Any]) -> dict[str, int] | None:
-    """Frames stored per stream when the store at ``out`` holds every one of ``sources`` complete,
-    scored from the same, unchanged input by the same model and calibration: a resume with nothing to
-    do (no Ray, no actors, the store left as it is). None otherwise, or when ``out`` is no store yet
-    (the run goes on as usual). Raises StoreError, as the run would, for a store of another run
-    (:func:`check_same_run`)."""
+def nothing_to_resume(out: str | Path, sources: list[Source], run_attrs: dict[str, Any]) -> dict[str, StreamReport] | None:
+    """Per stream, what a resume would report when the store at ``out`` leaves nothing to score: each
+    of ``sources`` is there complete from the same, unchanged input (skipped), or refused (another input
+    or a changed one: the stream's error). Then no run starts (no Ray, no actors) and the store stays as
+    it is. None when some stream has frames to score, or ``out`` is no store yet (the run goes on as
+    usual). Raises StoreError, as the run would, for a store of another run (:func:`check_same_run`)."""
     try:
         root = open_results(out)
     except StoreError:
         return None  # not (yet) one of ours: the writer says what is wrong, as always
     check_same_run(out, root, run_attrs)
-    frames: dict[str, int] = {}
+    reports: dict[str, StreamReport] = {}
     for source in sources:
         stored = stored_stream(root, source.stream_id)
-        if stored is None or not stored.complete or resume_refusal(stored, source, source.fingerprint()):
+        if stored is None:
             return None
-        frames[source.stream_id] = stored.written
-    return frames
+        refusal = resume_refusal(stored, source, source.fingerprint())
+        if refusal is None and not stored.complete:
+            return None
+        reports[source.stream_id] = StreamReport(source.describe(), stored=stored.written, error=refusal,
+                                                 skipped=refusal is None)
+    return reports

@@ -29,8 +29,8 @@ from pipeline.checkpoint import checkpoint_params, model_from_payload, read_chec
 from pipeline.config import ScoreSection
 from pipeline.driver.loop import ScoringLoop, Workers
 from pipeline.driver.ray_setup import ensure_ray
-from pipeline.driver.report import RunReport, StreamReport
-from pipeline.driver.resume import complete_already
+from pipeline.driver.report import RunReport
+from pipeline.driver.resume import nothing_to_resume
 from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, first_line
 from pipeline.events.recorder import EventOptions, event_settings
@@ -239,11 +239,11 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     if not rotate_s:
         check_target(out, mode)  # before Ray starts (a rotating store takes a free name of its own)
     if mode == "resume" and not rotate_s and not inputs.failed:
-        complete = complete_already(out, inputs.sources, run_attrs)
-        if complete is not None:  # nothing to do: no Ray, and the store keeps the last run's attrs
-            report.streams = {source.stream_id: StreamReport(source.describe(), stored=complete[source.stream_id],
-                                                             skipped=True) for source in inputs.sources}
+        unchanged = nothing_to_resume(out, inputs.sources, run_attrs)
+        if unchanged is not None:  # no run: no Ray, and the store keeps the last run's attrs
+            report.streams = unchanged
             return report
+    report.started = True
     if view is not None:
         check_port(*view)
     stop = threading.Event()

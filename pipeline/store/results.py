@@ -288,8 +288,13 @@ def check_same_run(path: str | Path, root: zarr.Group, run_attrs: dict[str, Any]
     for key in ("model", "checkpoint_sha256", "score_kind", "calibration", "precision"):
         stored = root.attrs.get(key, earlier.get(key))
         if key in run_attrs and stored != run_attrs[key]:
-            raise StoreError(f"{path}: cannot resume: store was written with {key} "
-                             f"{stored!r}, this run has {run_attrs[key]!r}")
+            if isinstance(stored, dict) and isinstance(run_attrs[key], dict):  # a calibration: name what differs
+                differ = sorted(name for name in {*stored, *run_attrs[key]} if stored.get(name) != run_attrs[key].get(name))
+                what = f"another {key} ({', '.join(differ)} differ)"
+            else:
+                what = f"{key} {stored!r}, this run has {run_attrs[key]!r}"
+            raise StoreError(f"{path}: cannot resume: store was written with {what}; score into another store, "
+                             f"or --overwrite")
 
 
 def stored_stream(root: zarr.Group, stream_id: str) -> StoredStream | None:
