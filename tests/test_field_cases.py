@@ -112,7 +112,7 @@ def test_any_legal_path_survives_score_store_and_eval(ray_session, field_cases, 
     assert main(["eval", str(out), "--dataset", "ped2", "--labels", str(root), "--pixel", "--normalisation", "raw"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("raw      micro AUC ") and printed[0].endswith(
-        "(20 frames)  causal: the stored score as written (calibrated)")
+        "(20 frames)  causal: the stored score as written (calibrated: what a live stream gets)")
     assert printed[1].startswith("pixel AUROC ")
 
 

@@ -23,7 +23,7 @@ from pipeline.errors import AnomstreamError, UndefinedMetricError
 NORMALISATIONS = ("offline", "causal", "raw")
 PROTOCOLS = {  # what each normalisation is, printed beside its figures
     "offline": "offline: per-video min-max, needs the whole video (papers' protocol)",
-    "causal": "causal: running min-max over the frames so far",
+    "causal": "causal: running min-max over the frames so far (a stand-in for uncalibrated scores)",
     "raw": "causal: the stored score as written",
 }
 DMAD_WINDOW_WEIGHTS = np.array([1, 1, 1, 1, 1.2, 1.6, 1.2, 1, 1, 1, 1])

@@ -84,7 +84,8 @@ class Evaluation:
 
     def protocol(self, method: str) -> str:
         """What ``method``'s figure measures, in words (the stored score's kind for ``raw``)."""
-        return PROTOCOLS[method] + (f" ({self.score_kind})" if method == "raw" else "")
+        kind = "calibrated: what a live stream gets" if self.score_kind == "calibrated" else self.score_kind
+        return PROTOCOLS[method] + (f" ({kind})" if method == "raw" else "")
 
     def to_dict(self) -> dict:
         out: dict = {name: {"micro_auc": r.micro, "macro_auc": r.macro, "frames": r.frames, "per_video": r.per_video}
