@@ -107,8 +107,13 @@ def _format_error(source: str, error: ValidationError, prefix: str = "", shown: 
     parts = []
     for complaint in error.errors()[:shown]:
         location = ".".join(str(part) for part in (prefix, *complaint["loc"]) if part != "")
-        unknown = complaint["type"] in ("extra_forbidden", "unexpected_keyword_argument")
-        parts.append(f"{location}: {'unknown key' if unknown else complaint['msg']}")
+        if complaint["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            message = "unknown key"
+        elif complaint["type"] in ("model_type", "dataclass_type"):  # pydantic names our class here
+            message = f"should be a mapping of keys, got {type(complaint['input']).__name__} {complaint['input']!r:.40}"
+        else:
+            message = complaint["msg"]
+        parts.append(f"{location}: {message}")
     more = f" (+{error.error_count() - shown} more)" if error.error_count() > shown else ""
     return f"{source}: {'; '.join(parts)}{more}"
 

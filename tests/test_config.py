@@ -43,6 +43,8 @@ def test_cpu_config_is_smaller_than_paper_config():
     ({"model": {"name": "dmad"}, "train": {"data": "x", "precision": "fp16"}},
      "cfg.yaml: train.precision: Input should be 'fp32' or 'bf16'"),
     ({"modle": {}}, "cfg.yaml: model: Field required"),
+    ({"model": {"name": "dmad"}, "score": 5}, "cfg.yaml: score: should be a mapping of keys, got int 5"),
+    ({"model": "dmad"}, "cfg.yaml: model: should be a mapping of keys, got str 'dmad'"),
     ({"model": {"name": "dmad", "score": "best"}}, "cfg.yaml: model.score: Input should be 'paper' or 'official'"),
 ])
 def test_bad_keys_are_one_line_errors_naming_the_key(data, message):
