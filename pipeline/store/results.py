@@ -89,7 +89,7 @@ class ResultStore:
         exists = check_target(self.path, mode)
         if mode == "resume" and exists:
             self.root = self._open_existing()
-            self._check_same_run(run_attrs)
+            check_same_run(self.path, self.root, run_attrs)
         else:
             try:
                 self.root = zarr.open_group(zarr_store(self.path), mode="w")
@@ -115,9 +115,6 @@ class ResultStore:
             raise StoreError(f"{self.path}: store format {root.attrs.get('format')!r} is not {STORE_FORMAT!r} "
                              f"(written by another version); score into a new store or pass --overwrite")
         return root
-
-    def _check_same_run(self, run_attrs: dict[str, Any]) -> None:
-        check_same_run(self.path, self.root, run_attrs)
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         """The run's inputs that gave no stream (``failed``: errors) and the files left out of its
