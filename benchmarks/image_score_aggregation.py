@@ -1,7 +1,7 @@
 """How a still model's image score is pooled from its anomaly map: image AUROC of each pooling.
 
     python benchmarks/image_score_aggregation.py runs/mtd_padim runs/mtd_favae --fuse mtd_padim,mtd_favae \
-        --json docs/mtd_image_pooling.json
+        --json benchmarks/results/mtd_image_pooling.json
 
 Each run is scored through the Ray pipeline on the MTD test split; from the stored maps (resized to
 ``--side`` px, as every model sees a square image) the image score is recomputed as the map's mean
@@ -27,6 +27,7 @@ from scipy.stats import rankdata
 from models.score_maps import max_box_mean
 from pipeline.config import ScoreSection
 from pipeline.datasets.layouts import ImageRecord
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.run import score_sources
 from pipeline.evaluation.image_metrics import image_auroc
 from pipeline.evaluation.stills import scored_images
@@ -79,8 +80,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for run in args.runs:
             store = Path(scratch) / f"{run.name}.zarr"
-            score_sources([f"mtd:{args.data}?seed={args.seed}"], str(run / "model.pt"), store,
-                          ScoreSection(replicas=args.replicas), mode="overwrite", progress=False)
+            score_sources(RunPlan(specs=[f"mtd:{args.data}?seed={args.seed}"], checkpoint=str(run / "model.pt"),
+                                  out=store, settings=ScoreSection(replicas=args.replicas), mode="overwrite",
+                                  progress=False))
             records, scores = pooled_scores(store, args.side)
             if order is not None and [r.path for r in records] != [r.path for r in order]:
                 raise SystemExit(f"{run}: scored other images than {args.runs[0]}")

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.config import ScoreSection
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
 from pipeline.sources.camera import Reconnect
@@ -37,9 +38,10 @@ def run_setup(video: Path, fps: float, streams: int, policy: str, duration: floa
     cameras = [spawn(video, fps) for _ in range(streams)]
     out = folder / f"live_{fps}_{streams}_{policy}.zarr"
     try:
-        report = score_sources([url for _, url in cameras], str(SHIPPED_CHECKPOINT), out, ScoreSection(), progress=False,
-                               source_options=SourceOptions(reconnect=Reconnect(stall_timeout_s=5)),
-                               live=LiveOptions(policy=policy), duration_s=duration)
+        report = score_sources(RunPlan(specs=[url for _, url in cameras], checkpoint=str(SHIPPED_CHECKPOINT), out=out,
+                                       settings=ScoreSection(), progress=False,
+                                       source_options=SourceOptions(reconnect=Reconnect(stall_timeout_s=5)),
+                                       live=LiveOptions(policy=policy), duration_s=duration))
     finally:
         for process, _ in cameras:
             process.kill()

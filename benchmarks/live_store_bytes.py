@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.config import ScoreSection
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
 from pipeline.sources.camera_server import spawn
@@ -38,8 +39,9 @@ def main() -> int:
     try:
         for keep in args.keep:
             out = folder / f"keep{keep}.zarr"
-            score_sources([url], str(SHIPPED_CHECKPOINT), out, ScoreSection(), progress=False,
-                          live=LiveOptions(policy="every", maps_every=keep), duration_s=args.duration)
+            score_sources(RunPlan(specs=[url], checkpoint=str(SHIPPED_CHECKPOINT), out=out, settings=ScoreSection(),
+                                  progress=False, live=LiveOptions(policy="every", maps_every=keep),
+                                  duration_s=args.duration))
             root = open_results(out)
             (key,) = root.group_keys()
             group = out / key

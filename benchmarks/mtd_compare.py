@@ -2,7 +2,7 @@
 pipeline, evaluate, and write a markdown table, a JSON file and a worst-cases figure.
 
     python benchmarks/mtd_compare.py runs/mtd_padim runs/mtd_adtr runs/mtd_favae runs/mtd_ds2 \
-        --data ../shared/data/mtd --json docs/mtd_results.json --figure docs/img/mtd_worst_cases.png
+        --data ../shared/data/mtd --json benchmarks/results/mtd_results.json --figure docs/img/mtd_worst_cases.png
     python benchmarks/mtd_compare.py runs/mtd_padim runs/mtd_adtr runs/mtd_adtr_plus --labelled 5  # ADTR+
 
 Each run folder holds ``model.pt`` and ``train_log.jsonl`` (``anomstream train``). Train time is
@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.config import ScoreSection  # noqa: E402
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.run import score_sources
 from pipeline.evaluation.stills import ScoredImage, evaluate_stills, scored_images  # noqa: E402
 
@@ -75,8 +76,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for run in args.runs:
             store = Path(scratch) / f"{run.name}.zarr"
-            report = score_sources([spec], str(run / "model.pt"), store, ScoreSection(replicas=args.replicas),
-                                   mode="overwrite", progress=False)
+            report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
+                                           settings=ScoreSection(replicas=args.replicas), mode="overwrite",
+                                           progress=False))
             evaluation = evaluate_stills(store)
             name = run.name
             results[name] = {**evaluation.to_dict(), "train_seconds": round(train_seconds(run), 1),

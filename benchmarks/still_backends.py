@@ -88,6 +88,7 @@ def speed(rounds: int = 3, batch: int = 16) -> None:
 
 def accuracy(runs: list[Path], replicas: int = 2) -> None:
     from pipeline.config import ScoreSection
+    from pipeline.driver.plan import RunPlan
     from pipeline.driver.run import score_sources
     from pipeline.evaluation.image_metrics import image_auroc, pixel_auroc
     from pipeline.evaluation.stills import scored_images
@@ -100,9 +101,9 @@ def accuracy(runs: list[Path], replicas: int = 2) -> None:
             reference = None
             for backend, precision in BACKENDS:
                 store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
-                report = score_sources([spec], str(run / "model.pt"), store,
-                                       ScoreSection(replicas=replicas, backend=backend, precision=precision),
-                                       mode="overwrite", progress=False)
+                report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
+                                               settings=ScoreSection(replicas=replicas, backend=backend, precision=precision),
+                                               mode="overwrite", progress=False))
                 images = scored_images(store)
                 image = image_auroc(np.array([i.score for i in images]), np.array([i.record.anomalous for i in images]))
                 pixel = pixel_auroc([i.anomaly_map for i in images], [i.mask for i in images])

@@ -57,7 +57,7 @@ def ray_fps(folder: Path, streams: int, frames: int, writers: int) -> float:
 
     from pipeline.driver.ray_setup import ensure_ray
     from pipeline.store import result_arrays
-    from workers.writer import WriterActor
+    from workers.writer import WriterActor, WriterConfig
 
     ensure_ray()
     rng = np.random.default_rng(0)
@@ -65,8 +65,8 @@ def ray_fps(folder: Path, streams: int, frames: int, writers: int) -> float:
     arrays = result_arrays(MAP, TERMS)
     out = str(folder / f"ray{writers}.zarr")
     actors = [WriterActor.options(num_cpus=0).remote() for _ in range(writers)]
-    ray.get(actors[0].open.remote(out, {"model": "dmad"}, "overwrite"))
-    ray.get([actor.open.remote(out, {"model": "dmad"}, "resume", deliver=False) for actor in actors[1:]])
+    ray.get(actors[0].open.remote(WriterConfig(out, {"model": "dmad"}, "overwrite")))
+    ray.get([actor.open.remote(WriterConfig(out, {"model": "dmad"}, "resume", deliver=False)) for actor in actors[1:]])
     started = time.perf_counter()
     owner = {f"s{stream}": actors[stream % writers] for stream in range(streams)}
     ray.get([owner[s].open_stream.remote(s, arrays, BATCH, frames, {"source": s}) for s in owner])

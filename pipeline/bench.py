@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.backends.choice import BackendChoice, choose_backend
 from pipeline.calibration.stored import run_calibration
 from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from pipeline.config import ScoreSection
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.run import score_sources
 from pipeline.sources.resolve import open_sources
@@ -77,12 +79,46 @@ def _backend_scorers(checkpoint: str, backends: list[str], threads: int) -> dict
     return scorers
 
 
+def _pipeline_fps(samples: dict[str, list[float]], scorers: dict, spec: str, checkpoint: str, batch_size: int,
+                  repeats: int, out_dir: Path) -> None:
+    """One round of the Ray pipeline: 1 replica on the first backend, 2 replicas on each; appended
+    to ``samples`` (fps, busy share; per backend when several are compared)."""
+    labels = list(scorers) if len(scorers) > 1 else []
+    first = next(iter(scorers))
+    for replicas, label in [(1, None), *((2, label) for label in scorers)]:
+        choice = scorers[label or first][1]
+        settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend, precision=choice.precision)
+        report = score_sources(RunPlan(specs=[spec] * repeats, checkpoint=checkpoint, out=out_dir / f"pipeline{replicas}.zarr",
+                                       settings=settings, mode="overwrite", progress=False,
+                                       max_active_streams=replicas + 1))
+        fps = report.frames / report.seconds
+        if label is None or label == first:
+            samples[f"pipeline{replicas}_fps"].append(fps)
+            samples[f"pipeline{replicas}_busy"].append(statistics.mean(report.replica_busy))
+        if label is not None and labels:
+            samples[f"pipeline2_fps_{label}"].append(fps)
+
+
+def _ratios(results: dict[str, float], labels: list[str]) -> None:
+    """The pipeline's and the backends' ratios, between medians."""
+    results["pipeline1_over_model"] = results["pipeline1_fps"] / results["model_fps"]
+    results["pipeline1_over_naive"] = results["pipeline1_fps"] / results["naive_fps"]
+    results["pipeline2_over_model"] = results["pipeline2_fps"] / results["model_fps"]
+    results["naive_over_model"] = results["naive_fps"] / results["model_fps"]
+    for label in labels[1:]:
+        results[f"model_{label}_over_{labels[0]}"] = results[f"model_fps_{label}"] / results[f"model_fps_{labels[0]}"]
+    for label in labels:
+        results[f"pipeline2_{label}_over_model"] = results[f"pipeline2_fps_{label}"] / results[f"model_fps_{label}"]
+
+
 def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4, out: str = "bench_out",
               rounds: int = 3, backends: list[str] | None = None) -> dict[str, float]:
+    """Every stage's fps on clip ``spec`` (medians of ``rounds`` interleaved rounds) and their ratios.
+    Scratch stores go into a new temporary folder inside ``out`` (made if missing), removed at
+    the end: nothing else in ``out`` is touched."""
     cores = os.cpu_count() or 1
-    out_dir = Path(out)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix="anomstream-bench-", dir=out))
     backends = backends or ["torch"]
     scorers = _backend_scorers(checkpoint, backends, cores)
     core = next(iter(scorers.values()))[0]
@@ -98,46 +134,31 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
     samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "pipeline1_busy", "pipeline2_busy",
                                                                  *(f"model_fps_{label}" for label in labels),
                                                                  *(f"pipeline2_fps_{label}" for label in labels))}
-    for round_number in range(rounds):
-        torch.set_num_threads(cores)
-        for label, (scorer, _) in scorers.items():
-            fps = _model_fps(scorer, batches, repeats)
-            if scorer is core:
-                samples["model_fps"].append(fps)
-            if labels:
-                samples[f"model_fps_{label}"].append(fps)
-        started = time.perf_counter()
-        naive_frames = sum(naive_score(spec, checkpoint, out_dir / f"naive{i}.zarr", batch_size, cores) for i in range(repeats))
-        samples["naive_fps"].append(naive_frames / (time.perf_counter() - started))
-        torch.set_num_threads(1)  # the driver only waits from here on
-        ensure_ray()
-        for replicas, label in [(1, None), *((2, label) for label in scorers)]:
-            choice = scorers[label or next(iter(scorers))][1]
-            settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend,
-                                    precision=choice.precision)
-            report = score_sources([spec] * repeats, checkpoint, out_dir / f"pipeline{replicas}.zarr", settings,
-                                   mode="overwrite", progress=False, max_active_streams=replicas + 1)
-            fps = report.frames / report.seconds
-            if label is None or label == next(iter(scorers)):
-                samples[f"pipeline{replicas}_fps"].append(fps)
-                samples[f"pipeline{replicas}_busy"].append(statistics.mean(report.replica_busy))
-            if label is not None and labels:
-                samples[f"pipeline2_fps_{label}"].append(fps)
-        print(f"round {round_number + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()), flush=True)
-
+    try:
+        for round_number in range(rounds):
+            torch.set_num_threads(cores)
+            for label, (scorer, _) in scorers.items():
+                fps = _model_fps(scorer, batches, repeats)
+                if scorer is core:
+                    samples["model_fps"].append(fps)
+                if labels:
+                    samples[f"model_fps_{label}"].append(fps)
+            started = time.perf_counter()
+            naive_frames = sum(naive_score(spec, checkpoint, out_dir / f"naive{i}.zarr", batch_size, cores)
+                               for i in range(repeats))
+            samples["naive_fps"].append(naive_frames / (time.perf_counter() - started))
+            torch.set_num_threads(1)  # the driver only waits from here on
+            ensure_ray()
+            _pipeline_fps(samples, scorers, spec, checkpoint, batch_size, repeats, out_dir)
+            print(f"round {round_number + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()),
+                  flush=True)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
     results.update({key: statistics.median(values) for key, values in samples.items()})
-    results["pipeline1_over_model"] = results["pipeline1_fps"] / results["model_fps"]
-    results["pipeline1_over_naive"] = results["pipeline1_fps"] / results["naive_fps"]
-    results["pipeline2_over_model"] = results["pipeline2_fps"] / results["model_fps"]
-    results["naive_over_model"] = results["naive_fps"] / results["model_fps"]
-    for label in labels[1:]:
-        results[f"model_{label}_over_{labels[0]}"] = results[f"model_fps_{label}"] / results[f"model_fps_{labels[0]}"]
-    for label in labels:
-        results[f"pipeline2_{label}_over_model"] = results[f"pipeline2_fps_{label}"] / results[f"model_fps_{label}"]
+    _ratios(results, labels)
     results["rounds"] = rounds
     print(f"clip {spec}: {count} frames x {repeats}, batch {batch_size}, {cores} cores, torch {torch.__version__}, "
           f"backends {', '.join(backends)}, medians of {rounds} rounds")
     for key, value in results.items():
         print(f"{key:24s} {value:8.2f}")
-    shutil.rmtree(out_dir, ignore_errors=True)
     return results

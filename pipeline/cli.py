@@ -56,13 +56,24 @@ def _mode(args: argparse.Namespace) -> str:
     return "overwrite" if args.overwrite else "resume" if args.resume else "create"
 
 
+SCORE_CONNECT_TIMEOUT_S = 30.0  # score's --connect-timeout when not given; live's is None
+
+
+def _connect_timeout(args: argparse.Namespace) -> float | None:
+    """``--connect-timeout`` as the command uses it: the value given, else 30 s under ``score`` and
+    None under ``live`` (retried as long as ``--reconnect-attempts`` allows)."""
+    if args.connect_timeout is not None:
+        return args.connect_timeout
+    return SCORE_CONNECT_TIMEOUT_S if args.command == "score" else None
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     """``score``: every input scored on its own; each failure printed, exit 2 if any."""
     from pipeline.sources.camera import Reconnect
     from pipeline.sources.resolve import SourceOptions
     from pipeline.stream.live import LiveOptions
 
-    options = SourceOptions(args.max_frames, reconnect=Reconnect(connect_timeout_s=args.connect_timeout))
+    options = SourceOptions(args.max_frames, reconnect=Reconnect(connect_timeout_s=_connect_timeout(args)))
     return _run_scoring(args, options, LiveOptions(policy="every"))  # a camera under score: every frame it sends
 
 
@@ -74,7 +85,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
     from pipeline.stream.live import LiveOptions
 
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
-                          connect_timeout_s=args.connect_timeout)
+                          connect_timeout_s=_connect_timeout(args))
     options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
     live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None,
                        maps_every=args.keep_maps)
@@ -84,8 +95,10 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
 def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None, view=None,
                  rotate_s: float | None = None) -> int:
+    from pipeline.driver.plan import RunPlan
     from pipeline.driver.run import score_sources
     from pipeline.events.recorder import EventOptions, events_folder
+    from pipeline.stream.live import LiveOptions
 
     settings, model_name = _score_settings(args)
     events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
@@ -99,10 +112,11 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         stream_ids += [stream_id for _, stream_id in listed]
     if not specs:
         raise AnomstreamError(f"{args.command}: no input: give sources, or --manifest FILE")
-    report = score_sources(specs, args.checkpoint, args.out, settings, _mode(args), args.address,
-                           progress=not args.quiet, expected_model=model_name, source_options=options, live=live,
-                           duration_s=duration_s, view=view, rotate_s=rotate_s, calibration=args.calibration,
-                           events=events, stream_ids=stream_ids)
+    plan = RunPlan(specs=specs, stream_ids=stream_ids, checkpoint=args.checkpoint, expected_model=model_name,
+                   calibration=args.calibration, out=args.out, mode=_mode(args), rotate_s=rotate_s, settings=settings,
+                   source_options=options, live=live or LiveOptions(), duration_s=duration_s, view=view, events=events,
+                   address=args.address, progress=not args.quiet)
+    report = score_sources(plan)
     if report.streams and not report.started:  # a resume found each stream complete, or refused it
         complete = sum(stream.skipped for stream in report.streams.values())
         refused = len(report.streams) - complete
@@ -158,12 +172,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """``calibrate``: fit a calibration on normal footage; a file, or stored into the checkpoint."""
-    from pipeline.calibration.fit import calibrate_checkpoint
+    from pipeline.calibration.fit import CalibrationOptions, calibrate_checkpoint
     from pipeline.calibration.stored import save_calibration
     from pipeline.checkpoint import read_checkpoint, write_payload
 
-    calibration = calibrate_checkpoint(args.checkpoint, args.data, args.smoothing, args.false_alarm_rate,
-                                       threads=args.threads, progress=not args.quiet, position_scale=args.position_scale)
+    options = CalibrationOptions(args.smoothing, args.false_alarm_rate, position_scale=args.position_scale)
+    calibration = calibrate_checkpoint(args.checkpoint, args.data, options, threads=args.threads, progress=not args.quiet)
     if args.into:
         payload = read_checkpoint(args.checkpoint)
         write_payload(Path(args.into), {**payload, "calibration": calibration.to_payload()})
@@ -304,87 +318,129 @@ def _at_least(low: float, kind: type = int):
     return parse
 
 
+SOURCE_HELP = ("video file (any container FFmpeg reads, judged by content), frame folder, folder of clips or images, "
+               "camera device (camera:N or /dev/videoN; a bare N only where no file or folder N exists), stream URL "
+               "(rtsp, rtmp, http(s), udp, srt), or a labelled still dataset (mtd:ROOT, mvtec:CATEGORY, "
+               "mvtec_loco:CATEGORY, ksdd2:ROOT); an existing path always means that path")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomstream", description="Streaming anomaly detection in video and images.")
     commands = parser.add_subparsers(dest="command", required=True)
+    quiet, scoring, connection = _quiet_parent(), _scoring_parent(), _connection_parent()
+    _add_demo(commands, [quiet])
+    _add_train(commands, [quiet])
+    _add_score(commands, [scoring, quiet, connection])
+    _add_live(commands, [scoring, quiet, connection])
+    _add_calibrate(commands, [quiet])
+    _add_export(commands)
+    _add_eval(commands)
+    _add_bench(commands)
+    return parser
 
-    demo = commands.add_parser("demo", help="score the bundled Ped2 clip with the shipped checkpoint")
+
+def _quiet_parent() -> argparse.ArgumentParser:
+    """``--quiet``: demo, train, score, live and calibrate."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parent
+
+
+def _connection_parent() -> argparse.ArgumentParser:
+    """``--connect-timeout``: score and live, each with its own default (``_connect_timeout``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--connect-timeout", type=_at_least(0, float), metavar="SECONDS",
+                        help="keep trying a camera's first connection this long (0: one try; default: "
+                             f"{SCORE_CONNECT_TIMEOUT_S:g} under score, as --reconnect-attempts says under live)")
+    return parent
+
+
+def _scoring_parent() -> argparse.ArgumentParser:
+    """What score and live share: model, replicas, store, calibration and events."""
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_run_options(parent)
+    _add_event_options(parent)
+    return parent
+
+
+def _add_demo(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser("demo", parents=parents, help="score the bundled Ped2 clip with the shipped checkpoint")
     demo.add_argument("--out", default="anomstream_demo", help="output folder (default: ./anomstream_demo)")
     demo.add_argument("--replicas", type=_at_least(1), default=2, help="model replicas (default 2)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_cmd_demo)
 
-    train = commands.add_parser("train", help="train a model from a YAML config")
+
+def _add_train(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    train = commands.add_parser("train", parents=parents, help="train a model from a YAML config")
     train.add_argument("config", help="YAML config (e.g. configs/ped2_dmad_cpu.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
     train.add_argument("--data", help="override train.data (frame folders or videos of normal data)")
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--output-dir", help="override train.output_dir")
     train.add_argument("--stage1", help="DSR: the stage-1 (discrete VQ-VAE) checkpoint to build on")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_cmd_train)
 
-    def backend_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--backend", help="what replicas score with: auto (default: the fastest installed one whose "
-                                           "outputs match torch's, else torch), torch, onnxruntime, openvino (the "
-                                           "model's exported graph, CPU); docs/backends.md")
-        sub.add_argument("--precision", help="fp32 (default) or bf16 (OpenVINO where the CPU has bf16 units; torch autocast)")
 
-    def scoring_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint (default: shipped Ped2 DMAD)")
-        sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ... (a file "
-                                          "with only that section will do)")
-        sub.add_argument("--out", required=True, help="zarr store to write: a path (STORE.zarr) or an object-store URL "
-                                                      "(s3://BUCKET/STORE.zarr, gs://, az://; credentials from the environment)")
-        sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
-        sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
-        sub.add_argument("--writers", type=int, help="writer processes on this node, each writing whole streams (default "
-                                                     "1; more for many streams on many replicas: docs/cluster.md)")
-        backend_options(sub)
-        sub.add_argument("--address", help="join this Ray cluster: auto (the local one, or RAY_ADDRESS) or HOST:PORT of "
-                                            "its head (default: start a local Ray of this run's own, whatever "
-                                            "RAY_ADDRESS says)")
-        sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
-        sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
-        sub.add_argument("--max-frames", type=_at_least(1), help="stop each live stream after this many frames")
-        sub.add_argument("--calibration", metavar="FILE",
-                         help="calibration file (anomstream calibrate); default: the checkpoint's own, if it has one. "
-                              "The stored score is then calibrated: -log10 of its rate on normal footage")
-        sub.add_argument("--event-threshold", type=float, metavar="SCORE",
-                         help="an event starts when the score exceeds this (default: the calibration's threshold; "
-                              "no calibration and no threshold: no events)")
-        sub.add_argument("--event-low", type=float, metavar="SCORE",
-                         help="an event goes on while the score stays at or above this (default: threshold - 1 with a "
-                              "calibration, at least half the threshold; else the threshold)")
-        sub.add_argument("--event-end-after", type=_at_least(1), default=10, metavar="FRAMES",
-                         help="an event ends after this many frames below the low threshold (default 10)")
-        sub.add_argument("--event-min-frames", type=_at_least(1), default=3, metavar="FRAMES",
-                         help="shorter events are dropped (default 3)")
-        sub.add_argument("--event-merge-gap", type=_at_least(0), default=25, metavar="FRAMES",
-                         help="an event starting this soon after another's end extends it (default 25)")
-        sub.add_argument("--webhook", metavar="URL",
-                         help="POST each event start and end as JSON here (retries with backoff; undelivered messages "
-                              "wait in OUT.events/outbox/ for the next run); receivers deduplicate by message_id")
-        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+def _add_run_options(sub: argparse.ArgumentParser) -> None:
+    """Model, replicas, backend, cluster and store options of score and live."""
+    sub.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint (default: shipped Ped2 DMAD)")
+    sub.add_argument("--config", help="YAML config whose 'score' section sets batch size, replicas, ... (a file "
+                                      "with only that section will do)")
+    sub.add_argument("--out", required=True, help="zarr store to write: a path (STORE.zarr) or an object-store URL "
+                                                  "(s3://BUCKET/STORE.zarr, gs://, az://; credentials from the environment)")
+    sub.add_argument("--replicas", type=int, help="model replicas (default from config, else 2)")
+    sub.add_argument("--batch-size", type=int, help="frames per replica call (default 16)")
+    sub.add_argument("--writers", type=int, help="writer processes on this node, each writing whole streams (default "
+                                                 "1; more for many streams on many replicas: docs/cluster.md)")
+    sub.add_argument("--backend", help="what replicas score with: auto (default: the fastest installed one whose "
+                                       "outputs match torch's, else torch), torch, onnxruntime, openvino (the "
+                                       "model's exported graph, CPU); docs/backends.md")
+    sub.add_argument("--precision", help="fp32 (default) or bf16 (OpenVINO where the CPU has bf16 units; torch autocast)")
+    sub.add_argument("--address", help="join this Ray cluster: auto (the local one, or RAY_ADDRESS) or HOST:PORT of "
+                                        "its head (default: start a local Ray of this run's own, whatever "
+                                        "RAY_ADDRESS says)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    sub.add_argument("--resume", action="store_true", help="continue an existing store, skipping written frames")
+    sub.add_argument("--max-frames", type=_at_least(1), help="stop each live stream after this many frames")
 
-    source_help = ("video file (any container FFmpeg reads, judged by content), frame folder, folder of clips or images, "
-                   "camera device (camera:N or /dev/videoN; a bare N only where no file or folder N exists), stream URL "
-                   "(rtsp, rtmp, http(s), udp, srt), or a labelled still dataset (mtd:ROOT, mvtec:CATEGORY, "
-                   "mvtec_loco:CATEGORY, ksdd2:ROOT); an existing path always means that path")
-    score = commands.add_parser("score", help="score videos, frame folders, image folders or cameras into a zarr store")
-    score.add_argument("sources", nargs="*", help=source_help)
-    scoring_options(score)
+
+def _add_event_options(sub: argparse.ArgumentParser) -> None:
+    """Calibration, event detection and the webhook, of score and live."""
+    sub.add_argument("--calibration", metavar="FILE",
+                     help="calibration file (anomstream calibrate); default: the checkpoint's own, if it has one. "
+                          "The stored score is then calibrated: -log10 of its rate on normal footage")
+    sub.add_argument("--event-threshold", type=float, metavar="SCORE",
+                     help="an event starts when the score exceeds this (default: the calibration's threshold; "
+                          "no calibration and no threshold: no events)")
+    sub.add_argument("--event-low", type=float, metavar="SCORE",
+                     help="an event goes on while the score stays at or above this (default: threshold - 1 with a "
+                          "calibration, at least half the threshold; else the threshold)")
+    sub.add_argument("--event-end-after", type=_at_least(1), default=10, metavar="FRAMES",
+                     help="an event ends after this many frames below the low threshold (default 10)")
+    sub.add_argument("--event-min-frames", type=_at_least(1), default=3, metavar="FRAMES",
+                     help="shorter events are dropped (default 3)")
+    sub.add_argument("--event-merge-gap", type=_at_least(0), default=25, metavar="FRAMES",
+                     help="an event starting this soon after another's end extends it (default 25)")
+    sub.add_argument("--webhook", metavar="URL",
+                     help="POST each event start and end as JSON here (retries with backoff; undelivered messages "
+                          "wait in OUT.events/outbox/ for the next run); receivers deduplicate by message_id")
+
+
+def _add_score(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    score = commands.add_parser("score", parents=parents,
+                                help="score videos, frame folders, image folders or cameras into a zarr store")
+    score.add_argument("sources", nargs="*", help=SOURCE_HELP)
     score.add_argument("--manifest", metavar="FILE",
                        help="more inputs, one source spec per line (# comments), or a CSV table with a 'source' column and "
                             "an optional 'stream_id' column; relative paths are relative to the manifest's folder")
-    score.add_argument("--connect-timeout", type=_at_least(0, float), default=30.0, metavar="SECONDS",
-                       help="keep trying a camera's first connection this long (default 30; 0: one try)")
     score.set_defaults(run=_cmd_score)
 
-    live = commands.add_parser("live", help="score live cameras or streams (camera:N, rtsp://, http(s)://, ...); "
-                                            "recordings are played in real time")
-    live.add_argument("sources", nargs="+", metavar="source", help=source_help)
-    scoring_options(live)
+
+def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    live = commands.add_parser("live", parents=parents,
+                               help="score live cameras or streams (camera:N, rtsp://, http(s)://, ...); "
+                                    "recordings are played in real time")
+    live.add_argument("sources", nargs="+", metavar="source", help=SOURCE_HELP)
     live.add_argument("--policy", choices=["every", "latest"],
                       help="every: score every frame delivered (backpressure); latest: bounded latency, whole windows "
                            "dropped when the replicas fall behind (default: latest for cameras, every for recordings)")
@@ -395,8 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="give a stream up after N failed (re)connection attempts in a row (default: never)")
     live.add_argument("--stall-timeout", type=_at_least(0.1, float), default=10.0, metavar="SECONDS",
                       help="no frame for this long: reconnect and record a gap (default 10)")
-    live.add_argument("--connect-timeout", type=_at_least(0, float), metavar="SECONDS",
-                      help="give up a first connection after this long (default: as --reconnect-attempts says)")
     live.add_argument("--frozen-after", type=_at_least(0, float), default=5.0, metavar="SECONDS",
                       help="the same image for this long is a frozen feed: a gap, not scored (default 5; 0: off)")
     live.add_argument("--keep-maps", type=_at_least(0), default=1, metavar="N",
@@ -410,7 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="address the view listens on (default 127.0.0.1: this machine only; 0.0.0.0: everywhere)")
     live.set_defaults(run=_cmd_live)
 
-    calibrate = commands.add_parser("calibrate", help="fit calibrated scores and a threshold on normal footage")
+
+def _add_calibrate(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    calibrate = commands.add_parser("calibrate", parents=parents,
+                                    help="fit calibrated scores and a threshold on normal footage")
     calibrate.add_argument("checkpoint", help="model checkpoint to calibrate")
     calibrate.add_argument("--data", nargs="+", required=True, metavar="SOURCE",
                            help="normal footage only (videos, frame folders, image folders, dataset specs); "
@@ -427,9 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also divide the model's reference terms by their per-position normal spread (DMAD: "
                                 "helps crowded scenes such as Avenue, hurts Ped2; docs/results.md)")
     calibrate.add_argument("--threads", type=_at_least(1), help="torch threads (default: all cores)")
-    calibrate.add_argument("--quiet", action="store_true", help="no progress bars")
     calibrate.set_defaults(run=_cmd_calibrate)
 
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="a checkpoint's scoring graph as ONNX or OpenVINO IR, with its metadata")
     export.add_argument("checkpoint", help="model checkpoint (any model)")
     export.add_argument("--format", required=True, help="onnx (model.onnx) or openvino (model.xml + model.bin)")
@@ -437,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--calibration", metavar="FILE", help="calibration file (default: the checkpoint's own, if any)")
     export.set_defaults(run=_cmd_export)
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="frame-level AUC (video) or image/pixel AUROC and PRO (stills) of a store")
     evaluate.add_argument("store", help="zarr store written by 'anomstream score'")
     evaluate.add_argument("--dataset", default="ped2", choices=["ped2", "avenue", "shanghaitech", *STILL_DATASETS],
@@ -458,18 +518,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="write the results as JSON here")
     evaluate.set_defaults(run=_cmd_eval)
 
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="decode / model / naive loop / pipeline fps and their ratios")
     bench.add_argument("--source", default="../shared/data/ped2/testing/frames/04", help="clip to benchmark on")
     bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
     bench.add_argument("--batch-size", type=_at_least(1), default=16)
     bench.add_argument("--repeats", type=_at_least(1), default=4, help="times the clip is scored per measurement (default 4)")
     bench.add_argument("--rounds", type=_at_least(1), default=3, help="interleaved rounds; figures are their medians (default 3)")
-    bench.add_argument("--out", default="bench_out", help="scratch folder for stores (removed afterwards)")
+    bench.add_argument("--out", default="bench_out", help="where the scratch stores go: a new temporary folder inside "
+                       "it, removed afterwards (nothing else there is touched; default: bench_out)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.add_argument("--backends", help="comma-separated backends measured side by side, the first as reference: "
                                           "torch, onnxruntime, openvino, openvino:bf16 (default: torch)")
     bench.set_defaults(run=_cmd_bench)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

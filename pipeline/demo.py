@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.assets import SAMPLE_CLIP, SAMPLE_LABELS, SHIPPED_CHECKPOINT
 from pipeline.config import ScoreSection
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.run import score_sources
 from pipeline.errors import AnomstreamError
 from pipeline.evaluation.frame_metrics import frame_auc, minmax
@@ -31,8 +32,8 @@ def run_demo(out: Path, replicas: int = 2, progress: bool = True) -> dict[str, P
             raise AnomstreamError(f"{asset}: shipped demo file is missing (reinstall anomstream)")
     out.mkdir(parents=True, exist_ok=True)
     store = out / "demo.zarr"
-    report = score_sources([str(SAMPLE_CLIP)], str(SHIPPED_CHECKPOINT), store, ScoreSection(replicas=replicas),
-                           mode="overwrite", progress=progress)
+    report = score_sources(RunPlan(specs=[str(SAMPLE_CLIP)], checkpoint=str(SHIPPED_CHECKPOINT), out=store,
+                                   settings=ScoreSection(replicas=replicas), mode="overwrite", progress=progress))
     if report.errors:
         raise AnomstreamError(report.errors[0])
     group = open_results(store)[SAMPLE_CLIP.stem]

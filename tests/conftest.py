@@ -105,11 +105,14 @@ def clean_run(ray_session, ped2, shipped_checkpoint, tmp_path_factory):
     replicas of 1 thread, batches of 8, nothing going wrong: what runs with faults are compared
     with, and what the shipped checkpoint's AUC is measured on."""
     from pipeline.config import ScoreSection
+    from pipeline.driver.plan import RunPlan
     from pipeline.driver.run import score_sources
 
     out = tmp_path_factory.mktemp("clean") / "run.zarr"
-    report = score_sources([str(ped2 / "testing" / "frames" / clip) for clip in ("01", "02")], str(shipped_checkpoint), out,
-                           ScoreSection(replicas=2, batch_size=CLEAN_RUN_BATCH, replica_threads=1), progress=False)
+    report = score_sources(RunPlan(specs=[str(ped2 / "testing" / "frames" / clip) for clip in ("01", "02")],
+                                   checkpoint=str(shipped_checkpoint), out=out,
+                                   settings=ScoreSection(replicas=2, batch_size=CLEAN_RUN_BATCH, replica_threads=1),
+                                   progress=False))
     return out, report
 
 

@@ -17,6 +17,7 @@ from servers import REPO, LoopbackCamera
 
 from pipeline.cli import main
 from pipeline.config import ScoreSection
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.run import score_sources
 from pipeline.store import FrameStatus, open_results
 
@@ -138,7 +139,8 @@ def test_unreachable_camera_retries_then_one_line_error(ray_session, shipped_che
 
 
 def _reference_scores(clip, checkpoint, out) -> np.ndarray:
-    score_sources([str(clip)], str(checkpoint), out, ScoreSection(replicas=1), progress=False)
+    score_sources(RunPlan(specs=[str(clip)], checkpoint=str(checkpoint), out=out, settings=ScoreSection(replicas=1),
+                          progress=False))
     return open_results(out)["ped2_test02"]["score_raw"][:]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ScoreSection
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.run import score_sources
 from pipeline.sources.resolve import SourceOptions
 from pipeline.stream.live import LiveOptions
@@ -48,10 +48,10 @@ def test_live_view_page_shows_changing_frames_without_console_errors(ray_session
     browser = _browser()
     port = _free_port()
     reports = []
-    run = threading.Thread(target=lambda: reports.append(score_sources(
-        [str(sample_clip), str(sample_clip)], str(shipped_checkpoint), tmp_path / "view.zarr", ScoreSection(),
-        progress=False, source_options=SourceOptions(realtime=True), live=LiveOptions(policy="latest"),
-        view=("127.0.0.1", port))), daemon=True)
+    plan = RunPlan(specs=[str(sample_clip), str(sample_clip)], checkpoint=str(shipped_checkpoint),
+                   out=tmp_path / "view.zarr", progress=False, source_options=SourceOptions(realtime=True),
+                   live=LiveOptions(policy="latest"), view=("127.0.0.1", port))
+    run = threading.Thread(target=lambda: reports.append(score_sources(plan)), daemon=True)
     run.start()
     try:
         deadline = time.monotonic() + 60

@@ -5,7 +5,7 @@ from collections import deque
 
 import numpy as np
 
-from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, choose
+from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, WriteItem, WriteKind, choose
 from pipeline.sources.base import Frame, Gap, Source
 from pipeline.store import FrameStatus
 from pipeline.stream.live import LiveOptions, LiveWindows
@@ -196,8 +196,9 @@ def test_replica_pool_and_stream_choices():
     assert choose(waiting, streams, now=100.2, max_latency_s=0.1) == (Decoded("file", header, "ref1"), False)
     assert choose(waiting, streams, now=100.2, max_latency_s=0.1) is None
 
-    every.to_write = {1: (4, "b", "scored"), 0: (2, "a", "unscored"), 3: (1, "d", "scored")}
-    assert every.take_writable() == [(0, 2, "a", "unscored"), (2, 4, "b", "scored")]
+    scored, unscored = WriteKind.SCORED, WriteKind.UNSCORED
+    every.to_write = {1: WriteItem(scored, 4, "b", "rb"), 0: WriteItem(unscored, 2, "a"), 3: WriteItem(scored, 1, "d")}
+    assert every.take_writable() == [(0, WriteItem(unscored, 2, "a")), (2, WriteItem(scored, 4, "b", "rb"))]
     assert every.next_sequence == 2 and every.next_row == 6 and list(every.to_write) == [3]
 
     # a fault: what is decoded but not written is forgotten, the new decoder starts at the next unwritten row
@@ -207,11 +208,11 @@ def test_replica_pool_and_stream_choices():
     assert (every.queued, every.scoring, every.decode_pending, every.to_write, every.ended) == (0, 0, False, {}, None)
     assert every.wants_batch(waiting=0, capacity=4, replica_free=False)
     # an error at batch 4: batches 2 and 3 are still written, 4 and later dropped
-    every.to_write = {3: (4, "d", "scored"), 5: (4, "f", "scored")}
+    every.to_write = {3: WriteItem(scored, 4, "d"), 5: WriteItem(scored, 4, "f")}
     every.end_at(4, EndOfStream("file", 0, "scoring failed"))
     assert list(every.to_write) == [3] and every.keeps(3) and not every.keeps(4)
-    every.to_write[2] = (4, "c", "scored")
-    assert [row for row, *_ in every.take_writable()] == [6, 10] and every.ended.error == "scoring failed"
+    every.to_write[2] = WriteItem(scored, 4, "c")
+    assert [row for row, _ in every.take_writable()] == [6, 10] and every.ended.error == "scoring failed"
 
 
 def test_any_mix_of_requests_gaps_and_drops_scores_only_whole_contiguous_windows():

@@ -45,6 +45,7 @@ def test_a_store_on_s3_holds_what_a_local_store_holds(s3_environment, clean_run,
     from zarr.storage import ObjectStore
 
     from pipeline.config import ScoreSection
+    from pipeline.driver.plan import RunPlan
     from pipeline.driver.run import score_sources
     from pipeline.store import open_results
 
@@ -52,7 +53,8 @@ def test_a_store_on_s3_holds_what_a_local_store_holds(s3_environment, clean_run,
     clip = first_frames(ped2, "01", 40, tmp_path)
     url = "s3://runs/jobs/a.zarr"
     settings = ScoreSection(replicas=2, batch_size=CLEAN_RUN_BATCH, replica_threads=1)
-    report = score_sources([str(clip)], str(shipped_checkpoint), url, settings, progress=False)
+    report = score_sources(RunPlan(specs=[str(clip)], checkpoint=str(shipped_checkpoint), out=url, settings=settings,
+                                   progress=False))
     assert report.streams["01"].frames == 40 and report.streams["01"].error is None
 
     keys = {entry["path"] for chunk in list_objects(from_url("s3://runs/jobs")) for entry in chunk}

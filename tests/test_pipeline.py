@@ -15,6 +15,7 @@ from pipeline.checkpoint import file_sha256, read_checkpoint, write_payload
 from pipeline.cli import main
 from pipeline.config import ScoreSection
 from pipeline.datasets.video_labels import ped2_frame_labels
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.run import score_sources
 from pipeline.evaluation.video import evaluate
 from pipeline.sources.resolve import open_sources
@@ -113,7 +114,7 @@ def test_existing_store_needs_overwrite_or_resume(ray_session, sample_clip, ship
     source = open_sources(str(sample_clip))[0]
     for batch in window_batches(source.frames(), source.stream_id, 5, 16, 128, 1):
         if isinstance(batch, WindowBatch) and batch.sequence < 3:
-            store.write("ped2_test02", batch.start, core.score(batch))
+            store.write("ped2_test02", batch.sequence * 16, core.score(batch))  # row: every frame decodes here
     store.flush("ped2_test02")  # then the run was lost
     first = open_results(out)["ped2_test02"]["score"][:48]
     torch.set_num_threads(2)
@@ -179,8 +180,8 @@ def test_many_streams_through_one_busy_replica_and_two_writers(ray_session, shor
     written. Two writers share the streams (each stream written by one)."""
     out = tmp_path / "many.zarr"
     settings = ScoreSection(replicas=1, in_flight_per_replica=2, batch_size=16, writers=2)
-    report = score_sources([str(short_clip)] * 3, str(shipped_checkpoint), out, settings, progress=False,
-                           max_active_streams=3)
+    report = score_sources(RunPlan(specs=[str(short_clip)] * 3, checkpoint=str(shipped_checkpoint), out=out,
+                                   settings=settings, progress=False, max_active_streams=3))
     assert sorted(report.streams) == ["short02", "short02_1", "short02_2"] and report.frames == 144
     assert len(report.replica_busy) == 1 and 0.5 < report.replica_busy[0] <= 1.0  # the queue keeps it fed
     root = open_results(out)
@@ -196,8 +197,10 @@ def test_many_streams_through_one_busy_replica_and_two_writers(ray_session, shor
 def test_more_replicas_than_cores_do_not_pend(ray_session, short_clip, shipped_checkpoint, tmp_path):
     """CPU shares are split so that every actor fits: 3 replicas and 4 decoders on a 2-core node still
     run, here on OpenVINO (its own thread pinning off: replicas on one machine would share a core)."""
-    report = score_sources([str(short_clip)] * 4, str(shipped_checkpoint), tmp_path / "r3.zarr",
-                           ScoreSection(replicas=3, batch_size=32, backend="openvino"), progress=False)
+    report = score_sources(RunPlan(specs=[str(short_clip)] * 4, checkpoint=str(shipped_checkpoint),
+                                   out=tmp_path / "r3.zarr",
+                                   settings=ScoreSection(replicas=3, batch_size=32, backend="openvino"),
+                                   progress=False))
     assert report.replicas == 3 and report.frames == 192
     assert report.backend.backend == "openvino" and report.replica_busy and min(report.replica_busy) > 0
     root = open_results(tmp_path / "r3.zarr")
@@ -238,6 +241,8 @@ def test_shipped_avenue_checkpoint_on_videos_20_and_08(ray_session, shared_data,
 def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_checkpoint, tmp_path, capsys):
     from pipeline.bench import STAGES, run_bench
 
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "notes.txt").write_text("mine")  # --out ~/Documents must not erase it
     results = run_bench(str(short_clip), str(shipped_checkpoint), batch_size=16, repeats=1,
                         out=str(tmp_path / "bench"), rounds=1, backends=["torch", "onnxruntime"])
     printed = capsys.readouterr().out  # one round: the CI's time budget (rounds are a loop around the same code)
@@ -250,7 +255,7 @@ def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_c
         results["pipeline2_fps_onnxruntime"] / results["model_fps_onnxruntime"])
     assert 0 < results["pipeline1_busy"] <= 1 and 0 < results["pipeline2_busy"] <= 1
     assert results["pipeline1_over_model"] == pytest.approx(results["pipeline1_fps"] / results["model_fps"])
-    assert not (tmp_path / "bench").exists()  # scratch stores removed
+    assert [p.name for p in (tmp_path / "bench").iterdir()] == ["notes.txt"]  # only bench's scratch folder removed
 
 
 def test_line_scan_tiles_scored_through_ray(ray_session, ped2, shipped_checkpoint, tmp_path, capsys):

@@ -42,7 +42,7 @@ def test_source_error_flushes_frames_decoded_before_it():
 
 def test_skip_before_drops_written_batches_but_keeps_context():
     batches, _ = _collect(window_batches(_frames(20), "clip", 5, 4, 8, 1, skip_before=8))
-    assert batches[0].start == 8 and batches[0].context == 4
+    assert batches[0].first_frame_index == 8 and batches[0].context == 4
     assert batches[0].valid.all()
 
 

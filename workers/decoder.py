@@ -13,7 +13,7 @@ import ray
 
 from pipeline.sources.base import Source
 from pipeline.stream.live import LiveOptions, LiveWindows
-from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, window_batches
+from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, WindowShape, window_batches
 from workers.priority import raise_priority
 
 
@@ -26,14 +26,17 @@ class DecodeActor:
     def ready(self) -> bool:
         return True
 
-    def open(self, source: Source, window_length: int, batch_size: int, image_size: int, channels: int,
-             skip_before: int = 0, live: LiveOptions | None = None) -> None:
-        """``live``: read the source as a live stream (its frames as they come, per ``live.policy``)."""
+    def open(self, source: Source, shape: WindowShape, batch_size: int, skip_before: int = 0,
+             live: LiveOptions | None = None) -> None:
+        """Decode ``source`` into batches of ``batch_size`` targets for a model of ``shape``, from
+        its row ``skip_before`` on (a resume, or a stream decoded again). ``live``: read the source
+        as a live stream (its frames as they come, per ``live.policy``)."""
         self.stop()  # a live reader of an earlier stream (ended with an error) stops reading
         self._source = source
-        self._live = LiveWindows(source, window_length, batch_size, image_size, channels, live) if live else None
-        self._batches = None if live else window_batches(source.frames(), source.stream_id, window_length, batch_size,
-                                                         image_size, channels, skip_before)
+        t, size, channels = shape.window_length, shape.image_size, shape.channels
+        self._live = LiveWindows(source, t, batch_size, size, channels, live) if live else None
+        self._batches = None if live else window_batches(source.frames(), source.stream_id, t, batch_size, size, channels,
+                                                         skip_before)
 
     @ray.method(num_returns=2)
     def next_batch(self) -> tuple[BatchHeader | EndOfStream, WindowBatch | None]:

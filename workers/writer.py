@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,33 +21,50 @@ from pipeline.view.state import StreamView
 from workers.priority import raise_priority
 
 
+@dataclass(frozen=True)
+class WriterConfig:
+    """How a writer opens its store: ``path`` (a path or an object-store URL), ``run_attrs`` (the
+    store's root attrs), ``mode`` (create, overwrite or resume; a writer that joins a store another
+    opened: resume). ``view``: also keep what the live view shows of each stream
+    (:meth:`WriterActor.view_snapshot`); ``rotate_s``: one store per period of that many seconds
+    (:mod:`pipeline.store.rotation`); ``calibration``: a calibration's payload, the stored ``score``
+    becomes the calibrated one (:mod:`pipeline.calibration.scores`); ``events``: detect and keep
+    events, and with ``deliver`` send the webhook's outbox (one writer of a run does; the others
+    only put messages in it); ``environment``: variables set in the writer's process first (an
+    object store's credentials, as the driver has them); ``flush_s``: rows wait in memory at most
+    this long before they are written (:class:`ResultStore`)."""
+
+    path: str
+    run_attrs: dict[str, Any]
+    mode: str
+    view: bool = False
+    rotate_s: float | None = None
+    calibration: dict[str, Any] | None = None
+    events: EventSettings | None = None
+    environment: dict[str, str] | None = None
+    deliver: bool = True
+    flush_s: float = FLUSH_S
+
+
 @ray.remote
 class WriterActor:
     """Created empty; ``open`` opens the store so its errors reach the caller as StoreError."""
 
-    def open(self, path: str, run_attrs: dict[str, Any], mode: str, view: bool = False,
-             rotate_s: float | None = None, calibration: dict[str, Any] | None = None,
-             events: EventSettings | None = None, environment: dict[str, str] | None = None,
-             deliver: bool = True, flush_s: float = FLUSH_S) -> int:
-        """Returns this process's pid (the driver waits for it to be gone before a successor opens
-        the store). ``environment``: variables set here first (an object store's credentials, as
-        the driver has them); ``view``: also keep what the live view shows of each stream (:meth:`view_snapshot`);
-        ``rotate_s``: one store per period of that many seconds (:mod:`pipeline.store.rotation`);
-        ``calibration``: a calibration's payload, the stored ``score`` becomes the calibrated one
-        (:mod:`pipeline.calibration.scores`); ``events``: detect and keep events, and with ``deliver``
-        send the webhook's outbox (one writer of a run does; the others only put messages in it);
-        ``flush_s``: rows wait in memory at most this long before they are written (:class:`ResultStore`)."""
+    def open(self, config: WriterConfig) -> int:
+        """Open the store as ``config`` says; returns this process's pid (the driver waits for it
+        to be gone before a successor opens the store)."""
         raise_priority()
-        os.environ.update(environment or {})
-        self.store = RotatingStore(path, run_attrs, mode, rotate_s, flush_s=flush_s) if rotate_s else \
-            ResultStore(path, run_attrs, mode, flush_s)
+        os.environ.update(config.environment or {})
+        self.store = RotatingStore(config.path, config.run_attrs, config.mode, config.rotate_s, flush_s=config.flush_s) \
+            if config.rotate_s else ResultStore(config.path, config.run_attrs, config.mode, config.flush_s)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
-        self.views: dict[str, StreamView] | None = {} if view else None
-        self.calibration = Calibration.from_payload(calibration) if calibration else None
+        self.views: dict[str, StreamView] | None = {} if config.view else None
+        self.calibration = Calibration.from_payload(config.calibration) if config.calibration else None
         self.calibrators: dict[str, StreamCalibrator] = {}
         created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None
-        run_key = f"{path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
-        self.events = EventRecorder(events, run_key, fresh=mode == "overwrite", deliver=deliver) if events is not None else None
+        run_key = f"{config.path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
+        self.events = EventRecorder(config.events, run_key, fresh=config.mode == "overwrite", deliver=config.deliver) \
+            if config.events is not None else None
         return os.getpid()
 
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
@@ -74,23 +92,24 @@ class WriterActor:
         if self.events is not None:
             self.events.open_stream(stream_id)
 
-    def write(self, stream_id: str, start: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:
-        """Rows [start, start + n) of a stream; ``batch``: the batch they were scored from (for the live
-        view's frame and event snapshots; None: neither is taken from these rows)."""
+    def write(self, stream_id: str, row: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:
+        """Rows [row, row + n) of a stream (store rows: a frame index may skip, rows do not);
+        ``batch``: the batch they were scored from (for the live view's frame and event snapshots;
+        None: neither is taken from these rows)."""
         if stream_id in self.calibrators:
             values = {**values, "score": self.calibrators[stream_id](*_calibration_inputs(values))}
-        self.store.write(stream_id, start, values)
+        self.store.write(stream_id, row, values)
         if self.events is not None:
             self.store.add_events(stream_id, self.events.feed(stream_id, values, batch))
         if self.views is not None:
             self.views[stream_id].add_rows(values)
             if batch is not None:
                 self.views[stream_id].add_frame(batch, values)
-        return start + len(values["score"])
+        return row + len(values["score"])
 
-    def write_unscored(self, stream_id: str, start: int, batch: WindowBatch, dropped: bool) -> int:
+    def write_unscored(self, stream_id: str, row: int, batch: WindowBatch, dropped: bool) -> int:
         """A batch that no replica scores: nothing in it to score, or dropped (policy ``latest``)."""
-        return self.write(stream_id, start, unscored_rows(batch, self.specs[stream_id], dropped))
+        return self.write(stream_id, row, unscored_rows(batch, self.specs[stream_id], dropped))
 
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         self.store.add_gaps(stream_id, gaps)

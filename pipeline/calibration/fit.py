@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +32,38 @@ class TooFewFrames(AnomstreamError):
     """The normal data give fewer than ``MIN_FRAMES`` scored frames."""
 
 
-def calibrate_checkpoint(checkpoint: str | Path, data: list[str], smoothing: int = 9,
-                         false_alarm_rate: float = 1e-3, batch_size: int = 16, threads: int | None = None,
-                         max_reference_frames: int = 1000, progress: bool = True,
-                         position_scale: bool = False) -> Calibration:
-    """Fit a calibration of ``checkpoint`` on the normal sources ``data`` (any source spec);
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """``smoothing``: trailing mean of this many frames (still images: 1); ``false_alarm_rate``: the
+    share of normal frames the default threshold passes; ``batch_size``: frames per model call;
+    ``max_reference_frames``: reference maps kept at most (per-position medians);
     ``position_scale``: keep the reference maps' per-position robust scales too (see
-    :func:`fit_calibration`).
+    :func:`fit_calibration`)."""
+
+    smoothing: int = 9
+    false_alarm_rate: float = 1e-3
+    batch_size: int = 16
+    max_reference_frames: int = 1000
+    position_scale: bool = False
+
+
+def calibrate_checkpoint(checkpoint: str | Path, data: list[str], options: CalibrationOptions = CalibrationOptions(),
+                         threads: int | None = None, progress: bool = True) -> Calibration:
+    """Fit a calibration of ``checkpoint`` on the normal sources ``data`` (any source spec).
 
     Raises :class:`AnomstreamError` (one line) when a source cannot be read, the data give fewer
     than ``MIN_FRAMES`` scored frames, or an option is out of range."""
-    if smoothing < 1:
-        raise AnomstreamError(f"--smoothing must be >= 1 frame, got {smoothing}")
-    if not 0 < false_alarm_rate < 1:
-        raise AnomstreamError(f"--false-alarm-rate must be between 0 and 1, got {false_alarm_rate}")
+    if options.smoothing < 1:
+        raise AnomstreamError(f"--smoothing must be >= 1 frame, got {options.smoothing}")
+    if not 0 < options.false_alarm_rate < 1:
+        raise AnomstreamError(f"--false-alarm-rate must be between 0 and 1, got {options.false_alarm_rate}")
     if threads:
         torch.set_num_threads(threads)
     model, _ = load_model(checkpoint)
     sources = normal_sources(data, model, "--data")
     still = model.window_length == 1  # independent images: no trailing window
-    calibration = fit_calibration(model, sources, ", ".join(data), 1 if still else smoothing, false_alarm_rate,
-                                  batch_size, max_reference_frames, progress, position_scale)
+    calibration = fit_calibration(model, sources, ", ".join(data), replace(options, smoothing=1) if still else options,
+                                  progress)
     calibration.checkpoint_sha256 = file_sha256(checkpoint)
     return calibration
 
@@ -70,18 +82,18 @@ def normal_sources(data: list[str], model: AnomalyModel, option: str) -> list[So
     return inputs.sources
 
 
-def fit_calibration(model: AnomalyModel, sources: list[Source], description: str, smoothing: int,
-                    false_alarm_rate: float, batch_size: int = 16, max_reference_frames: int = 1000,
-                    progress: bool = True, position_scale: bool = False) -> Calibration:
+def fit_calibration(model: AnomalyModel, sources: list[Source], description: str, options: CalibrationOptions,
+                    progress: bool = True) -> Calibration:
     """The two passes over ``sources`` (each read twice; files, folders, datasets: not cameras).
 
     ``position_scale``: besides each reference map's per-position median, keep its per-position
     robust scale (``NAME_scale``): the model's reference terms become z-maps. Measured (docs/results.md):
     it lifts DMAD on Avenue (crowds keep the error high where people walk: video 20, 0.744 -> 0.843)
     and lowers it on Ped2 (anomalies cross the busy walkway: 0.967 -> 0.903), so it is a choice per scene."""
+    batch_size, limit = options.batch_size, options.max_reference_frames
     total = sum(source.frame_count or 0 for source in sources)
-    step = max(1, math.ceil(total / max_reference_frames)) if total else 1
-    reference = _reference(model, sources, batch_size, step, max_reference_frames, progress, position_scale)
+    step = max(1, math.ceil(total / limit)) if total else 1
+    reference = _reference(model, sources, batch_size, step, limit, progress, options.position_scale)
     model.set_reference({name: torch.from_numpy(m) for name, m in reference.items()})
     per_stream = [terms for terms in (_terms(model, source, batch_size, progress) for source in sources) if len(terms[0])]
     frames = sum(len(index) for index, _ in per_stream)
@@ -91,8 +103,8 @@ def fit_calibration(model: AnomalyModel, sources: list[Source], description: str
     names = list(weights) if weights else ["score"]
     stats = {name: term_statistics(np.concatenate([terms[name] for _, terms in per_stream]), weights.get(name, 1.0))
              for name in names}
-    calibration = Calibration(model.name, stats, smoothing, np.zeros(1), 1.0, false_alarm_rate, description, frames,
-                              reference=reference)
+    calibration = Calibration(model.name, stats, options.smoothing, np.zeros(1), 1.0, options.false_alarm_rate,
+                              description, frames, reference=reference)
     statistic = [StreamCalibrator(calibration).smoothed(index, terms, np.ones(len(index), bool))
                  for index, terms in per_stream]
     calibration.quantiles, calibration.tail_scale = fit_rarity(np.concatenate(statistic))

@@ -14,7 +14,8 @@ MAX_LINES = 100  # kept in the attrs; the counts go on
 @dataclass
 class FaultLog:
     """Faults of one run: ``counts`` per kind (``replica_restarted``, ``replica_replaced``,
-    ``batch_resent``, ``stream_redecoded``, ``decoder_replaced``) and their one-line messages."""
+    ``batch_resent``, ``stream_redecoded``, ``writer_replaced``: :mod:`pipeline.driver.recovery`)
+    and their one-line messages."""
 
     echo: bool = True
     counts: Counter = field(default_factory=Counter)

@@ -1,8 +1,8 @@
 """Scoring run on Ray: decode actors -> model replicas -> writers, with bounded in-flight work.
 
-This module sets a run up (checkpoint, inputs, store, actors) and hands it to the event loop
-(:mod:`pipeline.driver.loop`). Results are written in frame order per stream whichever replica
-finished first.
+This module sets a run up from its :class:`~pipeline.driver.plan.RunPlan` (checkpoint, inputs,
+store, actors) and hands it to the event loop (:mod:`pipeline.driver.loop`). Results are written
+in frame order per stream whichever replica finished first.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,25 @@ from pipeline.backends.choice import BackendChoice, choose_backend
 from pipeline.calibration.stored import run_calibration
 from pipeline.checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from pipeline.config import ScoreSection
-from pipeline.driver.loop import ScoringLoop, Workers
+from pipeline.driver.actors import SMALL_CPU, ActorPool, Placement
+from pipeline.driver.loop import ScoringLoop
+from pipeline.driver.opening import StreamSetup
+from pipeline.driver.plan import RunPlan
 from pipeline.driver.ray_setup import ensure_ray
 from pipeline.driver.report import RunReport
+from pipeline.driver.reporter import Reporter, reporter_for
 from pipeline.driver.resume import nothing_to_resume
 from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, first_line
-from pipeline.events.recorder import EventOptions, event_settings
+from pipeline.events.recorder import EventSettings, event_settings
 from pipeline.sources.base import Source
-from pipeline.sources.resolve import SourceOptions, resolve_inputs
+from pipeline.sources.resolve import Inputs, resolve_inputs
 from pipeline.store import check_target, result_arrays, stream_key
 from pipeline.store.location import credential_environment, is_url
-from pipeline.stream.live import LiveOptions
+from pipeline.stream.windows import WindowShape
 from pipeline.view.server import LiveView, check_port
-from workers.decoder import DecodeActor
-from workers.replica import ReplicaActor
-from workers.writer import WriterActor
+from workers.writer import WriterConfig
 
-SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs would starve replicas
 REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the loop replaces the actor)
 
 
@@ -75,14 +76,14 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     return choose_backend(settings.backend, settings.precision, model, checkpoint, sha256, reference, on_gpu)
 
 
-def _replica_places(replicas: list, model: list, report: RunReport) -> list[dict[str, Any]]:
+def _replica_places(replicas: list, model_call: list, report: RunReport) -> list[dict[str, Any]]:
     """Each replica's node, process, nice value, device and busy share (``report.replica_busy``,
     seconds scoring / run seconds; a process restarted by Ray counts from its restart). A replica
     lost after its last batch is listed as lost."""
     where = []
     for replica in replicas:
         try:
-            busy, at = ray.get([replica.busy.remote(), replica.describe.remote(model)])
+            busy, at = ray.get([replica.busy.remote(), replica.describe.remote(model_call)])
         except RayActorError as failure:
             where.append({"lost": str(failure).splitlines()[0]})
             continue
@@ -101,45 +102,16 @@ def _check_rotation(out: str | Path, rotate_s: float | None, writers: int) -> No
                               f"writer (each period's store is opened by the writer that reaches it)")
 
 
-def _writer_opener(out: str, run_attrs: dict[str, Any], here: Any, *options: Any,
-                   flush_s: float) -> Callable[[str, int], tuple[Any, int]]:
-    """``open_writer(mode, index)``: a writer actor on the driver's node (``here``) with the store
-    open, and its pid. Writer 0 opens the store in ``mode``, the others join it (resume mode) and
-    leave the webhook's delivery to writer 0. ``options``: view, rotate_s, calibration payload,
-    event settings, environment; ``flush_s`` (:meth:`WriterActor.open`)."""
-
-    def open_writer(mode: str, index: int) -> tuple[Any, int]:
-        writer = WriterActor.options(num_cpus=0, scheduling_strategy=here).remote()
-        try:
-            return writer, ray.get(writer.open.remote(out, run_attrs, mode if index == 0 else "resume", *options,
-                                                      deliver=index == 0, flush_s=flush_s))
-        except BaseException:
-            ray.kill(writer)
-            raise
-
-    return open_writer
-
-
-def _open_writers(open_writer: Callable[[str, int], tuple[Any, int]], mode: str, count: int) -> WriterSet:
-    writers = WriterSet([open_writer(mode, 0)])  # first: the others join the store it opened
-    try:
-        for index in range(1, count):
-            writers.add(open_writer(mode, index))
-    except BaseException:
-        writers.kill()
-        raise
-    return writers
-
-
-def _finish(writers: WriterSet, replicas: list, workers: Workers, report: RunReport) -> None:
+def _finish(pool: ActorPool, report: RunReport) -> None:
     """After the last stream closed: the streams' accounting into the report, the event logs closed,
     the run's faults and replicas into the store's root attrs. A writer lost now costs those attrs
     only (every stream is closed and on disk): one warning line."""
+    writers = pool.writers
     try:
         for stream_id, accounting in writers.accounting().items():
             report.streams[stream_id].accounting = accounting
         report.undelivered = writers.close_events()
-        where = _replica_places(replicas, workers.model, report)
+        where = _replica_places(pool.replica_actors, pool.model_call, report)
         ray.get(writers.root.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
     except RayError as failure:
         print(f"warning: a writer was lost after every stream was closed ({first_line(failure)}); the streams are "
@@ -186,14 +158,70 @@ def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[Callable[
             signal.signal(number, handler)
 
 
-def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: ScoreSection,
-                  mode: str = "create", address: str | None = None, progress: bool = True,
-                  max_active_streams: int | None = None, expected_model: str | None = None,
-                  source_options: SourceOptions | None = None, live: LiveOptions | None = None,
-                  duration_s: float | None = None, view: tuple[str, int] | None = None,
-                  rotate_s: float | None = None, calibration: str | None = None,
-                  events: EventOptions | None = None, stream_ids: list[str | None] | None = None) -> RunReport:
-    """Score every stream of ``specs`` into the zarr store ``out``; returns what was written.
+
+
+@dataclass
+class _Prepared:
+    """What the driver knows of a run before Ray starts: the checkpoint's ``payload`` and its
+    ``sha256``, the model's window ``shape``, the inputs, the store's ``arrays`` and root attrs,
+    the calibration in force (or None) and the event settings (None: no events)."""
+
+    out: str | Path
+    payload: dict[str, Any]
+    sha256: str
+    shape: WindowShape
+    inputs: Inputs
+    arrays: dict[str, Any]
+    calibrated: Any
+    events: EventSettings | None
+    run_attrs: dict[str, Any]
+
+
+def _prepare(plan: RunPlan) -> _Prepared:
+    """Read the checkpoint (once), resolve the inputs, choose the calibration and the event
+    settings; raises the checkpoint's, the calibration's and the options' one-line errors."""
+    out = plan.out if is_url(plan.out) else Path(plan.out).absolute()  # the writer's working folder may be another
+    _check_rotation(out, plan.rotate_s, plan.settings.writers)
+    payload, sha256 = read_checkpoint_and_hash(plan.checkpoint, plan.expected_model)
+    model = build_model(payload["model"], checkpoint_params(payload, plan.checkpoint))
+    options = replace(plan.source_options, still_images=model.window_length == 1)
+    inputs = resolve_inputs(list(plan.specs), options, list(plan.stream_ids) if plan.stream_ids else None)
+    calibrated = events = None
+    if inputs.sources:  # else the run ends here: the inputs' errors are all there is to say
+        calibrated = run_calibration(payload, sha256, plan.calibration)
+        events = event_settings(plan.events, calibrated.threshold if calibrated else None, out)
+    run_attrs = {
+        "model": model.name, "checkpoint": str(plan.checkpoint), "checkpoint_sha256": sha256,
+        "score_kind": "calibrated" if calibrated else "raw",
+        "calibration": calibrated.summary() if calibrated else None,
+        "events": asdict(events.rule) if events else None,
+        "config": {"model": payload["params"], "score": plan.settings.model_dump()},
+        "term_weights": model.term_weights, "window_length": model.window_length, "precision": plan.settings.precision,
+        "anomstream_version": pipeline.__version__,
+    }
+    return _Prepared(out, payload, sha256, WindowShape.of(model), inputs,
+                     result_arrays((model.image_size, model.image_size), model.term_names), calibrated, events, run_attrs)
+
+
+def _nothing_to_run(plan: RunPlan, run: _Prepared, report: RunReport) -> bool:
+    """Refuse a live resume; check the store's target (before Ray starts); True when a resume
+    finds every stream complete or refused (no run: no Ray, the store keeps its attrs)."""
+    live_sources = any(source.is_live for source in run.inputs.sources)
+    if live_sources and plan.mode == "resume":
+        raise AnomstreamError("--resume: a live stream cannot continue a store (the frames in between are gone); "
+                              "write a new --out, or --rotate hour|day for one store per period")
+    if not plan.rotate_s:
+        check_target(run.out, plan.mode)  # a rotating store takes a free name of its own
+    if plan.mode == "resume" and not plan.rotate_s and not run.inputs.failed:
+        unchanged = nothing_to_resume(run.out, run.inputs.sources, run.run_attrs)
+        if unchanged is not None:
+            report.streams = unchanged
+            return True
+    return False
+
+
+def score_sources(plan: RunPlan, reporter: Reporter | None = None) -> RunReport:
+    """Score every stream of ``plan.specs`` into the zarr store ``plan.out``; returns what was written.
 
     Every input stands alone: one that cannot be opened, or a stream that breaks, is reported in
     the RunReport (``failed``, a stream's ``error``) and the others are scored and kept. No store
@@ -201,115 +229,97 @@ def score_sources(specs: list[str], checkpoint: str, out: str | Path, settings: 
     AnomstreamErrors for the store and the checkpoint, which concern the whole run.
 
     Live sources (cameras, recordings played live) are all read at once, each by its own decoder,
-    as ``live`` says (policy, max latency, frozen feeds); ``duration_s`` ends them after that many
-    seconds, and so do SIGINT / SIGTERM: every frame read is written and the streams are closed.
-    ``view``: (host, port) to serve the live view on while the run goes on (:mod:`pipeline.view.server`);
-    ``rotate_s``: one store per period of that many seconds (3600: ``out``-YYYYmmddTHH.zarr, ...).
-    ``calibration``: a calibration file (else the checkpoint's own, if any): the stored ``score`` is
-    calibrated (:mod:`pipeline.calibration.scores`); ``events``: event options (a threshold from the
-    options or the calibration turns scores into events, :mod:`pipeline.events`); ``stream_ids``: one
-    per spec (None: the input's own name), e.g. from a manifest.
+    as ``plan.live`` says; ``plan.duration_s`` ends them after that many seconds, and so do SIGINT /
+    SIGTERM: every frame read is written and the streams are closed. ``plan.view``: (host, port) to
+    serve the live view on (:mod:`pipeline.view.server`); ``plan.rotate_s``: one store per period
+    (3600: ``out``-YYYYmmddTHH.zarr, ...). With a calibration (``plan.calibration``, else the
+    checkpoint's own) the stored ``score`` is calibrated (:mod:`pipeline.calibration.scores`) and a
+    threshold turns scores into events (:mod:`pipeline.events`). ``reporter``: what the run shows as
+    it goes (default: the console reporter when ``plan.progress``, else none).
     """
-    out = out if is_url(out) else Path(out).absolute()  # the writer's working folder may be another
-    _check_rotation(out, rotate_s, settings.writers)
-    payload, sha256 = read_checkpoint_and_hash(checkpoint, expected_model)
-    model = build_model(payload["model"], checkpoint_params(payload, checkpoint))
-    inputs = resolve_inputs(specs, replace(source_options or SourceOptions(), still_images=model.window_length == 1),
-                            stream_ids)
-    report = RunReport(out, failed=inputs.failed, left_out=inputs.left_out)
-    if not inputs.sources:
+    run = _prepare(plan)
+    report = RunReport(run.out, failed=run.inputs.failed, left_out=run.inputs.left_out)
+    if not run.inputs.sources:
         return report
-    _unique_ids(inputs.sources)
-    arrays = result_arrays((model.image_size, model.image_size), model.term_names)
-    calibrated = run_calibration(payload, sha256, calibration)
-    event_options = event_settings(events or EventOptions(), calibrated.threshold if calibrated else None, out)
-    run_attrs = {
-        "model": model.name, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256,
-        "score_kind": "calibrated" if calibrated else "raw",
-        "calibration": calibrated.summary() if calibrated else None,
-        "events": asdict(event_options.rule) if event_options else None,
-        "config": {"model": payload["params"], "score": settings.model_dump()},
-        "term_weights": model.term_weights, "window_length": model.window_length, "precision": settings.precision,
-        "anomstream_version": pipeline.__version__,
-    }
-    live_sources = sum(source.is_live for source in inputs.sources)  # each read all along by a decoder of its own
-    if live_sources and mode == "resume":
-        raise AnomstreamError("--resume: a live stream cannot continue a store (the frames in between are gone); "
-                              "write a new --out, or --rotate hour|day for one store per period")
-    if not rotate_s:
-        check_target(out, mode)  # before Ray starts (a rotating store takes a free name of its own)
-    if mode == "resume" and not rotate_s and not inputs.failed:
-        unchanged = nothing_to_resume(out, inputs.sources, run_attrs)
-        if unchanged is not None:  # no run: no Ray, and the store keeps the last run's attrs
-            report.streams = unchanged
-            return report
+    _unique_ids(run.inputs.sources)
+    if _nothing_to_run(plan, run, report):
+        return report
     report.started = True
-    if view is not None:
-        check_port(*view)
+    if plan.view is not None:
+        check_port(*plan.view)
     stop = threading.Event()
-    with _stop_on_signals(stop, enabled=live_sources > 0) as install:
-        ensure_ray(address)
+    with _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
+        ensure_ray(plan.address)
         install()
-        # the store is written on this machine (--out is a path here), whichever node the replicas are on
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        # no CPU asked: a head node started with --num-cpus 0 (a common set-up) runs it too
-        backend = _backend(settings, payload, checkpoint, sha256, calibrated)  # before the store is touched
-        report.backend = backend
-        # an object store's credentials as this process has them, whatever the node's environment
-        environment = credential_environment() if is_url(out) else None
-
-        open_writer = _writer_opener(str(out), run_attrs, here, view is not None, rotate_s,
-                                     calibrated.to_payload() if calibrated else None, event_options, environment,
-                                     flush_s=settings.flush_s)
-        decoder_count = min(len(inputs.sources), max(live_sources, max_active_streams or settings.replicas + 1))
-        replica_options, threads = _replica_options(settings, helper_cpus=(decoder_count + 1) * SMALL_CPU,
-                                                    gpu=backend.backend == "torch")
-        workers = Workers(
-            model=[ray.put((payload, calibrated.reference if calibrated else None, backend))],  # read once, here
-            new_replica=lambda: ReplicaActor.options(**replica_options).remote(threads),
-            new_decoder=lambda: DecodeActor.options(num_cpus=SMALL_CPU).remote(),
-            new_writer=None if rotate_s else lambda index: open_writer("resume", index))
-        replicas: list = []
-        decoders: list = []
-        writers: WriterSet | None = None
-        live_view = None
-        try:
-            # started before the writers open the store: their processes start (and import torch) meanwhile
-            for _ in range(settings.replicas):
-                replicas.append(workers.new_replica())
-            for _ in range(decoder_count):
-                decoders.append(workers.new_decoder())
-            workers.replicas, workers.decoders = replicas, decoders
-            writers = _open_writers(open_writer, mode, settings.writers)
-            ray.get(writers.root.note_inputs.remote([r.reason for r in inputs.failed], [r.reason for r in inputs.left_out]))
-            ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
-                                                                "note": backend.note}, "writers": settings.writers}))
-            if view is not None:
-                live_view = LiveView(writers.view_snapshot, *view)
-                print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
-            placed = ray.get([replica.describe.remote(workers.model) for replica in replicas])
-            ray.get([decoder.ready.remote() for decoder in decoders])
-            report.replicas, report.device = len(replicas), placed[0]["device"]
-            for where in placed:
-                report.nodes[where["node"]] = report.nodes.get(where["node"], 0) + 1
-            warnings = {where["warning"] for where in placed if where["warning"]}
-            warnings |= {f"replica on node {where['node'][:8]}: {where['backend_note']}" for where in placed
-                         if where["backend"] != backend.backend}
-            for warning in sorted(warnings):
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-            started = time.time()  # actors are up: from here the clock measures throughput
-            deadline = time.monotonic() + duration_s if duration_s is not None else None
-            live = live or LiveOptions()
-            if live.batch is None:
-                live = replace(live, batch=1 if report.device == "cpu" else settings.batch_size)
-            loop = ScoringLoop(inputs.sources, model, arrays, settings, writers, workers, report, progress,
-                               live, deadline, stop, view=view is not None, events=event_options is not None)
-            loop.run()
-            report.seconds = time.time() - started
-            _finish(writers, replicas, workers, report)
-        finally:
-            if live_view is not None:
-                live_view.close()
-            for actor in (*replicas, *decoders, *(writers.actors if writers is not None else ())):
-                ray.kill(actor)
+        _run_on_ray(plan, run, report, reporter or reporter_for(plan.progress), stop)
     return report
+
+
+def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Reporter, stop: threading.Event) -> None:
+    """Start the actors, run the loop, finish the store's attrs; every actor is killed at the end."""
+    settings, sources = plan.settings, run.inputs.sources
+    report.backend = backend = _backend(settings, run.payload, plan.checkpoint, run.sha256, run.calibrated)
+    live_sources = sum(source.is_live for source in sources)  # each read all along by a decoder of its own
+    decoders = min(len(sources), max(live_sources, plan.max_active_streams or settings.replicas + 1))
+    replica_options, threads = _replica_options(settings, helper_cpus=(decoders + 1) * SMALL_CPU,
+                                                gpu=backend.backend == "torch")
+    # the store is written on this machine (--out is a path here), whichever node the replicas are on
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    model_call = [ray.put((run.payload, run.calibrated.reference if run.calibrated else None, backend))]  # read once
+    with ActorPool(model_call, Placement(replica_options, threads, here), _writer_config(plan, run),
+                   writers_replaceable=not plan.rotate_s) as pool:
+        pool.start(settings.replicas, decoders)  # their processes start while the writers open the store
+        writers = pool.open_writers(settings.writers)
+        ray.get(writers.root.note_inputs.remote([r.reason for r in run.inputs.failed],
+                                                [r.reason for r in run.inputs.left_out]))
+        ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
+                                                            "note": backend.note}, "writers": settings.writers}))
+        with _live_view(plan.view, writers):
+            _place_replicas(pool, report, backend)
+            started = time.time()  # actors are up: from here the clock measures throughput
+            deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
+            live = plan.live if plan.live.batch is not None else \
+                replace(plan.live, batch=1 if report.device == "cpu" else settings.batch_size)
+            setup = StreamSetup(run.shape, run.arrays, settings, live, view=plan.view is not None,
+                                events=run.events is not None)
+            ScoringLoop(sources, setup, pool, report, reporter, deadline, stop).run()
+            report.seconds = time.time() - started
+            _finish(pool, report)
+
+
+def _writer_config(plan: RunPlan, run: _Prepared) -> WriterConfig:
+    """How writer 0 opens the store; an object store's credentials go as this process has them,
+    whatever the node's environment."""
+    return WriterConfig(str(run.out), run.run_attrs, plan.mode, view=plan.view is not None, rotate_s=plan.rotate_s,
+                        calibration=run.calibrated.to_payload() if run.calibrated else None, events=run.events,
+                        environment=credential_environment() if is_url(run.out) else None,
+                        flush_s=plan.settings.flush_s)
+
+
+@contextmanager
+def _live_view(view: tuple[str, int] | None, writers: WriterSet) -> Iterator[None]:
+    """The live view served on ``view`` (host, port) while the run goes on (None: no view)."""
+    if view is None:
+        yield
+        return
+    live_view = LiveView(writers.view_snapshot, *view)
+    print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        live_view.close()
+
+
+def _place_replicas(pool: ActorPool, report: RunReport, backend: BackendChoice) -> None:
+    """Wait for the replicas to load the model and the decoders to start; note where each replica
+    runs (``report.nodes``, ``report.device``) and print each distinct warning once."""
+    placed = ray.get([replica.describe.remote(pool.model_call) for replica in pool.replica_actors])
+    ray.get([decoder.ready.remote() for decoder in pool.free_decoders])
+    report.replicas, report.device = len(placed), placed[0]["device"]
+    for where in placed:
+        report.nodes[where["node"]] = report.nodes.get(where["node"], 0) + 1
+    warnings = {where["warning"] for where in placed if where["warning"]}
+    warnings |= {f"replica on node {where['node'][:8]}: {where['backend_note']}" for where in placed
+                 if where["backend"] != backend.backend}
+    for warning in sorted(warnings):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from pipeline.stream.live import Policy
 from pipeline.stream.windows import BatchHeader, EndOfStream
+
+
+@dataclass
+class ReplicaSlot:
+    """One replica's place in the run: its actor (replaced in place when Ray gives it up), the
+    process and node its answers came from last (None: none yet), and how often it was replaced."""
+
+    actor: Any
+    pid: int | None = None
+    node: str | None = None
+    replacements: int = 0
 
 
 class ReplicaPool:
@@ -37,6 +49,30 @@ class ReplicaPool:
 
     def release(self, replica: int) -> None:
         self.load[replica] -= 1
+
+
+class WriteKind(Enum):
+    """How a batch's rows reach the writer: scored by a replica, with nothing in it to score
+    (warm-up, gap, frozen frames), or dropped unscored (policy ``latest``, too old)."""
+
+    SCORED = "scored"
+    UNSCORED = "unscored"
+    DROPPED = "dropped"
+
+
+@dataclass(frozen=True)
+class WriteItem:
+    """A batch's rows waiting for their turn to be written (results leave in frame order).
+
+    ``batch``: the decoded batch (its reference); ``result``: the replica's rows (SCORED only);
+    ``shown``: the batch passed along to the writer for the live view and event snapshots (SCORED
+    only; None: the writer takes no picture from these rows)."""
+
+    kind: WriteKind
+    size: int  # rows
+    batch: Any
+    result: Any = None
+    shown: Any = None
 
 
 @dataclass
@@ -70,7 +106,7 @@ class StreamState:
     cut: int | None = None  # ended with an error at this batch: it and later ones are not written
     queued: int = 0  # decoded batches waiting for a replica
     scoring: int = 0  # batches inside a replica
-    to_write: dict[int, tuple[int, Any, str]] = field(default_factory=dict)  # sequence -> (size, ref, how)
+    to_write: dict[int, WriteItem] = field(default_factory=dict)  # batch sequence -> its rows, waiting for their turn
 
     @property
     def finished(self) -> bool:
@@ -111,13 +147,14 @@ class StreamState:
         """Whether batch ``sequence`` (of this epoch) is still to be written."""
         return self.cut is None or sequence < self.cut
 
-    def take_writable(self) -> list[tuple[int, int, Any, str]]:
-        """(row, size, ref, how) of the results next in frame order, in order; advances the rows."""
+    def take_writable(self) -> list[tuple[int, WriteItem]]:
+        """(store row of its first frame, item) of the results next in frame order, in order;
+        advances the rows."""
         writable = []
         while self.next_sequence in self.to_write:
-            size, ref, how = self.to_write.pop(self.next_sequence)
-            writable.append((self.next_row, size, ref, how))
-            self.next_row += size
+            item = self.to_write.pop(self.next_sequence)
+            writable.append((self.next_row, item))
+            self.next_row += item.size
             self.next_sequence += 1
         return writable
 

@@ -171,18 +171,18 @@ class ResultStore:
         self._attrs_refreshed[stream_id] = time.monotonic()
         self._pending[stream_id] = []
 
-    def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
-        """Frames [start, start + n) of every array; batches arrive in frame order. They reach the
+    def write(self, stream_id: str, row: int, values: dict[str, np.ndarray]) -> None:
+        """Rows [row, row + n) of every array; batches arrive in frame order. They reach the
         disk (and ``written``) within ``flush_s`` s or FLUSH_ROWS rows, or at :meth:`flush` /
         :meth:`close_stream`. A stream opened with the attr ``maps_every`` N != 1 keeps the map of
         frames whose index is a multiple of N only (0: no map); the others stay NaN, and chunks
         left all NaN are not stored.
 
-        Raises StoreError when ``start`` is not the stream's next row (a batch before it was lost):
+        Raises StoreError when ``row`` is not the stream's next row (a batch before it was lost):
         ``written`` never covers rows that were not written."""
-        if start != self.next_row[stream_id]:
+        if row != self.next_row[stream_id]:
             self.flush(stream_id)  # the rows before the hole are whole: kept
-            raise StoreError(f"{self.path}: stream {stream_id}: rows from {start} arrive while {self.next_row[stream_id]} "
+            raise StoreError(f"{self.path}: stream {stream_id}: rows from {row} arrive while {self.next_row[stream_id]} "
                              f"are written (a batch before them was lost); --resume continues from row "
                              f"{self.next_row[stream_id]}")
         every = self.maps_every[stream_id]
@@ -193,9 +193,9 @@ class ResultStore:
             self.accounting[stream_id].rows_written(values["status"], values["timestamp"], time.time())
         pending = self._pending[stream_id]
         if not pending:
-            self._pending_since[stream_id] = (start, time.monotonic())
+            self._pending_since[stream_id] = (row, time.monotonic())
         pending.append(values)
-        self.next_row[stream_id] = start + len(next(iter(values.values())))
+        self.next_row[stream_id] = row + len(next(iter(values.values())))
         self.flush_due(stream_id)
 
     def flush_all(self) -> None:

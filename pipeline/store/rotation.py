@@ -103,17 +103,17 @@ class RotatingStore:
         self.streams[stream_id] = (arrays, chunk, attrs)
         self._open(stream_id, self.first)
 
-    def write(self, stream_id: str, start: int, values: dict[str, np.ndarray]) -> None:
-        """Rows [start, start + n) of the run, split at period boundaries by capture time."""
+    def write(self, stream_id: str, row: int, values: dict[str, np.ndarray]) -> None:
+        """Rows [row, row + n) of the run, split at period boundaries by capture time."""
         timestamp = values["timestamp"]
         periods = np.floor(timestamp / self.period_s)
         cuts = [0, *(np.flatnonzero(np.diff(periods)) + 1).tolist(), len(timestamp)]
         for begin, end in zip(cuts, cuts[1:]):
-            self.rows.setdefault(stream_id, start + begin)
+            self.rows.setdefault(stream_id, row + begin)
             store = self._open(stream_id, self._period(float(timestamp[begin])))
             part = {name: data[begin:end] for name, data in values.items()}
-            store.write(stream_id, start + begin - self.where[stream_id][1], part)
-            self.rows[stream_id] = start + end
+            store.write(stream_id, row + begin - self.where[stream_id][1], part)
+            self.rows[stream_id] = row + end
 
     def flush_due(self) -> None:
         for store in self.stores.values():

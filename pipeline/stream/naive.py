@@ -19,13 +19,14 @@ def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 1
     frames = 0
     for source in open_sources(spec):
         store.open_stream(source.stream_id, core.arrays, batch_size, source.frame_count, {"source": source.describe()})
-        error = None
+        error, row = None, 0  # rows follow one another; a frame index may skip (an image that cannot be read)
         for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
                                    model.image_size, model.channels):
             if isinstance(item, EndOfStream):
                 error = item.error
                 break
-            store.write(source.stream_id, item.start, core.score(item))
+            store.write(source.stream_id, row, core.score(item))
+            row += item.size
             frames += item.size
         store.close_stream(source.stream_id, error)
     return frames

@@ -23,11 +23,27 @@ from pipeline.store import FrameStatus
 from pipeline.stream.preprocess import prepare_frame
 
 
+@dataclass(frozen=True)
+class WindowShape:
+    """What the window step needs of a model: ``window_length`` frames per window (1: still
+    images), ``image_size`` (the square side frames are resized to, pixels), ``channels`` (1 grey,
+    3 RGB)."""
+
+    window_length: int
+    image_size: int
+    channels: int
+
+    @classmethod
+    def of(cls, model) -> WindowShape:
+        """The shape of an ``AnomalyModel`` (or anything with those three attributes)."""
+        return cls(model.window_length, model.image_size, model.channels)
+
+
 @dataclass
 class WindowBatch:
     stream_id: str
     sequence: int  # batch number within the stream, from 0
-    start: int  # frame index of the first target
+    first_frame_index: int  # frame index (in its source) of the first target
     frames: np.ndarray  # uint8 (K, C, H, W): the images of the last K positions of context + targets
     context: int  # position in ``frames`` of the first target; < 0: the first -context targets carry no image
     frame_index: np.ndarray  # (B,) int64
@@ -46,7 +62,7 @@ class WindowBatch:
 
     def header(self, gaps: tuple[Gap, ...] = ()) -> BatchHeader:
         newest = float(self.timestamp.max()) if self.size else math.nan
-        return BatchHeader(self.stream_id, self.sequence, self.start, self.size, int(self.valid.sum()), newest, gaps)
+        return BatchHeader(self.stream_id, self.sequence, self.first_frame_index, self.size, int(self.valid.sum()), newest, gaps)
 
     def windows(self) -> np.ndarray:
         """(n_valid, T, C, H, W) windows of the valid targets."""
@@ -63,7 +79,7 @@ class BatchHeader:
 
     stream_id: str
     sequence: int  # batch number within the stream, from 0
-    start: int  # frame index of the first target
+    first_frame_index: int  # frame index (in its source) of the first target
     size: int  # targets (rows the batch writes); 0: no frame yet, only ``gaps`` (live)
     scorable: int = 0  # targets with status SCORED
     newest: float = math.nan  # capture time of the newest target (seconds)
@@ -160,7 +176,7 @@ class WindowAssembler:
         keep_from = self._first_image_needed(status, first, len(images)) if dropped else 0
         kept = images[keep_from:]
         batch = WindowBatch(
-            stream_id=self.stream_id, sequence=self.sequence, start=take[0][1],
+            stream_id=self.stream_id, sequence=self.sequence, first_frame_index=take[0][1],
             frames=np.stack(kept) if kept else np.empty((0, self.channels, self.image_size, self.image_size), np.uint8),
             context=first - keep_from, frame_index=np.array([p[1] for p in take], dtype=np.int64),
             timestamp=timestamp, status=status, window_length=self.window_length,

@@ -10,6 +10,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from models.base import AnomalyModel, LabelledAnomalies
 from models.registry import build_model
-from pipeline.calibration.fit import TooFewFrames, fit_calibration, normal_sources
+from pipeline.calibration.fit import CalibrationOptions, TooFewFrames, fit_calibration, normal_sources
 from pipeline.calibration.scores import Calibration
 from pipeline.checkpoint import read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
@@ -52,7 +53,8 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     output = Path(settings.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if model.trains_by_gradient:
-        _gradient_epochs(model, loader, settings, config, generator, output, resume, clips, progress, anomalies)
+        run = _TrainingRun(config, output, generator, resume, progress)
+        _gradient_epochs(model, loader, run, clips, anomalies)
     if model.fits_statistics:
         started = time.time()
         _fit_statistics(model, dataset, settings.batch_size, progress)
@@ -76,9 +78,9 @@ def _calibrate(model: AnomalyModel, settings, progress: bool) -> Calibration | N
     sources = normal_sources(specs, model, "train.calibration_data:" if settings.calibration_data else "train.data:")
     model.eval()
     try:
-        return fit_calibration(model, sources, ", ".join(specs), 1 if still else settings.calibration_smoothing,
-                               settings.calibration_false_alarm_rate, settings.batch_size, progress=progress,
-                               position_scale=settings.calibration_position_scale)
+        options = CalibrationOptions(1 if still else settings.calibration_smoothing, settings.calibration_false_alarm_rate,
+                                     settings.batch_size, position_scale=settings.calibration_position_scale)
+        return fit_calibration(model, sources, ", ".join(specs), options, progress=progress)
     except TooFewFrames as error:
         print(f"warning: no calibration: {error} (anomstream calibrate can add one later)", file=sys.stderr)
         return None
@@ -128,9 +130,22 @@ def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.o
     return terms
 
 
-def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: AnomstreamConfig,
-                     generator: torch.Generator, output: Path, resume: bool, clips: list[np.ndarray],
-                     progress: bool, anomalies: LabelledAnomalies | None = None) -> None:
+@dataclass(frozen=True)
+class _TrainingRun:
+    """One training run's fixed parts: its ``config``, the ``output`` folder (``last.pt``,
+    ``train_log.jsonl``), the seeded ``generator``, whether it ``resume``s from ``last.pt`` and shows
+    ``progress`` bars."""
+
+    config: AnomstreamConfig
+    output: Path
+    generator: torch.Generator
+    resume: bool
+    progress: bool
+
+
+def _gradient_epochs(model: AnomalyModel, loader: DataLoader, run: _TrainingRun, clips: list[np.ndarray],
+                     anomalies: LabelledAnomalies | None = None) -> None:
+    settings, config, generator, output, progress = run.config.train, run.config, run.generator, run.output, run.progress
     optimizer = torch.optim.AdamW(model.parameter_groups(settings.learning_rate), weight_decay=settings.weight_decay)
     total_steps = settings.epochs * len(loader)
     warmup_steps = round(settings.warmup_epochs * len(loader))
@@ -139,7 +154,7 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, settings, config: 
         optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps, phase_starts))
     last_path = output / "last.pt"
     start_epoch = 0
-    if resume and last_path.exists():
+    if run.resume and last_path.exists():
         state = read_checkpoint(last_path)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])

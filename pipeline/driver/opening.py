@@ -1,0 +1,110 @@
+"""Inputs waiting for a decoder become open streams: in the store, decoding, known to the dispatcher.
+
+:class:`StreamOpener` opens the run's inputs in order as decoders free up (a reused pool): it asks
+the store what it holds of each (a resume goes on from its ``written`` mark, a complete stream is
+skipped, a changed input refused), opens the stream there with its attrs, and starts its decoder.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ray.exceptions import RayError
+
+from pipeline.config import ScoreSection
+from pipeline.driver.dispatch import Dispatcher
+from pipeline.driver.report import RunReport, StreamReport
+from pipeline.driver.reporter import Reporter
+from pipeline.driver.resume import resume_refusal
+from pipeline.driver.schedule import StreamState
+from pipeline.driver.writing import RowSender
+from pipeline.sources.base import Source
+from pipeline.stream.live import LiveOptions
+from pipeline.stream.windows import WindowShape
+
+
+@dataclass(frozen=True)
+class StreamSetup:
+    """What every stream of a run is opened with: the model's window ``shape``, the store's
+    ``arrays`` (:func:`pipeline.store.result_arrays`), the score ``settings`` (batch size, batches in
+    flight per replica, flush interval), how live sources are read (``live``), whether the writers
+    keep frames for the live ``view`` and snapshots for ``events``."""
+
+    shape: WindowShape
+    arrays: dict[str, Any]
+    settings: ScoreSection
+    live: LiveOptions
+    view: bool = False
+    events: bool = False
+
+
+def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int] | None, writer: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live,
+                             "source_fingerprint": fingerprint, "writer": writer}
+    if source.is_live:
+        attrs["maps_every"] = live.maps_every
+    items = source.items()
+    if items is not None:
+        attrs["items"] = items  # still images: frame_index -> file
+    return attrs
+
+
+class StreamOpener:
+    """``waiting``: inputs not opened yet, in order; ``opened``: each open (or once opened) stream's
+    source, ``fingerprints`` its files when it opened (:meth:`Source.fingerprint`)."""
+
+    def __init__(self, sources: list[Source], setup: StreamSetup, pool: Any, dispatcher: Dispatcher,
+                 rows: RowSender, report: RunReport, reporter: Reporter) -> None:
+        self.setup, self.pool, self.dispatcher, self.rows = setup, pool, dispatcher, rows
+        self.report, self.reporter = report, reporter
+        self.waiting = deque(sources)
+        self.opened: dict[str, Source] = {}
+        self.fingerprints: dict[str, dict[str, int] | None] = {}
+
+    def open_waiting(self) -> None:
+        """Open waiting inputs while a decoder is free."""
+        while self.waiting and self.pool.free_decoders:
+            source = self.waiting.popleft()
+            try:
+                self._open(source)
+            except RayError:
+                self.waiting.appendleft(source)  # the writer was lost: opened again by the next one
+                raise
+
+    def _open(self, source: Source) -> None:
+        """Open ``source``'s stream in the store and start decoding it, or note why not."""
+        stream_id = source.stream_id
+        self.report.streams[stream_id] = stream_report = StreamReport(source.describe())
+        stored = self.rows.stored(stream_id)
+        stream_report.stored = row = stored.written if stored is not None else 0
+        fingerprint = source.fingerprint()  # a stat of every file of the input: once
+        stream_report.error = resume_refusal(stored, source, fingerprint)
+        if stream_report.error:
+            return  # what the store holds stays as it is
+        if stored is not None and stored.complete:
+            stream_report.skipped = True
+            self.reporter.not_this_run(source.frame_count or 0)
+            return
+        self.rows.writers.assign(stream_id)
+        self.opened[stream_id], self.fingerprints[stream_id] = source, fingerprint
+        self.open_in_store(stream_id)
+        self.reporter.not_this_run(row)
+        decoder = self.pool.take_decoder()
+        self.start_decoding(stream_id, decoder, row)
+        policy = self.setup.live.policy_for(source) if source.is_live else "every"
+        self.dispatcher.open(stream_id, StreamState(decoder, row // self.setup.settings.batch_size, row, policy))
+
+    def open_in_store(self, stream_id: str) -> None:
+        """The stream opened (again: new writers) in the store, with its attrs."""
+        source = self.opened[stream_id]
+        attrs = _stream_attrs(source, self.setup.live, self.fingerprints[stream_id], self.rows.writers.index(stream_id))
+        self.rows.open(stream_id, source.frame_count, attrs)
+
+    def start_decoding(self, stream_id: str, decoder: Any, row: int) -> None:
+        """``decoder`` opens the stream's source; its first batch starts at store row ``row``."""
+        source = self.opened[stream_id]
+        decoder.open.remote(source, self.setup.shape, self.setup.settings.batch_size, row,
+                            self.setup.live if source.is_live else None)
+

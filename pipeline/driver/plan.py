@@ -1,0 +1,61 @@
+"""What a scoring run is asked to do, built from the command line or a config without Ray.
+
+A :class:`RunPlan` is frozen: the driver reads it and never changes it, so every part of a run
+(the actors' set-up, the loop, the report) sees the same options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import ScoreSection
+from pipeline.events.recorder import EventOptions
+from pipeline.sources.resolve import SourceOptions
+from pipeline.stream.live import LiveOptions
+
+MODES = ("create", "overwrite", "resume")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """One scoring run.
+
+    Inputs: ``specs`` (source specs, :mod:`pipeline.sources.resolve`), ``stream_ids`` (one per spec,
+    None: the input's own name, e.g. from a manifest), ``source_options``. Model: ``checkpoint``,
+    ``expected_model`` (the model a config names: a checkpoint of another is refused),
+    ``calibration`` (a calibration file; None: the checkpoint's own, if any). Replicas, backend,
+    precision, batch size, writers, flush interval: ``settings`` (the config's ``score`` section).
+    Output: ``out`` (a path or an object-store URL), ``mode`` (create, overwrite or resume),
+    ``rotate_s`` (one store per period of that many seconds). Live runs: ``live`` (policy, latency
+    bound, retention), ``duration_s`` (stop after that long), ``view`` ((host, port) of the live
+    view). ``events``: the event rule and webhook as given. ``address``: a Ray cluster to join
+    (None: a local Ray of the run's own); ``max_active_streams``: decoders at most (None: replicas
+    + 1, or every live source); ``progress``: the console reporter (progress bar, live table, event
+    lines) instead of a silent one."""
+
+    specs: tuple[str, ...]
+    checkpoint: str
+    out: str | Path
+    settings: ScoreSection = field(default_factory=ScoreSection)
+    mode: str = "create"
+    stream_ids: tuple[str | None, ...] | None = None
+    source_options: SourceOptions = SourceOptions()
+    expected_model: str | None = None
+    calibration: str | None = None
+    rotate_s: float | None = None
+    live: LiveOptions = LiveOptions()
+    duration_s: float | None = None
+    view: tuple[str, int] | None = None
+    events: EventOptions = EventOptions()
+    address: str | None = None
+    max_active_streams: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"RunPlan.mode: one of {', '.join(MODES)}, got {self.mode!r}")
+        object.__setattr__(self, "specs", tuple(self.specs))
+        if self.stream_ids is not None:
+            object.__setattr__(self, "stream_ids", tuple(self.stream_ids))
+
