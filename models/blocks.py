@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
-    """Four positional channels (x, y, x*y, x^2+y^2) in [-1, 1] grid units for a (N, C, H, W) tensor."""
+def coordinate_channels(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Four positional channels (x, y, x*y, x^2+y^2) in [-1, 1] grid units for a (N, C, H, W) tensor,
+    on its device, in ``dtype`` (default: its dtype)."""
     n, _, h, w = x.shape
-    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=dtype or x.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=dtype or x.dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     coords = torch.stack([gx, gy, gx * gy, (gx**2 + gy**2) / 2.0])
     return coords.unsqueeze(0).expand(n, -1, -1, -1)

@@ -69,7 +69,9 @@ class DMADConfig:
 
 
 def _warp(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    """``image`` (N, C, H, W) sampled at ``grid`` (N, H, W, 2), in the grid's dtype (float32: under bf16
+    autocast the image is cast up, never the sampling positions down)."""
+    return F.grid_sample(image.to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def _offset_smoothness(offset: torch.Tensor, window: int) -> torch.Tensor:
@@ -242,7 +244,9 @@ class DMAD(AnomalyModel):
 
     @staticmethod
     def _identity_grid(like: torch.Tensor) -> torch.Tensor:
-        return coordinate_channels(like)[:, :2].permute(0, 2, 3, 1)
+        """The identity sampling grid (N, H, W, 2) of ``like`` (N, C, H, W), float32 whatever its dtype:
+        in bf16 (a prototype under autocast) positions would round by up to 0.12 px at 128 px."""
+        return coordinate_channels(like, torch.float32)[:, :2].permute(0, 2, 3, 1)
 
     def training_loss(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs, target = self._split(windows)

@@ -154,12 +154,13 @@ class DS2(AnomalyModel):
             boxes.append((top, left, height, width))
             flips.append(flip)
         stacked = imagenet_normalise(torch.stack(views))
-        return stacked, torch.tensor(boxes, dtype=torch.float32), torch.tensor(flips)
+        return (stacked, torch.tensor(boxes, dtype=torch.float32, device=images.device),
+                torch.tensor(flips, device=images.device))
 
     @staticmethod
     def _bin_centres(boxes: torch.Tensor, flips: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image coordinates (N, grid*grid, 2) of each feature bin's centre, and bin diagonals (N,)."""
-        steps = torch.arange(grid, dtype=torch.float32) + 0.5
+        steps = torch.arange(grid, dtype=torch.float32, device=boxes.device) + 0.5
         top, left, height, width = boxes.unbind(1)
         ys = top[:, None] + steps[None] * height[:, None] / grid
         columns = torch.where(flips[:, None], grid - steps[None], steps[None])  # a flipped view's column c is grid-1-c
@@ -213,7 +214,7 @@ class DS2(AnomalyModel):
             crop = image[:, top:top + patch, left:left + patch]
             samples += [crop, cut_paste(crop)[0], cut_paste_scar(crop)[0]]
         logits = self.classifier(self.backbone(imagenet_normalise(torch.stack(samples)))[1].mean((2, 3)))
-        labels = torch.arange(3).repeat(len(images))
+        labels = torch.arange(3, device=logits.device).repeat(len(images))
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean().detach()}
 
@@ -243,7 +244,7 @@ class DS2(AnomalyModel):
         from sklearn.covariance import ledoit_wolf
         from sklearn.decomposition import PCA
 
-        embeddings = torch.cat([self.patch_embeddings(w[:, -1]).flatten(0, 1) for w in batches]).double().numpy()
+        embeddings = torch.cat([self.patch_embeddings(w[:, -1]).flatten(0, 1) for w in batches]).double().cpu().numpy()
         pca = PCA(n_components=self.pca_components.shape[0], svd_solver="full").fit(embeddings)
         projected = pca.transform(embeddings)
         covariance, _ = ledoit_wolf(projected)

@@ -57,7 +57,7 @@ class PaDiM(AnomalyModel):
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         from sklearn.covariance import ledoit_wolf
 
-        embeddings = torch.cat([self.embed(windows[:, -1]) for windows in batches]).double().numpy()
+        embeddings = torch.cat([self.embed(windows[:, -1]) for windows in batches]).double().cpu().numpy()
         if len(embeddings) < 2:
             raise ValueError("PaDiM needs at least 2 training images")
         means = embeddings.mean(0)

@@ -57,7 +57,7 @@ def _paste(image: torch.Tensor, piece: torch.Tensor, mask: torch.Tensor) -> tupl
     out = image.clone()
     region = out[:, top:top + h, left:left + w]
     region[:] = torch.where(mask, piece, region)
-    pasted = torch.zeros(height, width, dtype=torch.bool)
+    pasted = torch.zeros(height, width, dtype=torch.bool, device=image.device)
     pasted[top:top + h, left:left + w] = mask
     return out, pasted
 
@@ -74,7 +74,7 @@ def cut_paste(image: torch.Tensor, area: tuple[float, float] = (0.02, 0.15),
     w = min(width - 1, max(1, round(math.sqrt(size / ratio))))
     top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
     piece = _JITTER(image[:, top:top + h, left:left + w])
-    return _paste(image, piece, torch.ones(h, w, dtype=torch.bool))
+    return _paste(image, piece, torch.ones(h, w, dtype=torch.bool, device=image.device))
 
 
 def cut_paste_scar(image: torch.Tensor, width: tuple[int, int] = (1, 4), length: tuple[int, int] = (5, 6),
@@ -88,6 +88,6 @@ def cut_paste_scar(image: torch.Tensor, width: tuple[int, int] = (1, 4), length:
     top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, image_width - w + 1, ()))
     piece = _JITTER(image[:, top:top + h, left:left + w])
     angle = _uniform(-max_angle, max_angle)
-    mask = TF.rotate(torch.ones(1, h, w), angle, expand=True)[0] > 0.5
+    mask = TF.rotate(torch.ones(1, h, w, device=image.device), angle, expand=True)[0] > 0.5
     piece = TF.rotate(piece, angle, expand=True)
     return _paste(image, piece, mask)

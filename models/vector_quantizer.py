@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def without_autocast(device: torch.device) -> AbstractContextManager:
+    """A region computed in the tensors' own dtype (float32) even inside an autocast region on
+    ``device``'s type: autocast disabled there, or nothing to disable on a device type autocast does not
+    know (``meta``: the device checks of tests/test_devices.py run models there)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 class VectorQuantizer(nn.Module):
@@ -21,7 +32,7 @@ class VectorQuantizer(nn.Module):
     def squared_distances(self, flat: torch.Tensor) -> torch.Tensor:
         """(M, K) squared L2 distances of (M, D) vectors to every codeword, in float32 even under autocast:
         bf16 distances would pick wrong codewords."""
-        with torch.autocast(flat.device.type, enabled=False):
+        with without_autocast(flat.device):
             flat, codebook = flat.float(), self.codebook.float()
             return flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codebook.t() + codebook.pow(2).sum(1).unsqueeze(0)
 
@@ -61,7 +72,7 @@ class EMAVectorQuantizer(VectorQuantizer):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = self.nearest(z)
         if self.training:
-            with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+            with torch.no_grad(), without_autocast(z.device):
                 flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
                 one_hot = F.one_hot(indices.flatten(), len(self.codebook)).float()
                 self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)

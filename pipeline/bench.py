@@ -65,8 +65,9 @@ def backend_label(spec: str) -> tuple[str, str, str]:
     return name, precision, name if precision == "fp32" else f"{name}_{precision}"
 
 
-def _backend_scorers(checkpoint: str, backends: list[str], threads: int) -> dict[str, tuple[Scorer, BackendChoice]]:
-    """label -> (a Scorer on that backend, the choice), each checked against torch first."""
+def _backend_scorers(checkpoint: str, backends: list[str], threads: int,
+                     device: str | None = None) -> dict[str, tuple[Scorer, BackendChoice]]:
+    """label -> (a Scorer on that backend, the choice; torch on ``device``), each checked against torch first."""
     payload, sha256 = read_checkpoint_and_hash(checkpoint)
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
@@ -75,19 +76,20 @@ def _backend_scorers(checkpoint: str, backends: list[str], threads: int) -> dict
     for spec in backends:
         name, precision, label = backend_label(spec)
         choice = choose_backend(name, precision, model, checkpoint, sha256, reference)
-        scorers[label] = (Scorer(payload, threads=threads, reference=reference, backend=choice), choice)
+        scorers[label] = (Scorer(payload, threads=threads, device=device, reference=reference, backend=choice), choice)
     return scorers
 
 
 def _pipeline_fps(samples: dict[str, list[float]], scorers: dict, spec: str, checkpoint: str, batch_size: int,
-                  repeats: int, out_dir: Path) -> None:
+                  repeats: int, out_dir: Path, device: str = "auto") -> None:
     """One round of the Ray pipeline: 1 replica on the first backend, 2 replicas on each; appended
     to ``samples`` (fps, busy share; per backend when several are compared)."""
     labels = list(scorers) if len(scorers) > 1 else []
     first = next(iter(scorers))
     for replicas, label in [(1, None), *((2, label) for label in scorers)]:
         choice = scorers[label or first][1]
-        settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend, precision=choice.precision)
+        settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend, precision=choice.precision,
+                                device=device)
         report = score_sources(RunPlan(specs=[spec] * repeats, checkpoint=checkpoint, out=out_dir / f"pipeline{replicas}.zarr",
                                        settings=settings, mode="overwrite", progress=False,
                                        max_active_streams=replicas + 1))
@@ -112,15 +114,18 @@ def _ratios(results: dict[str, float], labels: list[str]) -> None:
 
 
 def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4, out: str = "bench_out",
-              rounds: int = 3, backends: list[str] | None = None) -> dict[str, float]:
-    """Every stage's fps on clip ``spec`` (medians of ``rounds`` interleaved rounds) and their ratios.
+              rounds: int = 3, backends: list[str] | None = None, device: str | None = None) -> dict[str, float]:
+    """Every stage's fps on clip ``spec`` (medians of ``rounds`` interleaved rounds) and their ratios;
+    ``device`` (``--device``; None: auto) is where model-only scores and what the pipeline's replicas
+    are told (``score.device``).
     Scratch stores go into a new temporary folder inside ``out`` (made if missing), removed at
     the end: nothing else in ``out`` is touched."""
     cores = os.cpu_count() or 1
+    made = not Path(out).exists()
     Path(out).mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="anomstream-bench-", dir=out))
     backends = backends or ["torch"]
-    scorers = _backend_scorers(checkpoint, backends, cores)
+    scorers = _backend_scorers(checkpoint, backends, cores, device)
     core = next(iter(scorers.values()))[0]
     started = time.perf_counter()
     batches = _decoded_batches(spec, core, batch_size)
@@ -149,11 +154,13 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
             samples["naive_fps"].append(naive_frames / (time.perf_counter() - started))
             torch.set_num_threads(1)  # the driver only waits from here on
             ensure_ray()
-            _pipeline_fps(samples, scorers, spec, checkpoint, batch_size, repeats, out_dir)
+            _pipeline_fps(samples, scorers, spec, checkpoint, batch_size, repeats, out_dir, device or "auto")
             print(f"round {round_number + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()),
                   flush=True)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+        if made and not any(Path(out).iterdir()):
+            Path(out).rmdir()  # a folder bench made for its scratch stores, left empty
     results.update({key: statistics.median(values) for key, values in samples.items()})
     _ratios(results, labels)
     results["rounds"] = rounds

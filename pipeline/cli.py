@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from models.errors import ModelInputError
 from pipeline.assets import SHIPPED_CHECKPOINT
 from pipeline.datasets.layouts import LAYOUT_SPLITS
-from pipeline.errors import AnomstreamError, UndefinedMetricError
+from pipeline.errors import AnomstreamError, UndefinedMetricError, cause_line
 
 STILL_DATASETS = tuple(LAYOUT_SPLITS)
 
@@ -25,8 +26,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if config.train is None and not args.data:
         raise AnomstreamError(f"{args.config}: no train: section; add one (train.data: the normal data) or pass --data")
     section = config.train or TrainSection.model_construct(data=args.data)
-    config.train = with_overrides(section, {"data": args.data, "epochs": args.epochs, "output_dir": args.output_dir},
-                                  {"data": "--data", "epochs": "--epochs", "output_dir": "--output-dir"})
+    if _device(args):
+        from pipeline.checkpoint import choose_device
+
+        choose_device(_device(args), "--device")  # before any data is decoded: one line if it is not there
+    config.train = with_overrides(section, {"data": args.data, "epochs": args.epochs, "output_dir": args.output_dir,
+                                            "device": _device(args)},
+                                  {"data": "--data", "epochs": "--epochs", "output_dir": "--output-dir",
+                                   "device": "--device"})
     if args.stage1:
         if not hasattr(config.model.params, "stage1_checkpoint"):
             raise AnomstreamError(f"--stage1: model {config.model.name} has no stage-1 checkpoint")
@@ -39,14 +46,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _score_settings(args: argparse.Namespace):
     """The config's score section with command-line overrides (validated as the config is), and
     the model the config names."""
-    from pipeline.config import ScoreSection, load_score_config, with_overrides
+    from pipeline.config import ScoreSection, check_device_name, load_score_config, with_overrides
 
+    if _device(args):
+        check_device_name(_device(args))  # its form; whether the cluster has the device: the run checks
     section, model_name = load_score_config(args.config) if args.config else (ScoreSection(), None)
     settings = with_overrides(section,
                               {"replicas": args.replicas, "batch_size": args.batch_size, "backend": args.backend,
-                               "precision": args.precision, "writers": args.writers},
+                               "precision": args.precision, "writers": args.writers, "device": _device(args)},
                               {"replicas": "--replicas", "batch_size": "--batch-size", "backend": "--backend",
-                               "precision": "--precision", "writers": "--writers"})
+                               "precision": "--precision", "writers": "--writers", "device": "--device"})
     return settings, model_name
 
 
@@ -136,6 +145,8 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     if report.events or report.undelivered:
         left = f"; {report.undelivered} webhook message(s) not delivered yet, kept in the outbox" if report.undelivered else ""
         print(f"events: {report.events} ({events_folder(report.store)}){left}")
+    for problem in getattr(report.undelivered, "problems", ()):  # an outbox.Undelivered: each delivery failure
+        print(f"warning: {problem}", file=sys.stderr)
     for rejection in report.left_out:
         print(f"warning: left out {rejection.reason}", file=sys.stderr)
     for rejection in report.failed:
@@ -177,7 +188,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from pipeline.checkpoint import read_checkpoint, write_payload
 
     options = CalibrationOptions(args.smoothing, args.false_alarm_rate, position_scale=args.position_scale)
-    calibration = calibrate_checkpoint(args.checkpoint, args.data, options, threads=args.threads, progress=not args.quiet)
+    calibration = calibrate_checkpoint(args.checkpoint, args.data, options, threads=args.threads, progress=not args.quiet,
+                                       device=_device(args))
     if args.into:
         payload = read_checkpoint(args.checkpoint)
         write_payload(Path(args.into), {**payload, "calibration": calibration.to_payload()})
@@ -298,7 +310,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
-    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends)
+    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends,
+                        device=_device(args))
     if args.json:
         _write_json(args.json, results)
         print(f"json: {args.json}")
@@ -327,16 +340,33 @@ SOURCE_HELP = ("video file (any container FFmpeg reads, judged by content), fram
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomstream", description="Streaming anomaly detection in video and images.")
     commands = parser.add_subparsers(dest="command", required=True)
-    quiet, scoring, connection = _quiet_parent(), _scoring_parent(), _connection_parent()
+    quiet, scoring, connection, device = _quiet_parent(), _scoring_parent(), _connection_parent(), _device_parent()
     _add_demo(commands, [quiet])
-    _add_train(commands, [quiet])
-    _add_score(commands, [scoring, quiet, connection])
-    _add_live(commands, [scoring, quiet, connection])
-    _add_calibrate(commands, [quiet])
+    _add_train(commands, [quiet, device])
+    _add_score(commands, [scoring, quiet, connection, device])
+    _add_live(commands, [scoring, quiet, connection, device])
+    _add_calibrate(commands, [quiet, device])
     _add_export(commands)
     _add_eval(commands)
-    _add_bench(commands)
+    _add_bench(commands, [device])
     return parser
+
+
+def _device_parent() -> argparse.ArgumentParser:
+    """``--device``: train, calibrate, score, live and bench: where the model runs (docs/gpu.md)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("device")
+    group.add_argument("--device", metavar="DEVICE", default=argparse.SUPPRESS,  # not given: no attribute, see _device
+                       help="where the model runs: auto (default: CUDA when torch sees a GPU; score and live: a GPU "
+                            "fraction per replica when the Ray cluster has GPUs), cpu (score and live: replicas ask "
+                            "Ray for no GPU), cuda, or cuda:N (train, calibrate, bench); overrides train.device / "
+                            "score.device of a config; docs/gpu.md")
+    return parent
+
+
+def _device(args: argparse.Namespace) -> str | None:
+    """``--device`` as given, None when it was not (the config's ``device``, else auto)."""
+    return getattr(args, "device", None)
 
 
 def _quiet_parent() -> argparse.ArgumentParser:
@@ -423,7 +453,9 @@ def _add_event_options(sub: argparse.ArgumentParser) -> None:
                      help="an event starting this soon after another's end extends it (default 25)")
     sub.add_argument("--webhook", metavar="URL",
                      help="POST each event start and end as JSON here (retries with backoff; undelivered messages "
-                          "wait in OUT.events/outbox/ for the next run); receivers deduplicate by message_id")
+                          "wait in OUT.events/outbox/ for the next run); receivers deduplicate by message_id. "
+                          "https://user:token@host/path sends Basic auth (never printed); @FILE reads the URL from "
+                          "FILE, out of sight of ps")
 
 
 def _add_score(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -519,8 +551,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=_cmd_eval)
 
 
-def _add_bench(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser("bench", help="decode / model / naive loop / pipeline fps and their ratios")
+def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser("bench", parents=parents, help="decode / model / naive loop / pipeline fps and their ratios")
     bench.add_argument("--source", default="../shared/data/ped2/testing/frames/04", help="clip to benchmark on")
     bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
     bench.add_argument("--batch-size", type=_at_least(1), default=16)
@@ -534,9 +566,42 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.set_defaults(run=_cmd_bench)
 
 
+PATH_ARGUMENTS = {  # Namespace names of the path arguments -> how an error names them
+    "out": "--out", "manifest": "--manifest", "config": "--config", "checkpoint": "--checkpoint",
+    "calibration": "--calibration", "store": "store", "labels": "--labels", "json": "--json", "into": "--into",
+    "stage1": "--stage1", "output_dir": "--output-dir",
+}
+SPEC_ARGUMENTS = {"data": "--data", "source": "--source"}  # sources of train, calibrate, bench
+POSITIONAL_NAMES = {("train", "config"): "config", ("calibrate", "checkpoint"): "checkpoint",
+                    ("export", "checkpoint"): "checkpoint"}
+
+
+def expand_path_arguments(args: argparse.Namespace) -> None:
+    """``~`` and ``$VARIABLES`` in every path argument, expanded once, in place, before the command
+    runs (``pipeline.paths``): ``--out=~/x``, which the shell leaves as written, is the home folder's
+    ``x``, and what a command prints is the path it used. URLs stay as written. Sources of score and
+    live expand as manifest lines do (one that cannot stays as written and fails alone). Raises
+    ConfigError naming the argument (``--out: environment variable RUNS is not set ...``)."""
+    from pipeline.paths import expand_input, expand_path, expand_spec
+
+    for name, label in PATH_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, expand_path(value, POSITIONAL_NAMES.get((args.command, name), label)))
+    for name, label in SPEC_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, expand_spec(value, label))
+        elif isinstance(value, list):
+            setattr(args, name, [expand_spec(spec, label) for spec in value])
+    if isinstance(getattr(args, "sources", None), list):
+        args.sources = [expand_input(spec) for spec in args.sources]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        expand_path_arguments(args)
         return args.run(args)
     except (AnomstreamError, ModelInputError) as error:
         cause = getattr(error, "cause", None) or error  # raised inside a Ray actor
@@ -545,6 +610,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: what was written is kept", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not _from_ray(error) or os.environ.get("ANOMSTREAM_DEBUG"):
+            raise
+        print(f"error: {cause_line(error)} (inside a Ray worker; ANOMSTREAM_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _from_ray(error: BaseException) -> bool:
+    """Whether ``error`` came out of Ray (an actor's or task's error), without importing Ray."""
+    exceptions = sys.modules.get("ray.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.RayError)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""YAML configs validated into typed objects; a wrong key is a one-line error naming it."""
+"""YAML configs validated into typed objects; a wrong key, or a key given twice, is a one-line error
+naming it; ``~`` and environment variables in config paths are expanded (:mod:`pipeline.paths`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,32 @@ from pydantic import (
 
 from models.registry import MODELS
 from pipeline.errors import ConfigError
+from pipeline.paths import expand_path, expand_spec
+
+PATH_KEYS = {  # config keys that name files or folders (expand_path) or sources (expand_spec)
+    "model": {"backbone_weights": expand_path, "stage1_checkpoint": expand_path},
+    "train": {"data": expand_spec, "calibration_data": expand_spec, "anomalies": expand_spec,
+              "output_dir": expand_path, "init_checkpoint": expand_path},
+}
+
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: str, option: str = "--device") -> str:
+    """``name`` when it is one of :data:`DEVICE_FORMS` (``auto``: CUDA when torch sees one); else
+    ConfigError ``--device gpu: one of auto, cpu, cuda, cuda:N`` naming ``option``. Only the form:
+    whether the device exists is :func:`pipeline.checkpoint.choose_device`'s question."""
+    if not _DEVICE.fullmatch(name):
+        raise ConfigError(f"{option} {name}: one of {DEVICE_FORMS}")
+    return name
+
+
+def _device_field(name: str) -> str:
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"one of {DEVICE_FORMS}, got {name!r}")
+    return name
 
 
 class _Strict(BaseModel):
@@ -52,6 +80,7 @@ class TrainSection(_Strict):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: mixed precision (autocast) for the forward pass and loss, weights and optimizer "
                             "in fp32; ~2x faster on CPUs with AVX512-BF16/AMX, slower on CPUs without")
+    device: str = Field("auto", description="auto (CUDA when torch sees one), cpu, cuda or cuda:N (docs/gpu.md)")
     init_checkpoint: str | None = Field(None, description="start from this checkpoint's weights (same model), e.g. to fine-tune")
     augment: list[Literal["hflip"]] = Field(
         default_factory=list, description="hflip: each training window mirrored left-right with probability 1/2 "
@@ -68,6 +97,11 @@ class TrainSection(_Strict):
     calibration_position_scale: bool = Field(
         False, description="reference terms divided by their per-position normal spread too (anomstream calibrate "
                            "--position-scale)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        return _device_field(name)
 
 
 class ScoreSection(_Strict):
@@ -86,6 +120,14 @@ class ScoreSection(_Strict):
                              "OpenVINO (CPU); auto: the fastest installed one that matches torch (docs/backends.md)")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: OpenVINO in bf16 where the CPU has bf16 units, torch under autocast")
+    device: str = Field("auto", description="where replicas score: auto (a GPU fraction each when the cluster has "
+                                            "GPUs), cpu (no GPU asked for), cuda (a GPU each, or the run refuses); "
+                                            "docs/gpu.md")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        return _device_field(name)
 
 
 class AnomstreamConfig(_Strict):
@@ -138,14 +180,78 @@ def parse_config(data: Any, source: str = "config") -> AnomstreamConfig:
         config.model.params = TypeAdapter(params_class).validate_python(params_data)
     except ValidationError as error:
         raise ConfigError(_format_error(source, error, prefix="model")) from None
+    _expand_paths(config, source)
     return config
+
+
+def _expand_paths(config: AnomstreamConfig, source: str) -> None:
+    """``~`` and ``$VARIABLES`` in the config's paths (:data:`PATH_KEYS`) expanded, once, in place.
+    Raises ConfigError naming the file and key (``c.yaml: train.output_dir: environment variable
+    RUNS is not set ...``)."""
+    for section_name, keys in PATH_KEYS.items():
+        section = config.model.params if section_name == "model" else getattr(config, section_name)
+        for key, expand in keys.items():
+            value, where = getattr(section, key, None), f"{source}: {section_name}.{key}"
+            if isinstance(value, str):
+                setattr(section, key, expand(value, where))
+            elif isinstance(value, list):
+                setattr(section, key, [expand(item, where) for item in value])
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice: ``key`` its dotted path (``score.replicas``), ``lines`` where."""
+
+    def __init__(self, key: str, lines: tuple[int, int]) -> None:
+        super().__init__(f"{key}: key given twice (lines {lines[0]} and {lines[1]})")
+        self.key, self.lines = key, lines
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a mapping key given twice at any depth (PyYAML itself keeps
+    the last one silently). Keys merged in with ``<<`` may be overridden, as YAML intends."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_keys(self, node: yaml.Node, where: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check_keys(item, f"{where}[{index}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = self._key(key_node)
+                path = f"{where}.{key}" if where else str(key)
+                if key_node.tag != "tag:yaml.org,2002:merge":
+                    if (type(key), key) in first:
+                        raise DuplicateKeyError(path, (first[type(key), key], key_node.start_mark.line + 1))
+                    first[type(key), key] = key_node.start_mark.line + 1
+                self._check_keys(value_node, path, seen)
+
+    def _key(self, node: yaml.Node) -> Any:
+        """A key as the document means it (``1`` and ``01`` are one int key); a key that is not a
+        scalar (``? [a, b]``) by its position: never equal to another."""
+        if not isinstance(node, yaml.ScalarNode):
+            return f"<key at line {node.start_mark.line + 1}, column {node.start_mark.column + 1}>"
+        try:
+            key = self.construct_object(node)
+            hash(key)
+        except (yaml.YAMLError, TypeError):
+            return node.value
+        return key
 
 
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except DuplicateKeyError as error:
+        raise ConfigError(f"{path}: {error}; give it once (YAML would keep only the last)") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

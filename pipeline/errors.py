@@ -13,6 +13,14 @@ def first_line(error: BaseException, limit: int | None = 200) -> str:
     return line if limit is None else line[:limit]
 
 
+def cause_line(error: BaseException) -> str:
+    """``Type: first line`` of an error, or of the error it wraps (``error.cause``: an exception
+    raised inside a Ray actor arrives wrapped, its message Ray's own text with colour codes)."""
+    cause = getattr(error, "cause", None)
+    error = cause if isinstance(cause, BaseException) else error
+    return f"{type(error).__name__}: {first_line(error)}"
+
+
 class AnomstreamError(Exception):
     """Bad input (a path, a file, a config key, a camera): the message names the thing."""
 

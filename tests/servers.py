@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -111,6 +113,62 @@ class WebhookReceiver:
         self.server.server_close()
 
 
+class HookReceiver:
+    """A loopback webhook on 127.0.0.1 (a daemon thread) answering by path as deployed apps do:
+    ``answers`` maps a path to (status, Location or None), e.g. a redirect; a path in ``basic`` wants HTTP Basic auth with
+    that ``user:password``; any other path accepts a POST (200). ``certificate``: (certificate, key) PEM
+    files: it speaks https. ``requests``: each request as a dict (method, path,
+    status, body, headers) in arrival order. ``stop()`` shuts it down."""
+
+    def __init__(self, answers: dict[str, tuple[int, str | None]] | None = None, basic: dict[str, str] | None = None,
+                 certificate: tuple[Path, Path] | None = None) -> None:
+        self.requests: list[dict] = []
+        receiver, lock = self, threading.Lock()
+        answers, basic = answers or {}, basic or {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                extra = {}
+                if self.path in answers:
+                    status, location = answers[self.path]
+                    extra = {"Location": location} if location is not None else {}
+                elif self.path in basic and self.headers.get("Authorization") != _basic(basic[self.path]):
+                    status, extra = 401, {"WWW-Authenticate": 'Basic realm="hooks"'}
+                else:
+                    status = 200 if self.command == "POST" else 405
+                with lock:
+                    receiver.requests.append({"method": self.command, "path": self.path, "status": status,
+                                              "body": body, "headers": dict(self.headers)})
+                self.send_response(status)
+                for name, value in {**extra, "Content-Length": "0"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+
+            do_POST = do_GET = _answer  # noqa: N815 - the http.server hooks' names
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*certificate)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
 class LoopbackS3:
     """moto's standalone S3-compatible server in a process of its own on 127.0.0.1 (any free port);
     ``environment``: the variables that point AWS clients (obstore, boto3) at it; ``stop()`` kills
@@ -142,3 +200,17 @@ class LoopbackS3:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class LockedCamera(LoopbackCamera):
+    """A :class:`LoopbackCamera` with a password: it answers 401 to a request without HTTP Basic auth
+    for ``credentials`` (``user:password``), which it is handed in its environment, never on its
+    command line (``ps``)."""
+
+    def __init__(self, video: Path, fps: float, credentials: str, *options: str) -> None:
+        self.credentials = credentials
+        super().__init__(video, fps, *options)
+
+    def start(self) -> None:
+        self.process, url = spawn(self.video, self.fps, self.port, *self.options, credentials=self.credentials)
+        self.port = int(url.rsplit(":", 1)[1].strip("/"))

@@ -125,3 +125,18 @@ def test_export_and_backend_refusals_are_one_line(shipped_checkpoint, tmp_path):
         choose_backend("onnxruntime", "bf16", model, shipped_checkpoint, "0" * 64)
     with pytest.raises(BackendError, match=r"^--backend: unknown backend 'tensorrt'; one of torch, onnxruntime, openvino, auto$"):
         choose_backend("tensorrt", "fp32", model, shipped_checkpoint, "0" * 64)
+
+
+def test_the_export_cache_goes_to_the_user_cache_never_beside_the_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint may sit in site-packages or a shared models folder: its folder is left as it was."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weights = tmp_path / "site-packages" / "configs" / "weights"
+    weights.mkdir(parents=True)
+    (weights / "model.pt").write_bytes(b"weights")
+    torch.manual_seed(0)
+    model_class, config = SMALL["favae"]
+    choice = choose_backend("onnxruntime", "fp32", model_class(config).eval(), weights / "model.pt", "1" * 64)
+    assert choice.backend == "onnxruntime" and choice.graph
+    assert [p.name for p in weights.iterdir()] == ["model.pt"]
+    cached = sorted(p.name for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir())
+    assert len(cached) == 2 and cached[0].endswith(".onnx") and cached[1] == cached[0][:-5] + ".parity.json"

@@ -350,7 +350,7 @@ def test_a_writer_lost_after_every_stream_closed_costs_the_run_attrs_only(fake_r
     store, report, pool = _run([FakeSource("a", 20)], Faults())
     pool.writers.actors[0].dead = True
     run_module._finish(pool, report)  # the run's last step, after the loop
-    assert capsys.readouterr().err == ("warning: a writer was lost after every stream was closed (The actor experienced "
-                                       "an error before finishing this task.); the streams are complete, the store's "
-                                       "root attrs faults and replicas are not written\n")
+    assert capsys.readouterr().err == ("warning: a writer was lost after every stream was closed (RayActorError: The "
+                                       "actor experienced an error before finishing this task.); the streams are "
+                                       "complete, the store's root attrs faults and replicas are not written\n")
     assert store.closed == {"a": (None, [])} and store.rows["a"] == _whole(20)

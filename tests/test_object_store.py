@@ -97,3 +97,19 @@ def test_a_missing_bucket_is_one_line_before_any_work(s3_environment, ped2):
     assert done.stderr.rstrip().endswith("check the bucket, the endpoint and the credentials in the environment "
                                          "(AWS_*, GOOGLE_*, AZURE_*)") and done.stderr.count("\n") == 1, done.stderr
     assert "Ray" not in done.stderr and not done.stdout
+
+
+def test_a_store_on_s3_has_one_run_at_a_time(s3_environment):
+    """The lock is an object beside the store's prefix, created by a conditional put."""
+    from obstore import list as list_objects
+    from obstore.store import from_url
+
+    from pipeline.errors import StoreError
+    from pipeline.store.lock import StoreLock
+
+    with StoreLock("s3://runs/locks/b.zarr"):
+        keys = {entry["path"] for chunk in list_objects(from_url("s3://runs/locks")) for entry in chunk}
+        assert keys == {"b.zarr.lock"}
+        with pytest.raises(StoreError, match=r"^s3://runs/locks/b.zarr: another run is writing this store \(process "):
+            StoreLock("s3://runs/locks/b.zarr").acquire()
+    assert not [entry for chunk in list_objects(from_url("s3://runs/locks")) for entry in chunk]

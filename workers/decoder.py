@@ -3,6 +3,10 @@
 Actors are pooled by the driver: when a source ends, the same actor opens the next one, so a
 job of many short clips does not pay a process start per clip. A live source is read on a thread
 of the actor's own (:class:`pipeline.stream.live.LiveWindows`); a request returns what is ready.
+
+Ray writes each worker's stdout and stderr to its log files (``worker-*.out``/``.err``): the
+actor quiets OpenCV's and FFmpeg's logs first thing, since they print the URLs they open, with a
+camera's password (:func:`pipeline.sources.camera.quiet_camera_logs`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import replace
 import ray
 
 from pipeline.sources.base import Source
+from pipeline.sources.camera import quiet_camera_logs
 from pipeline.stream.live import LiveOptions, LiveWindows
 from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, WindowShape, window_batches
 from workers.priority import raise_priority
@@ -20,6 +25,7 @@ from workers.priority import raise_priority
 @ray.remote
 class DecodeActor:
     def __init__(self) -> None:
+        quiet_camera_logs()  # before any library opens a camera in this process
         raise_priority()  # the replicas report when this is not allowed (same cause)
         self._live: LiveWindows | None = None
 

@@ -2,11 +2,15 @@
 
 The driver creates replicas restartable by Ray (``max_restarts``, ``max_task_retries``): when a
 replica process dies, Ray starts it again and sends its batches again. Every call carries
-``[ref]`` to the model (the checkpoint's contents and a calibration's reference maps, put in the
-object store once by the driver): a replica, first started or restarted, loads the model from the
-first call it gets. (A reference among the constructor's arguments would make Ray warn that a
-restart needs it alive: ray-project/ray#53727.) Each answer says which process scored it, so the
-driver sees a restart and reports it.
+``[ref]`` to the model (the checkpoint's contents, a calibration's reference maps, the backend and the
+device, put in the object store once by the driver): a replica, first started or restarted, loads the
+model from the first call it gets. (A reference among the constructor's arguments would make Ray
+warn that a restart needs it alive: ray-project/ray#53727.) Each answer says which process scored
+it, so the driver sees a restart and reports it.
+
+The device is the driver's choice for this replica's placement: ``cpu`` when Ray gave it no GPU
+(``--device cpu``, or a cluster without GPUs), else ``cuda`` (asked for by name: torch must see it)
+or ``auto`` (CUDA when torch sees one).
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ class ReplicaActor:
 
     def _scorer(self, model: list[ray.ObjectRef]) -> Scorer:
         if self.core is None:
-            contents, reference, backend = ray.get(model[0])
-            self.core = Scorer(contents, self.threads, reference=reference, backend=backend)
+            contents, reference, backend, device = ray.get(model[0])
+            self.core = Scorer(contents, self.threads, device, reference=reference, backend=backend)
         return self.core
 
     @ray.method(num_returns=2)

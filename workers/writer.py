@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 import ray
 
 from pipeline.calibration.scores import Calibration, StreamCalibrator
+from pipeline.errors import StoreError, first_line
 from pipeline.events.recorder import EventRecorder, EventSettings
 from pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
 from pipeline.store.results import FLUSH_S
@@ -19,6 +21,22 @@ from pipeline.stream.rows import unscored_rows
 from pipeline.stream.windows import WindowBatch
 from pipeline.view.state import StreamView
 from workers.priority import raise_priority
+
+
+def _store_errors(method):
+    """An OS error while the store is written (a full disk, a read-only or vanished mount) becomes
+    a StoreError whose one line names the store and the cause, the cause first; the driver prints
+    it as it is."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as error:
+            cause = error.strerror or first_line(error)
+            raise StoreError(f"{self.path}: cannot write the store ({cause}); what is written is kept") from None
+
+    return guarded
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,11 @@ class WriterActor:
     def open(self, config: WriterConfig) -> int:
         """Open the store as ``config`` says; returns this process's pid (the driver waits for it
         to be gone before a successor opens the store)."""
+        self.path = config.path
+        return self._open(config)
+
+    @_store_errors
+    def _open(self, config: WriterConfig) -> int:
         raise_priority()
         os.environ.update(config.environment or {})
         self.store = RotatingStore(config.path, config.run_attrs, config.mode, config.rotate_s, flush_s=config.flush_s) \
@@ -67,9 +90,11 @@ class WriterActor:
             if config.events is not None else None
         return os.getpid()
 
+    @_store_errors
     def note_inputs(self, failed: list[str], left_out: list[str]) -> None:
         self.store.note_inputs(failed, left_out)
 
+    @_store_errors
     def note_attrs(self, attrs: dict[str, Any]) -> None:
         """Run-level facts into the store's root attrs (``faults``, ``replicas``)."""
         self.store.note_attrs(attrs)
@@ -77,6 +102,7 @@ class WriterActor:
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         return self.store.stored_stream(stream_id)
 
+    @_store_errors
     def open_stream(self, stream_id: str, arrays: dict[str, ArraySpec], chunk: int,
                     frame_count: int | None, attrs: dict[str, Any]) -> None:
         self.store.open_stream(stream_id, arrays, chunk, frame_count, attrs)
@@ -92,6 +118,7 @@ class WriterActor:
         if self.events is not None:
             self.events.open_stream(stream_id)
 
+    @_store_errors
     def write(self, stream_id: str, row: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:
         """Rows [row, row + n) of a stream (store rows: a frame index may skip, rows do not);
         ``batch``: the batch they were scored from (for the live view's frame and event snapshots;
@@ -111,13 +138,16 @@ class WriterActor:
         """A batch that no replica scores: nothing in it to score, or dropped (policy ``latest``)."""
         return self.write(stream_id, row, unscored_rows(batch, self.specs[stream_id], dropped))
 
+    @_store_errors
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         self.store.add_gaps(stream_id, gaps)
 
+    @_store_errors
     def flush_due(self) -> None:
         """Rows that waited long enough onto disk (a stream between batches writes nothing)."""
         self.store.flush_due()
 
+    @_store_errors
     def flush_all(self) -> None:
         """Every row that arrived onto disk: the run ends without closing the streams (a writer
         lost, an error), or this writer is about to be replaced."""
@@ -140,11 +170,13 @@ class WriterActor:
         """Event messages (``type`` start / end) since the last call, for the driver to print."""
         return self.events.take_news() if self.events is not None else []
 
+    @_store_errors
     def close_events(self, wait_s: float = 5.0) -> int:
         """End of the run: flush the event log, give the webhook ``wait_s`` s; returns messages left
         in the outbox (delivered by the next run with the same events folder and a webhook)."""
         return self.events.close(wait_s) if self.events is not None else 0
 
+    @_store_errors
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
         if self.events is not None:

@@ -1,5 +1,5 @@
 """Which backend a run's replicas score with, decided once by the driver: the exported graph is
-made (or read from its cache beside the checkpoint), checked against torch on the same windows,
+made (or read from the user's cache), checked against torch on the same windows,
 and handed to every replica through Ray's object store with the checkpoint.
 
 ``auto`` takes the fastest installed backend that passes the check (measured on this 2-core CPU,
@@ -95,8 +95,9 @@ def _checked(backend: str, precision: str, cache: GraphCache) -> BackendChoice:
 
 
 class GraphCache:
-    """A checkpoint's exported graph and its checks against torch, kept on disk beside the
-    checkpoint (else in the user's cache folder): a run finds both there and builds no model."""
+    """A checkpoint's exported graph and its checks against torch, kept in the user's cache folder
+    (``$XDG_CACHE_HOME/anomstream/exports``, else ``~/.cache/...``): a run finds both there and
+    builds no model."""
 
     def __init__(self, model: AnomalyModel | Callable[[], AnomalyModel] | None, checkpoint: str | Path, sha256: str,
                  reference: dict[str, np.ndarray] | None = None) -> None:
@@ -187,5 +188,6 @@ def _models_source() -> bytes:
 
 
 def _cache_folders(checkpoint: Path) -> list[Path]:
-    user = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "anomstream" / "exports"
-    return [checkpoint.parent / ".anomstream-exports", user]
+    """Where exported graphs are kept: the user's cache folder only. Nothing is written beside the
+    checkpoint (it may sit in site-packages, a shared models folder or a read-only mount)."""
+    return [Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "anomstream" / "exports"]

@@ -4,6 +4,8 @@ windows), then every window's score terms, their median / MAD, the trailing stat
 distribution.
 
 Used by ``anomstream calibrate`` and at the end of training. Normal data only: never test labels.
+The model scores where it is (``--device``; training: ``train.device``): each window batch is moved
+there, each result brought back to the CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from models.base import AnomalyModel
 from pipeline.calibration.scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
-from pipeline.checkpoint import file_sha256, load_model
+from pipeline.checkpoint import choose_device, file_sha256, load_model, model_device, prepare_device
 from pipeline.errors import AnomstreamError
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
@@ -48,18 +50,23 @@ class CalibrationOptions:
 
 
 def calibrate_checkpoint(checkpoint: str | Path, data: list[str], options: CalibrationOptions = CalibrationOptions(),
-                         threads: int | None = None, progress: bool = True) -> Calibration:
-    """Fit a calibration of ``checkpoint`` on the normal sources ``data`` (any source spec).
+                         threads: int | None = None, progress: bool = True,
+                         device: str | torch.device | None = None) -> Calibration:
+    """Fit a calibration of ``checkpoint`` on the normal sources ``data`` (any source spec), the model
+    on ``device`` (``--device``: auto, cpu, cuda, cuda:N; None: auto).
 
     Raises :class:`AnomstreamError` (one line) when a source cannot be read, the data give fewer
-    than ``MIN_FRAMES`` scored frames, or an option is out of range."""
+    than ``MIN_FRAMES`` scored frames, an option is out of range or the device is not there."""
     if options.smoothing < 1:
         raise AnomstreamError(f"--smoothing must be >= 1 frame, got {options.smoothing}")
     if not 0 < options.false_alarm_rate < 1:
         raise AnomstreamError(f"--false-alarm-rate must be between 0 and 1, got {options.false_alarm_rate}")
     if threads:
         torch.set_num_threads(threads)
+    place = choose_device(device, "--device")
+    prepare_device(place)
     model, _ = load_model(checkpoint)
+    model.to(place)
     sources = normal_sources(data, model, "--data")
     still = model.window_length == 1  # independent images: no trailing window
     calibration = fit_calibration(model, sources, ", ".join(data), replace(options, smoothing=1) if still else options,
@@ -84,7 +91,8 @@ def normal_sources(data: list[str], model: AnomalyModel, option: str) -> list[So
 
 def fit_calibration(model: AnomalyModel, sources: list[Source], description: str, options: CalibrationOptions,
                     progress: bool = True) -> Calibration:
-    """The two passes over ``sources`` (each read twice; files, folders, datasets: not cameras).
+    """The two passes over ``sources`` (each read twice; files, folders, datasets: not cameras), the
+    model (in eval mode) scoring on its own device.
 
     ``position_scale``: besides each reference map's per-position median, keep its per-position
     robust scale (``NAME_scale``): the model's reference terms become z-maps. Measured (docs/results.md):
@@ -94,7 +102,8 @@ def fit_calibration(model: AnomalyModel, sources: list[Source], description: str
     total = sum(source.frame_count or 0 for source in sources)
     step = max(1, math.ceil(total / limit)) if total else 1
     reference = _reference(model, sources, batch_size, step, limit, progress, options.position_scale)
-    model.set_reference({name: torch.from_numpy(m) for name, m in reference.items()})
+    device = model_device(model)
+    model.set_reference({name: torch.from_numpy(m).to(device) for name, m in reference.items()})
     per_stream = [terms for terms in (_terms(model, source, batch_size, progress) for source in sources) if len(terms[0])]
     frames = sum(len(index) for index, _ in per_stream)
     if frames < MIN_FRAMES:
@@ -139,15 +148,16 @@ def _reference(model: AnomalyModel, sources: list[Source], batch_size: int, step
     kept: dict[str, list[np.ndarray]] = {}
     if type(model).reference_maps is AnomalyModel.reference_maps:
         return {}
+    device = model_device(model)
 
     def use(_source: Source, batch: WindowBatch) -> None:
         nonlocal step
         chosen = batch.frame_index[batch.valid] % step == 0
         if chosen.any():
-            windows = torch.from_numpy(batch.windows()[chosen])
+            windows = torch.from_numpy(batch.windows()[chosen]).to(device, non_blocking=True)
             with torch.inference_mode():
                 for name, maps in model.reference_maps(windows).items():
-                    kept.setdefault(name, []).extend(maps.float().numpy().astype(np.float16))
+                    kept.setdefault(name, []).extend(maps.float().cpu().numpy().astype(np.float16))
         while kept and len(next(iter(kept.values()))) > limit:
             step *= 2
             for name in kept:
@@ -178,13 +188,14 @@ def _terms(model: AnomalyModel, source: Source, batch_size: int, progress: bool)
     """A stream's scored frame indices (N,) and its terms (each float64 (N,)), the score as ``score``."""
     index: list[np.ndarray] = []
     terms: dict[str, list[np.ndarray]] = {}
+    device = model_device(model)
 
     def use(_source: Source, batch: WindowBatch) -> None:
         with torch.inference_mode():
-            output = model.score(torch.from_numpy(batch.windows()))
+            output = model.score(torch.from_numpy(batch.windows()).to(device, non_blocking=True))
         index.append(batch.frame_index[batch.valid])
         for name, values in {**output.terms, "score": output.score}.items():
-            terms.setdefault(name, []).append(values.double().numpy())
+            terms.setdefault(name, []).append(values.double().cpu().numpy())
 
     _each_window(model, [source], batch_size, f"calibration: scoring {source.stream_id}", progress, use)
     if not index:

@@ -125,6 +125,9 @@ MASK_READERS = {"ped2": ped2_masks, "avenue": avenue_stream_masks, "shanghaitech
 
 
 def load_frame_labels(dataset: str, path: str | Path) -> dict[str, np.ndarray]:
+    """``{stream_id: int8 0/1 labels}`` of a video dataset's test set, as its loader reads ``path``.
+    Lengths are checked against the scored streams by ``pipeline.evaluation.video.check_labels``.
+    Raises :class:`AnomstreamError` for an unknown dataset or a missing path."""
     if dataset not in LOADERS:
         raise AnomstreamError(f"unknown dataset {dataset!r}; known: {', '.join(LOADERS)}")
     if not Path(path).exists():

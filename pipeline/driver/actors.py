@@ -57,7 +57,8 @@ class ActorPool:
 
     def start(self, replicas: int, decoders: int) -> None:
         """Start the replicas and decoders (their processes start while the writers open the store)."""
-        self.replicas = [ReplicaSlot(self._new_replica()) for _ in range(replicas)]
+        for _ in range(replicas):  # one by one: an interrupted start still kills those started
+            self.replicas.append(ReplicaSlot(self._new_replica()))
         for _ in range(decoders):
             self.free_decoders.append(self._new_decoder())
 

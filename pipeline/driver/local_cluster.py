@@ -14,14 +14,16 @@ from typing import Any
 LOOPBACK_NODE_IP = "127.0.0.2"
 
 
-def start_local_cluster(nodes: int = 2, cpus_per_node: float = 2) -> Any:
+def start_local_cluster(nodes: int = 2, cpus_per_node: float = 2, gpus_per_node: float = 0) -> Any:
     """A ``ray.cluster_utils.Cluster`` of ``nodes`` nodes (the first is the head); join it with
-    ``--address cluster.address``; stop it with ``cluster.shutdown()``. This process does not join."""
+    ``--address cluster.address``; stop it with ``cluster.shutdown()``. This process does not join.
+    ``gpus_per_node``: GPUs each node reports (a resource label: on a machine without GPUs it tests
+    placement, the replicas still score on the CPU)."""
     from ray.cluster_utils import Cluster
 
     saved = {key: os.environ.pop(key, None) for key in ("RAY_worker_niceness", "RAY_ADDRESS")}
     try:
-        node = {"num_cpus": cpus_per_node, "node_ip_address": LOOPBACK_NODE_IP}
+        node = {"num_cpus": cpus_per_node, "num_gpus": gpus_per_node, "node_ip_address": LOOPBACK_NODE_IP}
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={**node, "include_dashboard": False})
         for _ in range(nodes - 1):
             cluster.add_node(**node)

@@ -29,11 +29,12 @@ from pipeline.driver.report import RunReport
 from pipeline.driver.reporter import EventRelay, Reporter
 from pipeline.driver.schedule import Decoded, ReplicaPool
 from pipeline.driver.writing import RowSender
-from pipeline.errors import AnomstreamError, first_line
+from pipeline.errors import AnomstreamError, StoreError, cause_line, first_line
 from pipeline.sources.base import Source
 from pipeline.stream.windows import EndOfStream
 
 WAIT_S = 0.25  # longest the loop waits on actors before it looks at the clock (duration, stop, table)
+SETTLE_S = 5.0  # a run ending on a lost writer lets the batches in the replicas finish this long at most
 
 
 class ScoringLoop:
@@ -56,13 +57,11 @@ class ScoringLoop:
         self.stopping = False
         self.live_run = any(source.is_live for source in sources)
         faults = report.faults
-        self.replica_recovery, self.batch_retry = ReplicaRecovery(faults), BatchRetry(faults)
-        self.redecode = Redecode(faults)
+        self.replica_recovery, self.batch_retry, self.redecode = ReplicaRecovery(faults), BatchRetry(faults), Redecode(faults)
         self.takeover = WriterTakeover(faults, possible=pool.writers_replaceable and not self.live_run)
         self.events = EventRelay(self.writers, report, reporter, self.live_run, setup.events)
-        settings = setup.settings
         self.rows = RowSender(self.writers, report, reporter, 2 * self.dispatcher.pool.capacity,
-                              (setup.arrays, settings.batch_size), settings.flush_s, setup.view, setup.events)
+                              (setup.arrays, setup.settings.batch_size), setup.settings.flush_s, setup.view, setup.events)
         self.opener = StreamOpener(sources, setup, pool, self.dispatcher, self.rows, report, reporter)
         known = all(s.frame_count for s in sources) and not self.live_run
         reporter.start(sum(s.frame_count for s in sources) if known else None, self.live_run)
@@ -75,7 +74,9 @@ class ScoringLoop:
         except RayError as failure:  # the replicas' and decoders' faults are handled where they happen
             self.reporter.close()
             self.writers.flush_all()  # the writers that still answer keep what they received
-            raise _writing_failed(self.report.store, failure) from None
+            if self.score_refs:  # a replica killed while it scores makes Ray print a retry notice
+                ray.wait(list(self.score_refs), num_returns=len(self.score_refs), timeout=SETTLE_S)
+            raise _writing_failed(self.report.store, failure, self.live_run) from None
         except BaseException:
             self._end()
             raise
@@ -145,9 +146,7 @@ class ScoringLoop:
         return bool(asking)
 
     def _dispatch(self) -> None:
-        live = self.setup.live
-        max_latency_s = None if live.max_latency_ms is None else live.max_latency_ms / 1000
-        for assignment in self.dispatcher.assign(time.time(), max_latency_s):
+        for assignment in self.dispatcher.assign(time.time(), self.setup.max_latency_s):
             if assignment.replica is None:
                 self._flush(assignment.item.stream_id)  # dropped: its rows go to the writer unscored
             else:
@@ -224,6 +223,7 @@ class ScoringLoop:
         source = self.opener.opened[stream_id]
         self.redecode.lost(self.dispatcher, stream_id, source.describe(), source.is_live, why, self)
 
+
     def start_decoding(self, stream_id: str, decoder: Any, row: int) -> None:
         self.opener.start_decoding(stream_id, decoder, row)
 
@@ -288,15 +288,16 @@ class ScoringLoop:
             raise RuntimeError(f"scoring stalled: streams {sorted(self.dispatcher.streams)} wait on nothing")
 
 
-def _writing_failed(store: Any, failure: RayError) -> AnomstreamError:
-    """The one-line error of a run whose writer is lost for good."""
-    if isinstance(failure, AnomstreamError):
-        return failure  # the store's own one-line error, raised in the writer
+def _writing_failed(store: Any, failure: RayError, live: bool) -> AnomstreamError:
+    """The one-line error of a run whose writer is lost for good, the cause first (never Ray's
+    wrapper text), with what to do next."""
+    then = "start the run again" if live else "run again with --resume"
+    if isinstance(failure, AnomstreamError):  # the store's own one-line error, raised in the writer
+        line = first_line(getattr(failure, "cause", None) or failure, limit=None)
+        return StoreError(f"{line}: {then}" if line.endswith("what is written is kept") else line)
     if isinstance(failure, RayActorError):
-        return AnomstreamError(f"{store}: the writer process was lost ({first_line(failure)}); what is written is "
-                               f"kept: run again with --resume")
-    return AnomstreamError(f"{store}: writing failed ({type(failure).__name__}: {first_line(failure)}); what is "
-                           f"written is kept: run again with --resume")  # e.g. a result lost with its node
+        return StoreError(f"{store}: the writer process was lost ({first_line(failure)}); what is written is kept: {then}")
+    return StoreError(f"{store}: writing failed ({cause_line(failure)}); what is written is kept: {then}")
 
 
 def _writer_lost(failure: RayError) -> bool:

@@ -39,6 +39,11 @@ class StreamSetup:
     view: bool = False
     events: bool = False
 
+    @property
+    def max_latency_s(self) -> float | None:
+        """Policy ``latest``: a batch whose newest frame is older than this when a replica is free is dropped."""
+        return None if self.live.max_latency_ms is None else self.live.max_latency_ms / 1000
+
 
 def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int] | None, writer: int) -> dict[str, Any]:
     attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live,

@@ -24,8 +24,9 @@ class RunPlan:
     Inputs: ``specs`` (source specs, :mod:`pipeline.sources.resolve`), ``stream_ids`` (one per spec,
     None: the input's own name, e.g. from a manifest), ``source_options``. Model: ``checkpoint``,
     ``expected_model`` (the model a config names: a checkpoint of another is refused),
-    ``calibration`` (a calibration file; None: the checkpoint's own, if any). Replicas, backend,
-    precision, batch size, writers, flush interval: ``settings`` (the config's ``score`` section).
+    ``calibration`` (a calibration file; None: the checkpoint's own, if any). Replicas, device,
+    backend, precision, batch size, writers, flush interval: ``settings`` (the config's ``score``
+    section).
     Output: ``out`` (a path or an object-store URL), ``mode`` (create, overwrite or resume),
     ``rotate_s`` (one store per period of that many seconds). Live runs: ``live`` (policy, latency
     bound, retention), ``duration_s`` (stop after that long), ``view`` ((host, port) of the live

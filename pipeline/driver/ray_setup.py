@@ -33,6 +33,8 @@ def ensure_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # Ray runs workers at nice 15: any busy process on the machine would starve the replicas ~30x
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if not os.environ.get("ANOMSTREAM_DEBUG"):  # results dropped after a reported error: no Ray tracebacks
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if address:
         _check_reachable(address)
     argv = sys.argv

@@ -67,7 +67,7 @@ class ConsoleReporter(Reporter):
         self.node_busy = NodeBusy()
 
     def start(self, total: int | None, live: bool) -> None:
-        self.live = live
+        self.live, self.table_at = live, time.monotonic() + TABLE_EVERY_S
         self.bar = tqdm(total=total, desc="scoring", unit="frame", disable=live, delay=0.5)
 
     def not_this_run(self, frames: int) -> None:

@@ -18,8 +18,9 @@ def same_source(stored: str, current: str) -> bool:
 
 
 def resume_refusal(stored: StoredStream | None, source: Source, fingerprint: dict[str, int] | None) -> str | None:
-    """Why ``source`` may not continue what the store holds under its stream id (another input, or
-    its files changed since: ``fingerprint`` is :meth:`Source.fingerprint` now), or None."""
+    """Why ``source`` may not continue what the store holds under its stream id (another input, its
+    files changed since: ``fingerprint`` is :meth:`Source.fingerprint` now, or the store lost rows
+    below the stream's written mark), or None."""
     if stored is None:
         return None
     if stored.source is not None and not same_source(stored.source, source.describe()):
@@ -29,7 +30,7 @@ def resume_refusal(stored: StoredStream | None, source: Source, fingerprint: dic
         return (f"{source.describe()}: changed since the store's stream {source.stream_id!r} was "
                 f"scored from it (files, size or modification time differ); score into another "
                 f"store, or --overwrite")
-    return None
+    return stored.damage  # rows below its written mark are gone: resuming would build on fill values
 
 
 def nothing_to_resume(out: str | Path, sources: list[Source], run_attrs: dict[str, Any]) -> dict[str, StreamReport] | None:
@@ -39,13 +40,13 @@ def nothing_to_resume(out: str | Path, sources: list[Source], run_attrs: dict[st
     it is. None when some stream has frames to score, or ``out`` is no store yet (the run goes on as
     usual). Raises StoreError, as the run would, for a store of another run (:func:`check_same_run`)."""
     try:
-        root = open_results(out)
+        root = open_results(out, check=False)  # each stream is checked below
     except StoreError:
         return None  # not (yet) one of ours: the writer says what is wrong, as always
     check_same_run(out, root, run_attrs)
     reports: dict[str, StreamReport] = {}
     for source in sources:
-        stored = stored_stream(root, source.stream_id)
+        stored = stored_stream(root, source.stream_id, out)
         if stored is None:
             return None
         refusal = resume_refusal(stored, source, source.fingerprint())

@@ -7,6 +7,7 @@ in frame order per stream whichever replica finished first.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -36,12 +37,13 @@ from pipeline.driver.report import RunReport
 from pipeline.driver.reporter import Reporter, reporter_for
 from pipeline.driver.resume import nothing_to_resume
 from pipeline.driver.writers import WriterSet
-from pipeline.errors import AnomstreamError, first_line
+from pipeline.errors import AnomstreamError, cause_line
 from pipeline.events.recorder import EventSettings, event_settings
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import Inputs, resolve_inputs
 from pipeline.store import check_target, result_arrays, stream_key
 from pipeline.store.location import credential_environment, is_url
+from pipeline.store.lock import StoreLock
 from pipeline.stream.windows import WindowShape
 from pipeline.view.server import LiveView, check_port
 from workers.writer import WriterConfig
@@ -51,16 +53,61 @@ REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the
 
 def _replica_options(settings: ScoreSection, helper_cpus: float, gpu: bool = True) -> tuple[dict[str, Any], int | None]:
     """Ray options and threads of a replica: a GPU fraction when the cluster has GPUs (and ``gpu``:
-    the backend can use one), else an equal share of the CPUs left by the decoders and the writer
-    (so that nothing pends)."""
+    the backend can use one, and ``settings.device`` is not ``cpu``), else an equal share of the CPUs
+    left by the decoders and the writer (so that nothing pends)."""
     resources = ray.cluster_resources()
     restartable = {"max_restarts": REPLICA_RESTARTS, "max_task_retries": REPLICA_RESTARTS, "scheduling_strategy": "SPREAD"}
-    if gpu and resources.get("GPU", 0) >= settings.gpu_fraction:
+    if gpu and settings.device != "cpu" and resources.get("GPU", 0) >= settings.gpu_fraction:
         return {"num_gpus": settings.gpu_fraction, "num_cpus": SMALL_CPU, **restartable}, settings.replica_threads
     cpus = resources.get("CPU", 1.0)
     share = max(SMALL_CPU, (cpus - helper_cpus) / settings.replicas)
     threads = settings.replica_threads or max(1, int(cpus // settings.replicas))
     return {"num_cpus": min(settings.replica_cpus, share), **restartable}, threads
+
+
+def check_gpu_placement(settings: ScoreSection, gpus_per_node: list[float], gpu: bool = True) -> None:
+    """Replicas that ask for a GPU fraction must all fit the cluster's GPUs, or the run would wait
+    for ever on those left pending: AnomstreamError (one line, before anything starts) naming
+    ``--replicas``, the GPUs seen and ``score.gpu_fraction``. ``gpus_per_node``: each alive node's
+    GPUs; ``gpu``: the backend can use one (else, or with ``--device cpu``, replicas take CPUs, which
+    never pend)."""
+    fraction = settings.gpu_fraction
+    if not gpu or settings.device == "cpu" or sum(gpus_per_node) < fraction:
+        return
+    fits = sum(math.floor(gpus / fraction + 1e-6) for gpus in gpus_per_node)  # a fraction never spans two GPUs
+    if fits == 0:
+        raise AnomstreamError(f"score.gpu_fraction {fraction:g}: no node of the cluster has that much of one GPU "
+                              f"(GPUs per node: {', '.join(f'{gpus:g}' for gpus in gpus_per_node)}); pass a smaller "
+                              f"score.gpu_fraction")
+    if settings.replicas > fits:
+        raise AnomstreamError(f"--replicas {settings.replicas}: the cluster's {sum(gpus_per_node):g} GPU(s) hold "
+                              f"{fits} replica(s) of score.gpu_fraction {fraction:g}; pass --replicas {fits} or fewer, "
+                              f"or a smaller score.gpu_fraction (e.g. {_fraction_for(settings.replicas, gpus_per_node)})")
+
+
+def check_replica_device(settings: ScoreSection, gpus_per_node: list[float]) -> None:
+    """``score.device`` (``--device``) against the cluster, before anything starts: ``auto`` and ``cpu``
+    always place; ``cuda:N`` is refused (a replica scores on the GPU Ray gives it), and so is ``cuda``
+    with a backend that scores on the CPU or a cluster without the GPU fraction a replica asks for
+    (AnomstreamError, one line naming ``--device``). ``gpus_per_node``: each alive node's GPUs."""
+    device, fraction, gpus = settings.device, settings.gpu_fraction, sum(gpus_per_node)
+    if device.startswith("cuda:"):
+        raise AnomstreamError(f"--device {device}: a replica scores on the GPU Ray gives it, not on one chosen by "
+                              f"number; pass --device cuda")
+    if device != "cuda":
+        return
+    if settings.backend not in ("torch", "auto"):
+        raise AnomstreamError(f"--device cuda: --backend {settings.backend} scores on the CPU; pass --backend torch "
+                              f"or auto")
+    if gpus < fraction:
+        having = "no GPU" if gpus == 0 else f"{gpus:g} GPU, less than score.gpu_fraction {fraction:g}"
+        raise AnomstreamError(f"--device cuda: the Ray cluster has {having}; pass --device cpu or auto")
+
+
+def _fraction_for(replicas: int, gpus_per_node: list[float]) -> str:
+    """A GPU fraction that fits ``replicas`` on the nodes' whole GPUs (shown in the refusal)."""
+    whole = sum(math.floor(gpus) for gpus in gpus_per_node) or 1
+    return f"{math.floor(100 / math.ceil(replicas / whole)) / 100:g}"
 
 
 def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | Path, sha256: str,
@@ -72,7 +119,9 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     def model() -> Any:
         return set_reference_maps(model_from_payload(payload, checkpoint), reference)
 
-    on_gpu = settings.backend != "torch" and ray.cluster_resources().get("GPU", 0) >= settings.gpu_fraction
+    gpus = ray.cluster_resources().get("GPU", 0)
+    on_gpu = settings.backend != "torch" and (settings.device == "cuda" or
+                                             settings.device == "auto" and gpus >= settings.gpu_fraction)
     return choose_backend(settings.backend, settings.precision, model, checkpoint, sha256, reference, on_gpu)
 
 
@@ -114,7 +163,7 @@ def _finish(pool: ActorPool, report: RunReport) -> None:
         where = _replica_places(pool.replica_actors, pool.model_call, report)
         ray.get(writers.root.note_attrs.remote({"faults": report.faults.attrs(), "replicas": where}))
     except RayError as failure:
-        print(f"warning: a writer was lost after every stream was closed ({first_line(failure)}); the streams are "
+        print(f"warning: a writer was lost after every stream was closed ({cause_line(failure)}); the streams are "
               f"complete, the store's root attrs faults and replicas are not written", file=sys.stderr, flush=True)
 
 
@@ -235,37 +284,44 @@ def score_sources(plan: RunPlan, reporter: Reporter | None = None) -> RunReport:
     (3600: ``out``-YYYYmmddTHH.zarr, ...). With a calibration (``plan.calibration``, else the
     checkpoint's own) the stored ``score`` is calibrated (:mod:`pipeline.calibration.scores`) and a
     threshold turns scores into events (:mod:`pipeline.events`). ``reporter``: what the run shows as
-    it goes (default: the console reporter when ``plan.progress``, else none).
+    it goes (default: the console reporter when ``plan.progress``, else none). The run holds the
+    store's lock throughout (:mod:`pipeline.store.lock`): another run on the same store refuses.
     """
     run = _prepare(plan)
     report = RunReport(run.out, failed=run.inputs.failed, left_out=run.inputs.left_out)
     if not run.inputs.sources:
         return report
     _unique_ids(run.inputs.sources)
-    if _nothing_to_run(plan, run, report):
-        return report
-    report.started = True
-    if plan.view is not None:
-        check_port(*plan.view)
-    stop = threading.Event()
-    with _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
-        ensure_ray(plan.address)
-        install()
-        _run_on_ray(plan, run, report, reporter or reporter_for(plan.progress), stop)
+    with StoreLock(run.out):  # one run per store: a second one refuses here, naming this one
+        if _nothing_to_run(plan, run, report):
+            return report
+        report.started = True
+        if plan.view is not None:
+            check_port(*plan.view)
+        stop = threading.Event()
+        with _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
+            ensure_ray(plan.address)
+            install()
+            _run_on_ray(plan, run, report, reporter or reporter_for(plan.progress), stop)
     return report
 
 
 def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Reporter, stop: threading.Event) -> None:
     """Start the actors, run the loop, finish the store's attrs; every actor is killed at the end."""
     settings, sources = plan.settings, run.inputs.sources
+    gpus_per_node = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
+    check_replica_device(settings, gpus_per_node)
     report.backend = backend = _backend(settings, run.payload, plan.checkpoint, run.sha256, run.calibrated)
+    check_gpu_placement(settings, gpus_per_node, gpu=backend.backend == "torch")
     live_sources = sum(source.is_live for source in sources)  # each read all along by a decoder of its own
     decoders = min(len(sources), max(live_sources, plan.max_active_streams or settings.replicas + 1))
     replica_options, threads = _replica_options(settings, helper_cpus=(decoders + 1) * SMALL_CPU,
                                                 gpu=backend.backend == "torch")
+    device = settings.device if "num_gpus" in replica_options else "cpu"  # a replica without a GPU scores on the CPU
     # the store is written on this machine (--out is a path here), whichever node the replicas are on
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    model_call = [ray.put((run.payload, run.calibrated.reference if run.calibrated else None, backend))]  # read once
+    reference = run.calibrated.reference if run.calibrated else None
+    model_call = [ray.put((run.payload, reference, backend, device))]  # read once
     with ActorPool(model_call, Placement(replica_options, threads, here), _writer_config(plan, run),
                    writers_replaceable=not plan.rotate_s) as pool:
         pool.start(settings.replicas, decoders)  # their processes start while the writers open the store

@@ -25,11 +25,41 @@ class StreamScores:
     frame_index: np.ndarray  # valid frames only
     score: np.ndarray
     terms: dict[str, np.ndarray] = field(default_factory=dict)
+    frames: int = 0  # rows of the stream: every frame decoded, scored or not (the first T-1 are not)
+    complete: bool = True  # decoded to its end: its labels must be exactly as long
 
 
 def _valid(group) -> np.ndarray:
     """bool (rows,) scored rows of a stream group; none when the stream wrote no arrays."""
     return group["valid"][:] if "valid" in set(group.array_keys()) else np.zeros(0, bool)
+
+
+def _length(group) -> tuple[int, bool]:
+    """(frames, complete) of a stream group: the rows written, and whether its video was decoded to
+    its end (no error, not stopped by the run, not still being written)."""
+    attrs = group.attrs
+    frames = int(attrs["written"]) if "written" in attrs else _valid(group).shape[0]
+    return frames, bool(attrs.get("complete", True)) and not attrs.get("stopped")
+
+
+def length_mismatches(lengths: dict[str, tuple[int, int, bool]], unit: str = "labels") -> list[str]:
+    """``'ID: N labels for M frames'`` for each stream whose ground truth does not match what was
+    scored. ``lengths``: stream -> (ground-truth length, frames, complete). The rule: a complete
+    stream has exactly one label per frame; a stream cut short (decode error, stopped run) was
+    scored on the first frames of its video, so its labels may be longer, never shorter."""
+    return [f"{stream_id}: {have} {unit} for {frames} frames" for stream_id, (have, frames, complete) in lengths.items()
+            if have < frames or (complete and have != frames)]
+
+
+def check_labels(path: str | Path, streams: dict[str, StreamScores], labels: dict[str, np.ndarray]) -> None:
+    """Raises :class:`AnomstreamError` naming every stream of ``streams`` without labels, or else
+    every one whose labels do not match its frames (:func:`length_mismatches`), in one line."""
+    missing = [stream_id for stream_id in streams if stream_id not in labels]
+    if missing:
+        raise AnomstreamError(f"{path}: no labels for stream{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    wrong = length_mismatches({k: (len(labels[k]), s.frames, s.complete) for k, s in streams.items()})
+    if wrong:
+        raise AnomstreamError(f"labels do not match the scored frames of {path}: {'; '.join(wrong)}")
 
 
 def unscored_streams(path: str | Path) -> list[str]:
@@ -51,7 +81,10 @@ def read_scores(path: str | Path) -> tuple[dict[str, StreamScores], dict]:
         if not valid.any():
             continue
         terms = {name[len("term_"):]: group[name][:][valid] for name in group.array_keys() if name.startswith("term_")}
-        streams[stream_id] = StreamScores(group["frame_index"][:][valid], group["score"][:][valid], terms)
+        frame_index = group["frame_index"][:][valid]
+        frames, complete = _length(group)
+        streams[stream_id] = StreamScores(frame_index, group["score"][:][valid], terms,
+                                          max(frames, int(frame_index.max()) + 1), complete)
     if not streams:
         raise AnomstreamError(f"{path}: store holds no stream with a scored frame")
     return streams, dict(root.attrs)
@@ -104,19 +137,14 @@ def evaluate(path: str | Path, labels: dict[str, np.ndarray], normalisations: li
              combine: str = "score", streams_only: list[str] | None = None, robust: bool = False) -> Evaluation:
     """Frame-level AUCs of the store's scored streams under each normalisation; streams without a
     scored frame are left out and named in ``unscored_streams``. Raises :class:`AnomstreamError`
-    for a stream without labels or with more frames than its labels, ``UndefinedMetricError`` when
-    the scored frames are all one class."""
+    naming every stream without labels, or whose labels do not match its frames (:func:`check_labels`),
+    ``UndefinedMetricError`` when the scored frames are all one class."""
     streams, attrs = read_scores(path)
     if streams_only:
         streams = {k: v for k, v in streams.items() if k in streams_only}
+    check_labels(path, streams, labels)
     raw = series(streams, combine, attrs.get("term_weights", {}))
-    frame_labels = {}
-    for stream_id, stream in streams.items():
-        if stream_id not in labels:
-            raise AnomstreamError(f"{path}: stream {stream_id!r} has no labels")
-        if stream.frame_index.size and stream.frame_index.max() >= len(labels[stream_id]):
-            raise AnomstreamError(f"{path}: stream {stream_id!r} has more frames than its labels")
-        frame_labels[stream_id] = labels[stream_id][stream.frame_index]
+    frame_labels = {stream_id: labels[stream_id][stream.frame_index] for stream_id, stream in streams.items()}
     results = {}
     for method in normalisations:
         scores = {k: normalise(v, method, smoothing, robust and method == "offline") for k, v in raw.items()}
@@ -131,13 +159,14 @@ def store_pixel_auc(path: str | Path, masks_for_stream: Callable[[str], Iterable
     ``masks_for_stream(stream_id)`` yields one bool (H, W) mask per frame of the stream; streams
     without a scored frame are skipped (their masks are not read). With ``frame_labels`` (stream ->
     0/1 per frame), scored frames labelled 1 whose mask is empty are listed: they stay in the
-    metric, their pixels all normal. Raises :class:`AnomstreamError` when a stream has fewer masks
-    than scored frames, ``UndefinedMetricError`` when the pooled pixels are one class.
+    metric, their pixels all normal. Raises :class:`AnomstreamError` naming every stream whose masks
+    do not match its frames (the rule of :func:`length_mismatches`), ``UndefinedMetricError`` when
+    the pooled pixels are one class.
     """
     import cv2
 
     root = open_results(path)
-    all_maps, all_masks, without_mask = [], [], {}
+    all_maps, all_masks, without_mask, lengths = [], [], {}, {}
     for stream_id in sorted(root.group_keys()):
         group = root[stream_id]
         valid = _valid(group)
@@ -150,9 +179,10 @@ def store_pixel_auc(path: str | Path, masks_for_stream: Callable[[str], Iterable
         for mask in masks_for_stream(stream_id):
             has_defect.append(bool(mask.any()))
             masks.append(cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST))
-        if frames.max() >= len(masks):
-            raise AnomstreamError(f"{path}: stream {stream_id!r} has {len(masks)} pixel masks "
-                                  f"but frame index {frames.max()} is scored")
+        count, complete = _length(group)
+        lengths[stream_id] = (len(masks), max(count, int(frames.max()) + 1), complete)
+        if length_mismatches({stream_id: lengths[stream_id]}):
+            continue  # named below, with every other such stream
         labels = (frame_labels or {}).get(stream_id)
         if labels is not None:
             empty = [int(f) for f in frames if f < len(labels) and labels[f] == 1 and not has_defect[f]]
@@ -160,6 +190,9 @@ def store_pixel_auc(path: str | Path, masks_for_stream: Callable[[str], Iterable
                 without_mask[stream_id] = empty
         all_maps.append(maps.astype(np.float32))
         all_masks.append(np.stack(masks)[frames].astype(bool))
+    wrong = length_mismatches(lengths, "masks")
+    if wrong:
+        raise AnomstreamError(f"pixel masks do not match the scored frames of {path}: {'; '.join(wrong)}")
     if not all_maps:
         raise AnomstreamError(f"{path}: store holds no stream with a scored frame")
     return PixelAUC(pixel_auc(np.concatenate(all_maps), np.concatenate(all_masks)), without_mask)

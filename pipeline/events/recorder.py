@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.errors import AnomstreamError
 from pipeline.events.detector import Event, EventDetector, EventRule
-from pipeline.events.outbox import Outbox, check_webhook
+from pipeline.events.outbox import Outbox, Undelivered, Webhook, parse_webhook
 from pipeline.store import FrameStatus
 from pipeline.store.location import is_url, store_name
 from pipeline.stream.windows import WindowBatch
@@ -40,11 +40,12 @@ def events_folder(store: str | Path) -> Path:
 @dataclass(frozen=True)
 class EventSettings:
     """A run's event options: the rule (its threshold from the calibration unless given), the
-    events folder and the webhook URL (None: no delivery)."""
+    events folder and the webhook (None: no delivery). The webhook's credentials travel with these
+    settings to the writers, in memory: nothing of them is stored (root attrs hold ``rule`` only)."""
 
     rule: EventRule
     folder: str
-    webhook: str | None = None
+    webhook: Webhook | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def event_settings(options: EventOptions, calibrated_threshold: float | None, st
         rule = EventRule(threshold, low, options.end_after, options.min_frames, options.merge_gap)
     except ValueError as error:
         raise AnomstreamError(str(error)) from None
-    return EventSettings(rule, str(events_folder(store).absolute()), check_webhook(options.webhook) if options.webhook else None)
+    return EventSettings(rule, str(events_folder(store).absolute()), parse_webhook(options.webhook) if options.webhook else None)
 
 
 def message(kind: str, event: Event) -> dict[str, Any]:
@@ -173,7 +174,10 @@ class EventRecorder:
         news, self.news = self.news, []
         return news
 
-    def close(self, wait_s: float = 5.0) -> int:
-        """Flush the log; give the webhook up to ``wait_s`` s. Returns messages left in the outbox."""
+    def close(self, wait_s: float = 5.0) -> Undelivered:
+        """Flush the log; give the webhook up to ``wait_s`` s. Returns how many messages are left in
+        the outbox, with a line per delivery failure that still stands (:meth:`Outbox.problems`)."""
         self.log.close()
-        return self.outbox.close(wait_s) if self.outbox is not None else 0
+        if self.outbox is None:
+            return Undelivered()
+        return Undelivered(self.outbox.close(wait_s), self.outbox.problems())

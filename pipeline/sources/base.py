@@ -14,10 +14,16 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame of a source. ``damaged``: not a real picture (its packet could not be decoded, and
+    ``image`` only stands in for it; or FFmpeg flags the picture corrupt: concealed, or decoded
+    before the first keyframe): the frame keeps its index and row with status DECODE_ERROR and is
+    never scored, nor part of a scored window."""
+
     stream_id: str
     index: int
     timestamp: float  # seconds since the stream's start (file sources) or since the epoch (cameras)
     image: np.ndarray  # (H, W, 3) uint8 RGB
+    damaged: bool = False
 
 
 @dataclass(frozen=True)

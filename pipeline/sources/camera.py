@@ -1,16 +1,28 @@
-"""Live cameras and network streams as sources, read with OpenCV, reconnected without end."""
+"""Live cameras and network streams as sources, read with OpenCV, reconnected without end.
+
+A camera's password or token is never written by this project (names, messages, the store, logs):
+:func:`redact_url` masks it, :func:`camera_credentials` finds a user and password outside the URL
+(a netrc file, environment variables), and :func:`quiet_camera_logs` keeps OpenCV and FFmpeg from
+printing the URL they were given. See docs/live.md, "Camera credentials".
+"""
 
 from __future__ import annotations
 
+import netrc
+import os
 import random
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, error_reason
 from pipeline.sources.base import Frame, Gap, Source
+
+LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
+USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"
 
 
 def redact_url(address: str) -> str:
@@ -25,6 +37,94 @@ def redact_url(address: str) -> str:
         netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"{user}@{host}"
     path = parts.path.split(";", 1)[0] + ";***" if ";" in parts.path else parts.path  # ;token=... path parameters
     return urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "", ""))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The user and password a camera is opened with; ``origin`` says where they came from (for
+    messages: ``the URL``, a netrc file's path, or ``ANOMSTREAM_CAMERA_PASSWORD``). Its repr leaves
+    the password out."""
+
+    user: str
+    password: str = field(repr=False)
+    origin: str = ""
+
+
+def camera_credentials(address: str) -> Credentials | None:
+    """The user and password for a camera URL (rtsp, rtsps, http, https, rtmp, rtmps); the first of:
+
+    1. the URL's own ``user:password@`` (masked wherever it is written, but a command line is
+       visible to every user of the machine in ``ps``);
+    2. the netrc file (``$NETRC``, else ``~/.netrc``, read with :mod:`netrc`): the entry of the
+       URL's host (``machine HOST``, else ``default``), its login and password;
+    3. the environment: ``ANOMSTREAM_CAMERA_PASSWORD`` with ``ANOMSTREAM_CAMERA_USER``.
+
+    A user in the URL (``rtsp://admin@cam/``) wins over the login of 2 and 3. None for other
+    addresses (devices, udp://, ...) and when nothing matched. Raises SourceError naming the camera
+    and the netrc file: ``$NETRC`` names no file, the file cannot be read or parsed, or the entry
+    has a password and the file is readable by other users."""
+    parts = urlsplit(address)
+    if parts.scheme.lower() not in LOGIN_SCHEMES or not parts.hostname:
+        return None
+    user = unquote(parts.username) if parts.username else None
+    if parts.password is not None:
+        return Credentials(user or "", unquote(parts.password), "the URL")
+    entry = _netrc_entry(parts.hostname, redact_url(address))
+    if entry is not None:
+        login, password, path = entry
+        return Credentials(user or login, password, path)
+    if os.environ.get(PASSWORD_VARIABLE):
+        return Credentials(user or os.environ.get(USER_VARIABLE, ""), os.environ[PASSWORD_VARIABLE], PASSWORD_VARIABLE)
+    return None
+
+
+def _netrc_entry(host: str, camera: str) -> tuple[str, str, str] | None:
+    """(login, password, file) of the netrc file's entry for ``host``; None without file or entry."""
+    named = os.environ.get("NETRC")
+    path = Path(os.path.expanduser(named or "~/.netrc"))  # no home folder: "~/.netrc", no such file
+    if not path.is_file():
+        if named:
+            raise SourceError(f"{camera}: NETRC names {path}: no such file")
+        return None
+    try:
+        found = netrc.netrc(str(path)).authenticators(host)
+    except netrc.NetrcParseError:  # its message (and line, often the next one) may quote a password
+        raise SourceError(f"{camera}: {path}: not a valid netrc file (machine HOST login USER password PASSWORD)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"{camera}: {path}: cannot be read ({error_reason(error)})") from None
+    if found is None or not found[2]:
+        return None
+    if path.stat().st_mode & 0o077:
+        raise SourceError(f"{camera}: {path}: readable by other users, so its passwords are not used (chmod 600 it)")
+    return found[0] or "", found[2], str(path)
+
+
+def url_with_credentials(address: str, credentials: Credentials | None) -> str:
+    """What FFmpeg opens: ``address`` with ``credentials`` as its percent-encoded ``user:password@``
+    (FFmpeg decodes them), or as it is when it carries a password itself or there are none."""
+    parts = urlsplit(address)
+    if credentials is None or parts.password is not None:
+        return address
+    host = parts.netloc.rsplit("@", 1)[-1]
+    login = f"{quote(credentials.user, safe='')}:{quote(credentials.password, safe='')}@"
+    return urlunsplit(parts._replace(netloc=login + host))
+
+
+def quiet_camera_logs() -> None:
+    """Keep the libraries of this process from printing a camera's URL (with its credentials) to
+    stdout or stderr, where Ray writes every worker's output to its log files: FFmpeg's log off in
+    OpenCV (``OPENCV_FFMPEG_LOGLEVEL``, read when OpenCV first uses FFmpeg: its debug lines name the
+    URL), OpenCV's own log at errors at most (its info and debug lines name the URL; its warnings
+    repeat what the one-line errors say), PyAV's log (off unless set) at warnings at most."""
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"
+    import av.logging
+    import cv2
+
+    if cv2.utils.logging.getLogLevel() > cv2.utils.logging.LOG_LEVEL_ERROR:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    level = av.logging.get_level()
+    if level is not None and level > av.logging.WARNING:
+        av.logging.set_level(av.logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -62,7 +162,11 @@ class CameraSource(Source):
     reopened with backoff (:class:`Reconnect`); frame indices continue across reconnections and a
     :class:`~pipeline.sources.base.Gap` from the last frame before to the first frame after is
     yielded between them. Raises SourceError (one line, naming the address) when the first
-    connection or the reconnections are given up.
+    connection or the reconnections are given up, at once when the camera refuses its credentials.
+
+    ``credentials`` (:func:`camera_credentials`, looked up when the source is made) travel with
+    the source to its decoder; the URL with them is made only to be opened. ``describe()``, the
+    repr, the stream id and every message leave the password and query string out.
     """
 
     is_live = True
@@ -87,6 +191,10 @@ class CameraSource(Source):
         self.reconnections = 0
         self.warnings = []
         self._gap: tuple[float, str] | None = None  # (last frame's time, kind) while the camera is down
+        self.credentials = None if device is not None else camera_credentials(address)
+
+    def __repr__(self) -> str:
+        return f"CameraSource({self.describe()!r}, stream_id={self.stream_id!r})"
 
     def open_gap(self, now: float) -> Gap | None:
         return Gap(self._gap[0], now, self._gap[1]) if self._gap is not None else None
@@ -94,17 +202,62 @@ class CameraSource(Source):
     def describe(self) -> str:
         return redact_url(self.address)
 
+    def scrub(self, text: str) -> str:
+        """``text`` (a library's message, which may repeat the URL it was given) with this camera's
+        address, password, query string and path parameters masked."""
+        for secret in (url_with_credentials(self.address, self.credentials), self.address):
+            text = text.replace(secret, self.describe())
+        parts = urlsplit(self.address)
+        secrets = [parts.query, parts.path.partition(";")[2]]
+        if self.credentials is not None:
+            secrets += [self.credentials.password, quote(self.credentials.password, safe="")]
+        for secret in filter(None, secrets):
+            text = text.replace(secret, "***")
+        return text
+
     def _open(self):
         import cv2
 
-        target: int | str = self.device if self.device is not None else self.address
+        quiet_camera_logs()
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.reconnect.stall_timeout_s * 1000)]
-        capture = cv2.VideoCapture(target, cv2.CAP_ANY, params)
-        if not capture.isOpened():
-            capture.release()
+        if self.device is not None or not urlsplit(self.address).netloc:  # camera:N, /dev/videoN
+            target, backend = (self.device if self.device is not None else self.address), cv2.CAP_ANY
+        else:  # FFmpeg only: the other backends would print the URL when they fail (OpenCV's image sequences)
+            target, backend = url_with_credentials(self.address, self.credentials), cv2.CAP_FFMPEG
+        try:
+            capture = cv2.VideoCapture(target, backend, params)
+        except cv2.error:
+            capture = None
+        if capture is None or not capture.isOpened():
+            if capture is not None:
+                capture.release()
             raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened")
         return capture
+
+    def refusal(self) -> str | None:
+        """Why the camera cannot be opened when it is a refusal of its credentials (HTTP or RTSP
+        401/403, asked of FFmpeg through PyAV, the URL left out): one line naming the camera; None
+        when it is something else (unreachable, not a video, ...)."""
+        if self.device is not None or urlsplit(self.address).scheme.lower() not in LOGIN_SCHEMES:
+            return None
+        import av
+
+        quiet_camera_logs()
+        try:
+            with av.logging.Capture():
+                av.open(url_with_credentials(self.address, self.credentials), timeout=self.open_timeout_s).close()
+        except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as error:
+            status = "401 Unauthorized" if isinstance(error, av.error.HTTPUnauthorizedError) else "403 Forbidden"
+        except Exception:  # noqa: BLE001 - anything else: not a refusal
+            return None
+        else:
+            return None
+        if self.credentials is None:
+            return (f"{self.describe()}: camera asks for a user and password ({status}); none found in the URL, "
+                    f"the netrc file ($NETRC or ~/.netrc) or {USER_VARIABLE}/{PASSWORD_VARIABLE}")
+        user = f"user {self.credentials.user!r}" if self.credentials.user else "an empty user"
+        return f"{self.describe()}: camera refused {user} with the password from {self.credentials.origin} ({status})"
 
     def _connect(self):
         """The first connection, retried until ``connect_timeout_s`` has passed or ``attempts`` failed."""
@@ -115,6 +268,9 @@ class CameraSource(Source):
             try:
                 return self._open()
             except SourceError as error:
+                refusal = self.refusal() if failures == 0 else None  # waiting does not make a password right
+                if refusal is not None:
+                    raise SourceError(refusal) from None
                 if self._gap is None:  # down when the run started: a gap from the first failed try to the first frame
                     self._gap = (time.time(), "disconnect")
                 failures += 1
@@ -130,6 +286,14 @@ class CameraSource(Source):
             time.sleep(wait)
 
     def frames(self) -> Iterator[Frame | Gap]:
+        try:
+            yield from self._frames()
+        except SourceError:
+            raise
+        except Exception as error:  # a library's error may repeat the URL (and its password) it was given
+            raise SourceError(f"{self.describe()}: decoding failed ({self.scrub(error_reason(error))})") from None
+
+    def _frames(self) -> Iterator[Frame | Gap]:
         import cv2
 
         capture = self._connect()

@@ -2,17 +2,22 @@
 MJPEG over HTTP (``multipart/x-mixed-replace``, what many IP cameras serve), looping.
 
 ``python -m pipeline.sources.camera_server VIDEO [--port 0] [--fps F] [--stall-after S]
-[--freeze-after S]`` prints ``serving http://127.0.0.1:PORT/`` once it listens. Like a real
-camera it sends each client the newest frame: a client that reads slowly misses frames.
+[--freeze-after S] [--auth-env NAME]`` prints ``serving http://127.0.0.1:PORT/`` once it listens.
+Like a real camera it sends each client the newest frame: a client that reads slowly misses frames.
 ``--stall-after``: S seconds after the first client connected, connections stay open (and new
 ones are accepted) but no frame is sent any more; ``--freeze-after``: S seconds after the first
-client connected, the same image is sent again and again.
+client connected, the same image is sent again and again. ``--auth-env NAME``: like a camera with a
+password, it answers 401 to a request without HTTP Basic auth for the ``user:password`` held in
+the environment variable NAME (never on its command line, where ``ps`` would show it).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hmac
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +27,7 @@ from pathlib import Path
 import cv2
 
 BOUNDARY = "anomstreamframe"
+AUTH_VARIABLE = "ANOMSTREAM_CAMERA_SERVER_AUTH"  # what spawn(credentials=...) hands the server its user:password in
 
 
 class _Clock:
@@ -73,9 +79,18 @@ class _Clock:
             return self.sequence, self.jpeg
 
 
-def _handler(clock: _Clock) -> type[http.server.BaseHTTPRequestHandler]:
+def _handler(clock: _Clock, credentials: str | None = None) -> type[http.server.BaseHTTPRequestHandler]:
+    expected = None if credentials is None else ("Basic " + base64.b64encode(credentials.encode()).decode()).encode()
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            given = self.headers.get("Authorization", "").encode()
+            if expected is not None and not hmac.compare_digest(given, expected):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
             self.send_header("Cache-Control", "no-cache")
@@ -96,11 +111,16 @@ def _handler(clock: _Clock) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
-def spawn(video: str | Path, fps: float, port: int = 0, *options: str) -> tuple[subprocess.Popen, str]:
+def spawn(video: str | Path, fps: float, port: int = 0, *options: str,
+          credentials: str | None = None) -> tuple[subprocess.Popen, str]:
     """This server in a process of its own on 127.0.0.1 (``port`` 0: any free one), once it
-    listens: (the process, to stop by its PID; the camera's URL). ``options``: ``--stall-after S``..."""
+    listens: (the process, to stop by its PID; the camera's URL). ``options``: ``--stall-after S``...
+    ``credentials``: ``user:password`` it requires (HTTP Basic), handed over in its environment."""
     command = [sys.executable, "-m", "pipeline.sources.camera_server", str(video), "--port", str(port), "--fps", str(fps)]
-    process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True)
+    environment = None
+    if credentials is not None:
+        options, environment = (*options, "--auth-env", AUTH_VARIABLE), {**os.environ, AUTH_VARIABLE: credentials}
+    process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True, env=environment)
     line = process.stdout.readline()
     if not line.startswith("serving http://127.0.0.1:"):
         process.kill()
@@ -116,9 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, help="default: the video's frame rate")
     parser.add_argument("--stall-after", type=float, metavar="SECONDS")
     parser.add_argument("--freeze-after", type=float, metavar="SECONDS")
+    parser.add_argument("--auth-env", metavar="NAME",
+                        help="require HTTP Basic auth with the user:password held in this environment variable")
     args = parser.parse_args(argv)
+    credentials = None
+    if args.auth_env is not None:
+        credentials = os.environ.get(args.auth_env)
+        if not credentials or ":" not in credentials:
+            parser.error(f"--auth-env {args.auth_env}: the variable must hold user:password")
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # its stdout says "serving ..." first, whatever the environment
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     clock = _Clock(args.video, args.fps, args.stall_after, args.freeze_after)
-    server = http.server.ThreadingHTTPServer((args.host, args.port), _handler(clock))
+    server = http.server.ThreadingHTTPServer((args.host, args.port), _handler(clock, credentials))
     server.daemon_threads = True
     print(f"serving http://{args.host}:{server.server_address[1]}/", flush=True)
     server.serve_forever()

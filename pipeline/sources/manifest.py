@@ -8,12 +8,14 @@ import io
 from pathlib import Path
 
 from pipeline.errors import AnomstreamError
+from pipeline.paths import expand_input
 
 
 def read_manifest(path: str | Path) -> list[tuple[str, str | None]]:
     """(source spec, stream id or None) per entry, in file order. Blank lines and lines starting
     with ``#`` are skipped. A first line naming a ``source`` column (comma separated) makes it a
-    CSV table. Relative paths are relative to the manifest's folder; URLs and prefixed specs
+    CSV table. ``~`` and ``$VARIABLES`` are expanded (an unset one leaves the line as written: that
+    input fails alone). Relative paths are relative to the manifest's folder; URLs and prefixed specs
     (``camera:N``, ``mtd:ROOT``, whose own paths stay relative to the working folder) as written.
 
     Raises AnomstreamError naming the file (unreadable, not UTF-8, a ``.csv`` without a ``source``
@@ -59,10 +61,11 @@ def _table(path: Path, text: str) -> list[tuple[str, str | None]]:
 
 
 def _relative_to(folder: Path, spec: str) -> str:
-    """A path relative to the manifest's folder (``~`` expanded); a spec with a scheme or prefix
-    (``rtsp://``, ``camera:0``, ``mtd:ROOT``: a colon before any slash, unless a file of that name
-    is there) or an absolute path as written."""
-    spec = str(Path(spec).expanduser()) if spec.startswith("~") else spec
+    """A path relative to the manifest's folder (``~`` and ``$VARIABLES`` expanded as in every path
+    option: :func:`pipeline.paths.expand_input`); a spec with a scheme or prefix (``rtsp://``,
+    ``camera:0``, ``mtd:ROOT``: a colon before any slash, unless a file of that name is there) or an
+    absolute path as written."""
+    spec = expand_input(spec, folder)
     if Path(spec).is_absolute() or ":" in spec.split("/", 1)[0] and not (folder / spec).exists():
         return spec
     return str(folder / spec)

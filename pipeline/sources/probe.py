@@ -35,12 +35,27 @@ class NotAFileError(SourceError):
 
 
 @dataclass(frozen=True)
+class VideoTrack:
+    """One video track a file will be decoded from (a camera)."""
+
+    stream_index: int  # index among all the container's streams
+    video_index: int  # index among its video streams (FFmpeg's ``-map 0:v:K``)
+    frame_count: int | None  # from the container header: an estimate (None when absent)
+    fps: float | None
+
+
+@dataclass(frozen=True)
 class VideoProbe:
-    """The video stream a file will be decoded from."""
+    """The video track a file will be decoded from (the main one), the file's other cameras
+    (``tracks``: the main one first, then the others in file order) and the video tracks that
+    are no camera, each named with why (``left_out``: stills, thumbnails, tracks FFmpeg cannot
+    decode; cover art, flagged as such by the container, is not named)."""
 
     stream_index: int  # index among all the container's streams
     frame_count: int | None  # from the container header: an estimate (None when absent)
     fps: float | None
+    tracks: tuple[VideoTrack, ...] = ()
+    left_out: tuple[str, ...] = ()
 
 
 def _video_rank(stream) -> tuple:
@@ -57,8 +72,49 @@ def _video_rank(stream) -> tuple:
     return stream.codec_context.name not in PICTURE_CODECS, stream.frames or 0, duration
 
 
+def _track(stream, video_index: int) -> VideoTrack:
+    return VideoTrack(stream.index, video_index, stream.frames or None,
+                      float(stream.average_rate) if stream.average_rate else None)
+
+
+def _packet_counts(container, streams: list, enough: int = 2, limit: int = 256) -> dict[int, int]:
+    """Packets of each of ``streams`` among the file's first ``limit`` (stopping once each has
+    ``enough``): a thumbnail track holds one picture, a camera one per frame."""
+    counts = {stream.index: 0 for stream in streams}
+    try:
+        for read, packet in enumerate(container.demux(*streams)):
+            if packet.size:
+                counts[packet.stream.index] += 1
+            if read >= limit or min(counts.values()) >= enough:
+                break
+    except Exception:  # noqa: BLE001 - a damaged file: what was counted stands
+        pass
+    return counts
+
+
+def _other_tracks(container, path: Path, main, candidates: list, video: list) -> tuple[list[VideoTrack], list[str]]:
+    """The cameras among the video tracks besides ``main``, and a line for each one left out."""
+    import av
+
+    still = av.stream.Disposition.still_image | av.stream.Disposition.timed_thumbnails
+    others = [s for s in candidates if s is not main]
+    unknown = [s for s in others if not s.frames and not s.disposition & still]
+    counts = _packet_counts(container, unknown) if unknown else {}
+    tracks, left_out = [], []
+    for stream in others:
+        k = video.index(stream)
+        frames = stream.frames or counts.get(stream.index, 0)
+        if stream.disposition & still or frames <= 1:  # sampled: no second picture among the first packets
+            left_out.append(f"{path}: video track {k} ({stream.codec_context.name}) left out: a still picture "
+                            f"(thumbnail), not a camera")
+        else:
+            tracks.append(_track(stream, k))
+    return tracks, left_out
+
+
 def probe_video(path: Path) -> VideoProbe:
-    """Find the video stream of ``path`` by content.
+    """Find the video tracks of ``path`` by content: the main one (a moving-picture codec with the
+    most frames, or the longest), and every other camera the file holds.
 
     Raises:
         NotAVideoError: FFmpeg opens the file but finds no decodable, non-picture video stream
@@ -83,13 +139,18 @@ def probe_video(path: Path) -> VideoProbe:
     with container:
         if any(part in container.format.name for part in IMAGE_DEMUXERS):
             raise NotAVideoError(f"{path}: a still image, not a video")
-        pictures = [s for s in container.streams.video if s.disposition & av.stream.Disposition.attached_pic]
+        video = list(container.streams.video)
+        pictures = [s for s in video if s.disposition & av.stream.Disposition.attached_pic]
         kinds = sorted({s.type for s in container.streams if s not in pictures}) or ["no stream"]
-        candidates = [s for s in container.streams.video if s not in pictures and s.codec_context is not None
+        candidates = [s for s in video if s not in pictures and s.codec_context is not None
                       and s.codec_context.name not in TEXT_CODECS]
         if candidates:  # a thumbnail track (Matroska has no attached-picture flag) loses to the video
-            stream = max(candidates, key=_video_rank)
-            return VideoProbe(stream.index, stream.frames or None,
-                              float(stream.average_rate) if stream.average_rate else None)
+            main = max(candidates, key=_video_rank)
+            undecodable = [f"{path}: video track {video.index(s)} left out: FFmpeg cannot decode it"
+                           for s in video if s not in pictures and s.codec_context is None]
+            tracks, left_out = _other_tracks(container, path, main, candidates, video)
+            first = _track(main, video.index(main))
+            return VideoProbe(first.stream_index, first.frame_count, first.fps, (first, *tracks),
+                              (*left_out, *undecodable))
         held = " and ".join([*kinds, *(["cover art"] if pictures else [])])
         raise NotAVideoError(f"{path}: no video stream (the file holds {held})")

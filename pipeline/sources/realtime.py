@@ -45,5 +45,5 @@ class RealtimeSource(Source):
             if started is None:
                 started = time.monotonic()
             time.sleep(max(0.0, started + position / self.fps - time.monotonic()))
-            yield Frame(frame.stream_id, frame.index, time.time(), frame.image)
+            yield Frame(frame.stream_id, frame.index, time.time(), frame.image, frame.damaged)
             position += 1

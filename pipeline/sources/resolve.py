@@ -32,7 +32,7 @@ from pipeline.sources.linescan import SCHEME as LINESCAN_SCHEME
 from pipeline.sources.linescan import linescan_sources
 from pipeline.sources.probe import VIDEO_SUFFIXES, NotAVideoError
 from pipeline.sources.realtime import RealtimeSource
-from pipeline.sources.video import VideoFileSource
+from pipeline.sources.video import VideoFileSource, video_sources
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 CAMERA_PREFIX = "camera:"
@@ -79,7 +79,8 @@ def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions(),
                    stream_ids: list[str | None] | None = None) -> Inputs:
     """Every spec's streams; a spec or a file that cannot be opened is a failure of its own, never
     the end of the others. ``stream_ids`` (one per spec, e.g. from a manifest): a spec's stream is
-    named so (a spec of several streams: NAME_<each stream's own name>)."""
+    named so (a spec of several streams: NAME_<each stream's own name>; the camera tracks of one
+    video file: NAME, NAME#K)."""
     inputs = Inputs()
     for spec, name in zip(specs, stream_ids or [None] * len(specs), strict=True):
         try:
@@ -88,8 +89,11 @@ def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions(),
             inputs.failed.append(Rejection(spec, str(error)))
             continue
         if name:
+            one_file = len(found.sources) == 1 or (all(isinstance(s, VideoFileSource) for s in found.sources)
+                                                   and len({s.path for s in found.sources}) == 1)
             for source in found.sources:
-                source.stream_id = name if len(found.sources) == 1 else f"{name}_{source.stream_id}"
+                track = getattr(source, "track_name", "")
+                source.stream_id = name + track if one_file else f"{name}_{source.stream_id}"
         inputs.extend(found)
     if options.realtime:
         inputs.sources = [source if source.is_live else RealtimeSource(source, options.max_frames)
@@ -139,7 +143,7 @@ def _resolve_path(path: Path, options: SourceOptions) -> Inputs:
     if path.is_file() and options.still_images and path.suffix.lower() in IMAGE_SUFFIXES:
         return Inputs([ImageListSource([path], path.stem, str(path))])
     if not path.is_dir():
-        return Inputs([_video(path)])
+        return Inputs(_videos(path))
     folder_source = image_folder_source if options.still_images else FrameFolderSource
     entries = sorted(path.iterdir(), key=numeric_sort_key)
     images = list_images(path)
@@ -155,7 +159,7 @@ def _resolve_path(path: Path, options: SourceOptions) -> Inputs:
                 inputs.left_out.append(Rejection(str(entry), f"{entry}: a folder without images (not read)"))
             continue
         try:
-            streams.append(_video(entry))
+            streams += _videos(entry)
         except NotAVideoError as error:
             inputs.left_out.append(Rejection(str(entry), str(error)))
         except SourceError as error:
@@ -173,7 +177,8 @@ def _resolve_path(path: Path, options: SourceOptions) -> Inputs:
     return inputs
 
 
-def _video(path: Path) -> VideoFileSource:
+def _videos(path: Path) -> list[VideoFileSource]:
+    """A video file's streams: one per camera track (:func:`pipeline.sources.video.video_sources`)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise NotAVideoError(f"{path}: a still image, not a video; score the folder that holds it")
-    return VideoFileSource(path)
+    return video_sources(path)

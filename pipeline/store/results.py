@@ -30,6 +30,7 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store.accounting import StreamAccounting
+from pipeline.store.integrity import DamagedStoreError, check_stream
 from pipeline.store.location import holds_objects, is_url, zarr_store
 
 STORE_FORMAT = "anomstream-store/1"
@@ -78,6 +79,7 @@ class StoredStream(NamedTuple):
     complete: bool
     written: int
     fingerprint: dict[str, int] | None = None  # the input's files when it was scored (Source.fingerprint)
+    damage: str | None = None  # rows below ``written`` missing or unreadable (pipeline.store.integrity)
 
 
 class ResultStore:
@@ -104,6 +106,7 @@ class ResultStore:
         self._attrs_refreshed: dict[str, float] = {}
         self.flush_s = flush_s  # rows wait in memory at most this long (0: written as they arrive)
         self._pending: dict[str, list[dict[str, np.ndarray]]] = {}  # rows arrived, not yet on disk
+        self._names: dict[str, set[str]] = {}  # arrays rows were written to (attr ``arrays_written``)
         self._pending_since: dict[str, tuple[int, float]] = {}  # the first of them: (row, when it arrived)
 
     def _open_existing(self) -> zarr.Group:
@@ -127,7 +130,7 @@ class ResultStore:
 
     def stored_stream(self, stream_id: str) -> StoredStream | None:
         """What the store already holds of a stream (None: nothing, a new stream)."""
-        return stored_stream(self.root, stream_id)
+        return stored_stream(self.root, stream_id, self.path)
 
     def written(self, stream_id: str) -> int:
         """Frames already on disk for a stream (0 if the stream is new)."""
@@ -170,6 +173,7 @@ class ResultStore:
         self.maps_every[stream_id] = int(group.attrs.get("maps_every", 1))
         self._attrs_refreshed[stream_id] = time.monotonic()
         self._pending[stream_id] = []
+        self._names[stream_id] = set(group.attrs.get("arrays_written", []))
 
     def write(self, stream_id: str, row: int, values: dict[str, np.ndarray]) -> None:
         """Rows [row, row + n) of every array; batches arrive in frame order. They reach the
@@ -233,6 +237,9 @@ class ResultStore:
                 arrays[name][start:end] = data
         pending.clear()
         attrs: dict[str, Any] = {"written": end}
+        if not set(values) <= self._names[stream_id]:  # which arrays hold rows: what integrity checks require
+            self._names[stream_id] |= set(values) & set(arrays)
+            attrs["arrays_written"] = sorted(self._names[stream_id])
         if time.monotonic() - self._attrs_refreshed[stream_id] >= ATTRS_REFRESH_S:
             attrs.update(self.accounting[stream_id].attrs())
             self._attrs_refreshed[stream_id] = time.monotonic()
@@ -294,13 +301,20 @@ def check_same_run(path: str | Path, root: zarr.Group, run_attrs: dict[str, Any]
                              f"or --overwrite")
 
 
-def stored_stream(root: zarr.Group, stream_id: str) -> StoredStream | None:
-    """What the store ``root`` already holds of a stream (None: nothing, a new stream)."""
+def stored_stream(root: zarr.Group, stream_id: str, store: str | Path = "store") -> StoredStream | None:
+    """What the store ``root`` (named ``store`` in messages) already holds of a stream (None:
+    nothing, a new stream), with the damage found below its ``written`` mark, if any."""
     if stream_id not in root:
         return None
-    attrs = root[stream_id].attrs
+    group = root[stream_id]
+    attrs = group.attrs
+    try:
+        check_stream(group, stream_id, store)
+        damage = None
+    except DamagedStoreError as error:
+        damage = str(error)
     return StoredStream(attrs.get("source"), bool(attrs.get("complete")), int(attrs.get("written", 0)),
-                        attrs.get("source_fingerprint"))
+                        attrs.get("source_fingerprint"), damage)
 
 
 def check_target(path: str | Path, mode: str) -> bool:
@@ -337,15 +351,17 @@ def stream_key(name: str, max_bytes: int = 120) -> str:
 def read_events(path: str | Path, stream_id: str) -> dict[str, np.ndarray]:
     """A stream's events table as columns (``EVENT_COLUMNS``; empty arrays when it has none), e.g.
     ``pandas.DataFrame(read_events(path, stream))``."""
-    group = open_results(path)[stream_id]
+    group = open_results(path, check=False)[stream_id]
     if "events" not in group:
         return {name: np.zeros(0, object if dtype == "str" else dtype) for name, dtype in EVENT_COLUMNS.items()}
     table = group["events"]
     return {name: table[name][:] for name in EVENT_COLUMNS}
 
 
-def open_results(path: str | Path) -> zarr.Group:
-    """Reader side: the store's root group (a path or an object-store URL), checked for format."""
+def open_results(path: str | Path, check: bool = True) -> zarr.Group:
+    """Reader side: the store's root group (a path or an object-store URL), checked for format and,
+    with ``check``, every stream for rows missing or unreadable below its ``written`` mark
+    (DamagedStoreError naming the stream, the array and the rows: never a figure from fill values)."""
     path = path if is_url(path) else Path(path)
     if not holds_objects(path):
         raise StoreError(f"{path}: no such store")
@@ -355,6 +371,9 @@ def open_results(path: str | Path) -> zarr.Group:
         raise StoreError(f"{path}: not a zarr store") from None
     if root.attrs.get("format") != STORE_FORMAT:
         raise StoreError(f"{path}: not an anomstream store (format {root.attrs.get('format')!r})")
+    if check:
+        for stream_id in sorted(root.group_keys()):
+            check_stream(root[stream_id], stream_id, path)
     return root
 
 

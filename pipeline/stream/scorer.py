@@ -10,7 +10,14 @@ import torch
 
 from pipeline.backends.choice import BackendChoice
 from pipeline.backends.runners import BackendError, make_runner
-from pipeline.checkpoint import load_model, model_from_payload, set_reference_maps
+from pipeline.checkpoint import (
+    choose_device,
+    load_model,
+    model_from_payload,
+    precision_context,
+    prepare_device,
+    set_reference_maps,
+)
 from pipeline.store import result_arrays
 from pipeline.stream.rows import unscored_rows
 from pipeline.stream.windows import WindowBatch
@@ -19,22 +26,26 @@ from pipeline.stream.windows import WindowBatch
 class Scorer:
     """A model on its device that scores window batches (the work of a replica, without Ray)."""
 
-    def __init__(self, checkpoint: str | dict[str, Any], threads: int | None = None, device: str | None = None,
-                 reference: dict[str, np.ndarray] | None = None, backend: BackendChoice | None = None) -> None:
+    def __init__(self, checkpoint: str | dict[str, Any], threads: int | None = None,
+                 device: str | torch.device | None = None, reference: dict[str, np.ndarray] | None = None,
+                 backend: BackendChoice | None = None) -> None:
         """``checkpoint``: a checkpoint file, or its contents as read once by the driver
         (:func:`pipeline.checkpoint.read_checkpoint_and_hash`; a replica on another node needs no copy of
-        the file); ``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``);
+        the file); ``device``: where torch scores (``--device``: auto (None) is CUDA when torch sees
+        one, cpu, cuda, cuda:N; AnomstreamError naming ``--device`` when it is not there);
+        ``reference``: a calibration's per-position normal maps (``AnomalyModel.set_reference``);
         ``backend``: what scores (:func:`pipeline.backends.choice.choose_backend`; default torch, fp32).
-        The runtimes run on the CPU with ``threads`` threads; torch in bf16 uses autocast."""
+        The runtimes run on the CPU with ``threads`` threads; torch in bf16 uses autocast of the
+        device's type."""
         if threads:
             torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = choose_device(device, "--device")
+        prepare_device(self.device)
         if isinstance(checkpoint, dict):
             self.model = model_from_payload(checkpoint, f"checkpoint of model {checkpoint.get('model')!r}")
         else:
             self.model, _ = load_model(checkpoint)
-        set_reference_maps(self.model, reference)
-        self.model.to(self.device).eval()
+        set_reference_maps(self.model.to(self.device).eval(), reference)
         self.backend = backend or BackendChoice()
         self.runner = None
         if self.backend.backend != "torch":
@@ -66,9 +77,9 @@ class Scorer:
         return result
 
     def score_windows(self, windows: torch.Tensor) -> Any:
-        """``model.score`` of uint8 windows (N, T, C, H, W) by this scorer's backend: ScoreOutput."""
+        """``model.score`` of uint8 windows (N, T, C, H, W) by this scorer's backend (torch: windows on
+        ``self.device``, in ``self.backend.precision``): ScoreOutput, its tensors on that device."""
         if self.runner is not None:
             return self.runner.score(windows)
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
-                                                    enabled=self.backend.precision == "bf16"):
+        with torch.inference_mode(), precision_context(self.backend.precision, self.device):
             return self.model.score(windows)

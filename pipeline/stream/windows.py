@@ -3,7 +3,8 @@
 A ``WindowBatch`` holds B target frames plus up to T-1 frames of context before them, so a
 replica can build every (T, C, H, W) window without state of its own. Each target carries a
 :class:`~pipeline.store.FrameStatus`: only ``SCORED`` targets have a full window of contiguous
-frames (none across a gap, a frozen stretch or a drop) and are scored; the others keep NaN scores.
+frames (none across a gap, a frozen stretch, a drop or a frame that could not be decoded) and are
+scored; the others keep NaN scores.
 
 Line-scan cameras slot in before this step: :func:`pipeline.sources.linescan.assemble_tiles` turns a
 stream of pixel rows into overlapping 2-D tiles, which are frames like any other.
@@ -123,8 +124,13 @@ class WindowAssembler:
         self._frozen = False
 
     def push(self, frame: Frame) -> None:
+        """Prepare ``frame`` and give it its status. A damaged frame (``Frame.damaged``: not a real
+        picture) is DECODE_ERROR and breaks windows as a gap does: no scored window holds it."""
         image = prepare_frame(frame.image, self.image_size, self.channels)
-        if self._is_frozen(image, frame.timestamp):
+        if frame.damaged:
+            status = FrameStatus.DECODE_ERROR
+            self._run, self._after_gap = 0, True
+        elif self._is_frozen(image, frame.timestamp):
             status = FrameStatus.FROZEN
             self._run, self._after_gap = 0, True
         else:

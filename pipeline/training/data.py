@@ -66,9 +66,12 @@ def labelled_anomalies(model: AnomalyModel, settings) -> LabelledAnomalies | Non
                              torch.from_numpy(examples.has_mask))
 
 
-def draw_anomalies(anomalies: LabelledAnomalies | None, count: int, generator: torch.Generator) -> LabelledAnomalies | None:
-    """``count`` labelled anomalies drawn with replacement (None when there are none)."""
+def draw_anomalies(anomalies: LabelledAnomalies | None, count: int, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> LabelledAnomalies | None:
+    """``count`` labelled anomalies drawn with replacement by the CPU ``generator`` from ``anomalies``
+    (held on the CPU), moved to ``device`` (the model's); None when there are none."""
     if anomalies is None:
         return None
     chosen = torch.randint(len(anomalies.images), (count,), generator=generator)
-    return LabelledAnomalies(anomalies.images[chosen], anomalies.masks[chosen], anomalies.has_mask[chosen])
+    return LabelledAnomalies(*(part[chosen].to(device, non_blocking=True)
+                               for part in (anomalies.images, anomalies.masks, anomalies.has_mask)))

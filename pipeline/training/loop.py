@@ -1,6 +1,10 @@
 """One training loop for every model: AdamW + the schedule of :mod:`.schedule` (optional linear
 warm-up, gradient-norm clipping), a checkpoint per epoch, resume; data from :mod:`.data`.
 
+On ``train.device`` (auto: CUDA when torch sees one): the model and each batch there (pinned batches
+copied without blocking on CUDA), ``train.precision: bf16`` autocast with the device's type,
+checkpoints written with CPU tensors (:mod:`pipeline.checkpoint`).
+
 Model selection never looks at test labels: the checkpoint shipped is the last epoch's.
 """
 
@@ -22,7 +26,7 @@ from models.base import AnomalyModel, LabelledAnomalies
 from models.registry import build_model
 from pipeline.calibration.fit import CalibrationOptions, TooFewFrames, fit_calibration, normal_sources
 from pipeline.calibration.scores import Calibration
-from pipeline.checkpoint import read_checkpoint, save_checkpoint
+from pipeline.checkpoint import choose_device, precision_context, prepare_device, read_checkpoint, save_checkpoint
 from pipeline.config import AnomstreamConfig
 from pipeline.errors import ConfigError
 from pipeline.training.augment import augment_windows
@@ -31,6 +35,8 @@ from pipeline.training.schedule import learning_rate_factor, phase_start_steps
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Python's, NumPy's and torch's (CPU and CUDA) generators seeded with ``seed``; returns a CPU
+    generator of its own, seeded too, for the data order and the augmentations."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -38,26 +44,32 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``config``'s model on ``config.train.data``; returns the final checkpoint path."""
+    """Train ``config``'s model on ``config.train.data`` on ``config.train.device``; returns the final
+    checkpoint path. Raises ConfigError / AnomstreamError (one line) for a config or device that does
+    not do (``train.device cuda: torch sees no CUDA device``)."""
     if config.train is None:
         raise ConfigError("config has no 'train' section")
     settings = config.train
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    device = choose_device(settings.device, "train.device")
+    prepare_device(device)
     generator = seed_everything(settings.seed)
     model: AnomalyModel = build_model(config.model.name, config.model.params)
     clips = load_clips(settings.data, model.image_size, model.channels, progress, still_images=model.window_length == 1)
     dataset = WindowDataset(clips, model.window_length)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator,
+                        pin_memory=device.type == "cuda")
     anomalies = labelled_anomalies(model, settings)
     output = Path(settings.output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    model.to(device)
     if model.trains_by_gradient:
-        run = _TrainingRun(config, output, generator, resume, progress)
+        run = _TrainingRun(config, output, generator, resume, progress, device)
         _gradient_epochs(model, loader, run, clips, anomalies)
     if model.fits_statistics:
         started = time.time()
-        _fit_statistics(model, dataset, settings.batch_size, progress)
+        _fit_statistics(model, dataset, settings.batch_size, progress, device)
         with (output / "train_log.jsonl").open("a") as log:
             log.write(json.dumps({"fit_statistics_seconds": round(time.time() - started, 1)}) + "\n")
     final_path = output / "model.pt"
@@ -103,24 +115,21 @@ def _initialise(model: AnomalyModel, settings, clips: list[np.ndarray]) -> None:
         model.initialise_from_frames(median_sample(clips))
 
 
-def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, progress: bool) -> None:
+def _fit_statistics(model: AnomalyModel, dataset: Dataset, batch_size: int, progress: bool, device: torch.device) -> None:
+    """``model.fit_statistics`` over the training windows in order, each batch on ``device``."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    batches = tqdm(loader, desc="fit statistics", unit="batch", disable=not progress)
     with torch.inference_mode():
-        model.fit_statistics(tqdm(loader, desc="fit statistics", unit="batch", disable=not progress))
-
-
-def precision_context(precision: str) -> torch.autocast:
-    """The context a training step's forward pass and loss run in for ``train.precision``: CPU autocast to
-    bf16, or a disabled one for fp32."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        model.fit_statistics(batch.to(device, non_blocking=True) for batch in batches)
 
 
 def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.optim.Optimizer, precision: str,
                   anomalies: LabelledAnomalies | None = None, gradient_clip: float | None = None) -> dict[str, torch.Tensor]:
-    """One optimizer step on ``model.training_loss`` (forward pass and loss in ``precision``, the global
-    gradient norm clipped to ``gradient_clip`` when given); its loss terms."""
-    with precision_context(precision):
+    """One optimizer step on ``model.training_loss`` of uint8 ``windows`` (N, T, C, H, W) on the model's
+    device (forward pass and loss in ``precision``: bf16 autocast with that device's type; the global
+    gradient norm clipped to ``gradient_clip`` when given); its loss terms (0-dim tensors)."""
+    with precision_context(precision, windows.device):
         terms = model.training_loss(windows) if anomalies is None else model.training_loss(windows, anomalies)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -134,13 +143,14 @@ def gradient_step(model: AnomalyModel, windows: torch.Tensor, optimizer: torch.o
 class _TrainingRun:
     """One training run's fixed parts: its ``config``, the ``output`` folder (``last.pt``,
     ``train_log.jsonl``), the seeded ``generator``, whether it ``resume``s from ``last.pt`` and shows
-    ``progress`` bars."""
+    ``progress`` bars, the ``device`` the model and its batches are on."""
 
     config: AnomstreamConfig
     output: Path
     generator: torch.Generator
     resume: bool
     progress: bool
+    device: torch.device = torch.device("cpu")
 
 
 def _gradient_epochs(model: AnomalyModel, loader: DataLoader, run: _TrainingRun, clips: list[np.ndarray],
@@ -170,23 +180,24 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, run: _TrainingRun,
     log_path = output / "train_log.jsonl"
     for epoch in range(start_epoch, settings.epochs):
         model.train()
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor | float] = {}
         started = time.time()
         learning_rate = optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         for step, windows in enumerate(bar, 1):
-            windows = augment_windows(windows, settings.augment, generator)
-            drawn = draw_anomalies(anomalies, settings.anomalies_per_batch, generator)
+            windows = augment_windows(windows, settings.augment, generator).to(run.device, non_blocking=True)
+            drawn = draw_anomalies(anomalies, settings.anomalies_per_batch, generator, run.device)
             terms = gradient_step(model, windows, optimizer, settings.precision, drawn, settings.gradient_clip)
             scheduler.step()
             model.after_optimizer_step(scheduler.last_epoch / total_steps)
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach())
+            for key, value in terms.items():  # summed where they are: no wait for the device each step
+                totals[key] = totals.get(key, 0.0) + value.detach()
             if step % settings.log_every == 0:
-                bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+                bar.set_postfix(loss=f"{float(totals['loss']) / step:.4f}")
+        means = {key: float(value) / len(loader) for key, value in totals.items()}
         record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1), "learning_rate": learning_rate,
                   "samples_per_s": round(len(loader) * settings.batch_size / (time.time() - started), 2),
-                  **{k: v / len(loader) for k, v in totals.items()}}
+                  **means}
         with log_path.open("a") as log:
             log.write(json.dumps(record) + "\n")
         save_checkpoint(last_path, model, {
