@@ -88,8 +88,10 @@ def _pipeline_fps(samples: dict[str, list[float]], scorers: dict, spec: str, che
     first = next(iter(scorers))
     for replicas, label in [(1, None), *((2, label) for label in scorers)]:
         choice = scorers[label or first][1]
+        # replicas score on the GPU Ray gives them (not cuda:N); the CPU runtimes' rounds on the CPU
+        replica_device = "cpu" if choice.backend != "torch" else "cuda" if device.startswith("cuda") else device
         settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend, precision=choice.precision,
-                                device=device)
+                                device=replica_device)
         report = score_sources(RunPlan(specs=[spec] * repeats, checkpoint=checkpoint, out=out_dir / f"pipeline{replicas}.zarr",
                                        settings=settings, mode="overwrite", progress=False,
                                        max_active_streams=replicas + 1))

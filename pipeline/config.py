@@ -160,7 +160,9 @@ def _format_error(source: str, error: ValidationError, prefix: str = "", shown: 
     return f"{source}: {'; '.join(parts)}{more}"
 
 
-def parse_config(data: Any, source: str = "config") -> AnomstreamConfig:
+def parse_config(data: Any, source: str = "config", expand: bool = True) -> AnomstreamConfig:
+    """A validated config from parsed YAML ``data`` (``source``: its file, in messages); ``expand``:
+    ``~`` and ``$VARIABLES`` in its paths expanded (:func:`_expand_paths`). Raises ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping with keys model, train, score")
     model = data.get("model")
@@ -180,7 +182,8 @@ def parse_config(data: Any, source: str = "config") -> AnomstreamConfig:
         config.model.params = TypeAdapter(params_class).validate_python(params_data)
     except ValidationError as error:
         raise ConfigError(_format_error(source, error, prefix="model")) from None
-    _expand_paths(config, source)
+    if expand:
+        _expand_paths(config, source)
     return config
 
 
@@ -277,7 +280,7 @@ def load_score_config(path: str | Path) -> tuple[ScoreSection, str | None]:
             return ScoreSection.model_validate(data.get("score") or {}), None
         except ValidationError as error:
             raise ConfigError(_format_error(str(path), error, prefix="score")) from None
-    config = parse_config(data, str(path))
+    config = parse_config(data, str(path), expand=False)  # scoring reads no train or model path
     return config.score, config.model.name
 
 

@@ -4,8 +4,9 @@ Every path a user gives (command-line path options, config paths, manifest lines
 :func:`expand_path`, source specs through :func:`expand_spec`: a leading ``~`` or ``~user`` and
 ``$NAME`` / ``${NAME}`` anywhere are expanded once (a variable's value is not expanded again), so
 ``--out=~/x`` (which the shell leaves as written) and ``output_dir: ~/runs`` in a config mean the
-home folder, and the path printed is the path used. URLs (``rtsp://``, ``s3://``, ...) are kept as
-written. An unset variable or an unknown user is an error, never a folder named ``$X`` or ``~``.
+home folder, and the path printed is the path used. URLs (``rtsp://``, ``s3://``, ...) and paths
+that exist as written (a file named ``cam$A.mp4``) are kept as written. An unset variable or an
+unknown user is an error, never a folder named ``$X`` or ``~``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def expand_path(value: str, option: str) -> str:
     """``value`` with a leading ``~`` / ``~user`` and ``$NAME`` / ``${NAME}`` expanded, once; a URL
     as written. Raises :class:`ConfigError` naming ``option`` (``--out``, ``train.output_dir``) for
     an unset variable or an unknown user."""
-    if is_url(value):
-        return value
+    if is_url(value) or ("$" in value and _exists(Path(value))):
+        return value  # a URL, or a path that exists as written (a folder named 'cam$A', a venv under '/opt/app$v2')
     head, sep, rest = value.partition("/") if value.startswith("~") else ("", "", value)
     home = os.path.expanduser(head) if head else ""
     if head and home == head:

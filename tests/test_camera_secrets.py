@@ -247,3 +247,13 @@ def test_live_run_leaves_the_password_and_token_nowhere(ray_session, locked, hom
     assert watch.command_lines == []
     carried = printed.out + printed.err + json.dumps(receiver.received) + b"".join(watch.views).decode()
     assert [secret for secret in secrets if secret in carried] == []
+
+
+def test_a_password_holding_an_unencoded_slash_is_masked_too():
+    """urlsplit takes 'u:ab' for the login and '/cd@host' for the path: the whole login is masked."""
+    from pipeline.events.outbox import shown_url
+    from pipeline.sources.camera import redact_url
+
+    assert redact_url("rtsp://cam-op:ab/cd@cam.local/live?token=9") == "rtsp://***:***@cam.local/live?***"
+    assert shown_url("https://hook:ab/cd@alerts.local/x") == "https://***@alerts.local/x"
+    assert shown_url("http://alerts.local/x?a=b") == "http://alerts.local/x?a=b"

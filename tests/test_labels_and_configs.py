@@ -380,3 +380,14 @@ def test_case16_tilde_in_train_data_and_output_dir_means_home(field2, home, caps
     assert code == 0, err
     assert out == f"checkpoint: {checkpoint}\n" and checkpoint.is_file()
     assert list(Path().iterdir()) == []  # no folder named '~' in the working folder
+
+
+def test_a_whole_config_given_to_score_needs_no_training_paths(tmp_path, monkeypatch):
+    """score --config reads the score section: an unset $DATA in train.data does not stop it."""
+    from pipeline.config import load_score_config
+
+    monkeypatch.delenv("DATA", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: dmad\ntrain:\n  data: $DATA/ped2\nscore:\n  replicas: 3\n")
+    section, model = load_score_config(config)
+    assert section.replicas == 3 and model == "dmad"

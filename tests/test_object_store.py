@@ -113,3 +113,13 @@ def test_a_store_on_s3_has_one_run_at_a_time(s3_environment):
         with pytest.raises(StoreError, match=r"^s3://runs/locks/b.zarr: another run is writing this store \(process "):
             StoreLock("s3://runs/locks/b.zarr").acquire()
     assert not [entry for chunk in list_objects(from_url("s3://runs/locks")) for entry in chunk]
+    import json
+    import time
+
+    import obstore
+
+    gone = {"host": "other-host", "pid": 7, "started": 0, "heartbeat": time.time() - 600, "token": "theirs"}
+    obstore.put(from_url("s3://runs/locks"), "b.zarr.lock", json.dumps(gone).encode())
+    with StoreLock("s3://runs/locks/b.zarr") as taken:  # a driver gone silent on another machine: taken over
+        held = json.loads(bytes(obstore.get(from_url("s3://runs/locks"), "b.zarr.lock").bytes()))
+        assert held["token"] == taken.token

@@ -103,12 +103,14 @@ def test_a_lock_whose_holder_is_gone_is_taken_over_with_a_warning(tmp_path, caps
     import socket
 
     from pipeline.errors import StoreError
-    from pipeline.store.lock import StoreLock
+    from pipeline.store.lock import StoreLock, _boot_id, _pid_namespace
 
     out, lock = tmp_path / "a.zarr", tmp_path / "a.zarr.lock"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    _lock_file(lock, host=socket.gethostname(), pid=dead.pid)  # kill -9 of a run on this machine
+    here = {"host": socket.gethostname(), "boot": _boot_id(), "pid_namespace": _pid_namespace()}
+    _lock_file(lock, pid=dead.pid, **here)  # kill -9 of a run on this machine
+
     with StoreLock(out) as taken:
         assert taken.file.read()["token"] == taken.token
     assert "warning: " + str(out) + ": taking over the lock of a run that is gone (process " in capsys.readouterr().err
@@ -119,6 +121,16 @@ def test_a_lock_whose_holder_is_gone_is_taken_over_with_a_warning(tmp_path, caps
     with pytest.raises(StoreError, match=r"another run is writing this store \(process 4242 on other-host, started "):
         StoreLock(out).acquire()
     assert json.loads(lock.read_text())["token"] == "theirs"  # left as it was
+    _lock_file(lock, pid=os.getpid(), heartbeat=time.time(), **here)  # this very process: a pid reused after a restart
+    with StoreLock(out):
+        pass
+    lock.write_text("")  # a run that has just created its lock and not yet written it (fresh): left alone
+    with pytest.raises(StoreError, match=r"another run is writing this store \(holder unknown\)"):
+        StoreLock(out).acquire()
+    os.utime(lock, (time.time() - 600, time.time() - 600))  # ... an empty lock ten minutes old: gone
+    with StoreLock(out):
+        pass
+    assert not lock.exists() and not list(tmp_path.glob("a.zarr.lock.*"))  # no temporary file left beside it
 
 
 def test_the_holder_keeps_its_heartbeat_fresh(tmp_path):
@@ -192,12 +204,16 @@ def test_a_chunk_missing_below_written_is_named_by_stream_array_and_rows(tmp_pat
     assert str(damaged.value) == (f"{path}: stream 01_0014: array score rows 1024-2047 of the 2100 written are missing "
                                   f"from the store: the store is damaged; score the stream again into a new store (or "
                                   f"--overwrite)")
-    for key in ("map/c/3/0/0", "map/c/9/0/0"):
-        (path / "01_0014" / key).unlink()
     (path / "01_0014" / "score" / "c" / "1").write_bytes(b"")  # there, but not a chunk any codec reads
+    with pytest.raises(DamagedStoreError, match=r"array score rows 1024-2047 of the 2100 written are unreadable \("):
+        open_results(path)
+    whole = _damaged_store_fixture(tmp_path / "maps")
+    for key in ("map/c/3/0/0", "map/c/9/0/0"):
+        (whole / "01_0014" / key).unlink()
+    open_results(whole)  # maps are checked for readers of maps only
     with pytest.raises(DamagedStoreError, match=r"array map rows 48-63 \(and 1 more chunk\(s\)\) of the 2100 written "
                                                 r"are missing from the store"):
-        open_results(path)
+        open_results(whole, maps=True)
 
 
 def test_an_unreadable_chunk_is_named_and_chunks_zarr_never_stored_are_not_damage(tmp_path):
@@ -216,10 +232,10 @@ def test_an_unreadable_chunk_is_named_and_chunks_zarr_never_stored_are_not_damag
     open_results(gapped)
     # maps kept for every 100th frame only: the other map chunks are not expected
     sparse = _damaged_store_fixture(tmp_path / "c", maps_every=100)
-    open_results(sparse)
+    open_results(sparse, maps=True)
     (sparse / "01_0014" / "map" / "c" / "6" / "0" / "0").unlink()  # frame 100's
     with pytest.raises(DamagedStoreError, match=r"array map rows 96-111 of the 2100 written are missing"):
-        open_results(sparse)
+        open_results(sparse, maps=True)
 
 
 def test_eval_and_resume_name_the_damage_instead_of_using_fill_values(tmp_path, capsys):

@@ -64,7 +64,7 @@ def _records_by_path(spec: str, moved_root: str | None) -> dict[str, ImageRecord
 
 def scored_images(store: str | Path, dataset_root: str | None = None) -> list[ScoredImage]:
     """Every valid image of the store with its record, score, map and mask at its own size."""
-    root = open_results(store)
+    root = open_results(store, maps=True)
     images = []
     records: dict[str, dict[str, ImageRecord]] = {}  # dataset spec -> its records by stored path
     for stream_id in sorted(root.group_keys()):

@@ -165,7 +165,7 @@ def store_pixel_auc(path: str | Path, masks_for_stream: Callable[[str], Iterable
     """
     import cv2
 
-    root = open_results(path)
+    root = open_results(path, maps=True)
     all_maps, all_masks, without_mask, lengths = [], [], {}, {}
     for stream_id in sorted(root.group_keys()):
         group = root[stream_id]

@@ -44,9 +44,9 @@ def shown_url(url: str) -> str:
     scheme, slashes, rest = url.partition("://")
     if not slashes:
         return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    _, at, host = rest[:end].rpartition("@")
-    return f"{scheme}://***@{host}{rest[end:]}" if at else url
+    end = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=len(rest))
+    at = rest[:end].rfind("@")  # the last one: a password may hold an unencoded '/' (base64 tokens)
+    return f"{scheme}://***@{rest[at + 1:]}" if at >= 0 else url
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_
 def redact_url(address: str) -> str:
     """``address`` without secrets, for names, messages and the store: a password becomes ``***``
     and a query string (tokens) ``?***``. Addresses that are not URLs are returned as they are."""
+    scheme, slashes, rest = address.partition("://")
+    before_query = rest.split("?", 1)[0].split("#", 1)[0]
+    if slashes and "@" in before_query and "/" in before_query[:before_query.rfind("@")]:
+        address = f"{scheme}://***:***@{rest[before_query.rfind('@') + 1:]}"  # a password holding an unencoded '/'
     parts = urlsplit(address)
     if not parts.scheme or not parts.netloc:
         return address

@@ -78,12 +78,13 @@ def _track(stream, video_index: int) -> VideoTrack:
 
 
 def _packet_counts(container, streams: list, enough: int = 2, limit: int = 256) -> dict[int, int]:
-    """Packets of each of ``streams`` among the file's first ``limit`` (stopping once each has
-    ``enough``): a thumbnail track holds one picture, a camera one per frame."""
+    """Packets of each of ``streams`` among the file's first ``limit`` packets of any stream
+    (stopping once each has ``enough``): a thumbnail track holds one picture, a camera one per
+    frame. Every stream is demuxed so that the limit bounds what is read, whatever the tracks hold."""
     counts = {stream.index: 0 for stream in streams}
     try:
-        for read, packet in enumerate(container.demux(*streams)):
-            if packet.size:
+        for read, packet in enumerate(container.demux()):
+            if packet.size and packet.stream.index in counts:
                 counts[packet.stream.index] += 1
             if read >= limit or min(counts.values()) >= enough:
                 break

@@ -31,40 +31,57 @@ class DamagedStoreError(StoreError):
     """Rows below a stream's ``written`` mark are missing from the store or cannot be read."""
 
 
-def check_stream(group: zarr.Group, stream_id: str, store: Any) -> None:
+def check_stream(group: zarr.Group, stream_id: str, store: Any, maps: bool = False) -> None:
     """Raise DamagedStoreError when a chunk that must hold rows below the stream's ``written`` mark
     is missing or cannot be decoded (``store``: how the store is named in the message). The arrays
     checked are those the writer wrote rows to (attr ``arrays_written``; a store from before it:
-    the arrays holding at least one chunk)."""
+    the per-frame arrays holding at least one chunk); ``maps``: the ``map`` array too (listed, not
+    decoded: a long live stream holds many map chunks, so only readers of maps ask for it)."""
     written = int(group.attrs.get("written", 0))
-    names = set(group.array_keys())
+    names = {name for name in group.array_keys() if group[name].ndim > 0 and (maps or name != "map")}
     if written == 0 or "frame_index" not in names:
         return
-    chunks = {name: _stored_chunk_rows(group[name]) for name in names if group[name].ndim > 0}
-    required = set(group.attrs.get("arrays_written") or (name for name in chunks if chunks[name])) & set(chunks)
+    listed = _Listing(group)
+    declared = group.attrs.get("arrays_written")
+    required = set(declared) & names if declared else {name for name in names if group[name].ndim > 1 or listed(name)}
     if "frame_index" not in required:
         return
-    frame_index = _checked(group, "frame_index", np.ones(written, bool), chunks, stream_id, store)
+    frame_index = _checked(group, "frame_index", np.ones(written, bool), listed, stream_id, store)
     if "status" in required:
-        scored = _checked(group, "status", np.ones(written, bool), chunks, stream_id, store) == FrameStatus.SCORED
+        scored = _checked(group, "status", np.ones(written, bool), listed, stream_id, store) == FrameStatus.SCORED
     elif "valid" in required:
-        scored = _checked(group, "valid", np.zeros(written, bool), chunks, stream_id, store).astype(bool)
+        scored = _checked(group, "valid", np.zeros(written, bool), listed, stream_id, store).astype(bool)
     else:
         scored = np.zeros(written, bool)
     maps_every = int(group.attrs.get("maps_every", 1))
     for name in sorted(required - {"frame_index", "status"}):
         needed = _needed_rows(name, scored, frame_index, maps_every)
         if needed is not None and group[name].shape[0] >= written:
-            _checked(group, name, needed, chunks, stream_id, store, read=group[name].ndim == 1)
+            _checked(group, name, needed, listed, stream_id, store, read=group[name].ndim == 1)
 
 
-def _checked(group: zarr.Group, name: str, needed: np.ndarray, chunks: dict[str, set[int]], stream_id: str,
+class _Listing:
+    """Row-chunk indices each array of a group holds, listed once per array when first asked."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        self.found: dict[str, set[int]] = {}
+
+    def __call__(self, name: str) -> set[int]:
+        if name not in self.found:
+            self.found[name] = _stored_chunk_rows(self.group[name])
+        return self.found[name]
+
+
+def _checked(group: zarr.Group, name: str, needed: np.ndarray, listed: _Listing, stream_id: str,
              store: Any, read: bool = True) -> np.ndarray | None:
     """Array ``name``'s rows below ``written`` after checking that every chunk holding a needed row
-    is stored (and, with ``read``, that every chunk decodes)."""
+    is stored (and, with ``read``, that every chunk decodes). A chunk the listing lacks is asked
+    for by name before it counts as missing (a listing may lag behind, on NFS or some object stores)."""
     array, written = group[name], len(needed)
     step = array.chunks[0]
-    missing = sorted({row // step for row in np.flatnonzero(needed)} - chunks[name])
+    missing = [chunk for chunk in sorted({row // step for row in np.flatnonzero(needed)} - listed(name))
+               if not _chunk_exists(array, chunk)]
     if missing:
         raise _damage(store, stream_id, name, step, missing, written, "missing from the store")
     return read_rows(group, name, written, stream_id, store) if read else None
@@ -101,20 +118,28 @@ def _needed_rows(name: str, scored: np.ndarray, frame_index: np.ndarray | None, 
 
 
 def _stored_chunk_rows(array: zarr.Array) -> set[int]:
-    """Row-chunk indices of the chunks the store holds (one listing of the array's prefix)."""
+    """Row-chunk indices of the chunks the store holds: one listing of the array's ``c/`` folder
+    (one level for a per-frame array, whose chunk keys are ``c/I``; every key for a map, whose
+    ``c/I`` is a folder that may be left empty)."""
     from zarr.core.sync import sync
 
-    async def keys() -> list[str]:
-        return [key async for key in array.store_path.store.list_prefix(array.store_path.path)]
+    folder = array.store_path.path.rstrip("/") + "/c"
+    store = array.store_path.store
 
-    prefix = array.store_path.path.rstrip("/") + "/"
-    present = set()
-    for key in sync(keys()):
-        relative = key[len(prefix):] if key.startswith(prefix) else key
-        parts = relative.split("/")
-        if len(parts) >= 2 and parts[0] == "c" and parts[1].isdigit():
-            present.add(int(parts[1]))
-    return present
+    async def keys() -> list[str]:
+        if array.ndim == 1:
+            return [key async for key in store.list_dir(folder)]
+        return [key[len(folder) + 1:] async for key in store.list_prefix(folder + "/")]
+
+    return {int(key.strip("/").split("/")[0]) for key in sync(keys()) if key.strip("/").split("/")[0].isdigit()}
+
+
+def _chunk_exists(array: zarr.Array, row_chunk: int) -> bool:
+    """Whether the chunk at row-chunk ``row_chunk`` (first along every other axis) is in the store."""
+    from zarr.core.sync import sync
+
+    key = array.metadata.encode_chunk_key((row_chunk, *([0] * (array.ndim - 1))))
+    return bool(sync(array.store_path.store.exists(f"{array.store_path.path.rstrip('/')}/{key}")))
 
 
 def _damage(store: Any, stream_id: str, name: str, step: int, chunks: list[int], written: int,

@@ -25,6 +25,7 @@ from typing import Any
 from pipeline.errors import StoreError, first_line
 from pipeline.store.location import holds_objects, is_url
 
+_HELD: set[str] = set()  # tokens of the locks this process holds now
 HEARTBEAT_S = 20.0  # the holder rewrites its heartbeat this often
 STALE_S = 120.0  # a lock without a heartbeat this long belongs to a run that is gone
 
@@ -40,9 +41,10 @@ class StoreLock:
 
     def __init__(self, out: str | Path, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S) -> None:
         self.out, self.location = out, lock_location(out)
-        self.file = _ObjectFile(self.location) if is_url(str(out)) else _LocalFile(Path(self.location))
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.token, self.started = uuid.uuid4().hex, time.time()
+        self.file: _LocalFile | _ObjectFile | None = None
+        self.lost = threading.Event()  # set when the lock was taken from this run (its heartbeat found another token)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -55,7 +57,10 @@ class StoreLock:
 
     def acquire(self) -> None:
         if is_url(str(self.out)):
-            holds_objects(self.out)  # credentials, endpoint, bucket: their one line first
+            holds_objects(self.out)  # scheme, obstore, credentials, endpoint, bucket: their one line first
+            self.file = _ObjectFile(self.location)
+        else:
+            self.file = _LocalFile(Path(self.location))
         if not self.file.create(self._payload()):
             holder = self.file.read()
             if not self._stale(holder):
@@ -63,10 +68,10 @@ class StoreLock:
                                  f"to end, or remove {self.location} if that run is gone")
             print(f"warning: {self.out}: taking over the lock of a run that is gone ({_describe(holder)})",
                   file=sys.stderr, flush=True)
-            self.file.replace(self._payload())
-            if (self.file.read() or {}).get("token") != self.token:  # another run took it over first
+            if not self.file.take_over(holder, self._payload()):  # another run took it over first
                 raise StoreError(f"{self.out}: another run is writing this store ({_describe(self.file.read())}); "
                                  f"wait for it to end")
+        _HELD.add(self.token)
         self._thread = threading.Thread(target=self._beat, name="store-lock", daemon=True)
         self._thread.start()
 
@@ -74,28 +79,54 @@ class StoreLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if (self.file.read() or {}).get("token") == self.token:
+        _HELD.discard(self.token)
+        if self.file is not None and (self.file.read() or {}).get("token") == self.token:
             self.file.delete()
 
     def _payload(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
-                "heartbeat": time.time(), "token": self.token}
+        return {"host": socket.gethostname(), "boot": _boot_id(), "pid_namespace": _pid_namespace(),
+                "pid": os.getpid(), "started": self.started, "heartbeat": time.time(), "token": self.token}
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if (self.file.read() or {}).get("token") == self.token:
-                    self.file.replace(self._payload())
-            except OSError:  # a full disk or a lost mount: the run's own writes report it
+                if (self.file.read() or {}).get("token") != self.token:
+                    self.lost.set()  # taken over (this run looked gone): say so at the end, stop beating
+                    print(f"warning: {self.out}: another run took this store's lock over; this run's writes may mix "
+                          f"with it", file=sys.stderr, flush=True)
+                    return
+                self.file.replace(self._payload())
+            except Exception:  # noqa: BLE001 - a full disk, a lost mount or a network error: try again next beat
                 pass
 
     def _stale(self, holder: dict[str, Any] | None) -> bool:
-        """Whether the run that holds the lock is gone (an unreadable lock is treated as gone)."""
+        """Whether the run that holds the lock is gone. On this machine (same host, boot and pid
+        namespace) by its process; elsewhere by its heartbeat. An unreadable lock is gone only when
+        it is older than ``stale_s`` (a run may be writing it this instant)."""
         if holder is None:
-            return True
-        if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0))):
-            return True
+            return self.file.age() > self.stale_s
+        local = (holder.get("host"), holder.get("boot"), holder.get("pid_namespace")) == \
+            (socket.gethostname(), _boot_id(), _pid_namespace())
+        if local:
+            pid = int(holder.get("pid", 0))
+            if pid == os.getpid():  # this process: a lock of its own, or of an earlier process with its pid
+                return holder.get("token") not in _HELD
+            return not _alive(pid)
         return time.time() - float(holder.get("heartbeat", 0)) > self.stale_s
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -119,7 +150,8 @@ def _describe(holder: dict[str, Any] | None) -> str:
 
 
 class _LocalFile:
-    """The lock as a file: created with O_EXCL, replaced atomically."""
+    """The lock as a file: created whole (written to a temporary file, then hard-linked to the lock's
+    name, which fails when it exists), replaced atomically, taken over by one run only."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -127,14 +159,29 @@ class _LocalFile:
     def create(self, payload: dict[str, Any]) -> bool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)  # as the store's own folder would be
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            part = self._part(payload)
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot create the store's lock ({error.strerror})") from None
+        try:
+            os.link(part, self.path)
+            return True
         except FileExistsError:
             return False
         except OSError as error:
             raise StoreError(f"{self.path}: cannot create the store's lock ({error.strerror})") from None
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(payload, handle)
-        return True
+        finally:
+            part.unlink(missing_ok=True)
+
+    def take_over(self, holder: dict[str, Any] | None, payload: dict[str, Any]) -> bool:
+        """Move the gone run's lock aside (one rename wins), then create ours; False: another run won."""
+        aside = self.path.with_name(f"{self.path.name}.gone.{payload['token']}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            pass  # another run moved it first: whoever creates next holds it
+        else:
+            aside.unlink(missing_ok=True)
+        return self.create(payload)
 
     def read(self) -> dict[str, Any] | None:
         try:
@@ -142,13 +189,22 @@ class _LocalFile:
         except (OSError, ValueError):
             return None
 
+    def age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return float("inf")
+
     def replace(self, payload: dict[str, Any]) -> None:
-        part = self.path.with_name(f"{self.path.name}.{os.getpid()}.part")
-        part.write_text(json.dumps(payload))
-        os.replace(part, self.path)
+        os.replace(self._part(payload), self.path)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def _part(self, payload: dict[str, Any]) -> Path:
+        part = self.path.with_name(f"{self.path.name}.{payload['token']}.part")
+        part.write_text(json.dumps(payload))
+        return part
 
 
 class _ObjectFile:
@@ -159,7 +215,10 @@ class _ObjectFile:
         from obstore.store import from_url
 
         parent, self.name = url.rsplit("/", 1)
-        self.store = from_url(parent)
+        try:
+            self.store = from_url(parent)
+        except Exception as error:  # noqa: BLE001 - obstore's configuration errors
+            raise StoreError(f"{url}: cannot open the store's lock ({first_line(error, 300)})") from None
 
     def create(self, payload: dict[str, Any]) -> bool:
         import obstore
@@ -180,6 +239,30 @@ class _ObjectFile:
             return json.loads(bytes(obstore.get(self.store, self.name).bytes()))
         except Exception:  # noqa: BLE001 - gone, or not JSON
             return None
+
+    def take_over(self, holder: dict[str, Any] | None, payload: dict[str, Any]) -> bool:
+        """Replace the gone run's lock only if it is still the object read (a put conditional on its
+        e-tag: one run wins); False: another run won."""
+        import obstore
+        from obstore.exceptions import NotFoundError, PreconditionError
+
+        try:
+            e_tag = obstore.head(self.store, self.name).get("e_tag")
+            obstore.put(self.store, self.name, json.dumps(payload).encode(),
+                        mode={"e_tag": e_tag} if e_tag else "overwrite")
+        except NotFoundError:
+            return self.create(payload)
+        except PreconditionError:
+            return False
+        return (self.read() or {}).get("token") == payload["token"]
+
+    def age(self) -> float:
+        import obstore
+
+        try:
+            return time.time() - obstore.head(self.store, self.name)["last_modified"].timestamp()
+        except Exception:  # noqa: BLE001 - gone
+            return float("inf")
 
     def replace(self, payload: dict[str, Any]) -> None:
         import obstore

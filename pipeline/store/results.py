@@ -358,10 +358,11 @@ def read_events(path: str | Path, stream_id: str) -> dict[str, np.ndarray]:
     return {name: table[name][:] for name in EVENT_COLUMNS}
 
 
-def open_results(path: str | Path, check: bool = True) -> zarr.Group:
+def open_results(path: str | Path, check: bool = True, maps: bool = False) -> zarr.Group:
     """Reader side: the store's root group (a path or an object-store URL), checked for format and,
     with ``check``, every stream for rows missing or unreadable below its ``written`` mark
-    (DamagedStoreError naming the stream, the array and the rows: never a figure from fill values)."""
+    (DamagedStoreError naming the stream, the array and the rows: never a figure from fill values);
+    ``maps``: the ``map`` arrays too (for readers of maps)."""
     path = path if is_url(path) else Path(path)
     if not holds_objects(path):
         raise StoreError(f"{path}: no such store")
@@ -373,7 +374,7 @@ def open_results(path: str | Path, check: bool = True) -> zarr.Group:
         raise StoreError(f"{path}: not an anomstream store (format {root.attrs.get('format')!r})")
     if check:
         for stream_id in sorted(root.group_keys()):
-            check_stream(root[stream_id], stream_id, path)
+            check_stream(root[stream_id], stream_id, path, maps)
     return root
 
 
