@@ -201,8 +201,13 @@ class DMAD(AnomalyModel):
                                               config.coarse_stride, config.coarse_max_px, config.fine_max_px)
         self.mask = ForegroundMask(config.widths, config.channels)
         self.background = nn.Parameter(torch.zeros(1, config.channels, config.image_size, config.image_size))
-        self.reference_gradient: torch.Tensor | None = None  # (H, W) normal median, from a calibration
-        self.reference_gradient_scale: torch.Tensor | None = None  # (H, W) normal robust scale
+        # from a calibration, (H, W) each: the normal median and robust scale of the gradient
+        # difference; buffers, so they go where the model goes, but not weights (not in state_dict)
+        self.register_buffer("reference_gradient", None, persistent=False)
+        self.register_buffer("reference_gradient_scale", None, persistent=False)
+        size = config.image_size  # offsets are in [-1, 1] grid units; pixels per unit along x, y
+        self.register_buffer("pixels_per_unit", torch.tensor([size / 2.0, size / 2.0]).view(1, 2, 1, 1),
+                             persistent=False)
 
     def initialise_from_frames(self, frames: torch.Tensor) -> None:
         """Background template := per-pixel median of uint8 training frames (N, C, H, W)."""
@@ -294,8 +299,7 @@ class DMAD(AnomalyModel):
         (largest box mean of the deformation magnitude)."""
         inputs, target = self._split(windows)
         out = self.forward(inputs)
-        n, _, h, w = target.shape
-        pixels_per_unit = torch.tensor([w / 2.0, h / 2.0], device=target.device).view(1, 2, 1, 1)
+        pixels_per_unit = self.pixels_per_unit
         a_rec = (out.final - target).abs().mean(dim=1, keepdim=True)
         a_df = sum((f * pixels_per_unit).norm(dim=1, keepdim=True) for f in out.fields)
         anomaly_map = a_rec + self.config.alpha * a_df

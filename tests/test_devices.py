@@ -49,6 +49,7 @@ from pipeline.checkpoint import (
     precision_context,
     read_checkpoint,
     save_checkpoint,
+    set_reference_maps,
 )
 from pipeline.config import ScoreSection
 from pipeline.driver import run as driver_run
@@ -472,3 +473,17 @@ def test_score_device_on_a_cluster_with_a_gpu(gpu_node, ped2, tmp_path):
     refused = subprocess.run([*command[:-1], "2", "--out", str(tmp_path / "cuda.zarr"), "--device", "cuda"], cwd=REPO,
                              capture_output=True, text=True, timeout=240)
     assert (refused.returncode, refused.stderr) == (2, "error: --device cuda: torch sees no CUDA device\n")
+
+
+def test_reference_maps_go_where_the_model_goes_and_are_no_weights(shipped_checkpoint):
+    """A calibration's reference maps are DMAD buffers: ``.to(device)`` moves them with the weights
+    (not copied to the device per batch), and checkpoints (state_dict) stay without them."""
+    model, _ = load_model(str(shipped_checkpoint))
+    weights = set(model.state_dict())
+    maps = np.random.default_rng(0).random((2, model.image_size, model.image_size), dtype=np.float32)
+    set_reference_maps(model, {"gradient_difference": maps[0], "gradient_difference_scale": maps[1]})
+    assert {"reference_gradient", "reference_gradient_scale"} <= set(dict(model.named_buffers()))
+    assert set(model.state_dict()) == weights
+    with values_on_meta():
+        model.to(META)
+        assert model.reference_gradient.device == META and model.reference_gradient_scale.device == META

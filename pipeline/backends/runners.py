@@ -51,7 +51,7 @@ class OnnxRuntimeRunner:
         self.term_names = term_names
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:
-        return _output(self.session.run(None, {INPUT_NAME: windows.cpu().numpy()}), self.term_names)
+        return _output(self.session.run(None, {INPUT_NAME: np.ascontiguousarray(windows.cpu().numpy())}), self.term_names)
 
 
 class OpenVinoRunner:
@@ -72,7 +72,7 @@ class OpenVinoRunner:
         self.term_names = term_names
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:
-        results = self.compiled({INPUT_NAME: windows.cpu().numpy()})
+        results = self.compiled({INPUT_NAME: np.ascontiguousarray(windows.cpu().numpy())})
         return _output([results[output] for output in self.compiled.outputs], self.term_names)
 
 

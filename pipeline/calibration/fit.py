@@ -25,6 +25,7 @@ from pipeline.checkpoint import choose_device, file_sha256, load_model, model_de
 from pipeline.errors import AnomstreamError
 from pipeline.sources.base import Source
 from pipeline.sources.resolve import SourceOptions, resolve_inputs
+from pipeline.stream.feed import DeviceFeed
 from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
 
 MIN_FRAMES = 50  # fewer scored normal frames cannot place a 1-in-20 quantile, let alone a tail
@@ -148,13 +149,13 @@ def _reference(model: AnomalyModel, sources: list[Source], batch_size: int, step
     kept: dict[str, list[np.ndarray]] = {}
     if type(model).reference_maps is AnomalyModel.reference_maps:
         return {}
-    device = model_device(model)
+    feed = DeviceFeed(model_device(model))
 
     def use(_source: Source, batch: WindowBatch) -> None:
         nonlocal step
         chosen = batch.frame_index[batch.valid] % step == 0
         if chosen.any():
-            windows = torch.from_numpy(batch.windows()[chosen]).to(device, non_blocking=True)
+            windows = feed.windows(batch)[torch.from_numpy(np.flatnonzero(chosen)).to(feed.device)]
             with torch.inference_mode():
                 for name, maps in model.reference_maps(windows).items():
                     kept.setdefault(name, []).extend(maps.float().cpu().numpy().astype(np.float16))
@@ -188,11 +189,11 @@ def _terms(model: AnomalyModel, source: Source, batch_size: int, progress: bool)
     """A stream's scored frame indices (N,) and its terms (each float64 (N,)), the score as ``score``."""
     index: list[np.ndarray] = []
     terms: dict[str, list[np.ndarray]] = {}
-    device = model_device(model)
+    feed = DeviceFeed(model_device(model))
 
     def use(_source: Source, batch: WindowBatch) -> None:
         with torch.inference_mode():
-            output = model.score(torch.from_numpy(batch.windows()).to(device, non_blocking=True))
+            output = model.score(feed.windows(batch))
         index.append(batch.frame_index[batch.valid])
         for name, values in {**output.terms, "score": output.score}.items():
             terms.setdefault(name, []).append(values.double().cpu().numpy())

@@ -19,6 +19,7 @@ from pipeline.checkpoint import (
     set_reference_maps,
 )
 from pipeline.store import result_arrays
+from pipeline.stream.feed import DeviceFeed
 from pipeline.stream.rows import unscored_rows
 from pipeline.stream.windows import WindowBatch
 
@@ -57,6 +58,7 @@ class Scorer:
                 if self.backend.required:
                     raise
                 self.backend = BackendChoice("torch", self.backend.precision, note=f"{error}: torch scores here instead")
+        self.feed = DeviceFeed(self.device)  # one copy to the device and one back per batch
         size = self.model.image_size
         self.arrays = result_arrays((size, size), self.model.term_names)  # what the store holds
 
@@ -68,12 +70,14 @@ class Scorer:
         result = unscored_rows(batch, self.arrays)
         valid = batch.valid
         if valid.any():
-            windows = torch.from_numpy(batch.windows()).to(self.device, non_blocking=True)
-            output = self.score_windows(windows)
-            result["score"][valid] = result["score_raw"][valid] = output.score.float().cpu().numpy()
-            result["map"][valid] = output.anomaly_map.float().cpu().numpy().astype(np.float16)
-            for name, values in output.terms.items():
-                result[f"term_{name}"][valid] = values.float().cpu().numpy()
+            output = self.score_windows(self.feed.windows(batch))
+            names = list(output.terms)
+            score, anomaly_map, terms = self.feed.to_host(output.score, output.anomaly_map,
+                                                          [output.terms[name] for name in names])
+            result["score"][valid] = result["score_raw"][valid] = score
+            result["map"][valid] = anomaly_map
+            for name, values in zip(names, terms):
+                result[f"term_{name}"][valid] = values
         return result
 
     def score_windows(self, windows: torch.Tensor) -> Any:
