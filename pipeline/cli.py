@@ -94,7 +94,8 @@ def _cmd_live(args: argparse.Namespace) -> int:
     from pipeline.stream.live import LiveOptions
 
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
-                          connect_timeout_s=_connect_timeout(args))
+                          connect_timeout_s=_connect_timeout(args), auth_retries=args.auth_retries,
+                          auth_backoff_s=args.auth_backoff)
     options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
     live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None,
                        maps_every=args.keep_maps)
@@ -482,7 +483,13 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live.add_argument("--reconnect-attempts", type=_at_least(0), metavar="N",
                       help="give a stream up after N failed (re)connection attempts in a row (default: never)")
     live.add_argument("--stall-timeout", type=_at_least(0.1, float), default=10.0, metavar="SECONDS",
-                      help="no frame for this long: reconnect and record a gap (default 10)")
+                      help="no frame for this long: the camera is stalled, reconnected and a gap recorded (default "
+                           "10; an RTSP read gives up after half of it)")
+    live.add_argument("--auth-retries", type=_at_least(0), default=2, metavar="N",
+                      help="a camera refusing its credentials is tried N more times, then given up (default 2)")
+    live.add_argument("--auth-backoff", type=_at_least(0, float), default=60.0, metavar="SECONDS",
+                      help="wait between tries of a camera that refused its credentials (default 60: cameras lock "
+                           "accounts after a few wrong logins)")
     live.add_argument("--frozen-after", type=_at_least(0, float), default=5.0, metavar="SECONDS",
                       help="the same image for this long is a frozen feed: a gap, not scored (default 5; 0: off)")
     live.add_argument("--keep-maps", type=_at_least(0), default=1, metavar="N",

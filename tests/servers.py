@@ -214,3 +214,69 @@ class LockedCamera(LoopbackCamera):
     def start(self) -> None:
         self.process, url = spawn(self.video, self.fps, self.port, *self.options, credentials=self.credentials)
         self.port = int(url.rsplit(":", 1)[1].strip("/"))
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi and gst-rtsp-server's bindings live
+RTSP_SERVER = REPO / "tests" / "rtsp_server.py"
+
+
+def rtsp_server_missing() -> str | None:
+    """Why a real RTSP server cannot run here (None: it can): the Debian packages of
+    tests/rtsp_server.py are not installed (.ci/run installs them)."""
+    probe = ("import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer;"
+             "Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')")
+    try:
+        result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{SYSTEM_PYTHON}: {error}"
+    if result.returncode:
+        return (result.stderr.strip().splitlines() or ["failed"])[-1] + " (apt-get install gstreamer1.0-rtsp " \
+            "gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly)"
+    return None
+
+
+class RtspCamera:
+    """tests/rtsp_server.py (GStreamer's gst-rtsp-server) in a process of its own on 127.0.0.1: a live
+    H.264 camera at ``url`` (one per path). ``hang()``/``resume()``: SIGSTOP/SIGCONT (its connections
+    stay open, nothing is sent); ``stop()``: SIGKILL by PID; ``start()``: back on the same port.
+    ``credentials``: the ``user:password`` it requires (Basic), handed over in its environment."""
+
+    def __init__(self, *options: str, paths: tuple[str, ...] = ("cam",), credentials: str | None = None) -> None:
+        self.options, self.paths, self.credentials = options, paths, credentials
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        command = [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), "--paths", ",".join(self.paths),
+                   *self.options]
+        environment = {**os.environ, "GST_DEBUG": "0"}
+        if self.credentials is not None:
+            command += ["--auth-env", "RTSP_SERVER_AUTH"]
+            environment["RTSP_SERVER_AUTH"] = self.credentials
+        for _ in range(20):  # a restarted server may meet its old port in TIME_WAIT for a moment
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                            env=environment)
+            line = self.process.stdout.readline()
+            if line.startswith("serving rtsp://127.0.0.1:"):
+                self.port = int(line.split()[-1].rsplit(":", 1)[1].strip("/"))
+                return
+            self.process.wait()
+            time.sleep(0.25)
+        raise RuntimeError(f"RTSP server did not start: {line.strip() or 'no output'}")
+
+    def url(self, path: str = "cam", login: str = "") -> str:
+        return f"rtsp://{login + '@' if login else ''}127.0.0.1:{self.port}/{path}"
+
+    def hang(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None

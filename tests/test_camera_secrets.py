@@ -157,7 +157,7 @@ def test_a_library_error_quoting_the_url_is_masked(home, monkeypatch):
         def release(self) -> None:
             pass
 
-    monkeypatch.setattr(source, "_open", Capture)
+    monkeypatch.setattr(source, "_open", lambda first: Capture())
     with pytest.raises(SourceError) as failed:
         list(source.frames())
     masked = f"http://{USER}:***@127.0.0.1:9/live?***"
@@ -221,7 +221,8 @@ def test_live_run_leaves_the_password_and_token_nowhere(ray_session, locked, hom
     watch = _Watch(view_port, secrets)
     try:
         code = main(["live", right, wrong, from_netrc, "--out", str(out), "--max-frames", "10", "--policy", "every",
-                     "--replicas", "1", "--checkpoint", str(shipped_checkpoint), "--event-threshold", "-1000",
+                     "--replicas", "1", "--auth-retries", "0", "--checkpoint", str(shipped_checkpoint),
+                     "--event-threshold", "-1000",
                      "--event-low", "-2000", "--event-min-frames", "1", "--webhook", receiver.url,
                      "--view", str(view_port), "--quiet"])
     finally:

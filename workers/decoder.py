@@ -11,6 +11,7 @@ camera's password (:func:`pipeline.sources.camera.quiet_camera_logs`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import ray
@@ -48,18 +49,23 @@ class DecodeActor:
     def next_batch(self) -> tuple[BatchHeader | EndOfStream, WindowBatch | None]:
         """(what the driver needs to know, the batch itself or None). A live stream with no frame
         ready answers a header of size 0 (with the gaps that ended, if any)."""
+        camera = None
         if self._live is None:
             item = next(self._batches)
             gaps = ()
         else:
             item = self._live.next()
+            camera = self._source.live_status(time.time())
             if not isinstance(item, EndOfStream):
                 item, gaps = item
                 if item is None:
-                    return BatchHeader(self._source.stream_id, -1, -1, 0, gaps=gaps), None
+                    return BatchHeader(self._source.stream_id, -1, -1, 0, gaps=gaps, camera=camera), None
         if isinstance(item, EndOfStream):
-            return replace(item, warnings=tuple(self._source.warnings)), None
-        return item.header(gaps), item
+            if camera is not None and camera.state != "auth_failed":  # the reader may not have said so yet
+                camera = replace(camera, state="stopped", since=time.time(), reason=item.error)
+            return replace(item, warnings=tuple(self._source.warnings), camera=camera), None
+        return replace(item.header(gaps), camera=camera), item
+
 
     def stop(self) -> None:
         """A live stream stops reading; the next requests hand out what was read, then its end."""

@@ -14,6 +14,7 @@ import ray
 from pipeline.calibration.scores import Calibration, StreamCalibrator
 from pipeline.errors import StoreError, first_line
 from pipeline.events.recorder import EventRecorder, EventSettings
+from pipeline.sources.base import LiveStatus
 from pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
 from pipeline.store.results import FLUSH_S
 from pipeline.store.rotation import RotatingStore
@@ -141,6 +142,15 @@ class WriterActor:
     @_store_errors
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         self.store.add_gaps(stream_id, gaps)
+
+    @_store_errors
+    def set_camera(self, stream_id: str, status: LiveStatus) -> None:
+        """A camera's state from its decoder: in the stream's attrs (and the view) at once, and
+        ``camera_down`` / ``camera_up`` messages through the event sinks when it leaves or regains
+        ``live``."""
+        self.store.set_camera(stream_id, status)
+        if self.events is not None:
+            self.events.camera(stream_id, status)
 
     @_store_errors
     def flush_due(self) -> None:

@@ -22,6 +22,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
 
 from pipeline.driver.actors import ActorPool
+from pipeline.driver.cameras import CameraWatch
 from pipeline.driver.dispatch import Dispatcher
 from pipeline.driver.opening import StreamOpener, StreamSetup
 from pipeline.driver.recovery import BatchRetry, Redecode, ReplicaRecovery, WriterTakeover, model_failed
@@ -62,6 +63,7 @@ class ScoringLoop:
         self.events = EventRelay(self.writers, report, reporter, self.live_run, setup.events)
         self.rows = RowSender(self.writers, report, reporter, 2 * self.dispatcher.pool.capacity,
                               (setup.arrays, setup.settings.batch_size), setup.settings.flush_s, setup.view, setup.events)
+        self.cameras = CameraWatch(self.rows)  # which camera states go on to the writers
         self.opener = StreamOpener(sources, setup, pool, self.dispatcher, self.rows, report, reporter)
         known = all(s.frame_count for s in sources) and not self.live_run
         reporter.start(sum(s.frame_count for s in sources) if known else None, self.live_run)
@@ -178,8 +180,8 @@ class ScoringLoop:
         except RayActorError as failure:
             self._stream_lost(stream_id, f"decoder of stream {stream_id} lost ({first_line(failure)})")
             return
-        if header.gaps:
-            self.rows.add_gaps(stream_id, [gap.to_dict() for gap in header.gaps])
+        self.rows.add_gaps(stream_id, header.gaps)
+        self.cameras.seen(stream_id, header.camera)
         if self.dispatcher.accept(stream_id, header, batch_ref):
             self._flush(stream_id)
 

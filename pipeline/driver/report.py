@@ -51,7 +51,12 @@ class RunReport:
 
 
 def event_line(message: dict[str, Any]) -> str:
-    """One line per event message, e.g. ``event start cam1 #3f2a... frame 120 (12:00:04) peak 4.31``."""
+    """One line per event message, e.g. ``event start cam1 #3f2a... frame 120 (12:00:04) peak 4.31``;
+    a camera's ``camera down cam1 (12:00:04) stalled: no frame for 10 s`` / ``camera up cam1 (12:00:09)``."""
+    if message["type"] in ("camera_down", "camera_up"):
+        when = time.strftime("%H:%M:%S", time.localtime(message["time"]))
+        why = f" {message['state'].replace('_', ' ')}: {message['reason']}" if message["type"] == "camera_down" else ""
+        return f"camera {message['type'][7:]:5s} {message['stream_id']} ({when}){why}"
     when = time.strftime("%H:%M:%S", time.localtime(message["start_time" if message["type"] == "start" else "end_time"]))
     span = (f"frame {message['start_frame']}" if message["type"] == "start"
             else f"frames {message['start_frame']}-{message['end_frame']}")
@@ -60,14 +65,18 @@ def event_line(message: dict[str, Any]) -> str:
 
 
 def live_table(accounting: dict[str, dict[str, Any]]) -> str:
-    """A compact per-stream table of live figures: frames captured / scored / dropped / not scored
-    for a gap or a frozen feed, latency percentiles (ms), gaps."""
-    lines = [f"{'stream':24s} {'captured':>8s} {'scored':>7s} {'dropped':>7s} {'gap':>5s} {'p50':>7s} {'p95':>7s} "
-             f"{'p99':>7s} {'gaps':>4s}"]
+    """A compact per-stream table of live figures: a camera's state and the age of its newest frame
+    (seconds), frames captured / scored / dropped / not scored for a gap or a frozen feed, latency
+    percentiles (ms), gaps."""
+    lines = [f"{'stream':24s} {'state':>11s} {'last':>6s} {'captured':>8s} {'scored':>7s} {'dropped':>7s} {'gap':>5s} "
+             f"{'p50':>7s} {'p95':>7s} {'p99':>7s} {'gaps':>4s}"]
     for stream_id, attrs in accounting.items():
         counts, latency = attrs["frame_counts"], attrs["latency_ms"] or {}
+        camera = attrs.get("camera") or {}
+        age = camera.get("last_frame_age_s")
+        state, last = camera.get("state", "-"), "-" if age is None else f"{age:.1f}s"
         unscored = counts["source_gap"] + counts["frozen"] + counts["decode_error"]
         shown = [f"{latency[key]:7.0f}" if key in latency else f"{'-':>7s}" for key in ("p50", "p95", "p99")]
-        lines.append(f"{stream_id[:24]:24s} {sum(counts.values()):8d} {counts['scored']:7d} {counts['dropped_behind']:7d} "
-                     f"{unscored:5d} {' '.join(shown)} {len(attrs['gaps']):4d}")
+        lines.append(f"{stream_id[:24]:24s} {state:>11s} {last:>6s} {sum(counts.values()):8d} {counts['scored']:7d} "
+                     f"{counts['dropped_behind']:7d} {unscored:5d} {' '.join(shown)} {len(attrs['gaps']):4d}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from pipeline.driver.report import RunReport
 from pipeline.driver.reporter import Reporter
 from pipeline.driver.schedule import Decoded, StreamState, WriteItem, WriteKind
 from pipeline.driver.writers import WriterSet
+from pipeline.sources.base import Gap, LiveStatus
 from pipeline.store import StoredStream
 
 VIEW_FRAME_S = 0.4  # live view: a stream's shown frame is renewed at most this often
@@ -46,8 +47,13 @@ class RowSender:
     def open(self, stream_id: str, frame_count: int | None, attrs: dict[str, Any]) -> None:
         ray.get(self.writers.of(stream_id).open_stream.remote(stream_id, self.arrays, self.chunk, frame_count, attrs))
 
-    def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
-        self.refs.append(self.writers.of(stream_id).add_gaps.remote(stream_id, gaps))
+    def add_gaps(self, stream_id: str, gaps: tuple[Gap, ...]) -> None:
+        """Gaps that ended (a decoder's answer; none: nothing sent)."""
+        if gaps:
+            self.refs.append(self.writers.of(stream_id).add_gaps.remote(stream_id, [gap.to_dict() for gap in gaps]))
+
+    def set_camera(self, stream_id: str, status: LiveStatus) -> None:
+        self.refs.append(self.writers.of(stream_id).set_camera.remote(stream_id, status))
 
     def shown(self, item: Decoded) -> Any:
         """The batch passed along to the writer with its rows: always for event snapshots, every

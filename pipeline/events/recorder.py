@@ -10,6 +10,7 @@ delivered yet).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from pipeline.errors import AnomstreamError
 from pipeline.events.detector import Event, EventDetector, EventRule
 from pipeline.events.outbox import Outbox, Undelivered, Webhook, parse_webhook
+from pipeline.sources.base import LiveStatus
 from pipeline.store import FrameStatus
 from pipeline.store.location import is_url, store_name
 from pipeline.stream.windows import WindowBatch
@@ -104,6 +106,8 @@ class EventRecorder:
         self.detectors: dict[str, EventDetector] = {}
         self.news: list[dict[str, Any]] = []  # messages since the driver last asked
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # per stream, for the live view
+        self.camera_live: dict[str, bool] = {}  # per camera stream: whether it was live when last told
+        self.camera_messages = 0
 
     def open_stream(self, stream_id: str) -> None:
         self.detectors[stream_id] = EventDetector(stream_id, self.settings.rule, self.run_key)
@@ -123,6 +127,29 @@ class EventRecorder:
 
         messages = self.detectors[stream_id].feed(values["frame_index"], values["timestamp"], score, peak)
         return self._publish(stream_id, messages)
+
+    def camera(self, stream_id: str, status: LiveStatus) -> None:
+        """A camera's state from its decoder: ``camera_down`` when it leaves ``live`` or does not
+        come up (stalled, down, refusing its credentials), ``camera_up`` when it is ``live`` again;
+        each message to the log, the webhook outbox, the driver and the view, as events are.
+        ``connecting`` and a stream's end (``stopped``) are no message."""
+        if status.state in ("stopped", "connecting"):
+            return
+        is_live, was_live = status.state == "live", self.camera_live.get(stream_id)
+        if was_live == is_live:
+            return
+        self.camera_live[stream_id] = is_live
+        if was_live is None and is_live:
+            return  # its first frames: nothing went down
+        self.camera_messages += 1
+        record = {"type": "camera_up" if is_live else "camera_down", "stream_id": stream_id, "state": status.state,
+                  "time": status.since, "last_frame": status.last_frame, "reason": status.reason}
+        self.log.write((json.dumps(record) + "\n").encode("utf-8"))
+        if self.outbox is not None:
+            key = f"{self.run_key}\0{stream_id}\0camera\0{self.camera_messages}"
+            self.outbox.put(f"{hashlib.sha256(key.encode()).hexdigest()[:20]}-{record['type']}", record)
+        self.news.append(record)
+        self.recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS)).append(record)
 
     def close_stream(self, stream_id: str) -> list[dict[str, Any]]:
         """The stream ended: its open event is over. Returns the finished events' table rows."""

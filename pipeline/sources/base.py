@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,34 @@ class Gap:
         return {"start": self.start, "end": self.end, "kind": self.kind}
 
 
+CAMERA_STATES = ("connecting", "live", "stalled", "down", "auth_failed", "stopped")
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    """Where a live source stands at ``at`` (seconds since the epoch), as its reader knows it.
+
+    ``state``: ``connecting`` (the first connection is being made), ``live`` (frames arrive),
+    ``stalled`` (connected, but no frame for the stall timeout: a hung camera or network),
+    ``down`` (closed or unreachable; being reconnected with backoff), ``auth_failed`` (the camera
+    refused the credentials; retried with a long backoff, then given up), ``stopped`` (the stream
+    ended). ``since``: when it entered the state; ``last_frame``: capture time of the newest frame
+    (None: none yet); ``reason``: one line on why it is not live (no secrets); ``info``: what the
+    camera sends, once connected (:meth:`Source.stream_info`)."""
+
+    state: str
+    since: float
+    last_frame: float | None = None
+    reason: str | None = None
+    info: dict[str, str | int | float | None] | None = None
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        """JSON-ready, with ``last_frame_age_s`` (seconds before ``now``; None without a frame)."""
+        age = None if self.last_frame is None else round(max(0.0, now - self.last_frame), 3)
+        return {"state": self.state, "since": self.since, "last_frame": self.last_frame,
+                "last_frame_age_s": age, "reason": self.reason, "info": self.info}
+
+
 class Source:
     """Base: iterate frames; ``frame_count`` is None when unknown (live or unindexed).
 
@@ -71,6 +100,16 @@ class Source:
     def open_gap(self, now: float) -> Gap | None:
         """The gap the source is in at ``now`` (seconds since the epoch), ended there; None if none
         (a live source down when its stream ends)."""
+        return None
+
+    def live_status(self, now: float) -> LiveStatus | None:
+        """Where a camera stands at ``now`` (seconds since the epoch), safe to ask from another
+        thread than the one reading ``frames()``; None for sources that are not cameras."""
+        return None
+
+    def stream_info(self) -> dict[str, str | int | float | None] | None:
+        """What a camera sends (``codec``, ``width``, ``height``, ``fps``, ``transport``) once it is
+        connected; None for other sources and cameras that do not say."""
         return None
 
     def frames(self) -> Iterator[Frame | Gap]:

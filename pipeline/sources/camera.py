@@ -14,12 +14,13 @@ import random
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pipeline.errors import SourceError, error_reason
-from pipeline.sources.base import Frame, Gap, Source
+from pipeline.sources.base import Frame, Gap, LiveStatus, Source
+from pipeline.sources.network import DEFAULT_TRANSPORT, NetworkCapture, StreamInfo
 
 LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
 USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"
@@ -141,6 +142,9 @@ class Reconnect:
     ``stall_timeout_s``: no frame for this long reconnects and records a gap of kind ``stall``.
     ``connect_timeout_s``: the first connection is retried this long (None: as long as
     ``attempts`` allows; 0: one try).
+    ``auth_retries``: a camera that refuses the credentials is tried again this many times,
+    ``auth_backoff_s`` apart (cameras lock an account after a few wrong logins), then given up
+    (the first connection: only within ``connect_timeout_s``).
     """
 
     attempts: int | None = None
@@ -148,6 +152,8 @@ class Reconnect:
     max_backoff_s: float = 10.0
     stall_timeout_s: float = 10.0
     connect_timeout_s: float | None = 0.0
+    auth_retries: int = 2
+    auth_backoff_s: float = 60.0
 
     def wait_s(self, failures: int) -> float:
         """Seconds to wait before attempt ``failures + 1``."""
@@ -158,15 +164,48 @@ class Reconnect:
         return self.attempts is not None and failures >= self.attempts
 
 
+class CameraRefused(SourceError):
+    """The camera refused the credentials (HTTP or RTSP 401/403); the message names the camera,
+    the user and where the password came from, never the password."""
+
+
+class _OpenCvCapture:
+    """A camera opened with OpenCV (devices, http(s) and other FFmpeg URLs), read as
+    :class:`~pipeline.sources.network.NetworkCapture` is: ``read()`` RGB or None, ``failure``."""
+
+    info = None
+
+    def __init__(self, capture, read_timeout_s: float) -> None:
+        self.capture, self.read_timeout_s, self.failure = capture, read_timeout_s, None
+
+    def read(self):
+        import cv2
+
+        started = time.monotonic()
+        ok, image = self.capture.read()
+        if ok:
+            return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        self.failure = "stall" if time.monotonic() - started >= 0.9 * self.read_timeout_s else "disconnect"
+        return None
+
+    def release(self) -> None:
+        self.capture.release()
+
+
 class CameraSource(Source):
-    """A live camera: a device (index or /dev/videoN), rtsp://, http(s):// or another FFmpeg URL,
-    read with OpenCV. Never ends by itself.
+    """A live camera: a device (index or /dev/videoN), rtsp://, http(s):// or another FFmpeg URL.
+    RTSP is read with PyAV and explicit options (:mod:`pipeline.sources.network`: TCP, no buffering,
+    one decoder thread, a read timeout of half the stall timeout), the rest with OpenCV. Never ends
+    by itself.
 
     When the camera stops sending frames (closed, failed, or silent for the stall timeout) it is
     reopened with backoff (:class:`Reconnect`); frame indices continue across reconnections and a
     :class:`~pipeline.sources.base.Gap` from the last frame before to the first frame after is
-    yielded between them. Raises SourceError (one line, naming the address) when the first
-    connection or the reconnections are given up, at once when the camera refuses its credentials.
+    yielded between them. :meth:`live_status` says where the camera stands at any moment, from
+    another thread (a hang shows as ``stalled`` once no frame came for the stall timeout, while the
+    read is still waiting). Raises SourceError (one line, naming the address) when the first
+    connection or the reconnections are given up; :class:`CameraRefused` when the camera refused
+    its credentials ``auth_retries + 1`` times.
 
     ``credentials`` (:func:`camera_credentials`, looked up when the source is made) travel with
     the source to its decoder; the URL with them is made only to be opened. ``describe()``, the
@@ -177,7 +216,8 @@ class CameraSource(Source):
     live_policy = "latest"
 
     def __init__(self, address: str, stream_id: str | None = None, max_frames: int | None = None,
-                 open_timeout_s: float = 10.0, reconnect: Reconnect | None = None, device: int | None = None) -> None:
+                 open_timeout_s: float = 10.0, reconnect: Reconnect | None = None, device: int | None = None,
+                 transport: str = DEFAULT_TRANSPORT) -> None:
         self.address = address  # what is opened; ``describe()`` (names, messages, the store) has no secrets
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
         parts = urlsplit(address)
@@ -192,9 +232,12 @@ class CameraSource(Source):
         self.frame_count = max_frames
         self.open_timeout_s = open_timeout_s
         self.reconnect = reconnect or Reconnect()
+        self.transport = transport
         self.reconnections = 0
         self.warnings = []
+        self.info: StreamInfo | None = None  # what the camera sends, once connected (RTSP)
         self._gap: tuple[float, str] | None = None  # (last frame's time, kind) while the camera is down
+        self._status = LiveStatus("connecting", time.time())
         self.credentials = None if device is not None else camera_credentials(address)
 
     def __repr__(self) -> str:
@@ -205,6 +248,25 @@ class CameraSource(Source):
 
     def describe(self) -> str:
         return redact_url(self.address)
+
+    def live_status(self, now: float) -> LiveStatus:
+        """The reader's state, ``live`` read as ``stalled`` once the newest frame is older than the
+        stall timeout (the read may still be waiting: a hung camera is seen without it)."""
+        status = replace(self._status, info=self.stream_info())
+        stall_s = self.reconnect.stall_timeout_s
+        if status.state == "live" and status.last_frame is not None and now - status.last_frame >= stall_s:
+            return replace(status, state="stalled", since=status.last_frame + stall_s,
+                           reason=f"no frame for {stall_s:g} s")
+        return status
+
+    def stream_info(self) -> dict[str, str | int | float | None] | None:
+        return self.info.to_dict() if self.info is not None else None
+
+    def _set_status(self, state: str, reason: str | None = None, last_frame: float | None = None) -> None:
+        old = self._status
+        if state != old.state or reason != old.reason or last_frame is not None:
+            self._status = LiveStatus(state, time.time() if state != old.state else old.since,
+                                      last_frame if last_frame is not None else old.last_frame, reason)
 
     def scrub(self, text: str) -> str:
         """``text`` (a library's message, which may repeat the URL it was given) with this camera's
@@ -219,10 +281,15 @@ class CameraSource(Source):
             text = text.replace(secret, "***")
         return text
 
-    def _open(self):
+    def _open(self, first: bool):
+        """A capture of the camera. SourceError (one line) when it cannot be opened, CameraRefused
+        when it refused the credentials (``first``: also asked of an OpenCV-opened camera)."""
+        quiet_camera_logs()
+        scheme = urlsplit(self.address).scheme.lower()
+        if self.device is None and scheme in ("rtsp", "rtsps"):
+            return self._open_network()
         import cv2
 
-        quiet_camera_logs()
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.reconnect.stall_timeout_s * 1000)]
         if self.device is not None or not urlsplit(self.address).netloc:  # camera:N, /dev/videoN
@@ -236,7 +303,23 @@ class CameraSource(Source):
         if capture is None or not capture.isOpened():
             if capture is not None:
                 capture.release()
+            refusal = self.refusal() if first else None
+            if refusal is not None:
+                raise CameraRefused(refusal)
             raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened")
+        return _OpenCvCapture(capture, self.reconnect.stall_timeout_s)
+
+    def _open_network(self) -> NetworkCapture:
+        import av
+
+        try:
+            capture = NetworkCapture(url_with_credentials(self.address, self.credentials), self.open_timeout_s,
+                                     self.reconnect.stall_timeout_s / 2, self.transport)
+        except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as error:
+            raise CameraRefused(self._refusal_text(isinstance(error, av.error.HTTPUnauthorizedError))) from None
+        except Exception:  # noqa: BLE001 - unreachable, refused, not a video: FFmpeg's text may hold the URL
+            raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened") from None
+        self.info = capture.info
         return capture
 
     def refusal(self) -> str | None:
@@ -252,29 +335,42 @@ class CameraSource(Source):
             with av.logging.Capture():
                 av.open(url_with_credentials(self.address, self.credentials), timeout=self.open_timeout_s).close()
         except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as error:
-            status = "401 Unauthorized" if isinstance(error, av.error.HTTPUnauthorizedError) else "403 Forbidden"
+            return self._refusal_text(isinstance(error, av.error.HTTPUnauthorizedError))
         except Exception:  # noqa: BLE001 - anything else: not a refusal
             return None
-        else:
-            return None
+        return None
+
+    def _refusal_text(self, unauthorized: bool) -> str:
+        status = "401 Unauthorized" if unauthorized else "403 Forbidden"
         if self.credentials is None:
             return (f"{self.describe()}: camera asks for a user and password ({status}); none found in the URL, "
                     f"the netrc file ($NETRC or ~/.netrc) or {USER_VARIABLE}/{PASSWORD_VARIABLE}")
         user = f"user {self.credentials.user!r}" if self.credentials.user else "an empty user"
         return f"{self.describe()}: camera refused {user} with the password from {self.credentials.origin} ({status})"
 
+    def _refused(self, refusal: CameraRefused, refusals: int, deadline: float | None) -> float:
+        """After the camera's ``refusals``-th refusal: the seconds to wait before trying again, or
+        the refusal raised (tried ``auth_retries + 1`` times, or the wait would pass ``deadline``)."""
+        policy = self.reconnect
+        self._set_status("auth_failed", str(refusal))
+        if refusals > policy.auth_retries or (deadline is not None and time.monotonic() + policy.auth_backoff_s > deadline):
+            tries = f" ({refusals} tries, {policy.auth_backoff_s:g} s apart)" if refusals > 1 else ""
+            raise CameraRefused(f"{refusal}{tries}") from None
+        return policy.auth_backoff_s
+
     def _connect(self):
         """The first connection, retried until ``connect_timeout_s`` has passed or ``attempts`` failed."""
         policy = self.reconnect
         deadline = None if policy.connect_timeout_s is None else time.monotonic() + policy.connect_timeout_s
-        failures = 0
+        failures = refusals = 0
         while True:
             try:
-                return self._open()
+                return self._open(first=failures == 0)
+            except CameraRefused as refusal:
+                refusals += 1
+                wait = self._refused(refusal, refusals, deadline)
             except SourceError as error:
-                refusal = self.refusal() if failures == 0 else None  # waiting does not make a password right
-                if refusal is not None:
-                    raise SourceError(refusal) from None
+                self._set_status("connecting" if failures == 0 else "down", str(error))
                 if self._gap is None:  # down when the run started: a gap from the first failed try to the first frame
                     self._gap = (time.time(), "disconnect")
                 failures += 1
@@ -292,46 +388,56 @@ class CameraSource(Source):
     def frames(self) -> Iterator[Frame | Gap]:
         try:
             yield from self._frames()
-        except SourceError:
+        except SourceError as error:
+            if self._status.state != "auth_failed":
+                self._set_status("stopped", str(error))
             raise
         except Exception as error:  # a library's error may repeat the URL (and its password) it was given
-            raise SourceError(f"{self.describe()}: decoding failed ({self.scrub(error_reason(error))})") from None
+            reason = f"{self.describe()}: decoding failed ({self.scrub(error_reason(error))})"
+            self._set_status("stopped", reason)
+            raise SourceError(reason) from None
+        else:
+            self._set_status("stopped")
 
     def _frames(self) -> Iterator[Frame | Gap]:
-        import cv2
-
         capture = self._connect()
         index = 0
-        failures = 0  # reconnection attempts since the last frame
+        failures = refusals = 0  # reconnection attempts since the last frame; refusals among them
         last_frame = time.time()
         try:
             while self.max_frames is None or index < self.max_frames:
-                reading = time.monotonic()
-                ok, image = capture.read() if capture is not None else (False, None)
-                if ok:
+                image = capture.read() if capture is not None else None
+                if image is not None:
                     now = time.time()
                     if self._gap is not None:
                         gap, self._gap = self.open_gap(now), None
                         yield gap
-                    failures = 0
-                    yield Frame(self.stream_id, index, now, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+                    failures = refusals = 0
+                    self._set_status("live", last_frame=now)
+                    yield Frame(self.stream_id, index, now, image)
                     index, last_frame = index + 1, now
                     continue
                 if self._gap is None:
-                    silent = capture is not None and time.monotonic() - reading >= 0.9 * self.reconnect.stall_timeout_s
-                    self._gap = (last_frame, "stall" if silent else "disconnect")
+                    self._gap = (last_frame, capture.failure if capture is not None else "disconnect")
+                    stalled = self._gap[1] == "stall"
+                    self._set_status("stalled" if stalled else "down",
+                                     f"no frame for {time.time() - last_frame:.1f} s" if stalled else "connection lost")
                 if capture is not None:
                     capture.release()
                 if self.reconnect.gives_up(failures):
                     raise SourceError(f"{self.describe()}: camera stopped sending frames after frame {index}"
                                       f" ({failures} reconnection attempts failed)")
-                time.sleep(self.reconnect.wait_s(failures))
+                time.sleep(self.reconnect.wait_s(failures) if not refusals else self.reconnect.auth_backoff_s)
                 failures += 1
+                capture = None
                 try:
-                    capture = self._open()
+                    capture = self._open(first=False)
                     self.reconnections += 1
-                except SourceError:
-                    capture = None  # the next attempt follows
+                except CameraRefused as refusal:  # the password changed while the run went on
+                    refusals += 1
+                    self._refused(refusal, refusals, None)
+                except SourceError as error:
+                    self._set_status("down", str(error))
         finally:
             if capture is not None:
                 capture.release()

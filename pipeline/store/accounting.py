@@ -3,11 +3,15 @@ gaps of a stream, kept by the writer and stored in the stream's attrs."""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.sources.base import LiveStatus
 
 LATENCY_SAMPLES = 100_000  # percentiles over the most recent scored frames: a camera runs for days
 
@@ -37,6 +41,7 @@ class StreamAccounting:
         self.counts = np.zeros(len(FrameStatus), dtype=np.int64)
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.gaps: list[dict[str, Any]] = []
+        self.camera: LiveStatus | None = None  # a camera's state, as its decoder last said
 
     def count(self, status: np.ndarray) -> None:
         """Rows on disk by status (uint8 (n,); 255, no row, is not counted)."""
@@ -64,8 +69,11 @@ class StreamAccounting:
         return {"p50": round(float(values[0]), 1), "p95": round(float(values[1]), 1), "p99": round(float(values[2]), 1)}
 
     def attrs(self) -> dict[str, Any]:
-        """The stream attrs this accounting owns."""
+        """The stream attrs this accounting owns (``camera``: a camera's state, the age of its newest
+        frame as of now, what it sends; cameras only)."""
+        camera = {"camera": self.camera.to_dict(time.time())} if self.camera is not None else {}
         return {
+            **camera,
             "status_codes": FrameStatus.codes(),
             "frame_counts": {status.name.lower(): int(self.counts[status]) for status in FrameStatus},
             "latency_ms": self.latency_percentiles(),

@@ -23,7 +23,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -32,6 +32,9 @@ from pipeline.errors import StoreError
 from pipeline.store.accounting import StreamAccounting
 from pipeline.store.integrity import DamagedStoreError, check_stream
 from pipeline.store.location import holds_objects, is_url, zarr_store
+
+if TYPE_CHECKING:
+    from pipeline.sources.base import LiveStatus
 
 STORE_FORMAT = "anomstream-store/1"
 ATTRS_REFRESH_S = 2.0  # a running live stream's accounting attrs are at most this old
@@ -251,6 +254,12 @@ class ResultStore:
         self.flush(stream_id)  # the counts written with them match the rows on disk
         self.accounting[stream_id].add_gaps(gaps)
         self.streams[stream_id].attrs.update(self.accounting[stream_id].attrs())
+
+    def set_camera(self, stream_id: str, status: LiveStatus) -> None:
+        """A camera's state (its decoder's :class:`~pipeline.sources.base.LiveStatus`), in the
+        stream's ``camera`` attr at once: a camera that is down writes no rows to carry it."""
+        self.accounting[stream_id].camera = status
+        self.streams[stream_id].attrs.update({"camera": self.accounting[stream_id].attrs()["camera"]})
 
     def add_events(self, stream_id: str, events: list[dict[str, Any]]) -> None:
         """Append rows to the stream's ``events`` table: a subgroup of 1-D arrays along ``event``

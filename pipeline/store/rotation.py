@@ -15,12 +15,15 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.store.accounting import StreamAccounting
 from pipeline.store.results import FLUSH_S, ArraySpec, ResultStore, StoredStream
+
+if TYPE_CHECKING:
+    from pipeline.sources.base import LiveStatus
 
 ROTATIONS = {"hour": 3600.0, "day": 86400.0}
 
@@ -126,6 +129,9 @@ class RotatingStore:
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         """Noted where the stream's rows are now (a gap belongs with the rows before and after it)."""
         self.stores[self.where[stream_id][0]].add_gaps(stream_id, gaps)
+
+    def set_camera(self, stream_id: str, status: LiveStatus) -> None:
+        self.stores[self.where[stream_id][0]].set_camera(stream_id, status)
 
     def add_events(self, stream_id: str, events: list[dict[str, Any]]) -> None:
         """Kept in the store the stream writes to now (an event belongs to the period it ends in)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.sources.base import Frame, Gap
+from pipeline.sources.base import Frame, Gap, LiveStatus
 from pipeline.store import FrameStatus
 from pipeline.stream.preprocess import prepare_frame
 
@@ -85,6 +85,7 @@ class BatchHeader:
     scorable: int = 0  # targets with status SCORED
     newest: float = math.nan  # capture time of the newest target (seconds)
     gaps: tuple[Gap, ...] = ()  # gaps that ended since the previous batch (live)
+    camera: LiveStatus | None = None  # where a camera stands as the batch is handed out (live)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class EndOfStream:
     error: str | None = None
     warnings: tuple[str, ...] = ()
     gaps: tuple[Gap, ...] = ()  # gaps that ended since the last batch (live)
+    camera: LiveStatus | None = None  # a camera's last state (live)
 
 
 class WindowAssembler:

@@ -1,0 +1,86 @@
+"""A network camera read with PyAV (FFmpeg) and explicit options, so that a hang ends in a bounded
+time and no frame waits in a buffer: what :class:`~pipeline.sources.camera.CameraSource` opens for
+``rtsp://`` and ``rtsps://`` URLs.
+
+- transport: RTSP over TCP by default (``udp`` loses packets on a busy network and shows grey
+  smears; some cameras only do one of the two);
+- ``fflags=nobuffer``, ``flags=low_delay``, a short stream analysis (``analyzeduration`` 1 s): the
+  first frame comes without a burst of buffered ones;
+- one decoder thread: FFmpeg's frame threads each hold a frame back (one thread per core: a
+  frame of delay each);
+- timeouts through FFmpeg's interrupt callback (PyAV ``timeout=(open, read)``): a read that gets no
+  data for ``read_timeout_s`` raises, even with the TCP connection still open (a hung camera).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_TRANSPORT = "tcp"
+TRANSPORTS = ("tcp", "udp")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the camera sends: ``codec`` (FFmpeg's name), ``width`` x ``height`` pixels, ``fps`` (the
+    stream's nominal rate; None when it does not say), ``transport``."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+    transport: str
+
+    def to_dict(self) -> dict[str, str | int | float | None]:
+        return {"codec": self.codec, "width": self.width, "height": self.height, "fps": self.fps,
+                "transport": self.transport}
+
+
+class NetworkCapture:
+    """One connection to a network camera. :meth:`read` gives the next decoded picture as RGB, or
+    None once the connection is over (closed, failed, or no data for ``read_timeout_s``; ``failure``
+    then says why: ``stall`` when nothing came for the read timeout, else ``disconnect``).
+
+    Opening raises the library's error (PyAV's ``av.error.*``: HTTPUnauthorizedError for a refused
+    login, ...); its message may hold the URL, which the caller masks."""
+
+    def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float, transport: str = DEFAULT_TRANSPORT) -> None:
+        import av
+
+        options = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "1000000"}
+        if url.lower().startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = transport
+        self.read_timeout_s = read_timeout_s
+        self.container = av.open(url, options=options, timeout=(open_timeout_s, read_timeout_s))
+        try:
+            stream = self.container.streams.video[0]
+        except IndexError:
+            self.container.close()
+            raise ValueError("no video stream") from None
+        stream.thread_type = "SLICE"
+        stream.codec_context.thread_count = 1
+        rate = stream.average_rate or stream.guessed_rate
+        self.info = StreamInfo(stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
+                               round(float(rate), 3) if rate else None, transport)
+        self._frames = self.container.decode(stream)
+        self.failure: str | None = None
+
+    def read(self) -> np.ndarray | None:
+        """The next picture, uint8 (H, W, 3) RGB; None when the connection is over (see ``failure``)."""
+        started = time.monotonic()
+        try:
+            frame = next(self._frames)
+        except Exception:  # noqa: BLE001 - the end of this connection, whatever FFmpeg says (EOF, timeout, reset)
+            silent = time.monotonic() - started >= 0.9 * self.read_timeout_s
+            self.failure = "stall" if silent else "disconnect"
+            return None
+        return frame.to_ndarray(format="rgb24")
+
+    def release(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - closing a connection that already failed
+            pass
