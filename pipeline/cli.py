@@ -99,12 +99,18 @@ def _cmd_live(args: argparse.Namespace) -> int:
     options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
     live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None,
                        maps_every=args.keep_maps)
-    view = (args.view_host, args.view) if args.view is not None else None
-    return _run_scoring(args, options, live, args.duration, view, ROTATIONS.get(args.rotate))
+    served = {"view": (args.view_host, args.view) if args.view is not None else None,
+              "metrics": (args.view_host, args.metrics) if args.metrics is not None else None}
+    if args.view is not None or args.metrics is not None:
+        from pipeline.view.access import view_token
+
+        served["view_token"] = view_token(args.view_host, args.view_token_file)
+    return _run_scoring(args, options, live, args.duration, served, ROTATIONS.get(args.rotate))
 
 
-def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None, view=None,
-                 rotate_s: float | None = None) -> int:
+def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None,
+                 served: dict | None = None, rotate_s: float | None = None) -> int:
+    """``served``: RunPlan's view, metrics and view_token (live)."""
     from pipeline.driver.plan import RunPlan
     from pipeline.driver.run import score_sources
     from pipeline.events.recorder import EventOptions, events_folder
@@ -124,7 +130,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         raise AnomstreamError(f"{args.command}: no input: give sources, or --manifest FILE")
     plan = RunPlan(specs=specs, stream_ids=stream_ids, checkpoint=args.checkpoint, expected_model=model_name,
                    calibration=args.calibration, out=args.out, mode=_mode(args), rotate_s=rotate_s, settings=settings,
-                   source_options=options, live=live or LiveOptions(), duration_s=duration_s, view=view, events=events,
+                   source_options=options, live=live or LiveOptions(), duration_s=duration_s, events=events, **(served or {}),
                    address=args.address, progress=not args.quiet)
     report = score_sources(plan)
     if report.streams and not report.started:  # a resume found each stream complete, or refused it
@@ -500,7 +506,13 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live.add_argument("--view", type=_at_least(1), metavar="PORT",
                       help="serve a live view (latest frame with its map, score trace, fps, latency) on this port")
     live.add_argument("--view-host", default="127.0.0.1", metavar="HOST",
-                      help="address the view listens on (default 127.0.0.1: this machine only; 0.0.0.0: everywhere)")
+                      help="address the view and --metrics listen on (default 127.0.0.1: this machine only; 0.0.0.0: "
+                           "everywhere, which needs a token)")
+    live.add_argument("--view-token-file", metavar="FILE",
+                      help="the token every request to the view and --metrics must carry (first line; default: "
+                           "$ANOMSTREAM_VIEW_TOKEN; required beyond 127.0.0.1)")
+    live.add_argument("--metrics", type=_at_least(1), metavar="PORT",
+                      help="serve Prometheus /metrics and /healthz on this port (the view serves them too)")
     live.set_defaults(run=_cmd_live)
 
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servers import RtspCamera, rtsp_server_missing
 
 from pipeline.cli import main
@@ -33,6 +36,12 @@ def rtsp_ready():
         pytest.fail(f"RTSP server required (ANOMSTREAM_REQUIRE_RTSP) but cannot run: {missing}")
     if missing:
         pytest.skip(f"no RTSP server here: {missing}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _camera_attrs(out, stream_id: str) -> dict:
@@ -72,6 +81,8 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     out = tmp_path / "rtsp.zarr"
     stream = f"rtsp_127.0.0.1_{flaky.port}_cam"
     seen: dict[str, float] = {}
+    scraped: dict = {}
+    metrics_port = _free_port()
 
     def outages():
         _wait_for(out, stream, "live")
@@ -79,6 +90,10 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
         flaky.hang()  # the TCP connection stays open; nothing is sent
         seen["hung"] = time.time()
         seen["stalled"] = _wait_for(out, stream, "stalled", 15)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            scraped["metrics"] = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as response:
+            scraped["healthz"] = json.loads(response.read())
         time.sleep(2)
         flaky.resume()
         seen["resumed"] = time.time()
@@ -95,13 +110,20 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     watcher.start()
     try:
         code = main(["live", flaky.url(), steady.url(), "--out", str(out), "--duration", "40", "--stall-timeout",
-                     str(STALL_S), "--checkpoint", str(shipped_checkpoint), "--quiet"])
+                     str(STALL_S), "--metrics", str(metrics_port), "--checkpoint", str(shipped_checkpoint), "--quiet"])
     finally:
         flaky.stop(), steady.stop()
     printed = capsys.readouterr()
     watcher.join(1)
     assert code == 0, printed.err
     assert "restarted" in seen, seen
+    # /metrics and /healthz said so while it hung
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(scraped["metrics"]) for sample in family.samples}
+    assert samples[("anomstream_camera_state", (("state", "stalled"), ("stream", stream)))] == 1
+    assert samples[("anomstream_camera_state", (("state", "live"), ("stream", f"rtsp_127.0.0.1_{steady.port}_cam")))] == 1
+    assert samples[("anomstream_frames_total", (("status", "scored"), ("stream", stream)))] > 0
+    assert scraped["healthz"]["cameras"][stream] == "stalled" and scraped["healthz"]["cameras_not_live"] == 1
     # seen stalled in the store within the stall timeout of the last frame (+ the writer's and this poll's lag)
     assert seen["stalled"] - seen["hung"] < STALL_S + 1.5, seen
     root = open_results(out)
@@ -162,7 +184,7 @@ def test_the_view_shows_a_hung_camera_as_stalled_while_it_hangs(rtsp_ready, ray_
     """In headless chromium: the camera's card says ``live, last frame ... s ago``, and once the
     server hangs (SIGSTOP) ``stalled since ...`` with the picture dimmed, before any frame returns.
     ``ANOMSTREAM_RTSP_SCREENSHOT=docs/img/live_view_stalled.png`` keeps the page's picture."""
-    from test_live_view import _browser, _free_port
+    from test_live_view import _browser
 
     browser = _browser()
     camera, steady, port = RtspCamera(), RtspCamera(), _free_port()

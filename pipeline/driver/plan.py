@@ -30,7 +30,9 @@ class RunPlan:
     Output: ``out`` (a path or an object-store URL), ``mode`` (create, overwrite or resume),
     ``rotate_s`` (one store per period of that many seconds). Live runs: ``live`` (policy, latency
     bound, retention), ``duration_s`` (stop after that long), ``view`` ((host, port) of the live
-    view). ``events``: the event rule and webhook as given. ``address``: a Ray cluster to join
+    view), ``metrics`` ((host, port) of /metrics and /healthz alone, without the page),
+    ``view_token`` (what requests to either must carry; None: none). ``events``: the event rule and
+    webhook as given. ``address``: a Ray cluster to join
     (None: a local Ray of the run's own); ``max_active_streams``: decoders at most (None: replicas
     + 1, or every live source); ``progress``: the console reporter (progress bar, live table, event
     lines) instead of a silent one."""
@@ -48,6 +50,8 @@ class RunPlan:
     live: LiveOptions = LiveOptions()
     duration_s: float | None = None
     view: tuple[str, int] | None = None
+    metrics: tuple[str, int] | None = None
+    view_token: str | None = field(default=None, repr=False)
     events: EventOptions = EventOptions()
     address: str | None = None
     max_active_streams: int | None = None

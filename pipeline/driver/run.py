@@ -296,8 +296,9 @@ def score_sources(plan: RunPlan, reporter: Reporter | None = None) -> RunReport:
         if _nothing_to_run(plan, run, report):
             return report
         report.started = True
-        if plan.view is not None:
-            check_port(*plan.view)
+        for option, served in (("--view", plan.view), ("--metrics", plan.metrics)):
+            if served is not None:
+                check_port(*served, option)
         stop = threading.Event()
         with _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
             ensure_ray(plan.address)
@@ -330,7 +331,7 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
                                                 [r.reason for r in run.inputs.left_out]))
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
-        with _live_view(plan.view, writers):
+        with _served(plan, writers, report):
             _place_replicas(pool, report, backend)
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
@@ -353,17 +354,26 @@ def _writer_config(plan: RunPlan, run: _Prepared) -> WriterConfig:
 
 
 @contextmanager
-def _live_view(view: tuple[str, int] | None, writers: WriterSet) -> Iterator[None]:
-    """The live view served on ``view`` (host, port) while the run goes on (None: no view)."""
-    if view is None:
-        yield
-        return
-    live_view = LiveView(writers.view_snapshot, *view)
-    print(f"live view: {live_view.url}", file=sys.stderr, flush=True)
+def _served(plan: RunPlan, writers: WriterSet, report: RunReport) -> Iterator[None]:
+    """While the run goes on: the live view on ``plan.view`` (with /metrics and /healthz) and
+    /metrics and /healthz alone on ``plan.metrics`` (either None: not served)."""
+    servers: list[LiveView] = []
+
+    def figures() -> dict[str, int]:
+        return {"events": report.events}
+
     try:
+        if plan.view is not None:
+            servers.append(LiveView(writers.view_snapshot, *plan.view, token=plan.view_token, run_figures=figures))
+            print(f"live view: {servers[-1].url}", file=sys.stderr, flush=True)
+        if plan.metrics is not None:
+            servers.append(LiveView(writers.accounting, *plan.metrics, token=plan.view_token, page=False,
+                                    run_figures=figures))
+            print(f"metrics: {servers[-1].url}metrics", file=sys.stderr, flush=True)
         yield
     finally:
-        live_view.close()
+        for server in servers:
+            server.close()
 
 
 def _place_replicas(pool: ActorPool, report: RunReport, backend: BackendChoice) -> None:

@@ -3,7 +3,10 @@ on a thread of the driver). Each stream's latest scored frame with its anomaly m
 of the last minute, frame rate, latency and frame counts; the page polls two JSON/JPEG endpoints.
 
 Endpoints: ``/`` (the page), ``/api/streams`` (JSON), ``/api/streams/{n}/frame.jpg`` (the n-th
-stream's shown frame; 404 before its first scored frame).
+stream's shown frame; 404 before its first scored frame), ``/metrics`` (Prometheus text format:
+:mod:`pipeline.view.metrics`), ``/healthz`` (JSON: the run is up, each camera's state). Without the
+page (``--metrics PORT`` and no ``--view``) only the last two. Beyond loopback every request needs
+the run's token (:mod:`pipeline.view.access`).
 """
 
 from __future__ import annotations
@@ -16,30 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import AnomstreamError
+from pipeline.view.access import COOKIE, allowed
+from pipeline.view.metrics import health, metrics_text
 
 PAGE = Path(__file__).with_name("page.html")
 SNAPSHOT_MAX_AGE_S = 0.25  # requests within this share one round trip to the writer
 
 
-def check_port(host: str, port: int) -> None:
-    """Raises AnomstreamError (one line, naming the address) when nothing can listen on ``host:port``."""
+def check_port(host: str, port: int, option: str = "--view") -> None:
+    """Raises AnomstreamError (one line, naming ``option`` and the address) when nothing can listen
+    on ``host:port``."""
     try:
         with socket.create_server((host, port)):
             pass
     except OSError as error:
-        raise AnomstreamError(f"--view: cannot serve on {host}:{port} ({error.strerror or error})") from None
+        raise AnomstreamError(f"{option}: cannot serve on {host}:{port} ({error.strerror or error})") from None
 
 
 class LiveView:
-    """Serves ``snapshot()`` (stream id -> the writer's view snapshot) on ``host:port`` from a daemon
-    thread. Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
+    """Serves ``snapshot()`` (stream id -> the writer's view snapshot, or its accounting attrs alone
+    when ``page`` is False) on ``host:port`` from a daemon thread; ``run_figures()``: the run's own
+    figures for /metrics (``events``); ``token``: what every request must carry (None: none).
+    Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, dict[str, Any]]], host: str, port: int) -> None:
+    def __init__(self, snapshot: Callable[[], dict[str, dict[str, Any]]], host: str, port: int,
+                 token: str | None = None, page: bool = True,
+                 run_figures: Callable[[], dict[str, Any]] | None = None) -> None:
         import uvicorn
 
         check_port(host, port)  # uvicorn would log a traceback-like report instead
 
         self._snapshot, self._cached, self._cached_at = snapshot, {}, 0.0
+        self.token, self.page, self.run_figures = token, page, run_figures or dict
         self._lock = threading.Lock()
         config = uvicorn.Config(self._app(), host=host, port=port, log_level="error", access_log=False)
         self.server = uvicorn.Server(config)
@@ -58,10 +69,47 @@ class LiveView:
             return self._cached
 
     def _app(self):
-        from fastapi import FastAPI, HTTPException
-        from fastapi.responses import HTMLResponse, Response
+        from fastapi import FastAPI
+        from fastapi.responses import Response
 
         app = FastAPI(title="anomstream live", docs_url=None, redoc_url=None, openapi_url=None)
+        if self.token is not None:
+            self._guard(app)
+
+        @app.get("/metrics")
+        def metrics() -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            return Response(metrics_text(self.snapshot(), self.run_figures()), media_type=CONTENT_TYPE_LATEST)
+
+        @app.get("/healthz")
+        def healthz() -> dict[str, Any]:
+            return health(self.snapshot())
+
+        if self.page:
+            self._page_routes(app)
+        return app
+
+    def _guard(self, app) -> None:
+        """Every request carries the token (:func:`pipeline.view.access.allowed`), else 401; a page
+        opened with ``?token=`` gets it as a cookie and is sent to the address without it."""
+        from fastapi.responses import JSONResponse, RedirectResponse
+
+        @app.middleware("http")
+        async def check(request, call_next):
+            query = request.query_params.get("token")
+            if not allowed(self.token, request.headers.get("authorization"), request.cookies.get(COOKIE), query):
+                return JSONResponse({"detail": "this view needs its token (see docs/live.md, Live view)"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if query is None:
+                return await call_next(request)
+            response = RedirectResponse(request.url.path, status_code=303)
+            response.set_cookie(COOKIE, query, httponly=True, samesite="strict")
+            return response
+
+    def _page_routes(self, app) -> None:
+        from fastapi import HTTPException
+        from fastapi.responses import HTMLResponse, Response
 
         @app.get("/", response_class=HTMLResponse)
         def page() -> str:
@@ -79,8 +127,6 @@ class LiveView:
             if not 0 <= index < len(views) or views[index][1]["jpeg"] is None:
                 raise HTTPException(status_code=404, detail="no scored frame yet")
             return Response(views[index][1]["jpeg"], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
-
-        return app
 
     def close(self) -> None:
         self.server.should_exit = True

@@ -1,0 +1,78 @@
+"""Prometheus metrics and a health answer of a live run, from the writers' per-stream accounting
+(the same figures as the store's attrs and the live view), in Prometheus' text format through
+``prometheus_client`` (a registry per scrape with one collector: nothing global, nothing kept).
+
+Metrics (labels ``stream`` and as named):
+
+- ``anomstream_frames_total{status}``: rows written by frame status (``scored``, ``dropped_behind``,
+  ``source_gap``, ``warmup``, ``frozen``, ``decode_error``): frames read = their sum;
+- ``anomstream_camera_state{state}``: 1 for the camera's state, 0 for the others (cameras only);
+- ``anomstream_camera_last_frame_age_seconds``: seconds since the camera's newest frame;
+- ``anomstream_latency_seconds{quantile}``: capture to written, over the recent scored frames
+  (0.5, 0.95, 0.99: what the store's ``latency_ms`` holds);
+- ``anomstream_gaps_total{kind}``: gaps (``disconnect``, ``stall``, ``frozen``);
+- ``anomstream_events_total``: events that ended in this run (all streams, no ``stream`` label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.sources.base import CAMERA_STATES
+
+STATUSES = ("scored", "warmup", "dropped_behind", "source_gap", "decode_error", "frozen")
+GAP_KINDS = ("disconnect", "stall", "frozen")
+
+
+class _RunCollector:
+    """One scrape's figures: ``streams`` (stream id -> accounting attrs, as ``WriterActor.accounting``
+    gives them), ``run`` (``events``: events ended)."""
+
+    def __init__(self, streams: dict[str, dict[str, Any]], run: dict[str, Any]) -> None:
+        self.streams, self.run = streams, run
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        frames = CounterMetricFamily("anomstream_frames", "Rows written by frame status", labels=["stream", "status"])
+        gaps = CounterMetricFamily("anomstream_gaps", "Gaps without usable frames by kind", labels=["stream", "kind"])
+        state = GaugeMetricFamily("anomstream_camera_state", "1 for the camera's state", labels=["stream", "state"])
+        age = GaugeMetricFamily("anomstream_camera_last_frame_age_seconds", "Seconds since the camera's newest frame",
+                                labels=["stream"])
+        latency = GaugeMetricFamily("anomstream_latency_seconds", "Capture to written, recent scored frames",
+                                    labels=["stream", "quantile"])
+        for stream_id, attrs in sorted(self.streams.items()):
+            counts = attrs.get("frame_counts", {})
+            for status in STATUSES:
+                frames.add_metric([stream_id, status], counts.get(status, 0))
+            kinds = [gap.get("kind") for gap in attrs.get("gaps", [])]
+            for kind in GAP_KINDS:
+                gaps.add_metric([stream_id, kind], kinds.count(kind))
+            camera = attrs.get("camera")
+            if camera:
+                for name in CAMERA_STATES:
+                    state.add_metric([stream_id, name], 1.0 if camera["state"] == name else 0.0)
+                if camera.get("last_frame_age_s") is not None:
+                    age.add_metric([stream_id], camera["last_frame_age_s"])
+            for key, quantile in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
+                if attrs.get("latency_ms"):
+                    latency.add_metric([stream_id, quantile], attrs["latency_ms"][key] / 1000.0)
+        events = CounterMetricFamily("anomstream_events", "Events that ended in this run", value=self.run.get("events", 0))
+        yield from (frames, gaps, state, age, latency, events)
+
+
+def metrics_text(streams: dict[str, dict[str, Any]], run: dict[str, Any]) -> bytes:
+    """The run's metrics in Prometheus' text exposition format (see the module text)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_RunCollector(streams, run))
+    return generate_latest(registry)
+
+
+def health(streams: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``/healthz``: the run is up (it answers); each camera's state, and how many are not live."""
+    cameras = {stream_id: attrs["camera"]["state"] for stream_id, attrs in sorted(streams.items()) if attrs.get("camera")}
+    return {"status": "ok", "streams": len(streams), "cameras": cameras,
+            "cameras_not_live": sum(state != "live" for state in cameras.values())}
