@@ -93,8 +93,11 @@ def test_a_token_guards_every_endpoint_and_metrics_serve_alone():
         status, body, _ = _get(base + "/healthz", {"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and json.loads(body) == {"status": "ok", "streams": 2, "cameras": {"cam1": "stalled"},
                                                       "cameras_not_live": 1}
-        status, _, headers = _get(f"{base}/healthz?token={TOKEN}")  # a browser: the token becomes a cookie
-        assert status == 303 and headers["location"] == "/healthz"
+        status, _, headers = _get(f"{base}/healthz?token={TOKEN}")  # a script: answered, no cookie
+        assert status == 200 and "set-cookie" not in headers
+        assert _get(f"{base}/?token=wrong-token-of-some-length")[0] == 401
+        status, _, headers = _get(f"{base}/?token={TOKEN}")  # a browser opening the page: the token becomes a cookie
+        assert status == 303 and headers["location"] == "./"
         cookie = headers["set-cookie"].split(";")[0]
         assert "httponly" in headers["set-cookie"].lower() and "samesite=strict" in headers["set-cookie"].lower()
         assert _get(base + "/healthz", {"Cookie": cookie})[0] == 200

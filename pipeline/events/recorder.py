@@ -107,7 +107,7 @@ class EventRecorder:
         self.news: list[dict[str, Any]] = []  # messages since the driver last asked
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # per stream, for the live view
         self.camera_live: dict[str, bool] = {}  # per camera stream: whether it was live when last told
-        self.camera_messages = 0
+        self.camera_recent: dict[str, deque[dict[str, Any]]] = {}  # camera_up / camera_down, for the view
 
     def open_stream(self, stream_id: str) -> None:
         self.detectors[stream_id] = EventDetector(stream_id, self.settings.rule, self.run_key)
@@ -141,15 +141,15 @@ class EventRecorder:
         self.camera_live[stream_id] = is_live
         if was_live is None and is_live:
             return  # its first frames: nothing went down
-        self.camera_messages += 1
         record = {"type": "camera_up" if is_live else "camera_down", "stream_id": stream_id, "state": status.state,
                   "time": status.since, "last_frame": status.last_frame, "reason": status.reason}
         self.log.write((json.dumps(record) + "\n").encode("utf-8"))
         if self.outbox is not None:
-            key = f"{self.run_key}\0{stream_id}\0camera\0{self.camera_messages}"
+            # the same change told again (a writer taking over, --resume) keeps its id: the receiver drops it
+            key = f"{self.run_key}\0{stream_id}\0{record['type']}\0{status.since!r}"
             self.outbox.put(f"{hashlib.sha256(key.encode()).hexdigest()[:20]}-{record['type']}", record)
         self.news.append(record)
-        self.recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS)).append(record)
+        self.camera_recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS)).append(record)
 
     def close_stream(self, stream_id: str) -> list[dict[str, Any]]:
         """The stream ended: its open event is over. Returns the finished events' table rows."""
@@ -192,10 +192,12 @@ class EventRecorder:
         event.snapshot = path.name
 
     def view(self, stream_id: str) -> dict[str, Any]:
-        """For the live view: the threshold, the stream's recent event messages, whether one is open."""
+        """For the live view: the threshold, the stream's recent event messages, whether one is
+        open, and its camera's recent ``camera_up`` / ``camera_down`` messages."""
         recent = list(self.recent.get(stream_id, ()))
         open_ids = {m["event_id"] for m in recent if m["type"] == "start"} - {m["event_id"] for m in recent if m["type"] == "end"}
-        return {"threshold": self.settings.rule.threshold, "events": recent, "event_open": bool(open_ids)}
+        return {"threshold": self.settings.rule.threshold, "events": recent, "event_open": bool(open_ids),
+                "camera_events": list(self.camera_recent.get(stream_id, ()))}
 
     def take_news(self) -> list[dict[str, Any]]:
         news, self.news = self.news, []

@@ -4,8 +4,8 @@ time and no frame waits in a buffer: what :class:`~pipeline.sources.camera.Camer
 
 - transport: RTSP over TCP by default (``udp`` loses packets on a busy network and shows grey
   smears; some cameras only do one of the two);
-- ``fflags=nobuffer``, ``flags=low_delay``, a short stream analysis (``analyzeduration`` 1 s): the
-  first frame comes without a burst of buffered ones;
+- ``fflags=nobuffer``, a short stream analysis (``analyzeduration`` 1 s) and the decoder's
+  ``low_delay`` flag: the first frame comes without a burst of buffered ones;
 - one decoder thread: FFmpeg's frame threads each hold a frame back (one thread per core: a
   frame of delay each);
 - timeouts through FFmpeg's interrupt callback (PyAV ``timeout=(open, read)``): a read that gets no
@@ -50,7 +50,7 @@ class NetworkCapture:
     def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float, transport: str = DEFAULT_TRANSPORT) -> None:
         import av
 
-        options = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "1000000"}
+        options = {"fflags": "nobuffer", "analyzeduration": "1000000"}
         if url.lower().startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = transport
         self.read_timeout_s = read_timeout_s
@@ -62,6 +62,8 @@ class NetworkCapture:
             raise ValueError("no video stream") from None
         stream.thread_type = "SLICE"
         stream.codec_context.thread_count = 1
+        # the decoder's own low-delay flag (the container option above is the demuxer's)
+        stream.codec_context.flags |= av.codec.context.Flags.low_delay
         rate = stream.average_rate or stream.guessed_rate
         self.info = StreamInfo(stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
                                round(float(rate), 3) if rate else None, transport)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 STORE_FORMAT = "anomstream-store/1"
 ATTRS_REFRESH_S = 2.0  # a running live stream's accounting attrs are at most this old
+CAMERA_REWRITE_S = 5.0  # a camera attr whose state did not change is written again at most this often
 FLUSH_S = 1.0  # rows that arrived are on disk (and in ``written``) at most this late...
 FLUSH_ROWS = 256  # ...or once this many wait
 ROW_CHUNK = 1024  # rows per chunk of the per-frame scalar arrays (rounded up to the batch chunk)
@@ -107,6 +108,7 @@ class ResultStore:
         self.accounting: dict[str, StreamAccounting] = {}
         self.maps_every: dict[str, int] = {}  # retention: the map of every Nth frame is kept (0: none)
         self._attrs_refreshed: dict[str, float] = {}
+        self._camera_written: dict[str, float] = {}  # when each camera attr was last written (time.time())
         self.flush_s = flush_s  # rows wait in memory at most this long (0: written as they arrive)
         self._pending: dict[str, list[dict[str, np.ndarray]]] = {}  # rows arrived, not yet on disk
         self._names: dict[str, set[str]] = {}  # arrays rows were written to (attr ``arrays_written``)
@@ -258,8 +260,14 @@ class ResultStore:
     def set_camera(self, stream_id: str, status: LiveStatus) -> None:
         """A camera's state (its decoder's :class:`~pipeline.sources.base.LiveStatus`), in the
         stream's ``camera`` attr at once: a camera that is down writes no rows to carry it."""
+        before = self.accounting[stream_id].camera
         self.accounting[stream_id].camera = status
-        self.streams[stream_id].attrs.update({"camera": self.accounting[stream_id].attrs()["camera"]})
+        now = time.time()
+        written = self._camera_written.get(stream_id)
+        if before is not None and before.state == status.state and written is not None and now - written < CAMERA_REWRITE_S:
+            return  # the same state: its frame age is brought up to date every CAMERA_REWRITE_S (a PUT on object stores)
+        self._camera_written[stream_id] = now
+        self.streams[stream_id].attrs.update({"camera": status.to_dict(now)})
 
     def add_events(self, stream_id: str, events: list[dict[str, Any]]) -> None:
         """Append rows to the stream's ``events`` table: a subgroup of 1-D arrays along ``event``

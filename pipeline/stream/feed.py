@@ -54,7 +54,7 @@ class DeviceFeed:
         staged.copy_(host)
         on_device = staged.to(self.device, non_blocking=True)
         self._uploaded = torch.cuda.Event()
-        self._uploaded.record()
+        self._uploaded.record(torch.cuda.current_stream(self.device))
         return on_device
 
     def to_host(self, score: torch.Tensor, anomaly_map: torch.Tensor,

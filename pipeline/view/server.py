@@ -101,9 +101,9 @@ class LiveView:
             if not allowed(self.token, request.headers.get("authorization"), request.cookies.get(COOKIE), query):
                 return JSONResponse({"detail": "this view needs its token (see docs/live.md, Live view)"}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
-            if query is None:
-                return await call_next(request)
-            response = RedirectResponse(request.url.path, status_code=303)
+            if query is None or request.url.path != "/" or not allowed(self.token, None, None, query):
+                return await call_next(request)  # only the page trades a right ?token= for the cookie
+            response = RedirectResponse("./", status_code=303)
             response.set_cookie(COOKIE, query, httponly=True, samesite="strict")
             return response
 
