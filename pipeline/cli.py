@@ -118,7 +118,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
 
     settings, model_name = _score_settings(args)
     events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
-                          args.event_merge_gap, args.webhook)
+                          args.event_merge_gap, args.webhook, args.mqtt)
     specs, stream_ids = list(args.sources), [None] * len(args.sources)
     if getattr(args, "manifest", None):
         from pipeline.sources.manifest import read_manifest
@@ -150,7 +150,7 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         survived = ", ".join(f"{kind.replace('_', ' ')} {count}" for kind, count in sorted(report.faults.counts.items()))
         print(f"faults survived: {survived}")
     if report.events or report.undelivered:
-        left = f"; {report.undelivered} webhook message(s) not delivered yet, kept in the outbox" if report.undelivered else ""
+        left = f"; {report.undelivered} message(s) not delivered yet, kept in the outbox" if report.undelivered else ""
         print(f"events: {report.events} ({events_folder(report.store)}){left}")
     for problem in getattr(report.undelivered, "problems", ()):  # an outbox.Undelivered: each delivery failure
         print(f"warning: {problem}", file=sys.stderr)
@@ -442,7 +442,7 @@ def _add_run_options(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_event_options(sub: argparse.ArgumentParser) -> None:
-    """Calibration, event detection and the webhook, of score and live."""
+    """Calibration, event detection, the webhook and MQTT, of score and live."""
     sub.add_argument("--calibration", metavar="FILE",
                      help="calibration file (anomstream calibrate); default: the checkpoint's own, if it has one. "
                           "The stored score is then calibrated: -log10 of its rate on normal footage")
@@ -463,6 +463,11 @@ def _add_event_options(sub: argparse.ArgumentParser) -> None:
                           "wait in OUT.events/outbox/ for the next run); receivers deduplicate by message_id. "
                           "https://user:token@host/path sends Basic auth (never printed); @FILE reads the URL from "
                           "FILE, out of sight of ps")
+    sub.add_argument("--mqtt", metavar="URL",
+                     help="publish to this MQTT broker (QoS 1, kept in OUT.events/outbox_mqtt/ until acknowledged): "
+                          "PREFIX/available, PREFIX/CAMERA/state (retained), PREFIX/CAMERA/events, "
+                          "PREFIX/CAMERA/snapshot; mqtt://[user:password@]host[:port][/PREFIX] (PREFIX default "
+                          "anomstream), mqtts:// for TLS, @FILE reads the URL from FILE")
 
 
 def _add_score(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import getpass
 import http.server
 import json
 import os
@@ -280,3 +281,89 @@ class RtspCamera:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+MOSQUITTO = next((path for path in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.path.exists(path)), "mosquitto")
+
+
+class MosquittoBroker:
+    """Debian's mosquitto in a process of its own on 127.0.0.1:``port`` (0: a free one, kept across
+    ``stop()``/``start()``); ``credentials``: the ``user:password`` it requires (a password file made
+    with mosquitto_passwd), else anonymous. Stopped by its PID."""
+
+    def __init__(self, folder: Path, port: int = 0, credentials: str | None = None, start: bool = True) -> None:
+        self.folder, self.credentials = Path(folder), credentials
+        if not port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        # as root it would become user mosquitto, who cannot read this test's folder: stay who we are
+        lines = [f"listener {port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error",
+                 f"user {getpass.getuser()}"]
+        if credentials is None:
+            lines.append("allow_anonymous true")
+        else:
+            user, password = credentials.split(":", 1)
+            passwords = self.folder / "passwords"
+            passwords.touch(mode=0o600)
+            subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {passwords}"]
+        self.config = self.folder / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"mosquitto did not start: {self.process.stderr.read().decode().strip()}") from None
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+class MqttListener:
+    """A paho-mqtt client subscribed to ``topic`` on the broker: ``messages`` (topic, payload bytes,
+    retained flag) in the order they came."""
+
+    def __init__(self, port: int, topic: str = "anomstream/#") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{os.getpid()}-{time.time_ns()}")
+        self.client.on_connect = lambda client, *args: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_message = lambda client, userdata, message: self.messages.append(
+            (message.topic, message.payload, bool(message.retain)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("the MQTT listener could not subscribe")
+
+    def on(self, topic: str) -> list[bytes]:
+        return [payload for name, payload, _ in self.messages if name == topic]
+
+    def wait_for(self, topic: str, count: int = 1, timeout_s: float = 30) -> list[bytes]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.on(topic)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.on(topic)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -252,7 +252,7 @@ def test_live_run_leaves_the_password_and_token_nowhere(ray_session, locked, hom
 
 def test_a_password_holding_an_unencoded_slash_is_masked_too():
     """urlsplit takes 'u:ab' for the login and '/cd@host' for the path: the whole login is masked."""
-    from pipeline.events.outbox import shown_url
+    from pipeline.events.webhook import shown_url
     from pipeline.sources.camera import redact_url
 
     assert redact_url("rtsp://cam-op:ab/cd@cam.local/live?token=9") == "rtsp://***:***@cam.local/live?***"

@@ -3,6 +3,7 @@ receiver down, lost answers, a restart), and events through a whole scoring run.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -162,6 +163,10 @@ def test_scoring_run_stores_logs_and_delivers_events(ray_session, anomalous_clip
     delivered = receiver.unique()
     assert sorted(delivered) == sorted(f"{line['event_id']}-{line['type']}" for line in lines)
     assert not list((tmp_path / "clip05.events" / "outbox" / "pending").glob("*.json"))
+    for line in ends:  # the receiver gets the picture, not a file name on this machine
+        sent = delivered[f"{line['event_id']}-end"]
+        assert base64.b64decode(sent["snapshot_jpeg"]) == (tmp_path / "clip05.events" / line["snapshot"]).read_bytes()
+        assert sent["stream_id"] == "ped2_test05" and "snapshot_jpeg" not in line
 
 
 def test_webhook_without_threshold_or_bad_url_is_one_line(ray_session, anomalous_clip, tmp_path, capsys):

@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import RtspCamera, rtsp_server_missing
+from servers import MosquittoBroker, MqttListener, RtspCamera, rtsp_server_missing
 
 from pipeline.cli import main
 from pipeline.store import FrameStatus, open_results
@@ -107,12 +107,16 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
         seen["restarted"] = time.time()
 
     watcher = threading.Thread(target=outages, daemon=True)
+    broker = MosquittoBroker(tmp_path)
+    listener = MqttListener(broker.port)
     watcher.start()
     try:
         code = main(["live", flaky.url(), steady.url(), "--out", str(out), "--duration", "40", "--stall-timeout",
-                     str(STALL_S), "--metrics", str(metrics_port), "--checkpoint", str(shipped_checkpoint), "--quiet"])
+                     str(STALL_S), "--metrics", str(metrics_port), "--mqtt", f"mqtt://127.0.0.1:{broker.port}",
+                     "--checkpoint", str(shipped_checkpoint), "--quiet"])
     finally:
         flaky.stop(), steady.stop()
+        listener.close(), broker.stop()
     printed = capsys.readouterr()
     watcher.join(1)
     assert code == 0, printed.err
@@ -149,6 +153,18 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     assert other.attrs["gaps"] == [] and _accounted(other)["scored"] > 200  # 10 fps, 40 s, not touched
     assert np.diff(other["timestamp"][:]).max() < 1.0
     assert not [m for m in _camera_messages(out) if m["stream_id"] != stream]
+    # MQTT: every state change on the retained state topic, events and their pictures, available
+    states = [json.loads(payload)["state"] for payload in listener.on(f"anomstream/{stream}/state")]
+    assert states == ["connecting", "live", "stalled", "live", "down", "live", "stopped"]
+    assert listener.on("anomstream/available") == [b"online", b"offline"]
+    logged = [json.loads(line) for line in (out.with_suffix(".events") / "events.jsonl").read_text().splitlines()]
+    published = [json.loads(p) for name in (stream, other.basename) for p in listener.on(f"anomstream/{name}/events")]
+    assert sorted(m["message_id"] for m in published) == sorted(f"{m['event_id']}-{m['type']}" for m in logged
+                                                                 if "event_id" in m)
+    ends = [m for m in logged if m["type"] == "end"]
+    assert ends  # the Ped2 model finds a test pattern anomalous: events are certain here
+    pictures = listener.on(f"anomstream/{stream}/snapshot") + listener.on(f"anomstream/{other.basename}/snapshot")
+    assert len(pictures) == len(ends) and all(picture[:2] == b"\xff\xd8" for picture in pictures)
 
 
 def test_a_refused_password_is_auth_failed_retried_then_given_up_and_the_other_camera_goes_on(

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import AnomstreamError
-from pipeline.events.outbox import MAX_REDIRECTS, Outbox, parse_webhook
+from pipeline.events.outbox import Outbox
+from pipeline.events.webhook import MAX_REDIRECTS, parse_webhook
 from tests.servers import HookReceiver
 
 MESSAGE = {"type": "start", "event_id": "e1", "peak_score": 4.5}
@@ -153,7 +154,8 @@ def test_url_credentials_go_as_basic_auth_and_are_never_shown(tmp_path, capsys):
     assert wrong.problems() == [
         f"webhook http://***@{host}/secure/: HTTP 401 Unauthorized; 1 message(s) kept in "
         f"{tmp_path / 'wrong' / 'outbox' / 'pending'} for the next run with a webhook"]
-    print(good.webhook, wrong.webhook, wrong.problems(), wrong.last_error)  # what a log of them would show
+    # what a log of them would show:
+    print(good.sender.webhook, wrong.sender.webhook, good.sender.shown, wrong.problems(), wrong.last_error)
     shown = capsys.readouterr().out + _files_text(tmp_path)
     assert "***@" in shown and "t0ken" not in shown and "s3cret" not in shown
 
@@ -225,7 +227,7 @@ def test_case_18_webhook_redirect_through_the_cli(ray_session, hook_case, tmp_pa
     assert code == 0 and len(ids) == 2
     if path == "/old":
         assert {answer[:2] for answer in answers} == {("/old", 301)} and len(list((events / "outbox" / "pending").iterdir())) == 2
-        assert f"events: 1 ({events}); 2 webhook message(s) not delivered yet, kept in the outbox\n" in out
+        assert f"events: 1 ({events}); 2 message(s) not delivered yet, kept in the outbox\n" in out
         assert err == (f"warning: webhook http://{host}/old: HTTP 301 redirect to http://{host}/hook/ not followed (clients "
                        f"turn a POST redirected by 301 into a GET without its body: give --webhook the new URL); 2 message(s) "
                        f"kept in {events / 'outbox' / 'pending'} for the next run with a webhook\n")

@@ -5,14 +5,17 @@ prints. The zarr table is written by the store (:meth:`pipeline.store.ResultStor
 Files live in the run's events folder (``S.events/`` beside the store ``S.zarr``):
 ``events.jsonl`` (one JSON object per line: ``type`` "start" when an event reaches its minimum
 length, "end" when it is over), ``<event_id>.jpg`` snapshots, ``outbox/`` (webhook messages not
-delivered yet).
+delivered yet), ``outbox_mqtt/`` (the same for the MQTT broker).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import AnomstreamError
+from pipeline.events import mqtt, webhook
 from pipeline.events.detector import Event, EventDetector, EventRule
-from pipeline.events.outbox import Outbox, Undelivered, Webhook, parse_webhook
+from pipeline.events.mqtt import MqttBroker, MqttSender, parse_mqtt
+from pipeline.events.outbox import Outbox, Undelivered
+from pipeline.events.webhook import Webhook, parse_webhook
 from pipeline.sources.base import LiveStatus
 from pipeline.store import FrameStatus
 from pipeline.store.location import is_url, store_name
@@ -42,12 +48,14 @@ def events_folder(store: str | Path) -> Path:
 @dataclass(frozen=True)
 class EventSettings:
     """A run's event options: the rule (its threshold from the calibration unless given), the
-    events folder and the webhook (None: no delivery). The webhook's credentials travel with these
-    settings to the writers, in memory: nothing of them is stored (root attrs hold ``rule`` only)."""
+    events folder, the webhook and the MQTT broker (None: no delivery there). Their credentials
+    travel with these settings to the writers, in memory: nothing of them is stored (root attrs hold
+    ``rule`` only)."""
 
     rule: EventRule
     folder: str
     webhook: Webhook | None = None
+    mqtt: MqttBroker | None = None
 
 
 @dataclass(frozen=True)
@@ -60,18 +68,20 @@ class EventOptions:
     min_frames: int = 3
     merge_gap: int = 25
     webhook: str | None = None
+    mqtt: str | None = None
 
 
 def event_settings(options: EventOptions, calibrated_threshold: float | None, store: str | Path) -> EventSettings | None:
     """The run's event settings, or None when there is no threshold (no calibration, none given).
     With a calibration the low threshold defaults to one unit below (ten times the false-alarm
     rate), but at least half the threshold (calibrated scores are >= 0). Raises AnomstreamError
-    for a webhook without a threshold or a bad option."""
+    for a webhook or MQTT broker without a threshold or a bad option."""
     threshold = options.threshold if options.threshold is not None else calibrated_threshold
     if threshold is None:
-        if options.webhook:
-            raise AnomstreamError("--webhook: events need a threshold: calibrate the checkpoint "
-                                  "(anomstream calibrate) or pass --event-threshold")
+        for option, given in (("--webhook", options.webhook), ("--mqtt", options.mqtt)):
+            if given:
+                raise AnomstreamError(f"{option}: events need a threshold: calibrate the checkpoint "
+                                      "(anomstream calibrate) or pass --event-threshold")
         return None
     low = options.low_threshold
     if low is None and calibrated_threshold is not None:  # calibrated scores: ten times the rate, never <= 0
@@ -80,7 +90,8 @@ def event_settings(options: EventOptions, calibrated_threshold: float | None, st
         rule = EventRule(threshold, low, options.end_after, options.min_frames, options.merge_gap)
     except ValueError as error:
         raise AnomstreamError(str(error)) from None
-    return EventSettings(rule, str(events_folder(store).absolute()), parse_webhook(options.webhook) if options.webhook else None)
+    return EventSettings(rule, str(events_folder(store).absolute()), parse_webhook(options.webhook) if options.webhook else None,
+                         parse_mqtt(options.mqtt) if options.mqtt else None)
 
 
 def message(kind: str, event: Event) -> dict[str, Any]:
@@ -92,8 +103,9 @@ class EventRecorder:
 
     def __init__(self, settings: EventSettings, run_key: str, fresh: bool = False, deliver: bool = True) -> None:
         """``fresh``: the store is being replaced (--overwrite): so are the event log and snapshots
-        (webhook messages not delivered yet stay in the outbox). ``deliver``: send the outbox to the
-        webhook (False: only put messages in it, for the recorder that delivers the folder's outbox)."""
+        (messages not delivered yet stay in the outboxes). ``deliver``: send the outboxes to the
+        webhook and the MQTT broker (False: only put messages in them, for the recorder that delivers
+        the folder's outboxes)."""
         self.settings, self.run_key = settings, run_key
         self.folder = Path(settings.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -102,12 +114,18 @@ class EventRecorder:
                 path.unlink(missing_ok=True)
         # unbuffered: each group of lines is one append, whole, beside other writers' (one run's K writers)
         self.log = (self.folder / "events.jsonl").open("ab", buffering=0)
-        self.outbox = Outbox(self.folder / "outbox", settings.webhook if deliver else None) if settings.webhook else None
+        self.outboxes: list[tuple[Outbox, Callable[[dict[str, Any]], bool]]] = []  # each with what it takes
+        if settings.webhook:
+            self.outboxes.append((Outbox(self.folder / "outbox", settings.webhook if deliver else None), webhook.wanted))
+        if settings.mqtt:
+            sender = MqttSender(settings.mqtt, f"anomstream-{run_key[:12]}-{os.getpid()}") if deliver else None
+            self.outboxes.append((Outbox(self.folder / "outbox_mqtt", sender), mqtt.wanted))
         self.detectors: dict[str, EventDetector] = {}
         self.news: list[dict[str, Any]] = []  # messages since the driver last asked
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # per stream, for the live view
         self.camera_live: dict[str, bool] = {}  # per camera stream: whether it was live when last told
         self.camera_recent: dict[str, deque[dict[str, Any]]] = {}  # camera_up / camera_down, for the view
+        self.camera_states: dict[str, str] = {}  # per camera stream: its state when last told
 
     def open_stream(self, stream_id: str) -> None:
         self.detectors[stream_id] = EventDetector(stream_id, self.settings.rule, self.run_key)
@@ -129,10 +147,16 @@ class EventRecorder:
         return self._publish(stream_id, messages)
 
     def camera(self, stream_id: str, status: LiveStatus) -> None:
-        """A camera's state from its decoder: ``camera_down`` when it leaves ``live`` or does not
-        come up (stalled, down, refusing its credentials), ``camera_up`` when it is ``live`` again;
-        each message to the log, the webhook outbox, the driver and the view, as events are.
-        ``connecting`` and a stream's end (``stopped``) are no message."""
+        """A camera's state from its decoder: every change as ``camera_state`` (MQTT's retained state
+        topic); ``camera_down`` when it leaves ``live`` or does not come up (stalled, down, refusing
+        its credentials), ``camera_up`` when it is ``live`` again, each to the log, the webhook, the
+        driver and the view, as events are (``connecting`` and a stream's end are no such message).
+        Ids are made of the stream, the kind and the time of the change: told again (a writer taking
+        over, --resume), a change is the same message."""
+        if self.camera_states.get(stream_id) != status.state:
+            self.camera_states[stream_id] = status.state
+            self._send({"type": "camera_state", "stream_id": stream_id, "state": status.state, "since": status.since,
+                        "last_frame": status.last_frame, "reason": status.reason}, status.since)
         if status.state in ("stopped", "connecting"):
             return
         is_live, was_live = status.state == "live", self.camera_live.get(stream_id)
@@ -144,12 +168,19 @@ class EventRecorder:
         record = {"type": "camera_up" if is_live else "camera_down", "stream_id": stream_id, "state": status.state,
                   "time": status.since, "last_frame": status.last_frame, "reason": status.reason}
         self.log.write((json.dumps(record) + "\n").encode("utf-8"))
-        if self.outbox is not None:
-            # the same change told again (a writer taking over, --resume) keeps its id: the receiver drops it
-            key = f"{self.run_key}\0{stream_id}\0{record['type']}\0{status.since!r}"
-            self.outbox.put(f"{hashlib.sha256(key.encode()).hexdigest()[:20]}-{record['type']}", record)
+        self._send(record, status.since)
         self.news.append(record)
         self.camera_recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS)).append(record)
+
+    def _send(self, record: dict[str, Any], time: float | None = None, message_id: str | None = None) -> None:
+        """``record`` into each outbox that takes it, under ``message_id`` (a camera message's: made
+        of the run, the stream, its kind and ``time``)."""
+        if message_id is None:
+            key = f"{self.run_key}\0{record['stream_id']}\0{record['type']}\0{time!r}"
+            message_id = f"{hashlib.sha256(key.encode()).hexdigest()[:20]}-{record['type']}"
+        for outbox, wanted in self.outboxes:
+            if wanted(record):
+                outbox.put(message_id, record)
 
     def close_stream(self, stream_id: str) -> list[dict[str, Any]]:
         """The stream ended: its open event is over. Returns the finished events' table rows."""
@@ -170,8 +201,8 @@ class EventRecorder:
                 ended.append(event.to_dict())
             record = message(kind, event)
             lines.append(json.dumps(record) + "\n")
-            if self.outbox is not None:
-                self.outbox.put(f"{event.event_id}-{kind}", record)
+            if self.outboxes:
+                self._send(self._with_picture(record, event) if kind == "end" else record, message_id=f"{event.event_id}-{kind}")
             self.news.append(record)
             self.recent[stream_id].append(record)
         if lines:
@@ -207,6 +238,16 @@ class EventRecorder:
         """Flush the log; give the webhook up to ``wait_s`` s. Returns how many messages are left in
         the outbox, with a line per delivery failure that still stands (:meth:`Outbox.problems`)."""
         self.log.close()
-        if self.outbox is None:
-            return Undelivered()
-        return Undelivered(self.outbox.close(wait_s), self.outbox.problems())
+        left = [outbox.close(wait_s) for outbox, _ in self.outboxes]
+        return Undelivered(sum(left), [line for outbox, _ in self.outboxes for line in outbox.problems()])
+
+    def _with_picture(self, record: dict[str, Any], event: Event) -> dict[str, Any]:
+        """An end message as the outboxes send it: with its snapshot inline (``snapshot_jpeg``,
+        base64), so that the receiver needs no access to this machine's files."""
+        if event.snapshot is None:
+            return record
+        try:
+            picture = (self.folder / event.snapshot).read_bytes()
+        except OSError:
+            return record
+        return {**record, "snapshot_jpeg": base64.b64encode(picture).decode("ascii")}
