@@ -101,6 +101,10 @@ def _cmd_live(args: argparse.Namespace) -> int:
                        maps_every=args.keep_maps)
     served = {"view": (args.view_host, args.view) if args.view is not None else None,
               "metrics": (args.view_host, args.metrics) if args.metrics is not None else None}
+    if args.cameras:
+        from pipeline.sources.cameras_file import read_cameras
+
+        served["cameras"] = tuple(read_cameras(args.cameras, args.checkpoint))
     if args.view is not None or args.metrics is not None:
         from pipeline.view.access import view_token
 
@@ -120,6 +124,9 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
                           args.event_merge_gap, args.webhook, args.mqtt)
     specs, stream_ids = list(args.sources), [None] * len(args.sources)
+    for camera in (served or {}).get("cameras", ()):
+        specs.append(camera.url)
+        stream_ids.append(camera.name)
     if getattr(args, "manifest", None):
         from pipeline.sources.manifest import read_manifest
 
@@ -127,7 +134,8 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
         specs += [spec for spec, _ in listed]
         stream_ids += [stream_id for _, stream_id in listed]
     if not specs:
-        raise AnomstreamError(f"{args.command}: no input: give sources, or --manifest FILE")
+        raise AnomstreamError(f"{args.command}: no input: give sources, "
+                              f"{'or --cameras FILE' if args.command == 'live' else 'or --manifest FILE'}")
     plan = RunPlan(specs=specs, stream_ids=stream_ids, checkpoint=args.checkpoint, expected_model=model_name,
                    calibration=args.calibration, out=args.out, mode=_mode(args), rotate_s=rotate_s, settings=settings,
                    source_options=options, live=live or LiveOptions(), duration_s=duration_s, events=events, **(served or {}),
@@ -484,7 +492,11 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live = commands.add_parser("live", parents=parents,
                                help="score live cameras or streams (camera:N, rtsp://, http(s)://, ...); "
                                     "recordings are played in real time")
-    live.add_argument("sources", nargs="+", metavar="source", help=SOURCE_HELP)
+    live.add_argument("sources", nargs="*", metavar="source", help=SOURCE_HELP)
+    live.add_argument("--cameras", metavar="FILE",
+                      help="a YAML file of cameras (name, url, username, password_env or password_file, transport, "
+                           "threshold, policy, keep_maps, enabled): see docs/live.md, Cameras file; with or without "
+                           "sources on the command line")
     live.add_argument("--policy", choices=["every", "latest"],
                       help="every: score every frame delivered (backpressure); latest: bounded latency, whole windows "
                            "dropped when the replicas fall behind (default: latest for cameras, every for recordings)")

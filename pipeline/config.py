@@ -144,7 +144,7 @@ class AnomstreamConfig(_Strict):
         return data
 
 
-def _format_error(source: str, error: ValidationError, prefix: str = "", shown: int = 3) -> str:
+def format_error(source: str, error: ValidationError, prefix: str = "", shown: int = 3) -> str:
     """One line: ``SOURCE: a.b: message; c: message`` for the first ``shown`` complaints, then how many more."""
     parts = []
     for complaint in error.errors()[:shown]:
@@ -176,12 +176,12 @@ def parse_config(data: Any, source: str = "config", expand: bool = True) -> Anom
     try:
         config = AnomstreamConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_error(source, error)) from None
+        raise ConfigError(format_error(source, error)) from None
     _, params_class = MODELS[config.model.name]
     try:
         config.model.params = TypeAdapter(params_class).validate_python(params_data)
     except ValidationError as error:
-        raise ConfigError(_format_error(source, error, prefix="model")) from None
+        raise ConfigError(format_error(source, error, prefix="model")) from None
     if expand:
         _expand_paths(config, source)
     return config
@@ -248,7 +248,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return key
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -263,14 +263,14 @@ def _read_yaml(path: Path) -> Any:
 
 def load_config(path: str | Path) -> AnomstreamConfig:
     """A whole config file (model, train, score). Raises ConfigError (one line naming the file and key)."""
-    return parse_config(_read_yaml(Path(path)), str(path))
+    return parse_config(read_yaml(Path(path)), str(path))
 
 
 def load_score_config(path: str | Path) -> tuple[ScoreSection, str | None]:
     """The ``score`` section of a config file and the model the file names, for ``score`` / ``live
     --config``: a file holding only a ``score`` section is enough (model None: any checkpoint).
     Raises ConfigError (one line naming the file and key)."""
-    data = _read_yaml(Path(path))
+    data = read_yaml(Path(path))
     if isinstance(data, dict) and not {"model", "train"} & set(data):  # a score config
         unknown = sorted(str(key) for key in data if key != "score")
         if unknown:
@@ -279,7 +279,7 @@ def load_score_config(path: str | Path) -> tuple[ScoreSection, str | None]:
         try:
             return ScoreSection.model_validate(data.get("score") or {}), None
         except ValidationError as error:
-            raise ConfigError(_format_error(str(path), error, prefix="score")) from None
+            raise ConfigError(format_error(str(path), error, prefix="score")) from None
     config = parse_config(data, str(path), expand=False)  # scoring reads no train or model path
     return config.score, config.model.name
 

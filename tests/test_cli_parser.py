@@ -16,12 +16,12 @@ SCORING_DEFAULTS = {  # what score and live share
     "checkpoint": str(SHIPPED_CHECKPOINT), "config": None, "replicas": None, "batch_size": None, "writers": None,
     "backend": None, "precision": None, "address": None, "overwrite": False, "resume": False, "max_frames": None,
     "calibration": None, "event_threshold": None, "event_low": None, "event_end_after": 10, "event_min_frames": 3,
-    "event_merge_gap": 25, "webhook": None, "quiet": False, "connect_timeout": None,
+    "event_merge_gap": 25, "webhook": None, "mqtt": None, "quiet": False, "connect_timeout": None,
 }
 LIVE_DEFAULTS = {
     "policy": None, "duration": None, "max_latency_ms": None, "reconnect_attempts": None, "stall_timeout": 10.0,
     "frozen_after": 5.0, "keep_maps": 1, "rotate": None, "view": None, "view_host": "127.0.0.1",
-    "auth_retries": 2, "auth_backoff": 60.0, "view_token_file": None, "metrics": None,  # added by issue 32
+    "auth_retries": 2, "auth_backoff": 60.0, "view_token_file": None, "metrics": None, "cameras": None,  # added by issue 32
 }
 
 # argv -> (the command's function, every value of the Namespace but ``run``), as the parser before the

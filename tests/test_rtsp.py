@@ -242,3 +242,48 @@ def test_the_view_shows_a_hung_camera_as_stalled_while_it_hangs(rtsp_ready, ray_
         camera.stop(), steady.stop()
         run.join(timeout=120)
     assert codes == [0]
+
+
+def test_cameras_from_a_file_get_their_names_credentials_and_own_settings(rtsp_ready, ray_session, shipped_checkpoint,
+                                                                           tmp_path, capsys, monkeypatch):
+    locked, open_camera = RtspCamera(credentials="viewer:s3cret-pass"), RtspCamera()
+    monkeypatch.setenv("ANOMSTREAM_TEST_GATE_PASSWORD", "s3cret-pass")
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text(f"""cameras:
+  - name: gate
+    url: {locked.url()}
+    username: viewer
+    password_env: ANOMSTREAM_TEST_GATE_PASSWORD
+    threshold: 1000
+    keep_maps: 3
+    policy: every
+  - name: yard
+    url: {open_camera.url()}
+  - name: dock
+    url: rtsp://127.0.0.1:9/nothing
+    enabled: false
+""")
+    out = tmp_path / "fleet.zarr"
+    try:
+        code = main(["live", "--cameras", str(cameras), "--out", str(out), "--duration", "12",
+                     "--checkpoint", str(shipped_checkpoint), "--quiet"])
+    finally:
+        locked.stop(), open_camera.stop()
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    root = open_results(out)
+    assert sorted(root.group_keys()) == ["gate", "yard"]
+    gate, yard = root["gate"], root["yard"]
+    assert gate.attrs["maps_every"] == 3 and gate.attrs["event_rule"] == {"threshold": 1000, "low_threshold": None}
+    assert yard.attrs["maps_every"] == 1 and "event_rule" not in yard.attrs
+    assert _accounted(gate)["scored"] > 20 and _accounted(yard)["scored"] > 20
+    assert gate.attrs["frame_counts"]["dropped_behind"] == 0  # policy every: nothing dropped for being late
+    kept = np.isfinite(gate["map"][:].reshape(gate.attrs["written"], -1)).any(axis=1)
+    assert (np.flatnonzero(kept) % 3 == 0).all() and kept.any()
+    messages = [json.loads(line) for line in (out.with_suffix(".events") / "events.jsonl").read_text().splitlines()]
+    starts = [m for m in messages if m["type"] == "start"]
+    assert starts and {m["stream_id"] for m in starts} == {"yard"}  # gate's own threshold: no event
+    assert {m["threshold"] for m in starts} == {root.attrs["events"]["threshold"]}
+    shown = printed.out + printed.err + "".join(
+        path.read_text(errors="replace") for path in [*out.rglob("zarr.json"), *out.with_suffix(".events").rglob("*.json*")])
+    assert "s3cret-pass" not in shown

@@ -117,7 +117,8 @@ class WriterActor:
                 self.calibrators[stream_id].smoothed(*_calibration_inputs(self.store.last_rows(
                     stream_id, self.calibration.smoothing, names)))
         if self.events is not None:
-            self.events.open_stream(stream_id)
+            own = attrs.get("event_rule") or {}
+            self.events.open_stream(stream_id, own.get("threshold"), own.get("low_threshold"))
 
     @_store_errors
     def write(self, stream_id: str, row: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:

@@ -49,7 +49,10 @@ def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int]
     attrs: dict[str, Any] = {"source": source.describe(), "fps": source.fps, "live": source.is_live,
                              "source_fingerprint": fingerprint, "writer": writer}
     if source.is_live:
-        attrs["maps_every"] = live.maps_every
+        own = source.settings
+        attrs["maps_every"] = live.maps_every if own.keep_maps is None else own.keep_maps
+        if own.threshold is not None:  # the stream's own event threshold (a cameras file)
+            attrs["event_rule"] = {"threshold": own.threshold, "low_threshold": own.low_threshold}
     items = source.items()
     if items is not None:
         attrs["items"] = items  # still images: frame_index -> file

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import ScoreSection
 from pipeline.events.recorder import EventOptions
 from pipeline.sources.resolve import SourceOptions
 from pipeline.stream.live import LiveOptions
+
+if TYPE_CHECKING:
+    from pipeline.sources.cameras_file import Camera
 
 MODES = ("create", "overwrite", "resume")
 
@@ -32,7 +36,8 @@ class RunPlan:
     bound, retention), ``duration_s`` (stop after that long), ``view`` ((host, port) of the live
     view), ``metrics`` ((host, port) of /metrics and /healthz alone, without the page),
     ``view_token`` (what requests to either must carry; None: none). ``events``: the event rule and
-    webhook as given. ``address``: a Ray cluster to join
+    webhook as given. ``cameras``: a cameras file's cameras (their specs and names are in ``specs``
+    and ``stream_ids``; their own settings and credentials go onto their sources). ``address``: a Ray cluster to join
     (None: a local Ray of the run's own); ``max_active_streams``: decoders at most (None: replicas
     + 1, or every live source); ``progress``: the console reporter (progress bar, live table, event
     lines) instead of a silent one."""
@@ -53,6 +58,7 @@ class RunPlan:
     metrics: tuple[str, int] | None = None
     view_token: str | None = field(default=None, repr=False)
     events: EventOptions = EventOptions()
+    cameras: tuple[Camera, ...] = ()
     address: str | None = None
     max_active_streams: int | None = None
     progress: bool = True

@@ -40,6 +40,7 @@ from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, cause_line
 from pipeline.events.recorder import EventSettings, event_settings
 from pipeline.sources.base import Source
+from pipeline.sources.cameras_file import apply_cameras
 from pipeline.sources.resolve import Inputs, resolve_inputs
 from pipeline.store import check_target, result_arrays, stream_key
 from pipeline.store.location import credential_environment, is_url
@@ -235,6 +236,7 @@ def _prepare(plan: RunPlan) -> _Prepared:
     model = build_model(payload["model"], checkpoint_params(payload, plan.checkpoint))
     options = replace(plan.source_options, still_images=model.window_length == 1)
     inputs = resolve_inputs(list(plan.specs), options, list(plan.stream_ids) if plan.stream_ids else None)
+    apply_cameras(inputs.sources, list(plan.cameras))
     calibrated = events = None
     if inputs.sources:  # else the run ends here: the inputs' errors are all there is to say
         calibrated = run_calibration(payload, sha256, plan.calibration)

@@ -16,7 +16,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,14 @@ class EventRecorder:
         self.camera_recent: dict[str, deque[dict[str, Any]]] = {}  # camera_up / camera_down, for the view
         self.camera_states: dict[str, str] = {}  # per camera stream: its state when last told
 
-    def open_stream(self, stream_id: str) -> None:
-        self.detectors[stream_id] = EventDetector(stream_id, self.settings.rule, self.run_key)
+    def open_stream(self, stream_id: str, threshold: float | None = None, low_threshold: float | None = None) -> None:
+        """``threshold``: the stream's own (a cameras file), else the run's; its ``low_threshold``
+        defaults as --event-low's does with a calibration (one unit below, at least half)."""
+        rule = self.settings.rule
+        if threshold is not None:
+            low = low_threshold if low_threshold is not None else max(threshold - 1.0, threshold / 2)
+            rule = replace(rule, threshold=threshold, low_threshold=low)
+        self.detectors[stream_id] = EventDetector(stream_id, rule, self.run_key)
         self.recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS))
 
     def feed(self, stream_id: str, values: dict[str, np.ndarray], batch: WindowBatch | None) -> list[dict[str, Any]]:
@@ -227,7 +233,9 @@ class EventRecorder:
         open, and its camera's recent ``camera_up`` / ``camera_down`` messages."""
         recent = list(self.recent.get(stream_id, ()))
         open_ids = {m["event_id"] for m in recent if m["type"] == "start"} - {m["event_id"] for m in recent if m["type"] == "end"}
-        return {"threshold": self.settings.rule.threshold, "events": recent, "event_open": bool(open_ids),
+        detector = self.detectors.get(stream_id)
+        rule = detector.rule if detector is not None else self.settings.rule
+        return {"threshold": rule.threshold, "events": recent, "event_open": bool(open_ids),
                 "camera_events": list(self.camera_recent.get(stream_id, ()))}
 
     def take_news(self) -> list[dict[str, Any]]:

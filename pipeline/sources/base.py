@@ -71,6 +71,18 @@ class LiveStatus:
                 "last_frame_age_s": age, "reason": self.reason, "info": self.info}
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """A stream's own settings (a camera of a cameras file) over the run's; None: the run's.
+    ``policy`` (``every``/``latest``), ``keep_maps`` (the map of every Nth frame), the events'
+    ``threshold`` and ``low_threshold`` (calibrated score units)."""
+
+    policy: str | None = None
+    keep_maps: int | None = None
+    threshold: float | None = None
+    low_threshold: float | None = None
+
+
 class Source:
     """Base: iterate frames; ``frame_count`` is None when unknown (live or unindexed).
 
@@ -83,6 +95,7 @@ class Source:
     fps: float | None = None
     is_live: bool = False
     live_policy: str = "every"  # frame policy when scored live (pipeline.stream.live): cameras "latest"
+    settings: StreamSettings = StreamSettings()  # a cameras file's own values for this stream
     warnings: list[str]
 
     def describe(self) -> str:

@@ -46,7 +46,8 @@ class LiveOptions:
     idle_wait_s: float = 0.5
 
     def policy_for(self, source: Source) -> Policy:
-        return self.policy or source.live_policy
+        """The stream's own (a cameras file's), else the run's, else the source kind's."""
+        return source.settings.policy or self.policy or source.live_policy
 
 
 class LiveWindows:

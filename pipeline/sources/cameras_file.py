@@ -1,0 +1,155 @@
+"""A fleet's cameras in one YAML file: ``anomstream live --cameras cameras.yaml``.
+
+.. code-block:: yaml
+
+    cameras:
+      - name: gate                      # the stream's name: store group, topics, messages
+        url: rtsp://10.0.0.5:554/stream1
+        username: viewer                # credentials: never in the file itself
+        password_env: GATE_PASSWORD     # ...from an environment variable,
+      - name: yard
+        url: rtsp://10.0.0.6/live
+        password_file: /etc/anomstream/yard.pass   # ...or the first line of a file only you can read
+        transport: udp                  # RTSP over udp (default tcp)
+        threshold: 4.5                  # this camera's event threshold (calibrated score)
+        policy: every                   # every frame, not the latest (default: latest)
+        keep_maps: 10                   # the map of every 10th frame only
+      - name: loading-dock
+        url: rtsp://10.0.0.7/live
+        enabled: false                  # kept in the file, not opened
+
+Per-camera values win over the command line's, which are the defaults of the cameras that leave
+them out. A camera without credentials here is looked up as a URL on the command line is (netrc,
+``ANOMSTREAM_CAMERA_USER``/``_PASSWORD``). A password in the file (``password:``, or in the URL) is
+refused: the file is a config others read. One model per run: a camera naming another
+``checkpoint`` than the run's is refused (run one ``anomstream live`` per model). Cameras are read
+when the run starts: adding or removing one takes a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.config import format_error, read_yaml
+from pipeline.errors import AnomstreamError
+from pipeline.paths import expand_path
+from pipeline.sources.base import Source, StreamSettings
+from pipeline.sources.camera import Credentials, redact_url
+
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class Camera(BaseModel):
+    """One camera of the file (see the module's text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    url: str
+    enabled: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    transport: Literal["tcp", "udp"] | None = None
+    threshold: float | None = None
+    low_threshold: float | None = None
+    policy: Literal["every", "latest"] | None = None
+    keep_maps: int | None = Field(default=None, ge=0)
+    checkpoint: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not NAME.fullmatch(name):
+            raise ValueError("letters, digits, '_', '-' and '.' only (it names the stream and its topics)")
+        return name
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", url, re.IGNORECASE):
+            raise ValueError(f"{redact_url(url)}: a password in the file; give password_env or password_file")
+        return url
+
+    def settings(self) -> StreamSettings:
+        return StreamSettings(self.policy, self.keep_maps, self.threshold, self.low_threshold)
+
+
+class CamerasFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cameras: list[Camera] = Field(min_length=1)
+
+
+def read_cameras(path: str | Path, checkpoint: str | Path | None = None) -> list[Camera]:
+    """The enabled cameras of ``path``, in file order. Raises AnomstreamError, one line naming the
+    file and the key: YAML errors, an unknown key, a name used twice, a password in the file, a
+    ``password_env`` that is not set, a ``password_file`` that cannot be read or that others can,
+    a ``checkpoint`` other than ``checkpoint`` (the run's)."""
+    where = f"--cameras {path}"
+    data = read_yaml(Path(path))
+    listed = data.get("cameras") if isinstance(data, dict) else None
+    for index, camera in enumerate(listed if isinstance(listed, list) else []):
+        if isinstance(camera, dict) and "password" in camera:
+            raise AnomstreamError(f"{where}: cameras.{index}.password: a password in the file; give "
+                                  f"password_env (an environment variable) or password_file")
+    try:
+        cameras = CamerasFile.model_validate(data).cameras
+    except ValidationError as error:
+        raise AnomstreamError(format_error(where, error)) from None
+    seen: dict[str, int] = {}
+    for index, camera in enumerate(cameras):
+        if camera.name in seen:
+            raise AnomstreamError(f"{where}: cameras.{index}.name: {camera.name!r} is already cameras.{seen[camera.name]}")
+        seen[camera.name] = index
+        if camera.checkpoint is not None and checkpoint is not None and \
+                Path(expand_path(camera.checkpoint, where)).resolve() != Path(checkpoint).resolve():
+            raise AnomstreamError(f"{where}: cameras.{index}.checkpoint: {camera.checkpoint} is not the run's "
+                                  f"--checkpoint {checkpoint}: one model per run (run one anomstream live per model)")
+        credentials(camera, f"{where}: cameras.{index}")  # a missing variable or file: said now, not at connect
+    return [camera for camera in cameras if camera.enabled]
+
+
+def credentials(camera: Camera, where: str) -> Credentials | None:
+    """The camera's user and password from its ``password_env`` / ``password_file`` (None: none
+    given here). Raises AnomstreamError naming ``where`` and the variable or file, never the password."""
+    if camera.password_env is not None:
+        password = os.environ.get(camera.password_env)
+        if not password:
+            raise AnomstreamError(f"{where}.password_env: {camera.password_env} is not set")
+        return Credentials(camera.username or "", password, camera.password_env)
+    if camera.password_file is not None:
+        path = Path(expand_path(camera.password_file, f"{where}.password_file"))
+        try:
+            if path.stat().st_mode & 0o077:
+                raise AnomstreamError(f"{where}.password_file: {path}: readable by other users (chmod 600 it)")
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise AnomstreamError(f"{where}.password_file: {path}: cannot be read ({error.strerror or error})") from None
+        if not lines or not lines[0].strip():
+            raise AnomstreamError(f"{where}.password_file: {path}: empty (its first line is the password)")
+        return Credentials(camera.username or "", lines[0].strip(), str(path))
+    return None  # the source looks them up (netrc, environment); a username here still wins
+
+
+def apply_cameras(sources: list[Source], cameras: list[Camera]) -> None:
+    """Each camera's own settings, transport and credentials onto its source (matched by name)."""
+    by_name = {camera.name: camera for camera in cameras}
+    for source in sources:
+        camera = by_name.get(source.stream_id)
+        if camera is None:
+            continue
+        source.settings = camera.settings()
+        if camera.transport is not None:
+            source.transport = camera.transport
+        found = credentials(camera, f"--cameras: {camera.name}")
+        if found is not None:
+            source.credentials = found
+        elif camera.username is not None and getattr(source, "credentials", None) is not None:
+            source.credentials = replace(source.credentials, user=camera.username)
