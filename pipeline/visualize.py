@@ -73,6 +73,29 @@ def overlay_map(image: np.ndarray, anomaly_map: np.ndarray, high: float) -> np.n
     return cv2.addWeighted(image, 0.6, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.4, 0)
 
 
+def picture_jpeg(image: np.ndarray, size: int) -> bytes:
+    """A camera's picture, uint8 (H, W, 3) RGB, scaled down (never up, area averaging) so its longer
+    side is at most ``size`` px, as JPEG bytes (quality 80): what the live view shows of a camera."""
+    scale = min(1.0, size / max(image.shape[:2]))
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+
+
+def map_png(anomaly_map: np.ndarray, high: float) -> bytes:
+    """An anomaly map (h, w; any float dtype) as a translucent PNG at its own size: JET colours
+    scaled 0..``high``, each pixel as opaque as its value (a quarter of ``high`` and below: clear,
+    ``high`` and above: 75 %), so
+    that laid over the camera's picture (the browser stretches it to the picture: the model saw the
+    whole frame) only what stands out is coloured. Not finite values are clear."""
+    values = anomaly_map.astype(np.float32)
+    scaled = np.clip(np.nan_to_num(values / max(high, 1e-9), nan=0.0, posinf=0.0, neginf=0.0), 0, 1)
+    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)  # BGR
+    alpha = (np.clip((scaled - 0.25) / 0.75, 0, 1) * 0.75 * 255).astype(np.uint8)
+    return cv2.imencode(".png", np.dstack([heat, alpha]))[1].tobytes()
+
+
 def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray, high: float, size: int = 320) -> bytes:
     """A model-input image uint8 (C, H, W) (C = 1 grey or 3 RGB) with its map overlaid
     (:func:`overlay_map`), scaled so the longer side is ``size`` px, as JPEG bytes (quality 85)."""

@@ -1,5 +1,6 @@
 """The live view in a real headless browser (Debian's chromium and chromedriver, installed by
-.ci/run): the page loads, shows each stream's frame, the frame changes, no console errors."""
+.ci/run): the page loads, shows each stream's own picture (its size, not the model's input) with
+the map laid over it, the frame changes, no console errors."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_live_view_page_shows_changing_frames_without_console_errors(ray_session
 
         def shown():
             return browser.execute_script(
-                "return [...document.querySelectorAll('.stream img')].map(i => [i.complete && i.naturalWidth, i.src])")
+                "return [...document.querySelectorAll('.stream .picture img:not(.map)')]"
+                ".map(i => [i.complete && i.naturalWidth, i.src])")
 
         seen: list = []
         while time.monotonic() < deadline and not (len(seen) >= 2 and seen[-1] != seen[0]):
@@ -78,9 +80,19 @@ def test_live_view_page_shows_changing_frames_without_console_errors(ray_session
         assert len(seen) >= 2, f"the page never showed two streams' frames changing: {shown()}"
         cards = browser.find_elements("css selector", ".stream")
         assert len(cards) == 2 and "latency p50" in cards[0].text and "fps" in cards[0].text
-        first = cards[0].find_element("css selector", "img").screenshot_as_png
+        picture = cards[0].find_element("css selector", ".picture")
+        first = picture.screenshot_as_png
         time.sleep(1.5)
-        assert cards[0].find_element("css selector", "img").screenshot_as_png != first  # the picture itself changes
+        assert picture.screenshot_as_png != first  # the picture itself changes
+        # the camera's own picture (Ped2: 360x240), not the 128 px model input; its map laid over it
+        sizes = browser.execute_script(
+            "return [...document.querySelectorAll('.stream .picture img')].map(i => [i.className, i.naturalWidth, "
+            "i.naturalHeight, i.getBoundingClientRect().width, i.getBoundingClientRect().height])")
+        pictures = [size for size in sizes if size[0] == ""]
+        maps = [size for size in sizes if size[0] == "map"]
+        assert [size[1:3] for size in pictures] == [[360, 240], [360, 240]], sizes
+        assert all(size[1] > 0 for size in maps) and [size[3:] for size in maps] == [size[3:] for size in pictures]
+        assert abs(pictures[0][3] / pictures[0][4] - 1.5) < 0.02  # shown at its own aspect ratio
         screenshot = Path(os.environ.get("ANOMSTREAM_VIEW_SCREENSHOT", tmp_path / "live_view.png"))
         browser.save_screenshot(str(screenshot))
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]

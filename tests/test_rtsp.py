@@ -227,11 +227,16 @@ def test_the_view_shows_a_hung_camera_as_stalled_while_it_hangs(rtsp_ready, ray_
             raise AssertionError(f"the card never said {wanted!r}: {text!r}")
 
         assert "down" not in card_text("live, last frame", 20).split()
-        deadline = time.monotonic() + 30  # a scored picture first: the hang keeps it, dimmed
-        while time.monotonic() < deadline and not browser.execute_script(
+        def camera_picture_shown() -> bool:  # the camera's own picture (320x240), not the model's input
+            return browser.execute_script(
                 "const i = [...document.querySelectorAll('.stream')].find(c => c.querySelector('h2').textContent"
-                " === arguments[0]).querySelector('img'); return i.complete && i.naturalWidth > 0", stream):
+                " === arguments[0]).querySelector('.picture img:not(.map)'); return i.complete && i.naturalWidth === 320"
+                " && i.naturalHeight === 240", stream)
+
+        deadline = time.monotonic() + 30  # a scored picture first: the hang keeps it, dimmed
+        while time.monotonic() < deadline and not camera_picture_shown():
             time.sleep(0.2)
+        assert camera_picture_shown()
         camera.hang()
         assert "down" in card_text("stalled since", STALL_S + 5).split()
         browser.save_screenshot(os.environ.get("ANOMSTREAM_RTSP_SCREENSHOT", str(tmp_path / "stalled.png")))

@@ -166,11 +166,12 @@ class WriterActor:
 
     def view_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per stream (open or closed in this run): its accounting attrs, the view's summary (trace,
-        fps, shown frame's time and score) and the shown frame as JPEG bytes (``jpeg``, or None)."""
+        fps, shown frame's time and score) and the shown frame as JPEG bytes (``jpeg``, or None) with,
+        over a camera's picture, its map as a translucent PNG (``map_png``, or None)."""
         accounting = self.store.accounting
         return {stream_id: {**accounting.get(stream_id, StreamAccounting(live=True)).attrs(), **view.summary(),
                             **(self.events.view(stream_id) if self.events is not None else {"threshold": None, "events": []}),
-                            "jpeg": view.jpeg()}
+                            "jpeg": view.jpeg(), "map_png": view.map_png()}
                 for stream_id, view in (self.views or {}).items()}
 
     def accounting(self) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,7 @@ from pipeline.driver.reporter import Reporter, reporter_for
 from pipeline.driver.resume import nothing_to_resume
 from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, cause_line
-from pipeline.events.recorder import EventSettings, event_settings
+from pipeline.events.recorder import EventSettings, event_settings, events_folder
 from pipeline.sources.base import Source
 from pipeline.sources.cameras_file import apply_cameras
 from pipeline.sources.resolve import Inputs, resolve_inputs
@@ -46,7 +46,7 @@ from pipeline.store import check_target, result_arrays, stream_key
 from pipeline.store.location import credential_environment, is_url
 from pipeline.store.lock import StoreLock
 from pipeline.stream.windows import WindowShape
-from pipeline.view.server import LiveView, check_port
+from pipeline.view.server import VIEW_PICTURE_SIZE, LiveView, check_port
 from workers.writer import WriterConfig
 
 REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the loop replaces the actor)
@@ -339,6 +339,8 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
             live = plan.live if plan.live.batch is not None else \
                 replace(plan.live, batch=1 if report.device == "cpu" else settings.batch_size)
+            if plan.view is not None:
+                live = replace(live, preview_size=VIEW_PICTURE_SIZE)  # the camera's own picture for the view
             setup = StreamSetup(run.shape, run.arrays, settings, live, view=plan.view is not None,
                                 events=run.events is not None)
             ScoringLoop(sources, setup, pool, report, reporter, deadline, stop).run()
@@ -366,7 +368,8 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport) -> Iterator[No
 
     try:
         if plan.view is not None:
-            servers.append(LiveView(writers.view_snapshot, *plan.view, token=plan.view_token, run_figures=figures))
+            servers.append(LiveView(writers.view_snapshot, *plan.view, token=plan.view_token, run_figures=figures,
+                                    snapshots=events_folder(plan.out).absolute()))
             print(f"live view: {servers[-1].url}", file=sys.stderr, flush=True)
         if plan.metrics is not None:
             servers.append(LiveView(writers.accounting, *plan.metrics, token=plan.view_token, page=False,

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.errors import SourceError, error_reason
-from pipeline.sources.base import Gap, Source
+from pipeline.sources.base import Frame, Gap, Source
 from pipeline.stream.windows import EndOfStream, WindowAssembler, WindowBatch
+from pipeline.visualize import picture_jpeg
 
 Policy = Literal["every", "latest"]
 
@@ -36,7 +37,8 @@ class LiveOptions:
     ``frozen_after_s``: the same image for this long is a frozen feed (not scored);
     ``idle_wait_s``: how long a request waits for a first frame before it answers "nothing yet";
     ``maps_every``: retention, the store keeps the anomaly map of every Nth frame (0: none; scores
-    and status are always kept)."""
+    and status are always kept); ``preview_size``: a batch whose newest target is the newest frame
+    read carries that frame's picture scaled to this longer side, as JPEG, for the live view (0: none)."""
 
     policy: Policy | None = None
     max_latency_ms: float | None = None
@@ -44,6 +46,7 @@ class LiveOptions:
     maps_every: int = 1
     frozen_after_s: float | None = 5.0
     idle_wait_s: float = 0.5
+    preview_size: int = 0
 
     def policy_for(self, source: Source) -> Policy:
         """The stream's own (a cameras file's), else the run's, else the source kind's."""
@@ -64,6 +67,7 @@ class LiveWindows:
         self.stopping = False
         self.done = False
         self.error: str | None = None
+        self.newest: Frame | None = None  # the newest frame read, as the camera sent it (for the view's picture)
         self.thread = threading.Thread(target=self._read, name=f"read {source.stream_id}", daemon=True)
         self.thread.start()
 
@@ -78,6 +82,7 @@ class LiveWindows:
                         self.assembler.note_gap(item)
                     elif not self.stopping:
                         self.assembler.push(item)
+                        self.newest = item
                     if self.stopping:
                         break
                     self.changed.notify_all()
@@ -97,20 +102,24 @@ class LiveWindows:
             assembler = self.assembler
             self.changed.wait_for(lambda: assembler.pending or assembler.gaps or self.done or self.stopping,
                                   timeout=self.options.idle_wait_s)
-            if assembler.pending:
-                latest = self.policy == "latest"
-                max_age = self.options.max_latency_ms / 1000 if latest and self.options.max_latency_ms else None
-                batch = assembler.batch(self.options.batch or self.batch_size, newest=latest,
-                                        max_age_s=max_age, now=time.time())
-                self.changed.notify_all()  # room in the buffer
-                return batch, assembler.take_gaps()
-            if self.done or self.stopping:
-                now = time.time()
-                assembler.end(now)
-                gap = self.source.open_gap(now)
-                gaps = assembler.take_gaps() + ((gap,) if gap is not None else ())
-                return EndOfStream(self.source.stream_id, assembler.count, self.error, gaps=gaps)
-            return None, assembler.take_gaps()
+            if not assembler.pending:
+                if self.done or self.stopping:
+                    now = time.time()
+                    assembler.end(now)
+                    gap = self.source.open_gap(now)
+                    gaps = assembler.take_gaps() + ((gap,) if gap is not None else ())
+                    return EndOfStream(self.source.stream_id, assembler.count, self.error, gaps=gaps)
+                return None, assembler.take_gaps()
+            latest = self.policy == "latest"
+            max_age = self.options.max_latency_ms / 1000 if latest and self.options.max_latency_ms else None
+            batch = assembler.batch(self.options.batch or self.batch_size, newest=latest,
+                                    max_age_s=max_age, now=time.time())
+            self.changed.notify_all()  # room in the buffer
+            newest, gaps = self.newest, assembler.take_gaps()
+        if batch is not None and self.options.preview_size and newest is not None and batch.size \
+                and int(batch.frame_index[-1]) == newest.index:  # encoded outside the lock: reading goes on
+            batch.preview = (newest.index, picture_jpeg(newest.image, self.options.preview_size))
+        return batch, gaps
 
     def stop(self) -> None:
         """Stop reading: what was read is still handed out, then the EndOfStream."""

@@ -51,6 +51,7 @@ class WindowBatch:
     timestamp: np.ndarray  # (B,) float64, the frame's capture time (seconds; since the epoch for live sources)
     status: np.ndarray  # (B,) uint8 FrameStatus: SCORED = has a full window and is to be scored
     window_length: int
+    preview: tuple[int, bytes] | None = None  # live view: (frame index, JPEG of the camera's picture) of a target
 
     @property
     def size(self) -> int:

@@ -3,7 +3,10 @@ on a thread of the driver). Each stream's latest scored frame with its anomaly m
 of the last minute, frame rate, latency and frame counts; the page polls two JSON/JPEG endpoints.
 
 Endpoints: ``/`` (the page), ``/api/streams`` (JSON), ``/api/streams/{n}/frame.jpg`` (the n-th
-stream's shown frame; 404 before its first scored frame), ``/metrics`` (Prometheus text format:
+stream's shown frame: the camera's picture, at most VIEW_PICTURE_SIZE px, or the model's input with
+its map; 404 before its first scored frame), ``/api/streams/{n}/map.png`` (its map, translucent, to
+lay over the camera's picture; 404 when the frame is the model's input), ``/api/events/{id}.jpg``
+(an ended event's snapshot, from the run's events folder), ``/metrics`` (Prometheus text format:
 :mod:`pipeline.view.metrics`), ``/healthz`` (JSON: the run is up, each camera's state). Without the
 page (``--metrics PORT`` and no ``--view``) only the last two. Beyond loopback every request needs
 the run's token (:mod:`pipeline.view.access`).
@@ -11,6 +14,7 @@ the run's token (:mod:`pipeline.view.access`).
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -24,6 +28,8 @@ from pipeline.view.metrics import health, metrics_text
 
 PAGE = Path(__file__).with_name("page.html")
 SNAPSHOT_MAX_AGE_S = 0.25  # requests within this share one round trip to the writer
+VIEW_PICTURE_SIZE = 640  # the longer side of a camera's picture on the page, pixels
+EVENT_ID = re.compile(r"[0-9a-f]{20}")
 
 
 def check_port(host: str, port: int, option: str = "--view") -> None:
@@ -39,18 +45,19 @@ def check_port(host: str, port: int, option: str = "--view") -> None:
 class LiveView:
     """Serves ``snapshot()`` (stream id -> the writer's view snapshot, or its accounting attrs alone
     when ``page`` is False) on ``host:port`` from a daemon thread; ``run_figures()``: the run's own
-    figures for /metrics (``events``); ``token``: what every request must carry (None: none).
+    figures for /metrics (``events``); ``token``: what every request must carry (None: none);
+    ``snapshots``: the events folder whose ``<event_id>.jpg`` the page shows (None: none).
     Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
 
     def __init__(self, snapshot: Callable[[], dict[str, dict[str, Any]]], host: str, port: int,
                  token: str | None = None, page: bool = True,
-                 run_figures: Callable[[], dict[str, Any]] | None = None) -> None:
+                 run_figures: Callable[[], dict[str, Any]] | None = None, snapshots: Path | None = None) -> None:
         import uvicorn
 
         check_port(host, port)  # uvicorn would log a traceback-like report instead
 
         self._snapshot, self._cached, self._cached_at = snapshot, {}, 0.0
-        self.token, self.page, self.run_figures = token, page, run_figures or dict
+        self.token, self.page, self.run_figures, self.snapshots = token, page, run_figures or dict, snapshots
         self._lock = threading.Lock()
         config = uvicorn.Config(self._app(), host=host, port=port, log_level="error", access_log=False)
         self.server = uvicorn.Server(config)
@@ -117,8 +124,8 @@ class LiveView:
 
         @app.get("/api/streams")
         def streams() -> list[dict[str, Any]]:
-            return [{"id": stream_id, "index": n, **{k: v for k, v in view.items() if k != "jpeg"},
-                     "has_frame": view["jpeg"] is not None}
+            return [{"id": stream_id, "index": n, **{k: v for k, v in view.items() if k not in ("jpeg", "map_png")},
+                     "has_frame": view["jpeg"] is not None, "has_map": view.get("map_png") is not None}
                     for n, (stream_id, view) in enumerate(sorted(self.snapshot().items()))]
 
         @app.get("/api/streams/{index}/frame.jpg")
@@ -127,6 +134,20 @@ class LiveView:
             if not 0 <= index < len(views) or views[index][1]["jpeg"] is None:
                 raise HTTPException(status_code=404, detail="no scored frame yet")
             return Response(views[index][1]["jpeg"], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+        @app.get("/api/streams/{index}/map.png")
+        def map_overlay(index: int) -> Response:
+            views = sorted(self.snapshot().items())
+            if not 0 <= index < len(views) or views[index][1].get("map_png") is None:
+                raise HTTPException(status_code=404, detail="no map to lay over a camera picture")
+            return Response(views[index][1]["map_png"], media_type="image/png", headers={"Cache-Control": "no-store"})
+
+        @app.get("/api/events/{event_id}.jpg")
+        def event_snapshot(event_id: str) -> Response:
+            path = self.snapshots / f"{event_id}.jpg" if self.snapshots is not None and EVENT_ID.fullmatch(event_id) else None
+            if path is None or not path.is_file():
+                raise HTTPException(status_code=404, detail="no such event snapshot")
+            return Response(path.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     def close(self) -> None:
         self.server.should_exit = True

@@ -1,6 +1,7 @@
 """What the live view shows of each stream, kept by the writer as rows are written: the latest
-scored frame (as the model saw it) with its anomaly map, the score trace of the last minute and the
-frame rate of the source. No web code here."""
+scored frame with its anomaly map (the camera's own picture, scaled for the page, with the map as a
+translucent PNG to lay over it; or, for a batch without the picture, the model's input with the map
+blended in), the score trace of the last minute and the frame rate of the source. No web code here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from pipeline.store import FrameStatus
 from pipeline.stream.windows import WindowBatch
-from pipeline.visualize import overlay_jpeg
+from pipeline.visualize import map_png, overlay_jpeg
 
 TRACE_S = 60.0  # seconds of score trace kept
 RATE_S = 5.0  # frames per second over the last this many seconds
@@ -29,6 +30,7 @@ class StreamView:
         self.frame_time = float("nan")
         self.frame_score = float("nan")
         self.map_high: deque[float] = deque(maxlen=64)  # recent maps' 99th percentiles: one colour scale
+        self.picture: bytes | None = None  # JPEG of the camera's picture of the shown frame (None: the model input)
 
     def add_rows(self, values: dict[str, np.ndarray]) -> None:
         """``values``: the rows just written (``timestamp``, ``status``, ``score``)."""
@@ -49,6 +51,10 @@ class StreamView:
         if not len(scored) or batch.context + scored[-1] < 0:
             return
         target = int(scored[-1])
+        picture = batch.preview[1] if batch.preview and batch.preview[0] == int(values["frame_index"][target]) else None
+        if picture is None and self.picture is not None and self.frame_time > values["timestamp"][target] - 2.0:
+            return  # a camera's picture shown recently stays: no flicker to the model's input
+        self.picture = picture
         self.image = batch.frames[batch.context + target]
         self.map = values["map"][target]
         self.frame_time, self.frame_score = float(values["timestamp"][target]), float(values["score"][target])
@@ -63,10 +69,20 @@ class StreamView:
         return (len(self.captured) - 1) / max(self.captured[-1] - self.captured[0], 1e-9)
 
     def jpeg(self) -> bytes | None:
-        """The shown frame with its map overlaid, JPEG; None before the first scored frame."""
+        """The shown frame, JPEG: the camera's picture, else the model's input with its map
+        overlaid; None before the first scored frame."""
         if self.image is None:
             return None
+        if self.picture is not None:
+            return self.picture
         return overlay_jpeg(self.image, self.map, max(self.map_high) if self.map_high else 1.0, VIEW_SIZE)
+
+    def map_png(self) -> bytes | None:
+        """The shown frame's map as a translucent PNG to lay over :meth:`jpeg` (None: no camera
+        picture, the map is in the JPEG already)."""
+        if self.picture is None or self.map is None:
+            return None
+        return map_png(self.map, max(self.map_high) if self.map_high else 1.0)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the trace, the frame rate, the shown frame's time and score."""
@@ -75,4 +91,5 @@ class StreamView:
             "fps": round(self.fps, 2),
             "frame_time": None if np.isnan(self.frame_time) else self.frame_time,
             "frame_score": None if np.isnan(self.frame_score) else round(self.frame_score, 5),
+            "picture": "camera" if self.picture is not None else "model_input",
         }
