@@ -24,6 +24,7 @@ from pipeline.sources.network import DEFAULT_TRANSPORT, NetworkCapture, StreamIn
 
 LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
 USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"
+CLOCK_TOLERANCE_S = 2.0  # a camera clock further behind ours than this is not trusted (frames stamped on arrival)
 
 
 def redact_url(address: str) -> str:
@@ -178,6 +179,8 @@ class _OpenCvCapture:
     def __init__(self, capture, read_timeout_s: float) -> None:
         self.capture, self.read_timeout_s, self.failure = capture, read_timeout_s, None
 
+    captured = None  # OpenCV does not say when the camera took a picture: frames are stamped on arrival
+
     def read(self):
         import cv2
 
@@ -236,6 +239,8 @@ class CameraSource(Source):
         self.reconnections = 0
         self.warnings = []
         self.info: StreamInfo | None = None  # what the camera sends, once connected (RTSP)
+        self.clock = "arrival"  # what its frames are stamped with: "camera" (RTCP) or "arrival"
+        self._last_stamp = 0.0
         self._gap: tuple[float, str] | None = None  # (last frame's time, kind) while the camera is down
         self._status = LiveStatus("connecting", time.time())
         self.credentials = None if device is not None else camera_credentials(address)
@@ -260,7 +265,19 @@ class CameraSource(Source):
         return status
 
     def stream_info(self) -> dict[str, str | int | float | None] | None:
-        return self.info.to_dict() if self.info is not None else None
+        """What the camera sends, and ``clock``: what frames are stamped with (``camera``: its own
+        clock through RTCP, else ``arrival``)."""
+        return {**self.info.to_dict(), "clock": self.clock} if self.info is not None else None
+
+    def _capture_time(self, captured: float | None, now: float) -> float:
+        """A frame's timestamp: when the camera took it by its own clock (RTSP with RTCP sender
+        reports), where that clock agrees with ours (at most CLOCK_TOLERANCE_S before arrival, not
+        after it); else its arrival. Always after the previous frame's."""
+        camera = captured is not None and now - CLOCK_TOLERANCE_S <= captured <= now + 0.05
+        self.clock = "camera" if camera else "arrival"
+        taken = max(min(captured, now), self._last_stamp + 1e-6) if camera else max(now, self._last_stamp + 1e-6)
+        self._last_stamp = taken
+        return taken
 
     def _set_status(self, state: str, reason: str | None = None, last_frame: float | None = None) -> None:
         old = self._status
@@ -409,16 +426,18 @@ class CameraSource(Source):
                 image = capture.read() if capture is not None else None
                 if image is not None:
                     now = time.time()
+                    taken = self._capture_time(capture.captured, now)
                     if self._gap is not None:
-                        gap, self._gap = self.open_gap(now), None
+                        gap, self._gap = self.open_gap(taken), None
                         yield gap
                     failures = refusals = 0
                     self._set_status("live", last_frame=now)
-                    yield Frame(self.stream_id, index, now, image)
+                    yield Frame(self.stream_id, index, taken, image)
                     index, last_frame = index + 1, now
                     continue
                 if self._gap is None:
-                    self._gap = (last_frame, capture.failure if capture is not None else "disconnect")
+                    # from the last frame's own timestamp (the camera's clock, or its arrival)
+                    self._gap = (self._last_stamp or last_frame, capture.failure if capture is not None else "disconnect")
                     stalled = self._gap[1] == "stall"
                     self._set_status("stalled" if stalled else "down",
                                      f"no frame for {time.time() - last_frame:.1f} s" if stalled else "connection lost")

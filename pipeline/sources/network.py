@@ -68,7 +68,9 @@ class NetworkCapture:
         self.info = StreamInfo(stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
                                round(float(rate), 3) if rate else None, transport)
         self._frames = self.container.decode(stream)
+        self._time_base = stream.time_base
         self.failure: str | None = None
+        self.captured: float | None = None  # the last picture's capture time on the camera's clock (RTCP)
 
     def read(self) -> np.ndarray | None:
         """The next picture, uint8 (H, W, 3) RGB; None when the connection is over (see ``failure``)."""
@@ -79,7 +81,18 @@ class NetworkCapture:
             silent = time.monotonic() - started >= 0.9 * self.read_timeout_s
             self.failure = "stall" if silent else "disconnect"
             return None
+        self.captured = self._camera_time(frame.pts)
         return frame.to_ndarray(format="rgb24")
+
+    def _camera_time(self, pts: int | None) -> float | None:
+        """When the camera took a picture of timestamp ``pts``, by its own clock (seconds since the
+        epoch): FFmpeg's RTSP reader maps RTP time to wall time through the camera's RTCP sender
+        reports (``start_time_realtime``: the wall time of pts 0); None before the first report
+        and for cameras that send none."""
+        start = self.container.start_time_realtime
+        if pts is None or not start or start <= 0:
+            return None
+        return start / 1e6 + float(pts * self._time_base)
 
     def release(self) -> None:
         try:
