@@ -24,7 +24,7 @@ from pipeline.sources.network import DEFAULT_TRANSPORT, NetworkCapture, StreamIn
 
 LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
 USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"
-CLOCK_TOLERANCE_S = 2.0  # a camera clock further behind ours than this is not trusted (frames stamped on arrival)
+CLOCK_TOLERANCE_S = 5.0  # a camera clock further behind ours than this is not trusted (frames stamped on arrival)
 
 
 def redact_url(address: str) -> str:
@@ -179,7 +179,7 @@ class _OpenCvCapture:
     def __init__(self, capture, read_timeout_s: float) -> None:
         self.capture, self.read_timeout_s, self.failure = capture, read_timeout_s, None
 
-    captured = None  # OpenCV does not say when the camera took a picture: frames are stamped on arrival
+    captured = least_lag = None  # OpenCV does not say when the camera took a picture: frames are stamped on arrival
 
     def read(self):
         import cv2
@@ -269,11 +269,13 @@ class CameraSource(Source):
         clock through RTCP, else ``arrival``)."""
         return {**self.info.to_dict(), "clock": self.clock} if self.info is not None else None
 
-    def _capture_time(self, captured: float | None, now: float) -> float:
+    def _capture_time(self, captured: float | None, least_lag: float | None, now: float) -> float:
         """A frame's timestamp: when the camera took it by its own clock (RTSP with RTCP sender
-        reports), where that clock agrees with ours (at most CLOCK_TOLERANCE_S before arrival, not
-        after it); else its arrival. Always after the previous frame's."""
-        camera = captured is not None and now - CLOCK_TOLERANCE_S <= captured <= now + 0.05
+        reports), where that clock agrees with ours: the connection's least lag (arrival - capture,
+        the frame that waited least: the clocks' offset and the shortest way) is between -50 ms and
+        CLOCK_TOLERANCE_S, so a frame late for our own reasons keeps its lateness; else its arrival.
+        Always after the previous frame's, never after its arrival."""
+        camera = captured is not None and least_lag is not None and -0.05 <= least_lag <= CLOCK_TOLERANCE_S
         self.clock = "camera" if camera else "arrival"
         taken = max(min(captured, now), self._last_stamp + 1e-6) if camera else max(now, self._last_stamp + 1e-6)
         self._last_stamp = taken
@@ -426,7 +428,7 @@ class CameraSource(Source):
                 image = capture.read() if capture is not None else None
                 if image is not None:
                     now = time.time()
-                    taken = self._capture_time(capture.captured, now)
+                    taken = self._capture_time(capture.captured, capture.least_lag, now)
                     if self._gap is not None:
                         gap, self._gap = self.open_gap(taken), None
                         yield gap

@@ -71,6 +71,7 @@ class NetworkCapture:
         self._time_base = stream.time_base
         self.failure: str | None = None
         self.captured: float | None = None  # the last picture's capture time on the camera's clock (RTCP)
+        self.least_lag: float | None = None  # the smallest arrival - captured of this connection (seconds)
 
     def read(self) -> np.ndarray | None:
         """The next picture, uint8 (H, W, 3) RGB; None when the connection is over (see ``failure``)."""
@@ -82,6 +83,9 @@ class NetworkCapture:
             self.failure = "stall" if silent else "disconnect"
             return None
         self.captured = self._camera_time(frame.pts)
+        if self.captured is not None:
+            lag = time.time() - self.captured
+            self.least_lag = lag if self.least_lag is None else min(self.least_lag, lag)
         return frame.to_ndarray(format="rgb24")
 
     def _camera_time(self, pts: int | None) -> float | None:
