@@ -116,7 +116,10 @@ def read_checkpoint_and_hash(path: str | Path, expected_model: str | None = None
     for another model than ``expected_model``."""
     path = Path(path)
     if not path.is_file():
-        raise AnomstreamError(f"{path}: checkpoint file not found")
+        from pipeline.assets import CONFIGS
+
+        shipped = ", ".join(str(p) for p in sorted((CONFIGS / "weights").glob("*.pt")))
+        raise AnomstreamError(f"{path}: checkpoint file not found (shipped checkpoints: {shipped or 'none'})")
     data = path.read_bytes()
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

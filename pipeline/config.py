@@ -155,7 +155,7 @@ def format_error(source: str, error: ValidationError, prefix: str = "", shown: i
             message = f"should be a mapping of keys, got {type(complaint['input']).__name__} {complaint['input']!r:.40}"
         else:
             message = complaint["msg"]
-        parts.append(f"{location}: {message}")
+        parts.append(f"{location}: {message}" if location else message)
     more = f" (+{error.error_count() - shown} more)" if error.error_count() > shown else ""
     return f"{source}: {'; '.join(parts)}{more}"
 
@@ -252,7 +252,11 @@ def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read ({getattr(error, 'strerror', None) or 'not UTF-8 text'})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except DuplicateKeyError as error:
         raise ConfigError(f"{path}: {error}; give it once (YAML would keep only the last)") from None
     except yaml.YAMLError as error:

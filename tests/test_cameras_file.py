@@ -63,7 +63,16 @@ cameras:
     ("cameras:\n  - {name: a, url: rtsp://h/x, password: hunter2}\n",
      "cameras.0.password: a password in the file; give password_env (an environment variable) or password_file"),
     ("cameras:\n  - {name: a, url: 'rtsp://u:hunter2@h/x'}\n",
-     "cameras.0.url: Value error, rtsp://u:***@h/x: a password in the file; give password_env or password_file"),
+     "cameras.0.url: Value error, rtsp://***@h/x: a password in the file; give password_env or password_file"),
+    ("cameras:\n  - {name: a, url: 'rtsp://u:hun/ter2@h/x'}\n",
+     "cameras.0.url: Value error, rtsp://***@h/x: a password in the file; give password_env or password_file"),
+    ("cameras:\n  - {name: a, url: rtsp://h/x, threshold: .nan}\n",
+     "cameras.0: Value error, threshold must be finite, got nan"),
+    ("cameras:\n  - {name: a, url: rtsp://h/x, threshold: 3, low_threshold: 4}\n",
+     "cameras.0: Value error, low_threshold 4.0 is above threshold 3.0"),
+    ("cameras:\n  - {name: a, url: rtsp://h/x, low_threshold: 2}\n",
+     "cameras.0: Value error, low_threshold without threshold (the camera's own threshold)"),
+    ("- a\n", "should be a mapping of keys, got list ['a']"),
     ("cameras:\n  - {name: a, url: rtsp://h/x, password_env: ANOMSTREAM_TEST_UNSET}\n",
      "cameras.0.password_env: ANOMSTREAM_TEST_UNSET is not set"),
     ("cameras:\n  - {name: a, url: rtsp://h/x, policy: newest}\n", "cameras.0.policy: Input should be 'every' or 'latest'"),
@@ -77,7 +86,7 @@ def test_each_mistake_is_one_line_naming_the_file_and_key(tmp_path, monkeypatch,
     path = _file(tmp_path, text)
     with pytest.raises(AnomstreamError) as refused:
         read_cameras(path)
-    assert str(refused.value) in (f"--cameras {path}: {error}", f"{path}: {error}")
+    assert str(refused.value) in (f"--cameras {path}: {error}", f"{path}: {error}"), str(refused.value)
     assert "hunter2" not in str(refused.value)
 
 
@@ -95,3 +104,21 @@ def test_password_files_others_can_read_and_other_checkpoints_are_refused(tmp_pa
                                               r"one model per run \(run one anomstream live per model\)$"):
         read_cameras(path, tmp_path / "run.pt")
     assert read_cameras(path, other)[0].name == "a"
+
+
+def test_a_camera_named_like_another_input_is_refused_and_urls_keep_their_user(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATE_PASSWORD", "gate-secret")
+    path = _file(tmp_path, """cameras:
+  - {name: camera_0, url: 'rtsp://viewer@10.0.0.5/live', password_env: GATE_PASSWORD}
+  - {name: dock, url: rtsp://10.0.0.6/live, password_env: ANOMSTREAM_TEST_UNSET, enabled: false}
+""")
+    monkeypatch.delenv("ANOMSTREAM_TEST_UNSET", raising=False)
+    cameras = read_cameras(path)  # a disabled camera's password is not asked for
+    gate = CameraSource(cameras[0].url, stream_id="camera_0")
+    apply_cameras([gate], cameras)
+    assert (gate.credentials.user, gate.credentials.password) == ("viewer", "gate-secret")
+    device = CameraSource("camera:0", stream_id="camera_0", device=0)
+    with pytest.raises(AnomstreamError, match="^--cameras: camera 'camera_0' has the name of another input's stream; "
+                                              "rename the camera$"):
+        apply_cameras([device, CameraSource(cameras[0].url, stream_id="camera_0")], cameras)
+    assert device.settings == StreamSettings() and device.credentials is None

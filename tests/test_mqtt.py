@@ -142,3 +142,22 @@ def test_the_jpeg_of_a_snapshot_is_the_overlay_written_beside_the_log():
     picture = overlay_jpeg(image, np.ones((16, 16), np.float32), 1.0)
     sent = publications("anomstream", {"type": "end", "stream_id": "c", "snapshot_jpeg": base64.b64encode(picture).decode()})
     assert sent[1] == ("anomstream/c/snapshot", picture, True) and sent[0][2] is False
+
+
+def test_each_camera_change_is_a_message_of_its_own(tmp_path):
+    """A camera seen stalled from outside keeps its live state's time; coming back, each change
+    still has an id of its own (receivers deduplicate by it), and the same change told again
+    (a writer taking over) has the same id."""
+    settings = EventSettings(EventRule(5.0), str(tmp_path / "events"), mqtt=parse_mqtt("mqtt://127.0.0.1:9"))
+    changes = [LiveStatus("live", 100.0, 100.0), LiveStatus("stalled", 105.0, 100.0), LiveStatus("live", 100.0, 106.0),
+               LiveStatus("stalled", 109.0, 106.0), LiveStatus("live", 100.0, 110.0)]
+    names = []
+    for _ in range(2):  # the second recorder: the same changes told again
+        recorder = EventRecorder(settings, "run-key", deliver=False)
+        for status in changes:
+            recorder.camera("cam", status)
+        recorder.close(0)
+        pending = (tmp_path / "events" / "outbox_mqtt" / "pending").glob("*.json")
+        names.append(sorted(path.name.split("-", 2)[2] for path in pending))
+    assert len(names[0]) == 5 and len(set(names[0])) == 5  # five state changes, five ids
+    assert set(names[1]) == set(names[0])  # told again: the same ids, delivered once after deduplication

@@ -194,4 +194,8 @@ def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, caps
     assert main(["train", config("detection", "detection"), "--quiet"]) == 2
     assert "dsr detection stage needs stage1_checkpoint" in capsys.readouterr().err
     assert main(["train", config("detection", "detection"), "--stage1", str(tmp_path / "none.pt"), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.pt'}: checkpoint file not found"
+    from pipeline.assets import CONFIGS
+
+    shipped = f"{CONFIGS / 'weights' / 'avenue_dmad_cpu.pt'}, {CONFIGS / 'weights' / 'ped2_dmad_cpu.pt'}"
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'none.pt'}: checkpoint file not found "
+                                               f"(shipped checkpoints: {shipped})")

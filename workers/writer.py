@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from pipeline.calibration.scene import SceneCheck
 from pipeline.calibration.scores import Calibration, StreamCalibrator
 from pipeline.errors import StoreError, first_line
 from pipeline.events.recorder import EventRecorder, EventSettings
@@ -85,6 +86,7 @@ class WriterActor:
         self.views: dict[str, StreamView] | None = {} if config.view else None
         self.calibration = Calibration.from_payload(config.calibration) if config.calibration else None
         self.calibrators: dict[str, StreamCalibrator] = {}
+        self.scenes: dict[str, SceneCheck] = {}  # per calibrated stream: does the model fit its scene
         created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None
         run_key = f"{config.path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
         self.events = EventRecorder(config.events, run_key, fresh=config.mode == "overwrite", deliver=config.deliver) \
@@ -112,6 +114,8 @@ class WriterActor:
             self.views[stream_id] = StreamView()
         if self.calibration is not None:
             self.calibrators[stream_id] = StreamCalibrator(self.calibration)
+            self.scenes[stream_id] = SceneCheck(self.calibration.threshold, self.calibration.false_alarm_rate,
+                                                self.calibration.smoothing)
             if isinstance(self.store, ResultStore):  # a resumed stream: the trailing window goes on from its rows
                 names = ["frame_index", "status", "score_raw", *(name for name in arrays if name.startswith("term_"))]
                 self.calibrators[stream_id].smoothed(*_calibration_inputs(self.store.last_rows(
@@ -127,6 +131,7 @@ class WriterActor:
         None: neither is taken from these rows)."""
         if stream_id in self.calibrators:
             values = {**values, "score": self.calibrators[stream_id](*_calibration_inputs(values))}
+            self._judge_scene(stream_id, values)
         self.store.write(stream_id, row, values)
         if self.events is not None:
             self.store.add_events(stream_id, self.events.feed(stream_id, values, batch))
@@ -135,6 +140,18 @@ class WriterActor:
             if batch is not None:
                 self.views[stream_id].add_frame(batch, values)
         return row + len(values["score"])
+
+    def _judge_scene(self, stream_id: str, values: dict[str, np.ndarray]) -> None:
+        """Whether the model fits the stream's scene (:mod:`pipeline.calibration.scene`): a change
+        goes into the stream's ``scene`` attr and, misfit, drift or fitting again, to the event sinks."""
+        check = self.scenes[stream_id]
+        before = check.state
+        verdict = check.feed(values["frame_index"], values["score"], values["status"] == FrameStatus.SCORED)
+        if verdict is None:
+            return
+        self.store.accounting[stream_id].scene = verdict.to_dict()
+        if self.events is not None and (verdict.state != "fits" or before in ("misfit", "drift")):
+            self.events.scene(stream_id, verdict.to_dict())
 
     def write_unscored(self, stream_id: str, row: int, batch: WindowBatch, dropped: bool) -> int:
         """A batch that no replica scores: nothing in it to score, or dropped (policy ``latest``)."""

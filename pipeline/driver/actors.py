@@ -8,6 +8,7 @@ ones included. Nothing else in the driver creates or kills an actor.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,9 @@ from workers.replica import ReplicaActor
 from workers.writer import WriterActor, WriterConfig
 
 SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs would starve replicas
+# Ray keeps an event per actor call in its GCS (for the dashboard's task list): a live run makes tens of
+# calls a second, and the GCS grew ~6 MiB/min for it (benchmarks/live_memory.py). ANOMSTREAM_DEBUG keeps them.
+TASK_EVENTS = bool(os.environ.get("ANOMSTREAM_DEBUG"))
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,11 @@ class ActorPool:
             ray.kill(actor)
 
     def _new_replica(self) -> Any:
-        return ReplicaActor.options(**self.placement.replica_options).remote(self.placement.replica_threads)
+        return ReplicaActor.options(**self.placement.replica_options, enable_task_events=TASK_EVENTS).remote(
+            self.placement.replica_threads)
 
     def _new_decoder(self) -> Any:
-        decoder = DecodeActor.options(num_cpus=SMALL_CPU).remote()
+        decoder = DecodeActor.options(num_cpus=SMALL_CPU, enable_task_events=TASK_EVENTS).remote()
         self.decoders.append(decoder)
         return decoder
 
@@ -114,7 +119,8 @@ class ActorPool:
         """A writer on the driver's node with the store open, and its pid. Writer 0 opens the store
         in ``mode`` and delivers the webhook's outbox; the others join it (resume mode)."""
         config = replace(self.writer_config, mode=mode if index == 0 else "resume", deliver=index == 0)
-        writer = WriterActor.options(num_cpus=0, scheduling_strategy=self.placement.writer_node).remote()
+        writer = WriterActor.options(num_cpus=0, scheduling_strategy=self.placement.writer_node,
+                                     enable_task_events=TASK_EVENTS).remote()
         try:
             return writer, ray.get(writer.open.remote(config))
         except BaseException:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.calibration.scene import scene_line
 from pipeline.driver.busy import NodeBusy
 from pipeline.driver.report import RunReport, event_line, live_table
 from pipeline.driver.schedule import ReplicaSlot
@@ -139,5 +140,8 @@ class EventRelay:
         self.due = time.monotonic() + EVENTS_EVERY_S
         news, self.held = [*self.held, *self.writers.take_events()], []
         for message in news:
+            if message["type"].startswith("scene_"):  # a warning, whatever the reporter: quiet runs and score too
+                print(f"warning: {scene_line(message['stream_id'], message)}", file=sys.stderr, flush=True)
+                continue
             self.report.events += message["type"] == "end"
             self.reporter.event(message)

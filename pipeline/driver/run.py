@@ -241,6 +241,10 @@ def _prepare(plan: RunPlan) -> _Prepared:
     if inputs.sources:  # else the run ends here: the inputs' errors are all there is to say
         calibrated = run_calibration(payload, sha256, plan.calibration)
         events = event_settings(plan.events, calibrated.threshold if calibrated else None, out)
+        own = [camera.name for camera in plan.cameras if camera.threshold is not None]
+        if events is None and own:
+            raise AnomstreamError(f"--cameras: camera {own[0]!r} sets a threshold, but this run has no events (an "
+                                  f"uncalibrated checkpoint): calibrate it (anomstream calibrate) or pass --event-threshold")
     run_attrs = {
         "model": model.name, "checkpoint": str(plan.checkpoint), "checkpoint_sha256": sha256,
         "score_kind": "calibrated" if calibrated else "raw",

@@ -5,8 +5,9 @@ Assistant users expect:
   connection is lost (the broker sends the last will); retained;
 - ``PREFIX/CAMERA/state``: the camera's state as JSON (``state``, ``since``, ``last_frame``,
   ``reason``), on every change; retained;
-- ``PREFIX/CAMERA/events``: an event's ``start`` / ``update`` / ``end`` message (score, threshold,
-  frame numbers and capture times), the webhook's JSON without the picture;
+- ``PREFIX/CAMERA/events``: an event's ``start`` / ``end`` message (score, threshold, frame numbers
+  and capture times) and the scene messages (``scene_misfit``, ...), the webhook's JSON without the
+  picture;
 - ``PREFIX/CAMERA/snapshot``: the JPEG of an ended event's peak frame with its map; retained.
 
 CAMERA is the stream's name with every character but letters, digits, ``_``, ``-`` and ``.``
@@ -33,6 +34,7 @@ from pipeline.errors import AnomstreamError
 from pipeline.events.webhook import shown_url
 
 DEFAULT_PREFIX = "anomstream"
+MQTT_ERR_AGAIN = -1  # paho: queued, waiting for a connection
 KEEPALIVE_S = 30
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -124,6 +126,7 @@ class MqttSender:
         self.available = f"{broker.prefix}/available"
         self._connected = threading.Event()
         self._refusal: str | None = None
+        self._in_flight: dict[str, list[Any]] = {}  # message id -> its publications' MQTTMessageInfo, until acknowledged
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if broker.username or broker.password:
             self.client.username_pw_set(broker.username, broker.password)
@@ -153,11 +156,18 @@ class MqttSender:
         raises ConnectionError while the broker is not connected, TimeoutError without an answer."""
         if not self._connected.wait(min(self.timeout_s, 1.0)):
             raise ConnectionError(self._refusal or "not connected")
-        for topic, payload, retain in publications(self.broker.prefix, message):
-            info = self.client.publish(topic, payload, qos=1, retain=retain)
+        message_id = message["message_id"]
+        infos = self._in_flight.get(message_id)
+        if infos is None or any(info.rc not in (0, MQTT_ERR_AGAIN) for info in infos):
+            # published once: paho keeps an unacknowledged one and sends it again on reconnecting, in
+            # order; publishing it anew would put it behind newer messages (a stale retained state)
+            infos = self._in_flight[message_id] = [self.client.publish(topic, payload, qos=1, retain=retain)
+                                                   for topic, payload, retain in publications(self.broker.prefix, message)]
+        for info in infos:
             info.wait_for_publish(self.timeout_s)
             if not info.is_published():
-                raise TimeoutError(f"no acknowledgement for {topic} within {self.timeout_s:g} s")
+                raise TimeoutError(f"no acknowledgement within {self.timeout_s:g} s")
+        del self._in_flight[message_id]
 
     def cause(self, error: Exception) -> str:
         return f"{self.shown}: {str(error) or type(error).__name__}"

@@ -16,7 +16,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,8 @@ class EventOptions:
     end_after: int = 10
     min_frames: int = 3
     merge_gap: int = 25
-    webhook: str | None = None
-    mqtt: str | None = None
+    webhook: str | None = field(default=None, repr=False)  # may hold credentials
+    mqtt: str | None = field(default=None, repr=False)
 
 
 def event_settings(options: EventOptions, calibrated_threshold: float | None, store: str | Path) -> EventSettings | None:
@@ -126,6 +126,7 @@ class EventRecorder:
         self.camera_live: dict[str, bool] = {}  # per camera stream: whether it was live when last told
         self.camera_recent: dict[str, deque[dict[str, Any]]] = {}  # camera_up / camera_down, for the view
         self.camera_states: dict[str, str] = {}  # per camera stream: its state when last told
+        self.camera_since: dict[str, float] = {}  # per camera stream: when that state began
 
     def open_stream(self, stream_id: str, threshold: float | None = None, low_threshold: float | None = None) -> None:
         """``threshold``: the stream's own (a cameras file), else the run's; its ``low_threshold``
@@ -159,10 +160,12 @@ class EventRecorder:
         driver and the view, as events are (``connecting`` and a stream's end are no such message).
         Ids are made of the stream, the kind and the time of the change: told again (a writer taking
         over, --resume), a change is the same message."""
-        if self.camera_states.get(stream_id) != status.state:
+        previous = self.camera_since.get(stream_id)  # the change before: a camera live again after a stall
+        if self.camera_states.get(stream_id) != status.state:  # seen from outside keeps its first ``since``
             self.camera_states[stream_id] = status.state
+            self.camera_since[stream_id] = status.since
             self._send({"type": "camera_state", "stream_id": stream_id, "state": status.state, "since": status.since,
-                        "last_frame": status.last_frame, "reason": status.reason}, status.since)
+                        "last_frame": status.last_frame, "reason": status.reason}, (status.since, previous))
         if status.state in ("stopped", "connecting"):
             return
         is_live, was_live = status.state == "live", self.camera_live.get(stream_id)
@@ -174,19 +177,29 @@ class EventRecorder:
         record = {"type": "camera_up" if is_live else "camera_down", "stream_id": stream_id, "state": status.state,
                   "time": status.since, "last_frame": status.last_frame, "reason": status.reason}
         self.log.write((json.dumps(record) + "\n").encode("utf-8"))
-        self._send(record, status.since)
+        self._send(record, (status.since, previous))
         self.news.append(record)
         self.camera_recent.setdefault(stream_id, deque(maxlen=RECENT_EVENTS)).append(record)
 
-    def _send(self, record: dict[str, Any], time: float | None = None, message_id: str | None = None) -> None:
-        """``record`` into each outbox that takes it, under ``message_id`` (a camera message's: made
-        of the run, the stream, its kind and ``time``)."""
+    def _send(self, record: dict[str, Any], time: Any = None, message_id: str | None = None) -> None:
+        """``record`` into each outbox that takes it, under ``message_id`` (a camera or scene
+        message's: made of the run, the stream, its kind and ``time``, the change's own time and the
+        one before)."""
         if message_id is None:
             key = f"{self.run_key}\0{record['stream_id']}\0{record['type']}\0{time!r}"
             message_id = f"{hashlib.sha256(key.encode()).hexdigest()[:20]}-{record['type']}"
         for outbox, wanted in self.outboxes:
             if wanted(record):
                 outbox.put(message_id, record)
+
+    def scene(self, stream_id: str, verdict: dict[str, Any]) -> None:
+        """The model does not fit the stream's scene (``misfit``), the scene drifted from it
+        (``drift``) or fits it again (:mod:`pipeline.calibration.scene`): a ``scene_<state>``
+        message to the log, the webhook, MQTT and the driver (which prints it as a warning)."""
+        record = {"type": f"scene_{verdict['state']}", "stream_id": stream_id, **verdict}
+        self.log.write((json.dumps(record) + "\n").encode("utf-8"))
+        self._send(record, float(verdict["first_frame"]))
+        self.news.append(record)
 
     def close_stream(self, stream_id: str) -> list[dict[str, Any]]:
         """The stream ended: its open event is over. Returns the finished events' table rows."""

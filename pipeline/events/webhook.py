@@ -27,13 +27,13 @@ KEPT_4XX = frozenset({401, 403, 404, 405, 407, 408, 429})
 
 
 def shown_url(url: str) -> str:
-    """``url`` with its credentials (``user:password@``) replaced by ``***@``: safe to print or store."""
+    """``url`` with everything up to its last ``@`` after the scheme replaced by ``***@``: safe to
+    print or store (a password may hold ``/``, ``?`` or ``#`` unencoded; a path with an ``@`` is
+    masked too: shown less, never a secret)."""
     scheme, slashes, rest = url.partition("://")
-    if not slashes:
+    if not slashes or "@" not in rest:
         return url
-    end = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=len(rest))
-    at = rest[:end].rfind("@")  # the last one: a password may hold an unencoded '/' (base64 tokens)
-    return f"{scheme}://***@{rest[at + 1:]}" if at >= 0 else url
+    return f"{scheme}://***@{rest[rest.rfind('@') + 1:]}"
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,17 @@ import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import format_error, read_yaml
 from pipeline.errors import AnomstreamError
+from pipeline.events.detector import EventRule
+from pipeline.events.webhook import shown_url
 from pipeline.paths import expand_path
 from pipeline.sources.base import Source, StreamSettings
-from pipeline.sources.camera import Credentials, redact_url
+from pipeline.sources.camera import Credentials
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -73,9 +76,19 @@ class Camera(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", url, re.IGNORECASE):
-            raise ValueError(f"{redact_url(url)}: a password in the file; give password_env or password_file")
+        _, slashes, rest = url.partition("://")
+        if slashes and "@" in rest and ":" in rest[:rest.rfind("@")]:  # user:password@ (a password may hold '/' or '?')
+            raise ValueError(f"{shown_url(url)}: a password in the file; give password_env or password_file")
         return url
+
+    @model_validator(mode="after")
+    def _events(self) -> Camera:
+        if self.low_threshold is not None and self.threshold is None:
+            raise ValueError("low_threshold without threshold (the camera's own threshold)")
+        if self.threshold is not None:
+            low = self.low_threshold if self.low_threshold is not None else max(self.threshold - 1.0, self.threshold / 2)
+            EventRule(self.threshold, low)  # ValueError: not finite, or low above the threshold
+        return self
 
     def settings(self) -> StreamSettings:
         return StreamSettings(self.policy, self.keep_maps, self.threshold, self.low_threshold)
@@ -112,7 +125,8 @@ def read_cameras(path: str | Path, checkpoint: str | Path | None = None) -> list
                 Path(expand_path(camera.checkpoint, where)).resolve() != Path(checkpoint).resolve():
             raise AnomstreamError(f"{where}: cameras.{index}.checkpoint: {camera.checkpoint} is not the run's "
                                   f"--checkpoint {checkpoint}: one model per run (run one anomstream live per model)")
-        credentials(camera, f"{where}: cameras.{index}")  # a missing variable or file: said now, not at connect
+        if camera.enabled:  # a missing variable or file: said now, not at connect
+            credentials(camera, f"{where}: cameras.{index}")
     return [camera for camera in cameras if camera.enabled]
 
 
@@ -123,7 +137,7 @@ def credentials(camera: Camera, where: str) -> Credentials | None:
         password = os.environ.get(camera.password_env)
         if not password:
             raise AnomstreamError(f"{where}.password_env: {camera.password_env} is not set")
-        return Credentials(camera.username or "", password, camera.password_env)
+        return Credentials(_user(camera), password, camera.password_env)
     if camera.password_file is not None:
         path = Path(expand_path(camera.password_file, f"{where}.password_file"))
         try:
@@ -134,13 +148,27 @@ def credentials(camera: Camera, where: str) -> Credentials | None:
             raise AnomstreamError(f"{where}.password_file: {path}: cannot be read ({error.strerror or error})") from None
         if not lines or not lines[0].strip():
             raise AnomstreamError(f"{where}.password_file: {path}: empty (its first line is the password)")
-        return Credentials(camera.username or "", lines[0].strip(), str(path))
+        return Credentials(_user(camera), lines[0].strip(), str(path))
     return None  # the source looks them up (netrc, environment); a username here still wins
 
 
+def _user(camera: Camera) -> str:
+    """``username``, else the user the URL names (``rtsp://viewer@cam/``), else none."""
+    if camera.username is not None:
+        return camera.username
+    parts = urlsplit(camera.url)
+    return unquote(parts.username) if parts.username else ""
+
+
 def apply_cameras(sources: list[Source], cameras: list[Camera]) -> None:
-    """Each camera's own settings, transport and credentials onto its source (matched by name)."""
+    """Each camera's own settings, transport and credentials onto its source (matched by name).
+    Raises AnomstreamError when another input's stream has a camera's name (the settings and the
+    password would go to the wrong one)."""
     by_name = {camera.name: camera for camera in cameras}
+    named = [source.stream_id for source in sources if source.stream_id in by_name]
+    clashes = sorted({name for name in named if named.count(name) > 1})
+    if clashes:
+        raise AnomstreamError(f"--cameras: camera {clashes[0]!r} has the name of another input's stream; rename the camera")
     for source in sources:
         camera = by_name.get(source.stream_id)
         if camera is None:

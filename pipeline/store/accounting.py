@@ -42,6 +42,7 @@ class StreamAccounting:
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.gaps: list[dict[str, Any]] = []
         self.camera: LiveStatus | None = None  # a camera's state, as its decoder last said
+        self.scene: dict[str, Any] | None = None  # whether the model fits the scene (calibration.scene), once judged
 
     def count(self, status: np.ndarray) -> None:
         """Rows on disk by status (uint8 (n,); 255, no row, is not counted)."""
@@ -70,10 +71,12 @@ class StreamAccounting:
 
     def attrs(self) -> dict[str, Any]:
         """The stream attrs this accounting owns (``camera``: a camera's state, the age of its newest
-        frame as of now, what it sends; cameras only)."""
+        frame as of now, what it sends; cameras only; ``scene``: whether the model fits the scene,
+        once a block of frames was judged: :class:`pipeline.calibration.scene.SceneVerdict`)."""
         camera = {"camera": self.camera.to_dict(time.time())} if self.camera is not None else {}
+        scene = {"scene": self.scene} if self.scene is not None else {}
         return {
-            **camera,
+            **camera, **scene,
             "status_codes": FrameStatus.codes(),
             "frame_counts": {status.name.lower(): int(self.counts[status]) for status in FrameStatus},
             "latency_ms": self.latency_percentiles(),

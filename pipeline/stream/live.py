@@ -25,6 +25,7 @@ from pipeline.stream.windows import EndOfStream, WindowAssembler, WindowBatch
 from pipeline.visualize import picture_jpeg
 
 Policy = Literal["every", "latest"]
+PREVIEW_EVERY_S = 0.4  # a stream's picture for the live view at most this often (the page polls every 0.5 s)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class LiveWindows:
         self.done = False
         self.error: str | None = None
         self.newest: Frame | None = None  # the newest frame read, as the camera sent it (for the view's picture)
+        self._preview_due = 0.0  # monotonic time from which the next picture for the view is made
         self.thread = threading.Thread(target=self._read, name=f"read {source.stream_id}", daemon=True)
         self.thread.start()
 
@@ -117,8 +119,9 @@ class LiveWindows:
             self.changed.notify_all()  # room in the buffer
             newest, gaps = self.newest, assembler.take_gaps()
         if batch is not None and self.options.preview_size and newest is not None and batch.size \
-                and int(batch.frame_index[-1]) == newest.index:  # encoded outside the lock: reading goes on
-            batch.preview = (newest.index, picture_jpeg(newest.image, self.options.preview_size))
+                and int(batch.frame_index[-1]) == newest.index and time.monotonic() >= self._preview_due:
+            self._preview_due = time.monotonic() + PREVIEW_EVERY_S  # the page shows about two a second
+            batch.preview = (newest.index, picture_jpeg(newest.image, self.options.preview_size))  # outside the lock
         return batch, gaps
 
     def stop(self) -> None:

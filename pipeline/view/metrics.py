@@ -11,6 +11,8 @@ Metrics (labels ``stream`` and as named):
 - ``anomstream_latency_seconds{quantile}``: capture to written, over the recent scored frames
   (0.5, 0.95, 0.99: what the store's ``latency_ms`` holds);
 - ``anomstream_gaps_total{kind}``: gaps (``disconnect``, ``stall``, ``frozen``);
+- ``anomstream_scene_fit{state}``: 1 for whether the calibrated model fits the stream's scene
+  (``fits``, ``misfit``, ``drift``: :mod:`pipeline.calibration.scene`), once judged;
 - ``anomstream_events_total``: events that ended in this run (all streams, no ``stream`` label).
 """
 
@@ -23,6 +25,7 @@ from pipeline.sources.base import CAMERA_STATES
 
 STATUSES = ("scored", "warmup", "dropped_behind", "source_gap", "decode_error", "frozen")
 GAP_KINDS = ("disconnect", "stall", "frozen")
+SCENE_STATES = ("fits", "misfit", "drift")
 
 
 class _RunCollector:
@@ -42,7 +45,11 @@ class _RunCollector:
                                 labels=["stream"])
         latency = GaugeMetricFamily("anomstream_latency_seconds", "Capture to written, recent scored frames",
                                     labels=["stream", "quantile"])
+        scene = GaugeMetricFamily("anomstream_scene_fit", "1 for whether the model fits the scene", labels=["stream", "state"])
         for stream_id, attrs in sorted(self.streams.items()):
+            if attrs.get("scene"):
+                for name in SCENE_STATES:
+                    scene.add_metric([stream_id, name], 1.0 if attrs["scene"]["state"] == name else 0.0)
             counts = attrs.get("frame_counts", {})
             for status in STATUSES:
                 frames.add_metric([stream_id, status], counts.get(status, 0))
@@ -59,7 +66,7 @@ class _RunCollector:
                 if attrs.get("latency_ms"):
                     latency.add_metric([stream_id, quantile], attrs["latency_ms"][key] / 1000.0)
         events = CounterMetricFamily("anomstream_events", "Events that ended in this run", value=self.run.get("events", 0))
-        yield from (frames, gaps, state, age, latency, events)
+        yield from (frames, gaps, state, age, latency, scene, events)
 
 
 def metrics_text(streams: dict[str, dict[str, Any]], run: dict[str, Any]) -> bytes:
