@@ -112,19 +112,11 @@ def _cmd_live(args: argparse.Namespace) -> int:
     return _run_scoring(args, options, live, args.duration, served, ROTATIONS.get(args.rotate))
 
 
-def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None,
-                 served: dict | None = None, rotate_s: float | None = None) -> int:
-    """``served``: RunPlan's view, metrics and view_token (live)."""
-    from pipeline.driver.plan import RunPlan
-    from pipeline.driver.run import score_sources
-    from pipeline.events.recorder import EventOptions, events_folder
-    from pipeline.stream.live import LiveOptions
-
-    settings, model_name = _score_settings(args)
-    events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
-                          args.event_merge_gap, args.webhook, args.mqtt)
+def _inputs(args: argparse.Namespace, cameras) -> tuple[list[str], list[str | None]]:
+    """Source specs and their stream names (None: the input's own): the command line's, a
+    cameras file's, a manifest's. Raises AnomstreamError when there is none."""
     specs, stream_ids = list(args.sources), [None] * len(args.sources)
-    for camera in (served or {}).get("cameras", ()):
+    for camera in cameras:
         specs.append(camera.url)
         stream_ids.append(camera.name)
     if getattr(args, "manifest", None):
@@ -136,6 +128,21 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     if not specs:
         raise AnomstreamError(f"{args.command}: no input: give sources, "
                               f"{'or --cameras FILE' if args.command == 'live' else 'or --manifest FILE'}")
+    return specs, stream_ids
+
+
+def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None,
+                 served: dict | None = None, rotate_s: float | None = None) -> int:
+    """``served``: RunPlan's view, metrics and view_token (live)."""
+    from pipeline.driver.plan import RunPlan
+    from pipeline.driver.run import score_sources
+    from pipeline.events.recorder import EventOptions, events_folder
+    from pipeline.stream.live import LiveOptions
+
+    settings, model_name = _score_settings(args)
+    events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
+                          args.event_merge_gap, args.webhook, args.mqtt)
+    specs, stream_ids = _inputs(args, (served or {}).get("cameras", ()))
     plan = RunPlan(specs=specs, stream_ids=stream_ids, checkpoint=args.checkpoint, expected_model=model_name,
                    calibration=args.calibration, out=args.out, mode=_mode(args), rotate_s=rotate_s, settings=settings,
                    source_options=options, live=live or LiveOptions(), duration_s=duration_s, events=events, **(served or {}),

@@ -195,6 +195,37 @@ class _OpenCvCapture:
         self.capture.release()
 
 
+def _readable_name(address: str) -> str:
+    """A camera's stream name from its address: scheme, host, port and path, no user, password or
+    token (``rtsp_cam.local_554_live``). Raises SourceError for a port that is not a number."""
+    parts = urlsplit(address)
+    try:
+        port = f"_{parts.port}" if parts.port else ""
+    except ValueError:
+        raise SourceError(f"{redact_url(address)}: not a valid address (port)") from None
+    named = f"{parts.scheme}_{parts.hostname}{port}{parts.path.split(';', 1)[0]}" if parts.netloc else address
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", named.split("?", 1)[0]).strip("_") or "camera"
+
+
+class FrameClock:
+    """What a camera's frames are stamped with: ``kind`` ``camera`` (its own clock, RTCP) or
+    ``arrival``; ``last``: the newest stamp (0: none yet)."""
+
+    def __init__(self) -> None:
+        self.kind, self.last = "arrival", 0.0
+
+    def stamp(self, captured: float | None, least_lag: float | None, now: float) -> float:
+        """A frame's timestamp: when the camera took it by its own clock (RTSP with RTCP sender
+        reports), where that clock agrees with ours: the connection's least lag (arrival - capture,
+        the frame that waited least: the clocks' offset and the shortest way) is between -50 ms and
+        CLOCK_TOLERANCE_S, so a frame late for our own reasons keeps its lateness; else its arrival.
+        Always after the previous frame's, never after its arrival."""
+        camera = captured is not None and least_lag is not None and -0.05 <= least_lag <= CLOCK_TOLERANCE_S
+        self.kind = "camera" if camera else "arrival"
+        self.last = max(min(captured, now) if camera else now, self.last + 1e-6)
+        return self.last
+
+
 class CameraSource(Source):
     """A live camera: a device (index or /dev/videoN), rtsp://, http(s):// or another FFmpeg URL.
     RTSP is read with PyAV and explicit options (:mod:`pipeline.sources.network`: TCP, no buffering,
@@ -223,14 +254,7 @@ class CameraSource(Source):
                  transport: str = DEFAULT_TRANSPORT) -> None:
         self.address = address  # what is opened; ``describe()`` (names, messages, the store) has no secrets
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
-        parts = urlsplit(address)
-        try:
-            port = f"_{parts.port}" if parts.port else ""
-        except ValueError:
-            raise SourceError(f"{redact_url(address)}: not a valid address (port)") from None
-        named = f"{parts.scheme}_{parts.hostname}{port}{parts.path.split(';', 1)[0]}" if parts.netloc else address
-        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", named.split("?", 1)[0]).strip("_")  # no user, password, token
-        self.stream_id = stream_id or readable or "camera"
+        self.stream_id = stream_id or _readable_name(address)
         self.max_frames = max_frames
         self.frame_count = max_frames
         self.open_timeout_s = open_timeout_s
@@ -239,8 +263,7 @@ class CameraSource(Source):
         self.reconnections = 0
         self.warnings = []
         self.info: StreamInfo | None = None  # what the camera sends, once connected (RTSP)
-        self.clock = "arrival"  # what its frames are stamped with: "camera" (RTCP) or "arrival"
-        self._last_stamp = 0.0
+        self.clock = FrameClock()  # what its frames are stamped with
         self._gap: tuple[float, str] | None = None  # (last frame's time, kind) while the camera is down
         self._status = LiveStatus("connecting", time.time())
         self.credentials = None if device is not None else camera_credentials(address)
@@ -267,19 +290,7 @@ class CameraSource(Source):
     def stream_info(self) -> dict[str, str | int | float | None] | None:
         """What the camera sends, and ``clock``: what frames are stamped with (``camera``: its own
         clock through RTCP, else ``arrival``)."""
-        return {**self.info.to_dict(), "clock": self.clock} if self.info is not None else None
-
-    def _capture_time(self, captured: float | None, least_lag: float | None, now: float) -> float:
-        """A frame's timestamp: when the camera took it by its own clock (RTSP with RTCP sender
-        reports), where that clock agrees with ours: the connection's least lag (arrival - capture,
-        the frame that waited least: the clocks' offset and the shortest way) is between -50 ms and
-        CLOCK_TOLERANCE_S, so a frame late for our own reasons keeps its lateness; else its arrival.
-        Always after the previous frame's, never after its arrival."""
-        camera = captured is not None and least_lag is not None and -0.05 <= least_lag <= CLOCK_TOLERANCE_S
-        self.clock = "camera" if camera else "arrival"
-        taken = max(min(captured, now), self._last_stamp + 1e-6) if camera else max(now, self._last_stamp + 1e-6)
-        self._last_stamp = taken
-        return taken
+        return {**self.info.to_dict(), "clock": self.clock.kind} if self.info is not None else None
 
     def _set_status(self, state: str, reason: str | None = None, last_frame: float | None = None) -> None:
         old = self._status
@@ -428,7 +439,7 @@ class CameraSource(Source):
                 image = capture.read() if capture is not None else None
                 if image is not None:
                     now = time.time()
-                    taken = self._capture_time(capture.captured, capture.least_lag, now)
+                    taken = self.clock.stamp(capture.captured, capture.least_lag, now)
                     if self._gap is not None:
                         gap, self._gap = self.open_gap(taken), None
                         yield gap
@@ -439,7 +450,7 @@ class CameraSource(Source):
                     continue
                 if self._gap is None:
                     # from the last frame's own timestamp (the camera's clock, or its arrival)
-                    self._gap = (self._last_stamp or last_frame, capture.failure if capture is not None else "disconnect")
+                    self._gap = (self.clock.last or last_frame, capture.failure if capture is not None else "disconnect")
                     stalled = self._gap[1] == "stall"
                     self._set_status("stalled" if stalled else "down",
                                      f"no frame for {time.time() - last_frame:.1f} s" if stalled else "connection lost")
