@@ -43,10 +43,12 @@ def run_demo(out: Path, replicas: int = 2, progress: bool = True) -> dict[str, P
     print(f"scored {report.frames} frames in {report.seconds:.1f} s with {report.replicas} replicas "
           f"({report.frames / report.seconds:.1f} fps); frame AUC on this clip: {auc:.3f}")
     source = VideoFileSource(SAMPLE_CLIP)
-    plot = plot_scores(out / "scores.png", frame_index, score, f"DMAD score, Ped2 test clip 02 (AUC {auc:.3f})", labels)
     table = read_events(store, SAMPLE_CLIP.stem)
     events = list(zip(table["start_frame"].tolist(), table["end_frame"].tolist()))
-    threshold = (open_results(store).attrs.get("events") or {}).get("threshold")
+    root_attrs = open_results(store).attrs
+    threshold = (root_attrs.get("events") or {}).get("threshold")
+    plot = plot_scores(out / "scores.png", frame_index, score, f"DMAD score, Ped2 test clip 02 (AUC {auc:.3f})", labels,
+                       threshold, events, calibrated=root_attrs.get("score_kind") == "calibrated")
     print(f"events: {len(events)} ({store.with_name(store.stem + '.events')})")
     overlay = write_overlay(out / "overlay.mp4", source, group["map"][:], score, source.fps or 25.0,
                             events=events, threshold=threshold)

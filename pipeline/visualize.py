@@ -16,22 +16,30 @@ def _anomalous_spans(labels: np.ndarray) -> list[tuple[int, int]]:
 
 
 def plot_scores(path: Path, frame_index: np.ndarray, score: np.ndarray, title: str,
-                labels: np.ndarray | None = None) -> Path:
-    """Score over frames; labelled anomalous frames shaded."""
+                labels: np.ndarray | None = None, threshold: float | None = None,
+                events: list[tuple[int, int]] = (), calibrated: bool = False) -> Path:
+    """Score over frames; labelled anomalous frames shaded, the event threshold as a dashed line
+    and the detected events as hatched spans; ``calibrated``: the axis says what the score means
+    (-log10 of its rate on normal footage)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=110)
     if labels is not None:
         for i, (start, end) in enumerate(_anomalous_spans(labels)):
             ax.axvspan(start - 0.5, end - 0.5, color="tab:red", alpha=0.15, label="labelled anomalous" if i == 0 else None)
+    for i, (start, end) in enumerate(events):
+        ax.axvspan(start - 0.5, end + 0.5, ymin=0.93, ymax=1.0, color="tab:orange", label="event" if i == 0 else None)
     ax.plot(frame_index, score, color="tab:blue", lw=1.5, label="anomaly score")
+    if threshold is not None:
+        rate = f" (1 frame in {10 ** threshold:,.0f} on normal footage)" if calibrated else ""
+        ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"event threshold {threshold:g}{rate}")
     ax.set_xlabel("frame")
-    ax.set_ylabel("score")
+    ax.set_ylabel("calibrated score: -log10 rate on normal footage" if calibrated else "score", fontsize=8)
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -82,6 +82,9 @@ def test_shipped_checkpoint_auc_on_two_ped2_clips(clean_run, ped2, tmp_path, cap
     assert f"offline  micro AUC {result['offline']['micro_auc']:.4f}" in printed
     # the library call gives what the CLI printed
     assert evaluate(out, ped2_frame_labels(ped2), ["offline"]).results["offline"].micro == result["offline"]["micro_auc"]
+    terms = evaluate(out, ped2_frame_labels(ped2), ["raw"], combine="terms")  # not the stored score: said so
+    assert terms.protocol("raw") == ("causal: the model's score terms combined with the checkpoint's weights, "
+                                     "not the stored score") and terms.to_dict()["combine"] == "terms"
 
 
 def test_truncated_video_keeps_frames_before_the_cut(ray_session, sample_clip, shipped_checkpoint, tmp_path, capsys):

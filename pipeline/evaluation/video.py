@@ -114,9 +114,14 @@ class Evaluation:
     unscored_streams: list[str] = field(default_factory=list)  # no scored frame: not in the metrics
     anomalous_without_mask: dict[str, list[int]] | None = None  # with pixel_auc
     score_kind: str = "raw"  # the stored score: "calibrated" (on normal data) or "raw" (the model's own)
+    combine: str = "score"  # what was evaluated: the stored score, or the model's terms combined (``terms``)
 
     def protocol(self, method: str) -> str:
-        """What ``method``'s figure measures, in words (the stored score's kind for ``raw``)."""
+        """What ``method``'s figure measures, in words (the stored score's kind for ``raw``; with
+        ``combine`` ``terms``, the terms, not the stored score)."""
+        if self.combine == "terms":
+            what = "the model's score terms combined with the checkpoint's weights, not the stored score"
+            return f"causal: {what}" if method == "raw" else f"{PROTOCOLS[method]}, of {what}"
         kind = "calibrated: what a live stream gets" if self.score_kind == "calibrated" else self.score_kind
         return PROTOCOLS[method] + (f" ({kind})" if method == "raw" else "")
 
@@ -126,6 +131,7 @@ class Evaluation:
         for name in self.results:
             out[name]["protocol"] = self.protocol(name)
         out["score_kind"] = self.score_kind
+        out["combine"] = self.combine
         out["unscored_streams"] = self.unscored_streams
         if self.pixel_auc is not None:
             out["pixel_auc"] = self.pixel_auc
@@ -149,7 +155,8 @@ def evaluate(path: str | Path, labels: dict[str, np.ndarray], normalisations: li
     for method in normalisations:
         scores = {k: normalise(v, method, smoothing, robust and method == "offline") for k, v in raw.items()}
         results[method] = frame_auc(scores, frame_labels)
-    return Evaluation(results, unscored_streams=unscored_streams(path), score_kind=attrs.get("score_kind", "raw"))
+    return Evaluation(results, unscored_streams=unscored_streams(path), score_kind=attrs.get("score_kind", "raw"),
+                      combine=combine)
 
 
 def store_pixel_auc(path: str | Path, masks_for_stream: Callable[[str], Iterable[np.ndarray]],
