@@ -23,6 +23,7 @@ from pipeline.driver.report import RunReport
 from pipeline.driver.reporter import Reporter
 from pipeline.driver.schedule import ReplicaSlot
 from pipeline.driver.writers import WriterSet
+from pipeline.sources.base import StreamSettings
 from pipeline.store import StoredStream
 from pipeline.stream.live import LiveOptions
 from pipeline.stream.windows import BatchHeader, EndOfStream, WindowShape
@@ -66,6 +67,7 @@ class FakeSource:
     def __init__(self, stream_id: str, frames: int, live: bool = False) -> None:
         self.stream_id, self.frame_count, self.is_live = stream_id, None if live else frames, live
         self.frames, self.fps, self.live_policy, self.warnings = frames, 10.0, "latest" if live else "every", []
+        self.settings = StreamSettings()  # no cameras file: the run's own settings
 
     def describe(self) -> str:
         return f"{self.stream_id}.avi"
