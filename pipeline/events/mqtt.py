@@ -27,10 +27,10 @@ import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import AnomstreamError
+from pipeline.events.sending import url_from_file
 from pipeline.events.webhook import shown_url
 
 DEFAULT_PREFIX = "anomstream"
@@ -61,7 +61,7 @@ class MqttBroker:
 def parse_mqtt(given: str) -> MqttBroker:
     """``--mqtt``'s value (see the module's text). Raises a one-line AnomstreamError naming --mqtt,
     its credentials masked."""
-    url = _url_from_file(given[1:]) if given.startswith("@") else given
+    url = url_from_file("--mqtt", given[1:], "the broker's mqtt:// URL") if given.startswith("@") else given
     shown = shown_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
@@ -77,16 +77,6 @@ def parse_mqtt(given: str) -> MqttBroker:
     unquote = urllib.parse.unquote
     return MqttBroker(parts.hostname, port or (8883 if tls else 1883), tls, prefix,
                       unquote(parts.username) if parts.username else None, unquote(parts.password) if parts.password else None)
-
-
-def _url_from_file(name: str) -> str:
-    try:
-        words = Path(name).expanduser().read_text(encoding="utf-8").split()
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnomstreamError(f"--mqtt @{name}: cannot read the file ({getattr(error, 'strerror', None) or error})") from None
-    if not words:
-        raise AnomstreamError(f"--mqtt @{name}: the file is empty (it should hold the broker's mqtt:// URL)")
-    return words[0]
 
 
 def topic_name(stream_id: str) -> str:

@@ -215,31 +215,36 @@ class EventRecorder:
         detector = self.detectors[stream_id]
         ended, lines = [], []
         for kind, event in messages:
+            picture = None
             if kind == "end":
-                self._snapshot(event, detector.peak_payload(event))
+                picture = self._snapshot(event, detector.peak_payload(event))
                 ended.append(event.to_dict())
             record = message(kind, event)
             lines.append(json.dumps(record) + "\n")
-            if self.outboxes:
-                self._send(self._with_picture(record, event) if kind == "end" else record, message_id=f"{event.event_id}-{kind}")
+            if self.outboxes:  # an end message goes out with its picture inline: the receiver needs no file here
+                sent = {**record, "snapshot_jpeg": base64.b64encode(picture).decode("ascii")} if picture else record
+                self._send(sent, message_id=f"{event.event_id}-{kind}")
             self.news.append(record)
             self.recent[stream_id].append(record)
         if lines:
             self.log.write("".join(lines).encode("utf-8"))
         return ended
 
-    def _snapshot(self, event: Event, kept: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """The peak frame with its map as ``<event_id>.jpg`` (written whole, then renamed)."""
+    def _snapshot(self, event: Event, kept: tuple[np.ndarray, np.ndarray] | None) -> bytes | None:
+        """The peak frame with its map as ``<event_id>.jpg`` (written whole, then renamed); returns
+        the JPEG (None: no peak frame kept)."""
         if kept is None:
-            return
+            return None
         image, anomaly_map = kept
         finite = anomaly_map[np.isfinite(anomaly_map)]
         high = float(np.percentile(finite.astype(np.float32), 99.5)) if finite.size else 1.0
         path = self.folder / f"{event.event_id}.jpg"
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(overlay_jpeg(image, anomaly_map, high))
+        picture = overlay_jpeg(image, anomaly_map, high)
+        temporary.write_bytes(picture)
         temporary.replace(path)
         event.snapshot = path.name
+        return picture
 
     def view(self, stream_id: str) -> dict[str, Any]:
         """For the live view: the threshold, the stream's recent event messages, whether one is
@@ -261,14 +266,3 @@ class EventRecorder:
         self.log.close()
         left = [outbox.close(wait_s) for outbox, _ in self.outboxes]
         return Undelivered(sum(left), [line for outbox, _ in self.outboxes for line in outbox.problems()])
-
-    def _with_picture(self, record: dict[str, Any], event: Event) -> dict[str, Any]:
-        """An end message as the outboxes send it: with its snapshot inline (``snapshot_jpeg``,
-        base64), so that the receiver needs no access to this machine's files."""
-        if event.snapshot is None:
-            return record
-        try:
-            picture = (self.folder / event.snapshot).read_bytes()
-        except OSError:
-            return record
-        return {**record, "snapshot_jpeg": base64.b64encode(picture).decode("ascii")}

@@ -3,7 +3,10 @@ message is refused for good (:class:`Refused`) rather than failed for now (any o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
+
+from pipeline.errors import AnomstreamError
 
 
 class Refused(Exception):
@@ -30,3 +33,16 @@ class Sender(Protocol):
 
     def close(self) -> None:
         """Let go of connections (last words, such as MQTT's offline, included)."""
+
+
+def url_from_file(option: str, name: str, holds: str) -> str:
+    """The first word of file ``name`` (``OPTION @FILE``: a URL out of sight of ``ps``); a one-line
+    AnomstreamError naming ``option`` when it cannot be read or is empty (``holds``: what it should
+    hold, for that message)."""
+    try:
+        words = Path(name).expanduser().read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnomstreamError(f"{option} @{name}: cannot read the file ({getattr(error, 'strerror', None) or error})") from None
+    if not words:
+        raise AnomstreamError(f"{option} @{name}: the file is empty (it should hold {holds})")
+    return words[0]

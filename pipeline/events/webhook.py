@@ -15,11 +15,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import AnomstreamError
-from pipeline.events.sending import Refused
+from pipeline.events.sending import Refused, url_from_file
 
 MAX_REDIRECTS = 5  # 307 / 308 hops followed for one POST
 # 4xx answers about the URL, its credentials or the moment, not the message: kept and tried again
@@ -57,7 +56,7 @@ def parse_webhook(given: str) -> Webhook:
     """``--webhook``'s value: an http(s) URL, with ``user:password@`` for HTTP Basic auth, or
     ``@FILE``: the URL is the file's first word (off the command line, which ``ps`` shows).
     Raises a one-line AnomstreamError naming --webhook, its credentials masked."""
-    url = _url_from_file(given[1:]) if given.startswith("@") else given
+    url = url_from_file("--webhook", given[1:], "the webhook's URL") if given.startswith("@") else given
     shown = shown_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
@@ -71,17 +70,6 @@ def parse_webhook(given: str) -> Webhook:
         pair = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
         authorization = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
     return Webhook(urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), authorization)
-
-
-def _url_from_file(name: str) -> str:
-    """The first word of file ``name`` (``--webhook @FILE``); a one-line AnomstreamError when there is none."""
-    try:
-        words = Path(name).expanduser().read_text(encoding="utf-8").split()
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnomstreamError(f"--webhook @{name}: cannot read the file ({getattr(error, 'strerror', None) or error})") from None
-    if not words:
-        raise AnomstreamError(f"--webhook @{name}: the file is empty (it should hold the webhook's URL)")
-    return words[0]
 
 
 class _RedirectRefused(urllib.error.HTTPError):

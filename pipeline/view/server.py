@@ -128,19 +128,20 @@ class LiveView:
                      "has_frame": view["jpeg"] is not None, "has_map": view.get("map_png") is not None}
                     for n, (stream_id, view) in enumerate(sorted(self.snapshot().items()))]
 
+        def shown(index: int, key: str, media_type: str, missing: str) -> Response:
+            """The n-th stream's picture ``key`` of the view snapshot, or 404 saying ``missing``."""
+            views = sorted(self.snapshot().items())
+            if not 0 <= index < len(views) or views[index][1].get(key) is None:
+                raise HTTPException(status_code=404, detail=missing)
+            return Response(views[index][1][key], media_type=media_type, headers={"Cache-Control": "no-store"})
+
         @app.get("/api/streams/{index}/frame.jpg")
         def frame(index: int) -> Response:
-            views = sorted(self.snapshot().items())
-            if not 0 <= index < len(views) or views[index][1]["jpeg"] is None:
-                raise HTTPException(status_code=404, detail="no scored frame yet")
-            return Response(views[index][1]["jpeg"], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+            return shown(index, "jpeg", "image/jpeg", "no scored frame yet")
 
         @app.get("/api/streams/{index}/map.png")
         def map_overlay(index: int) -> Response:
-            views = sorted(self.snapshot().items())
-            if not 0 <= index < len(views) or views[index][1].get("map_png") is None:
-                raise HTTPException(status_code=404, detail="no map to lay over a camera picture")
-            return Response(views[index][1]["map_png"], media_type="image/png", headers={"Cache-Control": "no-store"})
+            return shown(index, "map_png", "image/png", "no map to lay over a camera picture")
 
         @app.get("/api/events/{event_id}.jpg")
         def event_snapshot(event_id: str) -> Response:
