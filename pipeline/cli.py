@@ -96,7 +96,8 @@ def _cmd_live(args: argparse.Namespace) -> int:
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
                           connect_timeout_s=_connect_timeout(args), auth_retries=args.auth_retries,
                           auth_backoff_s=args.auth_backoff)
-    options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True)
+    options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True, decoder_threads=args.decoder_threads,
+                            scale_in_decoder=args.scale_in_decoder)
     live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None,
                        maps_every=args.keep_maps)
     served = {"view": (args.view_host, args.view) if args.view is not None else None,
@@ -502,8 +503,8 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live.add_argument("sources", nargs="*", metavar="source", help=SOURCE_HELP)
     live.add_argument("--cameras", metavar="FILE",
                       help="a YAML file of cameras (name, url, username, password_env or password_file, transport, "
-                           "threshold, policy, keep_maps, enabled): see docs/live.md, Cameras file; with or without "
-                           "sources on the command line")
+                           "decoder_threads, threshold, policy, keep_maps, enabled): see docs/live.md, Cameras file; "
+                           "with or without sources on the command line")
     live.add_argument("--policy", choices=["every", "latest"],
                       help="every: score every frame delivered (backpressure); latest: bounded latency, whole windows "
                            "dropped when the replicas fall behind (default: latest for cameras, every for recordings)")
@@ -520,6 +521,12 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live.add_argument("--auth-backoff", type=_at_least(0, float), default=60.0, metavar="SECONDS",
                       help="wait between tries of a camera that refused its credentials (default 60: cameras lock "
                            "accounts after a few wrong logins)")
+    live.add_argument("--decoder-threads", type=_at_least(1), default=1, metavar="N",
+                      help="an RTSP camera's decoder threads (default 1; slice threads: no added delay, they help "
+                           "only streams encoded in slices)")
+    live.add_argument("--scale-in-decoder", action="store_true",
+                      help="RTSP: decode straight to the model's input size (1080p: ~40%% less decoder CPU); FFmpeg's "
+                           "scaling is not the calibration's, raw scores move by ~2%% (docs/live.md)")
     live.add_argument("--frozen-after", type=_at_least(0, float), default=5.0, metavar="SECONDS",
                       help="the same image for this long is a frozen feed: a gap, not scored (default 5; 0: off)")
     live.add_argument("--keep-maps", type=_at_least(0), default=1, metavar="N",

@@ -36,6 +36,7 @@ cameras:
     username: admin
     password_file: {secret}
     transport: udp
+    decoder_threads: 2
   - name: dock
     url: rtsp://10.0.0.7/live
     enabled: false
@@ -49,6 +50,7 @@ cameras:
     assert (gate.credentials.user, gate.credentials.password, gate.credentials.origin) == ("viewer", "gate-secret",
                                                                                          "GATE_PASSWORD")
     assert (yard.credentials.user, yard.credentials.password, yard.transport) == ("admin", "yard-secret", "udp")
+    assert (gate.decoder_threads, yard.decoder_threads) == (1, 2)
     assert "secret" not in repr(gate) + repr(yard) + repr(cameras)
 
 

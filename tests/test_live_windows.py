@@ -235,3 +235,29 @@ def test_any_mix_of_requests_gaps_and_drops_scores_only_whole_contiguous_windows
                 _check_windows(batch, 5)
                 for target in batch.frame_index[batch.valid]:
                     assert not gaps_at & set(range(target - 3, target + 1))
+
+
+def test_a_camera_held_by_the_scorer_under_policy_every_stays_live():
+    """Policy ``every`` pauses reading when the buffer is full: the newest frame then ages because
+    nothing reads the camera, which is not a hung camera."""
+    from pipeline.sources.camera import CameraSource, Reconnect
+
+    class _FastCamera(CameraSource):
+        def _frames(self):
+            for i in range(1000):
+                now = time.time()
+                self._set_status("live", last_frame=now)
+                yield _frame(i, t=now)
+
+    source = _FastCamera("rtsp://127.0.0.1:9/cam", stream_id="cam", reconnect=Reconnect(stall_timeout_s=0.2))
+    live = LiveWindows(source, 3, 4, 8, 1, LiveOptions(policy="every"))
+    time.sleep(0.6)  # nobody asks: the buffer fills and the reader waits for room
+    assert live.held
+    now = time.time()
+    assert source.live_status(now).state == "stalled"  # what the age alone would say
+    status = live.camera_status(now)
+    assert (status.state, status.reason) == ("live", "reading held: the replicas are behind (policy every)")
+    live.next()  # room again: the reader reads on (and fills the buffer again at once)
+    time.sleep(0.05)
+    assert live.camera_status(time.time()).last_frame > status.last_frame
+    live.stop()

@@ -30,6 +30,7 @@ def _accounting() -> dict[str, dict]:
     camera = StreamAccounting(live=True)
     status = np.array([FrameStatus.WARMUP] * 4 + [FrameStatus.SCORED] * 10 + [FrameStatus.DROPPED_BEHIND] * 3, np.uint8)
     camera.rows_written(status, np.full(len(status), now - 0.2), now)
+    camera.rows_written(np.array([FrameStatus.SCORED] * 2, np.uint8), np.array([now - 0.07, now - 3.0]), now)
     camera.add_gaps([{"start": now - 9, "end": now - 8, "kind": "stall"}])
     camera.camera = LiveStatus("stalled", now - 3, last_frame=now - 5, reason="no frame for 5.0 s")
     recording = StreamAccounting(live=False)
@@ -43,8 +44,9 @@ def _samples(text: bytes) -> dict[tuple, float]:
 
 
 def test_metrics_say_what_the_accounting_says():
-    samples = _samples(metrics_text(_accounting(), {"events": 4}))
-    assert samples[("anomstream_frames_total", (("status", "scored"), ("stream", "cam1")))] == 10
+    samples = _samples(metrics_text(_accounting(), {"events": 4, "replica_busy": {"node-a": 0.75},
+                                                    "outbox": {"webhook": 0, "mqtt": 3}}))
+    assert samples[("anomstream_frames_total", (("status", "scored"), ("stream", "cam1")))] == 12
     assert samples[("anomstream_frames_total", (("status", "dropped_behind"), ("stream", "cam1")))] == 3
     assert samples[("anomstream_frames_total", (("status", "scored"), ("stream", "clip")))] == 7
     assert samples[("anomstream_gaps_total", (("kind", "stall"), ("stream", "cam1")))] == 1
@@ -54,6 +56,14 @@ def test_metrics_say_what_the_accounting_says():
     assert samples[("anomstream_latency_seconds", (("quantile", "0.5"), ("stream", "cam1")))] == pytest.approx(0.2, abs=0.05)
     assert not [key for key in samples if key[0].startswith("anomstream_camera") and ("stream", "clip") in key[1]]
     assert samples[("anomstream_events_total", ())] == 4
+    buckets = {dict(labels)["le"]: value for (name, labels), value in samples.items()
+               if name == "anomstream_frame_latency_seconds_bucket" and ("stream", "cam1") in labels}
+    assert buckets == {"0.05": 0, "0.1": 1, "0.25": 11, "0.5": 11, "1": 11, "2.5": 11, "5": 12, "10": 12, "+Inf": 12}
+    assert samples[("anomstream_frame_latency_seconds_count", (("stream", "cam1"),))] == 12
+    assert samples[("anomstream_frame_latency_seconds_sum", (("stream", "cam1"),))] == pytest.approx(10 * 0.2 + 3.07, abs=0.01)
+    assert not [key for key in samples if key[0].startswith("anomstream_frame_latency") and ("stream", "clip") in key[1]]
+    assert samples[("anomstream_replica_busy_ratio", (("node", "node-a"),))] == 0.75
+    assert samples[("anomstream_outbox_messages", (("sink", "mqtt"),))] == 3
 
 
 def _free_port() -> int:

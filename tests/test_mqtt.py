@@ -161,3 +161,26 @@ def test_each_camera_change_is_a_message_of_its_own(tmp_path):
         names.append(sorted(path.name.split("-", 2)[2] for path in pending))
     assert len(names[0]) == 5 and len(set(names[0])) == 5  # five state changes, five ids
     assert set(names[1]) == set(names[0])  # told again: the same ids, delivered once after deduplication
+
+
+def test_streams_whose_names_give_one_topic_are_refused_and_a_camera_given_up_unseen_is_down(tmp_path):
+    from pipeline.events.mqtt import check_topics
+
+    broker = parse_mqtt("mqtt://127.0.0.1/site")
+    check_topics(["gate", "yard", "gate"], broker)  # one stream named twice is the same topic
+    with pytest.raises(AnomstreamError) as refused:
+        check_topics(["gate", "my cam", "my_cam"], broker)
+    assert str(refused.value) == ("--mqtt: streams 'my cam' and 'my_cam' share the topic site/my_cam; "
+                                  "name the cameras apart (--cameras name)")
+    recorder = EventRecorder(EventSettings(EventRule(5.0), str(tmp_path / "events")), "run-key", deliver=False)
+    t0 = time.time()
+    for stream_id in ("never", "ended"):
+        recorder.open_stream(stream_id)
+        recorder.camera(stream_id, LiveStatus("connecting", t0))
+    recorder.camera("never", LiveStatus("stopped", t0 + 1, None, "rtsp://cam/: camera is unreachable or cannot be opened"))
+    recorder.camera("ended", LiveStatus("live", t0 + 1, t0 + 1))
+    recorder.camera("ended", LiveStatus("stopped", t0 + 2, t0 + 1.5))  # a stream's end: not a camera going down
+    recorder.close(0)
+    downs = [json.loads(line) for line in (tmp_path / "events" / "events.jsonl").read_text().splitlines()]
+    assert [(m["type"], m["stream_id"], m["state"]) for m in downs] == [("camera_down", "never", "stopped")]
+    assert downs[0]["reason"] == "rtsp://cam/: camera is unreachable or cannot be opened"

@@ -127,6 +127,9 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     assert samples[("anomstream_camera_state", (("state", "stalled"), ("stream", stream)))] == 1
     assert samples[("anomstream_camera_state", (("state", "live"), ("stream", f"rtsp_127.0.0.1_{steady.port}_cam")))] == 1
     assert samples[("anomstream_frames_total", (("status", "scored"), ("stream", stream)))] > 0
+    assert samples[("anomstream_frame_latency_seconds_count", (("stream", stream),))] == \
+        samples[("anomstream_frames_total", (("status", "scored"), ("stream", stream)))]
+    assert ("anomstream_outbox_messages", (("sink", "mqtt"),)) in samples
     assert scraped["healthz"]["cameras"][stream] == "stalled" and scraped["healthz"]["cameras_not_live"] == 1
     # seen stalled in the store within the stall timeout of the last frame (+ the writer's and this poll's lag)
     assert seen["stalled"] - seen["hung"] < STALL_S + 1.5, seen
@@ -147,7 +150,8 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     assert group.attrs["reconnections"] == 2
     camera = group.attrs["camera"]
     assert camera["state"] == "stopped" and camera["info"] == {"codec": "h264", "width": 320, "height": 240,
-                                                               "fps": 10.0, "transport": "tcp", "clock": "camera"}
+                                                               "fps": 10.0, "transport": "tcp", "clock": "camera",
+                                                               "decoded": None, "decoder_threads": 1}
     # stamped by the camera's clock (RTCP): glass to store, so at least the frame interval the test
     # server's live source takes to "capture" a picture (GStreamer stamps its start): 100 ms
     assert group.attrs["latency_ms"]["p50"] > 100 and other.attrs["latency_ms"]["p50"] > 100

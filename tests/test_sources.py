@@ -161,3 +161,33 @@ def test_camera_secrets_and_bad_ports_stay_out_of_names_and_messages():
     assert camera.describe() == "rtsp://admin:***@cam:554/live;***?***" and camera.stream_id == "rtsp_cam_554_live"
     with pytest.raises(SourceError, match=r"^http://u:\*\*\*@cam:80a/: not a valid address \(port\)$"):
         CameraSource("http://u:pw@cam:80a/")
+
+
+def test_a_network_capture_decodes_straight_to_the_size_frames_are_used_at(shared_data):
+    """vtest.avi (768x576): to the model's 128 px square, or to the view's 640 px picture in its
+    own aspect; near the full picture scaled by OpenCV, as the windows do, but not the same (hence
+    opt-in: ``live --scale-in-decoder``)."""
+    from pipeline.sources.network import DecodeSize, NetworkCapture
+    from pipeline.stream.preprocess import prepare_frame
+
+    assert DecodeSize(128).output(768, 576) == (128, 128) and DecodeSize(128).output(100, 576) is None
+    assert DecodeSize(128, 640).output(768, 576) == (640, 480) and DecodeSize(128, 640).output(640, 360) is None
+    assert DecodeSize(256, 320).output(1920, 800) is None  # the picture would be narrower than the model's input
+    video = str(shared_data / "vtest.avi")
+    images = {}
+    for size in (None, DecodeSize(128), DecodeSize(128, 640)):
+        capture = NetworkCapture(video, 5.0, 5.0, size=size)
+        images[size] = [capture.read() for _ in range(20)][-1]
+        capture.release()
+    full, model, picture = images.values()
+    assert (full.shape, model.shape, picture.shape) == ((576, 768, 3), (128, 128, 3), (480, 640, 3))
+    expected = prepare_frame(full, 128, 1).astype(int)
+    for image in (model, picture):
+        difference = np.abs(prepare_frame(image, 128, 1).astype(int) - expected)
+        assert 0.3 < difference.mean() < 1.5 and np.percentile(difference, 99) <= 3
+    camera = CameraSource("rtsp://127.0.0.1:9/cam")
+    camera.use_size(128, 640)
+    assert camera.decode_size is None  # as decoded, unless asked
+    camera = CameraSource("rtsp://127.0.0.1:9/cam", scale_in_decoder=True)
+    camera.use_size(128)
+    assert camera.decode_size == DecodeSize(128)

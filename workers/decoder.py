@@ -55,7 +55,7 @@ class DecodeActor:
             gaps = ()
         else:
             item = self._live.next()
-            camera = self._source.live_status(time.time())
+            camera = self._live.camera_status(time.time())
             if not isinstance(item, EndOfStream):
                 item, gaps = item
                 if item is None:

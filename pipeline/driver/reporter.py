@@ -45,27 +45,49 @@ class Reporter:
     def event(self, message: dict[str, Any]) -> None:
         """An event's start or end, as the writer's message says."""
 
-    def watch_replicas(self, replicas: list[ReplicaSlot], faults: int) -> None:
+    def watch_replicas(self, replicas: list[ReplicaSlot], faults: int) -> bool:
         """Called at every turn of the loop: the replicas' slots and the faults so far (a reporter
-        showing each node's busy share asks the replicas now and then, without waiting)."""
+        keeping each node's busy share asks the replicas now and then, without waiting). True: the
+        shares changed."""
+        return False
 
     def replica_replaced(self, index: int) -> None:
         """Replica ``index`` is a new actor: its busy count starts again."""
+
+    def busy_shares(self) -> dict[str, float]:
+        """Node id -> the share of time its replicas spent in the model lately (empty: not kept, or not yet)."""
+        return {}
 
     def close(self) -> None:
         """The run ended."""
 
 
-class ConsoleReporter(Reporter):
+class BusyReporter(Reporter):
+    """Shows nothing; keeps each node's busy share (for /metrics, and what subclasses show)."""
+
+    def __init__(self) -> None:
+        self.node_busy = NodeBusy()
+
+    def watch_replicas(self, replicas: list[ReplicaSlot], faults: int) -> bool:
+        return self.node_busy.poll([slot.actor for slot in replicas], [slot.node for slot in replicas])
+
+    def replica_replaced(self, index: int) -> None:
+        self.node_busy.forget(index)
+
+    def busy_shares(self) -> dict[str, float]:
+        return dict(self.node_busy.shares)
+
+
+class ConsoleReporter(BusyReporter):
     """A progress bar for recordings (shown from its first update after 0.5 s: by then the frames a
     resume skips have left its total); for live runs the table every TABLE_EVERY_S s, event lines
     and busy lines on stderr."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.live = False
         self.bar: tqdm | None = None
         self.table_at = time.monotonic() + TABLE_EVERY_S
-        self.node_busy = NodeBusy()
 
     def start(self, total: int | None, live: bool) -> None:
         self.live, self.table_at = live, time.monotonic() + TABLE_EVERY_S
@@ -92,12 +114,11 @@ class ConsoleReporter(Reporter):
         if self.live:
             print(event_line(message), file=sys.stderr, flush=True)
 
-    def watch_replicas(self, replicas: list[ReplicaSlot], faults: int) -> None:
-        if self.node_busy.poll([slot.actor for slot in replicas], [slot.node for slot in replicas]):
+    def watch_replicas(self, replicas: list[ReplicaSlot], faults: int) -> bool:
+        changed = super().watch_replicas(replicas, faults)
+        if changed:
             self._busy(f"busy {self.node_busy.line()}" + (f"; faults {faults}" if faults else ""))
-
-    def replica_replaced(self, index: int) -> None:
-        self.node_busy.forget(index)
+        return changed
 
     def _busy(self, line: str) -> None:
         if self.live:
@@ -111,8 +132,8 @@ class ConsoleReporter(Reporter):
 
 
 def reporter_for(progress: bool) -> Reporter:
-    """The console reporter, or the silent one."""
-    return ConsoleReporter() if progress else Reporter()
+    """The console reporter, or the silent one (which keeps the busy shares /metrics serves)."""
+    return ConsoleReporter() if progress else BusyReporter()
 
 
 class EventRelay:

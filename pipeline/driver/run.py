@@ -38,7 +38,8 @@ from pipeline.driver.reporter import Reporter, reporter_for
 from pipeline.driver.resume import nothing_to_resume
 from pipeline.driver.writers import WriterSet
 from pipeline.errors import AnomstreamError, cause_line
-from pipeline.events.recorder import EventSettings, event_settings, events_folder
+from pipeline.events.mqtt import check_topics
+from pipeline.events.recorder import EventSettings, event_settings, events_folder, outbox_depth
 from pipeline.sources.base import Source
 from pipeline.sources.cameras_file import apply_cameras
 from pipeline.sources.resolve import Inputs, resolve_inputs
@@ -241,6 +242,8 @@ def _prepare(plan: RunPlan) -> _Prepared:
     if inputs.sources:  # else the run ends here: the inputs' errors are all there is to say
         calibrated = run_calibration(payload, sha256, plan.calibration)
         events = event_settings(plan.events, calibrated.threshold if calibrated else None, out)
+        if events is not None and events.mqtt is not None:
+            check_topics([source.stream_id for source in inputs.sources], events.mqtt)
         own = [camera.name for camera in plan.cameras if camera.threshold is not None]
         if events is None and own:
             raise AnomstreamError(f"--cameras: camera {own[0]!r} sets a threshold, but this run has no events (an "
@@ -337,7 +340,7 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
                                                 [r.reason for r in run.inputs.left_out]))
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
-        with _served(plan, writers, report):
+        with _served(plan, writers, report, reporter):
             _place_replicas(pool, report, backend)
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
@@ -362,18 +365,19 @@ def _writer_config(plan: RunPlan, run: _Prepared) -> WriterConfig:
 
 
 @contextmanager
-def _served(plan: RunPlan, writers: WriterSet, report: RunReport) -> Iterator[None]:
+def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Reporter) -> Iterator[None]:
     """While the run goes on: the live view on ``plan.view`` (with /metrics and /healthz) and
     /metrics and /healthz alone on ``plan.metrics`` (either None: not served)."""
     servers: list[LiveView] = []
+    folder = events_folder(plan.out).absolute()
 
-    def figures() -> dict[str, int]:
-        return {"events": report.events}
+    def figures() -> dict[str, Any]:
+        return {"events": report.events, "replica_busy": reporter.busy_shares(), "outbox": outbox_depth(folder)}
 
     try:
         if plan.view is not None:
             servers.append(LiveView(writers.view_snapshot, *plan.view, token=plan.view_token, run_figures=figures,
-                                    snapshots=events_folder(plan.out).absolute()))
+                                    snapshots=folder))
             print(f"live view: {servers[-1].url}", file=sys.stderr, flush=True)
         if plan.metrics is not None:
             servers.append(LiveView(writers.accounting, *plan.metrics, token=plan.view_token, page=False,

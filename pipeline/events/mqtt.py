@@ -84,6 +84,18 @@ def topic_name(stream_id: str) -> str:
     return _UNSAFE.sub("_", stream_id) or "_"
 
 
+def check_topics(stream_ids: list[str], broker: MqttBroker) -> None:
+    """Raises a one-line AnomstreamError naming --mqtt and both streams when two streams' names give
+    one topic (``my cam`` and ``my_cam``: their states and events would mix)."""
+    seen: dict[str, str] = {}
+    for stream_id in stream_ids:
+        topic = topic_name(stream_id)
+        if topic in seen and seen[topic] != stream_id:
+            raise AnomstreamError(f"--mqtt: streams {seen[topic]!r} and {stream_id!r} share the topic "
+                                  f"{broker.prefix}/{topic}; name the cameras apart (--cameras name)")
+        seen.setdefault(topic, stream_id)
+
+
 def wanted(message: dict[str, Any]) -> bool:
     """Whether a recorder's message goes to MQTT: events and camera states (``camera_up`` /
     ``camera_down`` are told by the retained state topic)."""

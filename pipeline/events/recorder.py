@@ -37,6 +37,15 @@ from pipeline.visualize import overlay_jpeg
 RECENT_EVENTS = 5  # event messages per stream the live view lists
 
 
+OUTBOXES = {"webhook": "outbox", "mqtt": "outbox_mqtt"}  # sink -> its outbox folder in the events folder
+
+
+def outbox_depth(folder: Path) -> dict[str, int]:
+    """Sink -> messages waiting in its outbox under the events ``folder`` (sinks without one left out)."""
+    return {sink: len(list((folder / name / "pending").glob("*.json")))
+            for sink, name in OUTBOXES.items() if (folder / name / "pending").is_dir()}
+
+
 def events_folder(store: str | Path) -> Path:
     """``runs/cam.zarr`` -> ``runs/cam.events``: where a store's event files go; for a store on
     object storage, in this folder (``s3://bucket/jobs/cam.zarr`` -> ``./cam.events``)."""
@@ -116,10 +125,11 @@ class EventRecorder:
         self.log = (self.folder / "events.jsonl").open("ab", buffering=0)
         self.outboxes: list[tuple[Outbox, Callable[[dict[str, Any]], bool]]] = []  # each with what it takes
         if settings.webhook:
-            self.outboxes.append((Outbox(self.folder / "outbox", settings.webhook if deliver else None), webhook.wanted))
+            outbox = Outbox(self.folder / OUTBOXES["webhook"], settings.webhook if deliver else None)
+            self.outboxes.append((outbox, webhook.wanted))
         if settings.mqtt:
             sender = MqttSender(settings.mqtt, f"anomstream-{run_key[:12]}-{os.getpid()}") if deliver else None
-            self.outboxes.append((Outbox(self.folder / "outbox_mqtt", sender), mqtt.wanted))
+            self.outboxes.append((Outbox(self.folder / OUTBOXES["mqtt"], sender), mqtt.wanted))
         self.detectors: dict[str, EventDetector] = {}
         self.news: list[dict[str, Any]] = []  # messages since the driver last asked
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # per stream, for the live view
@@ -156,8 +166,9 @@ class EventRecorder:
     def camera(self, stream_id: str, status: LiveStatus) -> None:
         """A camera's state from its decoder: every change as ``camera_state`` (MQTT's retained state
         topic); ``camera_down`` when it leaves ``live`` or does not come up (stalled, down, refusing
-        its credentials), ``camera_up`` when it is ``live`` again, each to the log, the webhook, the
-        driver and the view, as events are (``connecting`` and a stream's end are no such message).
+        its credentials, given up before its first frame), ``camera_up`` when it is ``live`` again,
+        each to the log, the webhook, the driver and the view, as events are (``connecting`` and the
+        end of a stream that had frames are no such message).
         Ids are made of the stream, the kind and the time of the change: told again (a writer taking
         over, --resume), a change is the same message."""
         previous = self.camera_since.get(stream_id)  # the change before: a camera live again after a stall
@@ -166,9 +177,10 @@ class EventRecorder:
             self.camera_since[stream_id] = status.since
             self._send({"type": "camera_state", "stream_id": stream_id, "state": status.state, "since": status.since,
                         "last_frame": status.last_frame, "reason": status.reason}, (status.since, previous))
-        if status.state in ("stopped", "connecting"):
-            return
         is_live, was_live = status.state == "live", self.camera_live.get(stream_id)
+        never_came = status.state == "stopped" and was_live is None and status.reason is not None  # given up connecting
+        if status.state == "connecting" or (status.state == "stopped" and not never_came):
+            return
         if was_live == is_live:
             return
         self.camera_live[stream_id] = is_live

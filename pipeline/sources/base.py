@@ -115,15 +115,23 @@ class Source:
         (a live source down when its stream ends)."""
         return None
 
-    def live_status(self, now: float) -> LiveStatus | None:
+    def live_status(self, now: float, held: bool = False) -> LiveStatus | None:
         """Where a camera stands at ``now`` (seconds since the epoch), safe to ask from another
-        thread than the one reading ``frames()``; None for sources that are not cameras."""
+        thread than the one reading ``frames()``; None for sources that are not cameras. ``held``:
+        its reader waits on the scorer (policy ``every``), so the newest frame's age says nothing
+        of the camera."""
         return None
 
     def stream_info(self) -> dict[str, str | int | float | None] | None:
         """What a camera sends (``codec``, ``width``, ``height``, ``fps``, ``transport``) once it is
         connected; None for other sources and cameras that do not say."""
         return None
+
+    def use_size(self, model: int, picture: int = 0) -> None:
+        """A hint before :meth:`frames`: frames are used at ``model`` px square (the model's input)
+        and, when ``picture``, as a picture of that longer side (the live view). A source whose
+        decoder can scale decodes to that (:class:`pipeline.sources.network.DecodeSize`); the
+        others ignore it and give frames as decoded."""
 
     def frames(self) -> Iterator[Frame | Gap]:
         """Frames in order; live sources also yield a :class:`Gap` where frames were missing."""

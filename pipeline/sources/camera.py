@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pipeline.errors import SourceError, error_reason
 from pipeline.sources.base import Frame, Gap, LiveStatus, Source
-from pipeline.sources.network import DEFAULT_TRANSPORT, NetworkCapture, StreamInfo
+from pipeline.sources.network import DEFAULT_TRANSPORT, DecodeSize, NetworkCapture, StreamInfo
 
 LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
 USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"
@@ -229,7 +229,8 @@ class FrameClock:
 class CameraSource(Source):
     """A live camera: a device (index or /dev/videoN), rtsp://, http(s):// or another FFmpeg URL.
     RTSP is read with PyAV and explicit options (:mod:`pipeline.sources.network`: TCP, no buffering,
-    one decoder thread, a read timeout of half the stall timeout), the rest with OpenCV. Never ends
+    ``decoder_threads`` (1), a read timeout of half the stall timeout; ``scale_in_decoder``: decoded
+    to the size frames are used at, :meth:`use_size`), the rest with OpenCV. Never ends
     by itself.
 
     When the camera stops sending frames (closed, failed, or silent for the stall timeout) it is
@@ -251,7 +252,7 @@ class CameraSource(Source):
 
     def __init__(self, address: str, stream_id: str | None = None, max_frames: int | None = None,
                  open_timeout_s: float = 10.0, reconnect: Reconnect | None = None, device: int | None = None,
-                 transport: str = DEFAULT_TRANSPORT) -> None:
+                 transport: str = DEFAULT_TRANSPORT, decoder_threads: int = 1, scale_in_decoder: bool = False) -> None:
         self.address = address  # what is opened; ``describe()`` (names, messages, the store) has no secrets
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
         self.stream_id = stream_id or _readable_name(address)
@@ -260,6 +261,9 @@ class CameraSource(Source):
         self.open_timeout_s = open_timeout_s
         self.reconnect = reconnect or Reconnect()
         self.transport = transport
+        self.decoder_threads = decoder_threads
+        self.scale_in_decoder = scale_in_decoder
+        self.decode_size: DecodeSize | None = None  # what frames are used at (use_size), when scaled in the decoder
         self.reconnections = 0
         self.warnings = []
         self.info: StreamInfo | None = None  # what the camera sends, once connected (RTSP)
@@ -277,20 +281,32 @@ class CameraSource(Source):
     def describe(self) -> str:
         return redact_url(self.address)
 
-    def live_status(self, now: float) -> LiveStatus:
+    def live_status(self, now: float, held: bool = False) -> LiveStatus:
         """The reader's state, ``live`` read as ``stalled`` once the newest frame is older than the
-        stall timeout (the read may still be waiting: a hung camera is seen without it)."""
+        stall timeout (the read may still be waiting: a hung camera is seen without it), unless the
+        reader is ``held`` by the scorer (nothing is read: the age is the scorer's, not the camera's)."""
         status = replace(self._status, info=self.stream_info())
         stall_s = self.reconnect.stall_timeout_s
+        if held and status.state == "live":
+            return replace(status, reason="reading held: the replicas are behind (policy every)")
         if status.state == "live" and status.last_frame is not None and now - status.last_frame >= stall_s:
             return replace(status, state="stalled", since=status.last_frame + stall_s,
                            reason=f"no frame for {stall_s:g} s")
         return status
 
     def stream_info(self) -> dict[str, str | int | float | None] | None:
-        """What the camera sends, and ``clock``: what frames are stamped with (``camera``: its own
-        clock through RTCP, else ``arrival``)."""
-        return {**self.info.to_dict(), "clock": self.clock.kind} if self.info is not None else None
+        """What the camera sends, ``clock``: what frames are stamped with (``camera``: its own
+        clock through RTCP, else ``arrival``), ``decoded``: the size frames are decoded to
+        (``WxH``; None: as sent), ``decoder_threads``."""
+        if self.info is None:
+            return None
+        output = self.decode_size.output(self.info.width, self.info.height) if self.decode_size else None
+        return {**self.info.to_dict(), "clock": self.clock.kind, "decoded": f"{output[0]}x{output[1]}" if output else None,
+                "decoder_threads": self.decoder_threads}
+
+    def use_size(self, model: int, picture: int = 0) -> None:
+        if self.scale_in_decoder:
+            self.decode_size = DecodeSize(model, picture)
 
     def _set_status(self, state: str, reason: str | None = None, last_frame: float | None = None) -> None:
         old = self._status
@@ -344,7 +360,8 @@ class CameraSource(Source):
 
         try:
             capture = NetworkCapture(url_with_credentials(self.address, self.credentials), self.open_timeout_s,
-                                     self.reconnect.stall_timeout_s / 2, self.transport)
+                                     self.reconnect.stall_timeout_s / 2, self.transport, self.decoder_threads,
+                                     self.decode_size)
         except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as error:
             raise CameraRefused(self._refusal_text(isinstance(error, av.error.HTTPUnauthorizedError))) from None
         except Exception:  # noqa: BLE001 - unreachable, refused, not a video: FFmpeg's text may hold the URL

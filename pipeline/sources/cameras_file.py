@@ -11,6 +11,7 @@
         url: rtsp://10.0.0.6/live
         password_file: /etc/anomstream/yard.pass   # ...or the first line of a file only you can read
         transport: udp                  # RTSP over udp (default tcp)
+        decoder_threads: 2              # slice threads of its decoder (default 1)
         threshold: 4.5                  # this camera's event threshold (calibrated score)
         policy: every                   # every frame, not the latest (default: latest)
         keep_maps: 10                   # the map of every 10th frame only
@@ -60,6 +61,7 @@ class Camera(BaseModel):
     password_env: str | None = None
     password_file: str | None = None
     transport: Literal["tcp", "udp"] | None = None
+    decoder_threads: int | None = Field(default=None, ge=1, le=16)
     threshold: float | None = None
     low_threshold: float | None = None
     policy: Literal["every", "latest"] | None = None
@@ -176,6 +178,8 @@ def apply_cameras(sources: list[Source], cameras: list[Camera]) -> None:
         source.settings = camera.settings()
         if camera.transport is not None:
             source.transport = camera.transport
+        if camera.decoder_threads is not None:
+            source.decoder_threads = camera.decoder_threads
         found = credentials(camera, f"--cameras: {camera.name}")
         if found is not None:
             source.credentials = found

@@ -65,7 +65,8 @@ class Inputs:
 @dataclass(frozen=True)
 class SourceOptions:
     """How sources are opened: ``still_images`` (an image folder holds stills, not frames),
-    ``dataset_split`` of labelled datasets, ``max_frames`` and ``reconnect`` of cameras;
+    ``dataset_split`` of labelled datasets, ``max_frames``, ``reconnect``, ``decoder_threads`` and
+    ``scale_in_decoder`` of cameras;
     ``realtime``: files are played as live streams at their own frame rate."""
 
     max_frames: int | None = None
@@ -73,6 +74,8 @@ class SourceOptions:
     dataset_split: str = "test"
     reconnect: Reconnect = Reconnect()
     realtime: bool = False
+    decoder_threads: int = 1
+    scale_in_decoder: bool = False
 
 
 def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions(),
@@ -129,7 +132,8 @@ def _camera(spec: str, options: SourceOptions) -> CameraSource | None:
     """A camera or stream spec, or None. Device indices: ``camera:N``; a bare ``N`` only where no
     path of that name exists (checked before)."""
     number = spec.removeprefix(CAMERA_PREFIX)
-    settings = {"max_frames": options.max_frames, "reconnect": options.reconnect}
+    settings = {"max_frames": options.max_frames, "reconnect": options.reconnect,
+                "decoder_threads": options.decoder_threads, "scale_in_decoder": options.scale_in_decoder}
     if number.isdigit():
         return CameraSource(spec, stream_id=f"camera_{int(number)}", device=int(number), **settings)
     if spec.startswith(CAMERA_PREFIX):

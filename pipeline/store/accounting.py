@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pipeline.sources.base import LiveStatus
 
 LATENCY_SAMPLES = 100_000  # percentiles over the most recent scored frames: a camera runs for days
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # the histogram's upper bounds (and +Inf)
 
 
 class FrameStatus(IntEnum):
@@ -40,6 +41,8 @@ class StreamAccounting:
         self.live = live
         self.counts = np.zeros(len(FrameStatus), dtype=np.int64)
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.latency_counts = np.zeros(len(LATENCY_BUCKETS_S) + 1, dtype=np.int64)  # per bucket, all the run
+        self.latency_sum_s = 0.0
         self.gaps: list[dict[str, Any]] = []
         self.camera: LiveStatus | None = None  # a camera's state, as its decoder last said
         self.scene: dict[str, Any] | None = None  # whether the model fits the scene (calibration.scene), once judged
@@ -53,7 +56,11 @@ class StreamAccounting:
         self.count(status)
         if self.live:
             scored = status == FrameStatus.SCORED
-            self.latency_ms.extend(((written_at - timestamp[scored]) * 1000.0).tolist())
+            latency_s = written_at - timestamp[scored]
+            self.latency_ms.extend((latency_s * 1000.0).tolist())
+            self.latency_counts += np.bincount(np.searchsorted(LATENCY_BUCKETS_S, latency_s),
+                                               minlength=len(self.latency_counts))
+            self.latency_sum_s += float(latency_s.sum())
 
     def add_gaps(self, gaps: list[dict[str, Any]]) -> None:
         """Gaps (``{"start", "end", "kind"}``) not known yet: a stretch of a recording decoded again (a
@@ -69,6 +76,15 @@ class StreamAccounting:
         values = np.percentile(np.fromiter(self.latency_ms, float), [50, 95, 99])
         return {"p50": round(float(values[0]), 1), "p95": round(float(values[1]), 1), "p99": round(float(values[2]), 1)}
 
+    def latency_histogram(self) -> dict[str, Any] | None:
+        """Capture to written of every scored frame of the run (live streams): ``le_s`` the upper
+        bounds (seconds, the last +Inf as None), ``counts`` cumulative per bound (Prometheus'
+        histogram), ``sum_s``; None before the first."""
+        if not self.latency_counts.any():
+            return None
+        return {"le_s": [*LATENCY_BUCKETS_S, None], "counts": np.cumsum(self.latency_counts).tolist(),
+                "sum_s": round(self.latency_sum_s, 3)}
+
     def attrs(self) -> dict[str, Any]:
         """The stream attrs this accounting owns (``camera``: a camera's state, the age of its newest
         frame as of now, what it sends; cameras only; ``scene``: whether the model fits the scene,
@@ -80,6 +96,7 @@ class StreamAccounting:
             "status_codes": FrameStatus.codes(),
             "frame_counts": {status.name.lower(): int(self.counts[status]) for status in FrameStatus},
             "latency_ms": self.latency_percentiles(),
+            "latency_histogram": self.latency_histogram(),
             "gaps": list(self.gaps),
             "reconnections": sum(1 for gap in self.gaps if gap["kind"] in ("disconnect", "stall")),
         }

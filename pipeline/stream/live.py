@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.errors import SourceError, error_reason
-from pipeline.sources.base import Frame, Gap, Source
+from pipeline.sources.base import Frame, Gap, LiveStatus, Source
 from pipeline.stream.windows import EndOfStream, WindowAssembler, WindowBatch
 from pipeline.visualize import picture_jpeg
 
@@ -69,7 +69,9 @@ class LiveWindows:
         self.done = False
         self.error: str | None = None
         self.newest: Frame | None = None  # the newest frame read, as the camera sent it (for the view's picture)
+        self.held = False  # the reader waits for room in the buffer (policy every): it reads nothing
         self._preview_due = 0.0  # monotonic time from which the next picture for the view is made
+        source.use_size(image_size, options.preview_size)
         self.thread = threading.Thread(target=self._read, name=f"read {source.stream_id}", daemon=True)
         self.thread.start()
 
@@ -78,8 +80,10 @@ class LiveWindows:
         try:
             for item in self.source.frames():
                 with self.changed:
-                    if self.policy == "every":
+                    if self.policy == "every" and len(self.assembler.pending) >= self.buffer_frames:
+                        self.held = True
                         self.changed.wait_for(lambda: len(self.assembler.pending) < self.buffer_frames or self.stopping)
+                        self.held = False
                     if isinstance(item, Gap):  # noted even when stopping: the gap is over
                         self.assembler.note_gap(item)
                     elif not self.stopping:
@@ -123,6 +127,11 @@ class LiveWindows:
             self._preview_due = time.monotonic() + PREVIEW_EVERY_S  # the page shows about two a second
             batch.preview = (newest.index, picture_jpeg(newest.image, self.options.preview_size))  # outside the lock
         return batch, gaps
+
+    def camera_status(self, now: float) -> LiveStatus | None:
+        """The source's :meth:`~pipeline.sources.base.Source.live_status` at ``now``: a camera whose
+        reader waits on the scorer stays ``live`` (its newest frame ages because nothing reads it)."""
+        return self.source.live_status(now, held=self.held)
 
     def stop(self) -> None:
         """Stop reading: what was read is still handed out, then the EndOfStream."""

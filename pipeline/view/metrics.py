@@ -10,10 +10,16 @@ Metrics (labels ``stream`` and as named):
 - ``anomstream_camera_last_frame_age_seconds``: seconds since the camera's newest frame;
 - ``anomstream_latency_seconds{quantile}``: capture to written, over the recent scored frames
   (0.5, 0.95, 0.99: what the store's ``latency_ms`` holds);
+- ``anomstream_frame_latency_seconds``: the same as a histogram over every scored frame of the run
+  (``_bucket{le}``, ``_sum``, ``_count``; what ``histogram_quantile`` over many runs needs);
 - ``anomstream_gaps_total{kind}``: gaps (``disconnect``, ``stall``, ``frozen``);
 - ``anomstream_scene_fit{state}``: 1 for whether the calibrated model fits the stream's scene
   (``fits``, ``misfit``, ``drift``: :mod:`pipeline.calibration.scene`), once judged;
-- ``anomstream_events_total``: events that ended in this run (all streams, no ``stream`` label).
+- ``anomstream_events_total``: events that ended in this run (all streams, no ``stream`` label);
+- ``anomstream_replica_busy_ratio{node}``: the share of time the node's replicas spent in the model
+  over the last seconds (:mod:`pipeline.driver.busy`; once the first answers are in);
+- ``anomstream_outbox_messages{sink}``: messages waiting in an outbox (``webhook``, ``mqtt``): a
+  receiver that is away or refuses them shows as a growing queue.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ SCENE_STATES = ("fits", "misfit", "drift")
 
 class _RunCollector:
     """One scrape's figures: ``streams`` (stream id -> accounting attrs, as ``WriterActor.accounting``
-    gives them), ``run`` (``events``: events ended)."""
+    gives them), ``run`` (``events``: events ended; ``replica_busy``: node id -> share;
+    ``outbox``: sink -> messages waiting)."""
 
     def __init__(self, streams: dict[str, dict[str, Any]], run: dict[str, Any]) -> None:
         self.streams, self.run = streams, run
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         frames = CounterMetricFamily("anomstream_frames", "Rows written by frame status", labels=["stream", "status"])
         gaps = CounterMetricFamily("anomstream_gaps", "Gaps without usable frames by kind", labels=["stream", "kind"])
@@ -46,6 +53,8 @@ class _RunCollector:
         latency = GaugeMetricFamily("anomstream_latency_seconds", "Capture to written, recent scored frames",
                                     labels=["stream", "quantile"])
         scene = GaugeMetricFamily("anomstream_scene_fit", "1 for whether the model fits the scene", labels=["stream", "state"])
+        histogram = HistogramMetricFamily("anomstream_frame_latency_seconds", "Capture to written, every scored frame",
+                                          labels=["stream"])
         for stream_id, attrs in sorted(self.streams.items()):
             if attrs.get("scene"):
                 for name in SCENE_STATES:
@@ -65,8 +74,25 @@ class _RunCollector:
             for key, quantile in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
                 if attrs.get("latency_ms"):
                     latency.add_metric([stream_id, quantile], attrs["latency_ms"][key] / 1000.0)
+            if attrs.get("latency_histogram"):
+                counts = attrs["latency_histogram"]
+                buckets = [("+Inf" if bound is None else f"{bound:g}", count) for bound, count in zip(counts["le_s"],
+                                                                                                     counts["counts"])]
+                histogram.add_metric([stream_id], buckets, counts["sum_s"])
         events = CounterMetricFamily("anomstream_events", "Events that ended in this run", value=self.run.get("events", 0))
-        yield from (frames, gaps, state, age, latency, scene, events)
+        yield from (frames, gaps, state, age, latency, histogram, scene, events, *self._run_gauges())
+
+    def _run_gauges(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        busy = GaugeMetricFamily("anomstream_replica_busy_ratio", "Share of time the node's replicas spent in the model",
+                                 labels=["node"])
+        for node, share in sorted(self.run.get("replica_busy", {}).items()):
+            busy.add_metric([node], share)
+        outbox = GaugeMetricFamily("anomstream_outbox_messages", "Messages waiting in an outbox", labels=["sink"])
+        for sink, waiting in sorted(self.run.get("outbox", {}).items()):
+            outbox.add_metric([sink], waiting)
+        yield from (busy, outbox)
 
 
 def metrics_text(streams: dict[str, dict[str, Any]], run: dict[str, Any]) -> bytes:
