@@ -89,6 +89,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_live(args: argparse.Namespace) -> int:
     """``live``: cameras and streams (and recordings played in real time) scored as they come."""
     from pipeline.sources.camera import Reconnect
+    from pipeline.sources.network import Decoding
     from pipeline.sources.resolve import SourceOptions
     from pipeline.store.rotation import ROTATIONS
     from pipeline.stream.live import LiveOptions
@@ -96,8 +97,8 @@ def _cmd_live(args: argparse.Namespace) -> int:
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
                           connect_timeout_s=_connect_timeout(args), auth_retries=args.auth_retries,
                           auth_backoff_s=args.auth_backoff)
-    options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True, decoder_threads=args.decoder_threads,
-                            scale_in_decoder=args.scale_in_decoder)
+    decoding = Decoding(threads=args.decoder_threads, scale_in_decoder=args.scale_in_decoder)
+    options = SourceOptions(args.max_frames, reconnect=reconnect, realtime=True, decoding=decoding)
     live = LiveOptions(policy=args.policy, max_latency_ms=args.max_latency_ms, frozen_after_s=args.frozen_after or None,
                        maps_every=args.keep_maps)
     served = {"view": (args.view_host, args.view) if args.view is not None else None,

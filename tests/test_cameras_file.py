@@ -49,8 +49,8 @@ cameras:
     assert gate.settings == StreamSettings("every", 10, 4.5, None) and yard.settings == StreamSettings()
     assert (gate.credentials.user, gate.credentials.password, gate.credentials.origin) == ("viewer", "gate-secret",
                                                                                          "GATE_PASSWORD")
-    assert (yard.credentials.user, yard.credentials.password, yard.transport) == ("admin", "yard-secret", "udp")
-    assert (gate.decoder_threads, yard.decoder_threads) == (1, 2)
+    assert (yard.credentials.user, yard.credentials.password, yard.decoding.transport) == ("admin", "yard-secret", "udp")
+    assert (gate.decoding.threads, yard.decoding.threads) == (1, 2)
     assert "secret" not in repr(gate) + repr(yard) + repr(cameras)
 
 

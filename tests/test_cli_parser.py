@@ -22,6 +22,7 @@ LIVE_DEFAULTS = {
     "policy": None, "duration": None, "max_latency_ms": None, "reconnect_attempts": None, "stall_timeout": 10.0,
     "frozen_after": 5.0, "keep_maps": 1, "rotate": None, "view": None, "view_host": "127.0.0.1",
     "auth_retries": 2, "auth_backoff": 60.0, "view_token_file": None, "metrics": None, "cameras": None,  # added by issue 32
+    "decoder_threads": 1, "scale_in_decoder": False,  # added by issue 32 (2026-12-06)
 }
 
 # argv -> (the command's function, every value of the Namespace but ``run``), as the parser before the

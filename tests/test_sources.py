@@ -167,7 +167,7 @@ def test_a_network_capture_decodes_straight_to_the_size_frames_are_used_at(share
     """vtest.avi (768x576): to the model's 128 px square, or to the view's 640 px picture in its
     own aspect; near the full picture scaled by OpenCV, as the windows do, but not the same (hence
     opt-in: ``live --scale-in-decoder``)."""
-    from pipeline.sources.network import DecodeSize, NetworkCapture
+    from pipeline.sources.network import DecodeSize, Decoding, NetworkCapture
     from pipeline.stream.preprocess import prepare_frame
 
     assert DecodeSize(128).output(768, 576) == (128, 128) and DecodeSize(128).output(100, 576) is None
@@ -188,6 +188,6 @@ def test_a_network_capture_decodes_straight_to_the_size_frames_are_used_at(share
     camera = CameraSource("rtsp://127.0.0.1:9/cam")
     camera.use_size(128, 640)
     assert camera.decode_size is None  # as decoded, unless asked
-    camera = CameraSource("rtsp://127.0.0.1:9/cam", scale_in_decoder=True)
+    camera = CameraSource("rtsp://127.0.0.1:9/cam", decoding=Decoding(scale_in_decoder=True))
     camera.use_size(128)
     assert camera.decode_size == DecodeSize(128)

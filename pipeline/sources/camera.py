@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pipeline.errors import SourceError, error_reason
 from pipeline.sources.base import Frame, Gap, LiveStatus, Source
-from pipeline.sources.network import DEFAULT_TRANSPORT, DecodeSize, NetworkCapture, StreamInfo
+from pipeline.sources.network import DEFAULT_DECODING, DecodeSize, Decoding, NetworkCapture, StreamInfo
 
 LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
 USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"
@@ -114,6 +114,31 @@ def url_with_credentials(address: str, credentials: Credentials | None) -> str:
     host = parts.netloc.rsplit("@", 1)[-1]
     login = f"{quote(credentials.user, safe='')}:{quote(credentials.password, safe='')}@"
     return urlunsplit(parts._replace(netloc=login + host))
+
+
+def scrub(text: str, address: str, credentials: Credentials | None) -> str:
+    """``text`` (a library's message, which may repeat the URL it was given) with the camera's
+    ``address`` (also with ``credentials`` in it), password, query string and path parameters masked."""
+    for secret in (url_with_credentials(address, credentials), address):
+        text = text.replace(secret, redact_url(address))
+    parts = urlsplit(address)
+    secrets = [parts.query, parts.path.partition(";")[2]]
+    if credentials is not None:
+        secrets += [credentials.password, quote(credentials.password, safe="")]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***")
+    return text
+
+
+def refusal_text(shown: str, credentials: Credentials | None, unauthorized: bool) -> str:
+    """One line on a camera (``shown``: its address without secrets) refusing ``credentials``
+    (401 when ``unauthorized``, else 403): where they came from, never the password."""
+    status = "401 Unauthorized" if unauthorized else "403 Forbidden"
+    if credentials is None:
+        return (f"{shown}: camera asks for a user and password ({status}); none found in the URL, "
+                f"the netrc file ($NETRC or ~/.netrc) or {USER_VARIABLE}/{PASSWORD_VARIABLE}")
+    user = f"user {credentials.user!r}" if credentials.user else "an empty user"
+    return f"{shown}: camera refused {user} with the password from {credentials.origin} ({status})"
 
 
 def quiet_camera_logs() -> None:
@@ -228,9 +253,9 @@ class FrameClock:
 
 class CameraSource(Source):
     """A live camera: a device (index or /dev/videoN), rtsp://, http(s):// or another FFmpeg URL.
-    RTSP is read with PyAV and explicit options (:mod:`pipeline.sources.network`: TCP, no buffering,
-    ``decoder_threads`` (1), a read timeout of half the stall timeout; ``scale_in_decoder``: decoded
-    to the size frames are used at, :meth:`use_size`), the rest with OpenCV. Never ends
+    RTSP is read with PyAV and explicit options (:mod:`pipeline.sources.network`: ``decoding``'s
+    transport and threads, no buffering, a read timeout of half the stall timeout; decoded to the
+    size frames are used at when asked: :meth:`use_size`), the rest with OpenCV. Never ends
     by itself.
 
     When the camera stops sending frames (closed, failed, or silent for the stall timeout) it is
@@ -252,7 +277,7 @@ class CameraSource(Source):
 
     def __init__(self, address: str, stream_id: str | None = None, max_frames: int | None = None,
                  open_timeout_s: float = 10.0, reconnect: Reconnect | None = None, device: int | None = None,
-                 transport: str = DEFAULT_TRANSPORT, decoder_threads: int = 1, scale_in_decoder: bool = False) -> None:
+                 decoding: Decoding = DEFAULT_DECODING) -> None:
         self.address = address  # what is opened; ``describe()`` (names, messages, the store) has no secrets
         self.device = device  # a camera index: ``address`` is then how the user named it (camera:1)
         self.stream_id = stream_id or _readable_name(address)
@@ -260,9 +285,7 @@ class CameraSource(Source):
         self.frame_count = max_frames
         self.open_timeout_s = open_timeout_s
         self.reconnect = reconnect or Reconnect()
-        self.transport = transport
-        self.decoder_threads = decoder_threads
-        self.scale_in_decoder = scale_in_decoder
+        self.decoding = decoding
         self.decode_size: DecodeSize | None = None  # what frames are used at (use_size), when scaled in the decoder
         self.reconnections = 0
         self.warnings = []
@@ -302,10 +325,10 @@ class CameraSource(Source):
             return None
         output = self.decode_size.output(self.info.width, self.info.height) if self.decode_size else None
         return {**self.info.to_dict(), "clock": self.clock.kind, "decoded": f"{output[0]}x{output[1]}" if output else None,
-                "decoder_threads": self.decoder_threads}
+                "decoder_threads": self.decoding.threads}
 
     def use_size(self, model: int, picture: int = 0) -> None:
-        if self.scale_in_decoder:
+        if self.decoding.scale_in_decoder:
             self.decode_size = DecodeSize(model, picture)
 
     def _set_status(self, state: str, reason: str | None = None, last_frame: float | None = None) -> None:
@@ -317,15 +340,7 @@ class CameraSource(Source):
     def scrub(self, text: str) -> str:
         """``text`` (a library's message, which may repeat the URL it was given) with this camera's
         address, password, query string and path parameters masked."""
-        for secret in (url_with_credentials(self.address, self.credentials), self.address):
-            text = text.replace(secret, self.describe())
-        parts = urlsplit(self.address)
-        secrets = [parts.query, parts.path.partition(";")[2]]
-        if self.credentials is not None:
-            secrets += [self.credentials.password, quote(self.credentials.password, safe="")]
-        for secret in filter(None, secrets):
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self.address, self.credentials)
 
     def _open(self, first: bool):
         """A capture of the camera. SourceError (one line) when it cannot be opened, CameraRefused
@@ -360,8 +375,7 @@ class CameraSource(Source):
 
         try:
             capture = NetworkCapture(url_with_credentials(self.address, self.credentials), self.open_timeout_s,
-                                     self.reconnect.stall_timeout_s / 2, self.transport, self.decoder_threads,
-                                     self.decode_size)
+                                     self.reconnect.stall_timeout_s / 2, self.decoding, self.decode_size)
         except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as error:
             raise CameraRefused(self._refusal_text(isinstance(error, av.error.HTTPUnauthorizedError))) from None
         except Exception:  # noqa: BLE001 - unreachable, refused, not a video: FFmpeg's text may hold the URL
@@ -388,12 +402,7 @@ class CameraSource(Source):
         return None
 
     def _refusal_text(self, unauthorized: bool) -> str:
-        status = "401 Unauthorized" if unauthorized else "403 Forbidden"
-        if self.credentials is None:
-            return (f"{self.describe()}: camera asks for a user and password ({status}); none found in the URL, "
-                    f"the netrc file ($NETRC or ~/.netrc) or {USER_VARIABLE}/{PASSWORD_VARIABLE}")
-        user = f"user {self.credentials.user!r}" if self.credentials.user else "an empty user"
-        return f"{self.describe()}: camera refused {user} with the password from {self.credentials.origin} ({status})"
+        return refusal_text(self.describe(), self.credentials, unauthorized)
 
     def _refused(self, refusal: CameraRefused, refusals: int, deadline: float | None) -> float:
         """After the camera's ``refusals``-th refusal: the seconds to wait before trying again, or

@@ -177,9 +177,9 @@ def apply_cameras(sources: list[Source], cameras: list[Camera]) -> None:
             continue
         source.settings = camera.settings()
         if camera.transport is not None:
-            source.transport = camera.transport
+            source.decoding = replace(source.decoding, transport=camera.transport)
         if camera.decoder_threads is not None:
-            source.decoder_threads = camera.decoder_threads
+            source.decoding = replace(source.decoding, threads=camera.decoder_threads)
         found = credentials(camera, f"--cameras: {camera.name}")
         if found is not None:
             source.credentials = found

@@ -6,7 +6,7 @@ time and no frame waits in a buffer: what :class:`~pipeline.sources.camera.Camer
   smears; some cameras only do one of the two);
 - ``fflags=nobuffer``, a short stream analysis (``analyzeduration`` 1 s) and the decoder's
   ``low_delay`` flag: the first frame comes without a burst of buffered ones;
-- one decoder thread by default (``threads``): FFmpeg's frame threads each hold a frame back (one
+- one decoder thread by default (``Decoding.threads``): FFmpeg's frame threads each hold a frame back (one
   thread per core: a frame of delay each); more threads are slice threads, which add no delay but
   help only streams encoded in slices;
 - on request (``live --scale-in-decoder``), decoding straight to the size the frames are used at
@@ -52,6 +52,19 @@ class DecodeSize:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """How a network camera is read: RTSP ``transport`` (``tcp``/``udp``), the decoder's ``threads``
+    (slice threads), ``scale_in_decoder`` (decode straight to the size frames are used at)."""
+
+    transport: str = DEFAULT_TRANSPORT
+    threads: int = 1
+    scale_in_decoder: bool = False
+
+
+DEFAULT_DECODING = Decoding()
+
+
+@dataclass(frozen=True)
 class StreamInfo:
     """What the camera sends: ``codec`` (FFmpeg's name), ``width`` x ``height`` pixels, ``fps`` (the
     stream's nominal rate; None when it does not say), ``transport``."""
@@ -76,13 +89,13 @@ class NetworkCapture:
     Opening raises the library's error (PyAV's ``av.error.*``: HTTPUnauthorizedError for a refused
     login, ...); its message may hold the URL, which the caller masks."""
 
-    def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float, transport: str = DEFAULT_TRANSPORT,
-                 threads: int = 1, size: DecodeSize | None = None) -> None:
+    def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float, decoding: Decoding = DEFAULT_DECODING,
+                 size: DecodeSize | None = None) -> None:
         import av
 
         options = {"fflags": "nobuffer", "analyzeduration": "1000000"}
         if url.lower().startswith(("rtsp://", "rtsps://")):
-            options["rtsp_transport"] = transport
+            options["rtsp_transport"] = decoding.transport
         self.read_timeout_s = read_timeout_s
         self.container = av.open(url, options=options, timeout=(open_timeout_s, read_timeout_s))
         try:
@@ -91,12 +104,12 @@ class NetworkCapture:
             self.container.close()
             raise ValueError("no video stream") from None
         stream.thread_type = "SLICE"
-        stream.codec_context.thread_count = threads
+        stream.codec_context.thread_count = decoding.threads
         # the decoder's own low-delay flag (the container option above is the demuxer's)
         stream.codec_context.flags |= av.codec.context.Flags.low_delay
         rate = stream.average_rate or stream.guessed_rate
         self.info = StreamInfo(stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
-                               round(float(rate), 3) if rate else None, transport)
+                               round(float(rate), 3) if rate else None, decoding.transport)
         self.output = size.output(self.info.width, self.info.height) if size is not None else None
         self._frames = self.container.decode(stream)
         self._time_base = stream.time_base

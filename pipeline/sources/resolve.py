@@ -30,6 +30,7 @@ from pipeline.sources.folders import (
 )
 from pipeline.sources.linescan import SCHEME as LINESCAN_SCHEME
 from pipeline.sources.linescan import linescan_sources
+from pipeline.sources.network import Decoding
 from pipeline.sources.probe import VIDEO_SUFFIXES, NotAVideoError
 from pipeline.sources.realtime import RealtimeSource
 from pipeline.sources.video import VideoFileSource, video_sources
@@ -65,8 +66,7 @@ class Inputs:
 @dataclass(frozen=True)
 class SourceOptions:
     """How sources are opened: ``still_images`` (an image folder holds stills, not frames),
-    ``dataset_split`` of labelled datasets, ``max_frames``, ``reconnect``, ``decoder_threads`` and
-    ``scale_in_decoder`` of cameras;
+    ``dataset_split`` of labelled datasets, ``max_frames``, ``reconnect`` and ``decoding`` of cameras;
     ``realtime``: files are played as live streams at their own frame rate."""
 
     max_frames: int | None = None
@@ -74,8 +74,7 @@ class SourceOptions:
     dataset_split: str = "test"
     reconnect: Reconnect = Reconnect()
     realtime: bool = False
-    decoder_threads: int = 1
-    scale_in_decoder: bool = False
+    decoding: Decoding = Decoding()
 
 
 def resolve_inputs(specs: list[str], options: SourceOptions = SourceOptions(),
@@ -133,7 +132,7 @@ def _camera(spec: str, options: SourceOptions) -> CameraSource | None:
     path of that name exists (checked before)."""
     number = spec.removeprefix(CAMERA_PREFIX)
     settings = {"max_frames": options.max_frames, "reconnect": options.reconnect,
-                "decoder_threads": options.decoder_threads, "scale_in_decoder": options.scale_in_decoder}
+                "decoding": options.decoding}
     if number.isdigit():
         return CameraSource(spec, stream_id=f"camera_{int(number)}", device=int(number), **settings)
     if spec.startswith(CAMERA_PREFIX):
