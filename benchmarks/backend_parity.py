@@ -15,12 +15,12 @@ torch.set_num_threads(2)
 
 from small_models import SMALL, still_windows  # noqa: E402
 
-from pipeline.backends.choice import parity  # noqa: E402
-from pipeline.backends.graph import export_onnx  # noqa: E402
-from pipeline.checkpoint import load_model  # noqa: E402
-from pipeline.datasets.layouts import mtd_split  # noqa: E402
-from pipeline.files import read_image  # noqa: E402
-from pipeline.stream.preprocess import prepare_frame  # noqa: E402
+from anomstream.pipeline.backends.choice import parity  # noqa: E402
+from anomstream.pipeline.backends.graph import export_onnx  # noqa: E402
+from anomstream.pipeline.checkpoint import load_model  # noqa: E402
+from anomstream.pipeline.datasets.layouts import mtd_split  # noqa: E402
+from anomstream.pipeline.files import read_image  # noqa: E402
+from anomstream.pipeline.stream.preprocess import prepare_frame  # noqa: E402
 
 shared = REPO.parent / "shared" / "data"
 train, test = mtd_split(shared / "mtd")

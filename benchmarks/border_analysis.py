@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.base import AnomalyModel
-from models.score_maps import max_box_mean
-from pipeline.checkpoint import load_model
-from pipeline.datasets.layouts import mtd_split
-from pipeline.files import read_image
-from pipeline.stream.preprocess import prepare_frame
+from anomstream.models.base import AnomalyModel
+from anomstream.models.score_maps import max_box_mean
+from anomstream.pipeline.checkpoint import load_model
+from anomstream.pipeline.datasets.layouts import mtd_split
+from anomstream.pipeline.files import read_image
+from anomstream.pipeline.stream.preprocess import prepare_frame
 
 
 def border_report(model: AnomalyModel, images: np.ndarray, defective: np.ndarray, border: int, box: int) -> str:

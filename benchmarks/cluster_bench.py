@@ -35,9 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.assets import SHIPPED_CHECKPOINT  # noqa: E402
-from pipeline.driver.local_cluster import start_local_cluster, worker_pids  # noqa: E402
-from pipeline.store import FrameStatus, open_results  # noqa: E402
+from anomstream.pipeline.assets import SHIPPED_CHECKPOINT  # noqa: E402
+from anomstream.pipeline.driver.local_cluster import start_local_cluster, worker_pids  # noqa: E402
+from anomstream.pipeline.store import FrameStatus, open_results  # noqa: E402
 
 
 def job_specs(data: Path) -> list[str]:
@@ -48,7 +48,7 @@ def job_specs(data: Path) -> list[str]:
 
 def run_ours(manifest: Path, out: Path, replicas: int, address: str | None = None, kill_after_s: float | None = None,
              cluster=None) -> dict:
-    command = [sys.executable, "-m", "pipeline.cli", "score", "--manifest", str(manifest), "--out", str(out),
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "score", "--manifest", str(manifest), "--out", str(out),
                "--replicas", str(replicas), "--quiet", *(["--address", address] if address else [])]
     started = time.perf_counter()
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -73,10 +73,10 @@ def run_ray_data(specs: list[str], replicas: int, batch_size: int) -> dict:
     import ray
     import torch
 
-    from pipeline.checkpoint import read_checkpoint_and_hash
-    from pipeline.sources.resolve import open_sources
-    from pipeline.stream.scorer import Scorer
-    from pipeline.stream.windows import WindowBatch, window_batches
+    from anomstream.pipeline.checkpoint import read_checkpoint_and_hash
+    from anomstream.pipeline.sources.resolve import open_sources
+    from anomstream.pipeline.stream.scorer import Scorer
+    from anomstream.pipeline.stream.windows import WindowBatch, window_batches
 
     started = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -15,11 +15,11 @@ import argparse
 import numpy as np
 import torch
 
-from models.vector_quantizer import VectorQuantizer
-from pipeline.checkpoint import load_model
-from pipeline.sources.resolve import open_sources
-from pipeline.stream.preprocess import prepare_frame
-from pipeline.training.data import WindowDataset
+from anomstream.models.vector_quantizer import VectorQuantizer
+from anomstream.pipeline.checkpoint import load_model
+from anomstream.pipeline.sources.resolve import open_sources
+from anomstream.pipeline.stream.preprocess import prepare_frame
+from anomstream.pipeline.training.data import WindowDataset
 
 
 def main() -> None:

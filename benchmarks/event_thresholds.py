@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.datasets.video_labels import ped2_frame_labels
-from pipeline.evaluation.events import segments
-from pipeline.events.detector import EventDetector, EventRule
-from pipeline.store import open_results
+from anomstream.pipeline.datasets.video_labels import ped2_frame_labels
+from anomstream.pipeline.evaluation.events import segments
+from anomstream.pipeline.events.detector import EventDetector, EventRule
+from anomstream.pipeline.store import open_results
 
 
 def main() -> None:

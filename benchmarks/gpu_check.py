@@ -32,17 +32,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.assets import SAMPLE_CLIP, SHIPPED_CHECKPOINT  # noqa: E402
-from pipeline.calibration.stored import run_calibration  # noqa: E402
-from pipeline.checkpoint import read_checkpoint_and_hash  # noqa: E402
-from pipeline.demo import sample_labels  # noqa: E402
-from pipeline.errors import UndefinedMetricError  # noqa: E402
-from pipeline.evaluation.frame_metrics import frame_auc, minmax  # noqa: E402
-from pipeline.sources.base import Frame  # noqa: E402
-from pipeline.store import ResultStore  # noqa: E402
-from pipeline.stream.preprocess import prepare_frame  # noqa: E402
-from pipeline.stream.scorer import Scorer  # noqa: E402
-from pipeline.stream.windows import WindowBatch, window_batches  # noqa: E402
+from anomstream.pipeline.assets import SAMPLE_CLIP, SHIPPED_CHECKPOINT  # noqa: E402
+from anomstream.pipeline.calibration.stored import run_calibration  # noqa: E402
+from anomstream.pipeline.checkpoint import read_checkpoint_and_hash  # noqa: E402
+from anomstream.pipeline.demo import sample_labels  # noqa: E402
+from anomstream.pipeline.errors import UndefinedMetricError  # noqa: E402
+from anomstream.pipeline.evaluation.frame_metrics import frame_auc, minmax  # noqa: E402
+from anomstream.pipeline.sources.base import Frame  # noqa: E402
+from anomstream.pipeline.store import ResultStore  # noqa: E402
+from anomstream.pipeline.stream.preprocess import prepare_frame  # noqa: E402
+from anomstream.pipeline.stream.scorer import Scorer  # noqa: E402
+from anomstream.pipeline.stream.windows import WindowBatch, window_batches  # noqa: E402
 
 CUDA_ONLY = "n/a (CUDA only)"
 
@@ -61,7 +61,7 @@ def clip_frames(limit: int | None = None) -> list[Frame]:
 
 def scorer(device: str, precision: str = "fp32", threads: int | None = None) -> Scorer:
     """A torch Scorer of the shipped checkpoint with its calibration's reference maps, on ``device``."""
-    from pipeline.backends.choice import BackendChoice
+    from anomstream.pipeline.backends.choice import BackendChoice
 
     payload, sha256 = read_checkpoint_and_hash(SHIPPED_CHECKPOINT)
     calibrated = run_calibration(payload, sha256, None)

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from models.score_maps import max_box_mean
-from pipeline.config import ScoreSection
-from pipeline.datasets.layouts import ImageRecord
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.run import score_sources
-from pipeline.evaluation.image_metrics import image_auroc
-from pipeline.evaluation.stills import scored_images
+from anomstream.models.score_maps import max_box_mean
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.datasets.layouts import ImageRecord
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.evaluation.image_metrics import image_auroc
+from anomstream.pipeline.evaluation.stills import scored_images
 
 
 def poolings(side: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

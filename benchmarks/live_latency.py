@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.assets import SHIPPED_CHECKPOINT
-from pipeline.config import ScoreSection
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.ray_setup import ensure_ray
-from pipeline.driver.run import score_sources
-from pipeline.sources.camera import Reconnect
-from pipeline.sources.camera_server import spawn
-from pipeline.sources.resolve import SourceOptions
-from pipeline.store import FrameStatus, open_results
-from pipeline.stream.live import LiveOptions
+from anomstream.pipeline.assets import SHIPPED_CHECKPOINT
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.ray_setup import ensure_ray
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.sources.camera import Reconnect
+from anomstream.pipeline.sources.camera_server import spawn
+from anomstream.pipeline.sources.resolve import SourceOptions
+from anomstream.pipeline.store import FrameStatus, open_results
+from anomstream.pipeline.stream.live import LiveOptions
 
 SETUPS = [(fps, streams, policy) for fps in (10, 25) for streams in (1, 2) for policy in ("every", "latest")]
 RTSP_SETUPS = [("768x576", 10, 1), ("768x576", 10, 4), ("1920x1080", 25, 1), ("1920x1080", 25, 4)]

@@ -89,7 +89,7 @@ def main() -> int:
 
     camera = RtspCamera("--size", "768x576", "--fps", "10")
     folder = Path(tempfile.mkdtemp(prefix="live_memory_"))
-    command = [sys.executable, "-m", "pipeline.cli", "live", camera.url(), "--out", str(folder / "m.zarr"),
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", camera.url(), "--out", str(folder / "m.zarr"),
                "--duration", str(args.minutes * 60), "--quiet"]
     run = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     samples = []

@@ -12,14 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.assets import SHIPPED_CHECKPOINT
-from pipeline.config import ScoreSection
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.ray_setup import ensure_ray
-from pipeline.driver.run import score_sources
-from pipeline.sources.camera_server import spawn
-from pipeline.store import open_results
-from pipeline.stream.live import LiveOptions
+from anomstream.pipeline.assets import SHIPPED_CHECKPOINT
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.ray_setup import ensure_ray
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.sources.camera_server import spawn
+from anomstream.pipeline.store import open_results
+from anomstream.pipeline.stream.live import LiveOptions
 
 
 def _bytes(folder: Path) -> int:

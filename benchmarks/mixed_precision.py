@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from models.base import AnomalyModel
-from models.registry import build_model
-from pipeline.config import load_config
-from pipeline.training.data import WindowDataset, load_clips
-from pipeline.training.loop import gradient_step, precision_context
+from anomstream.models.base import AnomalyModel
+from anomstream.models.registry import build_model
+from anomstream.pipeline.config import load_config
+from anomstream.pipeline.training.data import WindowDataset, load_clips
+from anomstream.pipeline.training.loop import gradient_step, precision_context
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -23,10 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.config import ScoreSection  # noqa: E402
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.run import score_sources
-from pipeline.evaluation.stills import ScoredImage, evaluate_stills, scored_images  # noqa: E402
+from anomstream.pipeline.config import ScoreSection  # noqa: E402
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.evaluation.stills import ScoredImage, evaluate_stills, scored_images  # noqa: E402
 
 
 def train_seconds(run: Path) -> float:

@@ -13,9 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.datasets.video_labels import ped2_frame_labels  # noqa: E402
-from pipeline.evaluation.frame_metrics import minmax  # noqa: E402
-from pipeline.evaluation.video import read_scores, series  # noqa: E402
+from anomstream.pipeline.datasets.video_labels import ped2_frame_labels  # noqa: E402
+from anomstream.pipeline.evaluation.frame_metrics import minmax  # noqa: E402
+from anomstream.pipeline.evaluation.video import read_scores, series  # noqa: E402
 
 
 def main() -> None:

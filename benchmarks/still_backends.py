@@ -34,18 +34,18 @@ STILL_CONFIGS = ["mtd_padim", "mtd_favae", "mtd_adtr", "mtd_dsr", "mtd_ds2"]
 
 
 def _windows(paths: list[Path], size: int, channels: int) -> torch.Tensor:
-    from pipeline.files import read_image
-    from pipeline.stream.preprocess import prepare_frame
+    from anomstream.pipeline.files import read_image
+    from anomstream.pipeline.stream.preprocess import prepare_frame
 
     return torch.from_numpy(np.stack([prepare_frame(read_image(p), size, channels)[None] for p in paths]))
 
 
 def speed(rounds: int = 3, batch: int = 16) -> None:
-    from models.registry import build_model
-    from pipeline.backends.graph import export_onnx
-    from pipeline.backends.runners import make_runner
-    from pipeline.config import load_config
-    from pipeline.datasets.layouts import mtd_split
+    from anomstream.models.registry import build_model
+    from anomstream.pipeline.backends.graph import export_onnx
+    from anomstream.pipeline.backends.runners import make_runner
+    from anomstream.pipeline.config import load_config
+    from anomstream.pipeline.datasets.layouts import mtd_split
 
     torch.set_num_threads(2)
     train, test = mtd_split(DATA)
@@ -87,11 +87,11 @@ def speed(rounds: int = 3, batch: int = 16) -> None:
 
 
 def accuracy(runs: list[Path], replicas: int = 2) -> None:
-    from pipeline.config import ScoreSection
-    from pipeline.driver.plan import RunPlan
-    from pipeline.driver.run import score_sources
-    from pipeline.evaluation.image_metrics import image_auroc, pixel_auroc
-    from pipeline.evaluation.stills import scored_images
+    from anomstream.pipeline.config import ScoreSection
+    from anomstream.pipeline.driver.plan import RunPlan
+    from anomstream.pipeline.driver.run import score_sources
+    from anomstream.pipeline.evaluation.image_metrics import image_auroc, pixel_auroc
+    from anomstream.pipeline.evaluation.stills import scored_images
 
     spec = f"mtd:{DATA}?split=test&seed=0"
     print("| run | backend | image AUROC | pixel AUROC | image diff to torch | pixel diff | pipeline fps |")

@@ -37,7 +37,7 @@ def _rows(start: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def store_fps(folder: Path, streams: int, frames: int) -> float:
-    from pipeline.store import ResultStore, result_arrays
+    from anomstream.pipeline.store import ResultStore, result_arrays
 
     rng = np.random.default_rng(0)
     batches = [_rows(start, rng) for start in range(0, frames, BATCH)]
@@ -55,9 +55,9 @@ def store_fps(folder: Path, streams: int, frames: int) -> float:
 def ray_fps(folder: Path, streams: int, frames: int, writers: int) -> float:
     import ray
 
-    from pipeline.driver.ray_setup import ensure_ray
-    from pipeline.store import result_arrays
-    from workers.writer import WriterActor, WriterConfig
+    from anomstream.pipeline.driver.ray_setup import ensure_ray
+    from anomstream.pipeline.store import result_arrays
+    from anomstream.workers.writer import WriterActor, WriterConfig
 
     ensure_ray()
     rng = np.random.default_rng(0)

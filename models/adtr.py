@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.backbones import FrozenBackbone
-from models.base import AnomalyModel, LabelledAnomalies, ScoreOutput
-from models.score_maps import max_box_mean, upsample_map
+from .backbones import FrozenBackbone
+from .base import AnomalyModel, LabelledAnomalies, ScoreOutput
+from .score_maps import max_box_mean, upsample_map
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.errors import BackboneError
+from .errors import BackboneError
 
 TORCHVISION_BACKBONES = ("resnet18", "wide_resnet50_2", "vgg16", "efficientnet_b4")
 BACKBONES = ("efficientnet_lite0", *TORCHVISION_BACKBONES)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import AnomalyModel, ScoreOutput
-from models.blocks import (
+from .base import AnomalyModel, ScoreOutput
+from .blocks import (
     ConvBNReLU,
     CoordDoubleConv,
     DoubleConv,
@@ -42,7 +42,7 @@ from models.blocks import (
     coordinate_channels,
     image_gradients,
 )
-from models.vector_quantizer import VectorQuantizer
+from .vector_quantizer import VectorQuantizer
 
 
 @dataclass

@@ -43,9 +43,9 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from models.backbones import imagenet_normalise
-from models.base import AnomalyModel, ScoreOutput
-from models.synthetic_anomalies import cut_paste, cut_paste_scar
+from .backbones import imagenet_normalise
+from .base import AnomalyModel, ScoreOutput
+from .synthetic_anomalies import cut_paste, cut_paste_scar
 
 
 @dataclass

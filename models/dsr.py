@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import AnomalyModel, ScoreOutput
-from models.blocks import UNet, instance_norm_double_conv, random_rotations
-from models.errors import EarlierStageError
-from models.score_maps import max_box_mean
-from models.synthetic_anomalies import perlin_mask
-from models.vector_quantizer import EMAVectorQuantizer
+from .base import AnomalyModel, ScoreOutput
+from .blocks import UNet, instance_norm_double_conv, random_rotations
+from .errors import EarlierStageError
+from .score_maps import max_box_mean
+from .synthetic_anomalies import perlin_mask
+from .vector_quantizer import EMAVectorQuantizer
 
 
 @dataclass

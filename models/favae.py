@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbones import FrozenBackbone
-from models.base import AnomalyModel, ScoreOutput
-from models.score_maps import upsample_map
+from .backbones import FrozenBackbone
+from .base import AnomalyModel, ScoreOutput
+from .score_maps import upsample_map
 
 
 @dataclass

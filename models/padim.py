@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.backbones import FrozenBackbone
-from models.base import AnomalyModel, ScoreOutput
-from models.score_maps import max_box_mean, upsample_map
+from .backbones import FrozenBackbone
+from .base import AnomalyModel, ScoreOutput
+from .score_maps import max_box_mean, upsample_map
 
 
 @dataclass

@@ -6,22 +6,22 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from importlib import import_module
 
-from models.base import AnomalyModel
+from .base import AnomalyModel
 
 _PLACES = {  # name -> (module, model class, config class)
-    "dmad": ("models.dmad", "DMAD", "DMADConfig"),
-    "adtr": ("models.adtr", "ADTR", "ADTRConfig"),
-    "ds2": ("models.ds2", "DS2", "DS2Config"),
-    "dsr": ("models.dsr", "DSR", "DSRConfig"),
-    "favae": ("models.favae", "FAVAE", "FAVAEConfig"),
-    "padim": ("models.padim", "PaDiM", "PaDiMConfig"),
+    "dmad": (".dmad", "DMAD", "DMADConfig"),
+    "adtr": (".adtr", "ADTR", "ADTRConfig"),
+    "ds2": (".ds2", "DS2", "DS2Config"),
+    "dsr": (".dsr", "DSR", "DSRConfig"),
+    "favae": (".favae", "FAVAE", "FAVAEConfig"),
+    "padim": (".padim", "PaDiM", "PaDiMConfig"),
 }
 
 
 class _Registry(Mapping[str, tuple[type[AnomalyModel], type]]):
     def __getitem__(self, name: str) -> tuple[type[AnomalyModel], type]:
         module, model_class, config_class = _PLACES[name]
-        loaded = import_module(module)
+        loaded = import_module(module, __package__)
         return getattr(loaded, model_class), getattr(loaded, config_class)
 
     def __contains__(self, name: object) -> bool:  # without importing the model's module

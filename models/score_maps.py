@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.blocks import box_mean
+from .blocks import box_mean
 
 
 def upsample_map(scores: torch.Tensor, size: int, sigma: float = 0.0) -> torch.Tensor:

@@ -27,17 +27,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline.backends.choice import BackendChoice, choose_backend
-from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
-from pipeline.config import ScoreSection
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.ray_setup import ensure_ray
-from pipeline.driver.run import score_sources
-from pipeline.sources.resolve import open_sources
-from pipeline.stream.naive import naive_score
-from pipeline.stream.scorer import Scorer
-from pipeline.stream.windows import WindowBatch, window_batches
+from .backends.choice import BackendChoice, choose_backend
+from .calibration.stored import run_calibration
+from .checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
+from .config import ScoreSection
+from .driver.plan import RunPlan
+from .driver.ray_setup import ensure_ray
+from .driver.run import score_sources
+from .sources.resolve import open_sources
+from .stream.naive import naive_score
+from .stream.scorer import Scorer
+from .stream.windows import WindowBatch, window_batches
 
 STAGES = ("model_fps", "naive_fps", "pipeline1_fps", "pipeline2_fps")
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from models.base import AnomalyModel
-from models.registry import MODELS, build_model
-from pipeline.config import check_device_name
-from pipeline.errors import AnomstreamError
+from ..models.base import AnomalyModel
+from ..models.registry import MODELS, build_model
+from .config import check_device_name
+from .errors import AnomstreamError
 
 FORMAT = "anomstream-checkpoint/1"
 
@@ -116,7 +116,7 @@ def read_checkpoint_and_hash(path: str | Path, expected_model: str | None = None
     for another model than ``expected_model``."""
     path = Path(path)
     if not path.is_file():
-        from pipeline.assets import CONFIGS
+        from .assets import CONFIGS
 
         shipped = ", ".join(str(p) for p in sorted((CONFIGS / "weights").glob("*.pt")))
         raise AnomstreamError(f"{path}: checkpoint file not found (shipped checkpoints: {shipped or 'none'})")

@@ -9,25 +9,25 @@ import os
 import sys
 from pathlib import Path
 
-from models.errors import ModelInputError
-from pipeline.assets import SHIPPED_CHECKPOINT
-from pipeline.datasets.layouts import LAYOUT_SPLITS
-from pipeline.errors import AnomstreamError, UndefinedMetricError, cause_line
+from ..models.errors import ModelInputError
+from .assets import SHIPPED_CHECKPOINT
+from .datasets.layouts import LAYOUT_SPLITS
+from .errors import AnomstreamError, UndefinedMetricError, cause_line
 
 STILL_DATASETS = tuple(LAYOUT_SPLITS)
 
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import TrainSection, load_config, with_overrides
-    from pipeline.training.loop import train
+    from .config import TrainSection, load_config, with_overrides
+    from .training.loop import train
 
     config = load_config(args.config)
     if config.train is None and not args.data:
         raise AnomstreamError(f"{args.config}: no train: section; add one (train.data: the normal data) or pass --data")
     section = config.train or TrainSection.model_construct(data=args.data)
     if _device(args):
-        from pipeline.checkpoint import choose_device
+        from .checkpoint import choose_device
 
         choose_device(_device(args), "--device")  # before any data is decoded: one line if it is not there
     config.train = with_overrides(section, {"data": args.data, "epochs": args.epochs, "output_dir": args.output_dir,
@@ -46,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _score_settings(args: argparse.Namespace):
     """The config's score section with command-line overrides (validated as the config is), and
     the model the config names."""
-    from pipeline.config import ScoreSection, check_device_name, load_score_config, with_overrides
+    from .config import ScoreSection, check_device_name, load_score_config, with_overrides
 
     if _device(args):
         check_device_name(_device(args))  # its form; whether the cluster has the device: the run checks
@@ -78,9 +78,9 @@ def _connect_timeout(args: argparse.Namespace) -> float | None:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     """``score``: every input scored on its own; each failure printed, exit 2 if any."""
-    from pipeline.sources.camera import Reconnect
-    from pipeline.sources.resolve import SourceOptions
-    from pipeline.stream.live import LiveOptions
+    from .sources.camera import Reconnect
+    from .sources.resolve import SourceOptions
+    from .stream.live import LiveOptions
 
     options = SourceOptions(args.max_frames, reconnect=Reconnect(connect_timeout_s=_connect_timeout(args)))
     return _run_scoring(args, options, LiveOptions(policy="every"))  # a camera under score: every frame it sends
@@ -88,11 +88,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_live(args: argparse.Namespace) -> int:
     """``live``: cameras and streams (and recordings played in real time) scored as they come."""
-    from pipeline.sources.camera import Reconnect
-    from pipeline.sources.network import Decoding
-    from pipeline.sources.resolve import SourceOptions
-    from pipeline.store.rotation import ROTATIONS
-    from pipeline.stream.live import LiveOptions
+    from .sources.camera import Reconnect
+    from .sources.network import Decoding
+    from .sources.resolve import SourceOptions
+    from .store.rotation import ROTATIONS
+    from .stream.live import LiveOptions
 
     reconnect = Reconnect(attempts=args.reconnect_attempts, stall_timeout_s=args.stall_timeout,
                           connect_timeout_s=_connect_timeout(args), auth_retries=args.auth_retries,
@@ -104,11 +104,11 @@ def _cmd_live(args: argparse.Namespace) -> int:
     served = {"view": (args.view_host, args.view) if args.view is not None else None,
               "metrics": (args.view_host, args.metrics) if args.metrics is not None else None}
     if args.cameras:
-        from pipeline.sources.cameras_file import read_cameras
+        from .sources.cameras_file import read_cameras
 
         served["cameras"] = tuple(read_cameras(args.cameras, args.checkpoint))
     if args.view is not None or args.metrics is not None:
-        from pipeline.view.access import view_token
+        from .view.access import view_token
 
         served["view_token"] = view_token(args.view_host, args.view_token_file)
     return _run_scoring(args, options, live, args.duration, served, ROTATIONS.get(args.rotate))
@@ -122,7 +122,7 @@ def _inputs(args: argparse.Namespace, cameras) -> tuple[list[str], list[str | No
         specs.append(camera.url)
         stream_ids.append(camera.name)
     if getattr(args, "manifest", None):
-        from pipeline.sources.manifest import read_manifest
+        from .sources.manifest import read_manifest
 
         listed = read_manifest(args.manifest)
         specs += [spec for spec, _ in listed]
@@ -136,10 +136,10 @@ def _inputs(args: argparse.Namespace, cameras) -> tuple[list[str], list[str | No
 def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float | None = None,
                  served: dict | None = None, rotate_s: float | None = None) -> int:
     """``served``: RunPlan's view, metrics and view_token (live)."""
-    from pipeline.driver.plan import RunPlan
-    from pipeline.driver.run import score_sources
-    from pipeline.events.recorder import EventOptions, events_folder
-    from pipeline.stream.live import LiveOptions
+    from .driver.plan import RunPlan
+    from .driver.run import score_sources
+    from .events.recorder import EventOptions, events_folder
+    from .stream.live import LiveOptions
 
     settings, model_name = _score_settings(args)
     events = EventOptions(args.event_threshold, args.event_low, args.event_end_after, args.event_min_frames,
@@ -195,7 +195,7 @@ def _live_summary(stream_id: str, accounting: dict) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.backends.export import export_checkpoint
+    from .backends.export import export_checkpoint
 
     metadata = export_checkpoint(args.checkpoint, args.format, args.out, args.calibration)
     worst = max((metadata["parity_with_torch"] or {}).values(), default=None)
@@ -207,9 +207,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """``calibrate``: fit a calibration on normal footage; a file, or stored into the checkpoint."""
-    from pipeline.calibration.fit import CalibrationOptions, calibrate_checkpoint
-    from pipeline.calibration.stored import save_calibration
-    from pipeline.checkpoint import read_checkpoint, write_payload
+    from .calibration.fit import CalibrationOptions, calibrate_checkpoint
+    from .calibration.stored import save_calibration
+    from .checkpoint import read_checkpoint, write_payload
 
     options = CalibrationOptions(args.smoothing, args.false_alarm_rate, position_scale=args.position_scale)
     calibration = calibrate_checkpoint(args.checkpoint, args.data, options, threads=args.threads, progress=not args.quiet,
@@ -229,7 +229,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_stills(args: argparse.Namespace) -> int:
-    from pipeline.evaluation.stills import evaluate_stills
+    from .evaluation.stills import evaluate_stills
 
     evaluation = evaluate_stills(args.store, args.labels)
     print(f"{evaluation.images} images ({evaluation.normal_images} normal)")
@@ -248,14 +248,14 @@ def _cmd_eval_stills(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.datasets.video_labels import load_frame_labels
+    from .datasets.video_labels import load_frame_labels
 
     if args.dataset in STILL_DATASETS:
         return _cmd_eval_stills(args)
     if not args.labels:
         raise AnomstreamError(f"--labels is required for dataset {args.dataset}")
-    from pipeline.evaluation.events import event_figures
-    from pipeline.evaluation.video import (
+    from .evaluation.events import event_figures
+    from .evaluation.video import (
         Evaluation,
         evaluate,
         store_pixel_auc,
@@ -308,7 +308,7 @@ def _write_json(path: str, data: dict) -> None:
 
 def _mask_reader(dataset: str, labels_path: str):
     """stream id -> its bool (H, W) pixel masks in frame order, from the dataset's layout."""
-    from pipeline.datasets.video_labels import MASK_READERS
+    from .datasets.video_labels import MASK_READERS
 
     if dataset not in MASK_READERS:
         raise AnomstreamError(f"--pixel: no pixel masks for dataset {dataset!r}")
@@ -322,7 +322,7 @@ def _listing(items: list, limit: int = 10) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from .demo import run_demo
 
     outputs = run_demo(Path(args.out), args.replicas, progress=not args.quiet)
     for name, path in outputs.items():
@@ -331,7 +331,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import run_bench
+    from .bench import run_bench
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
     results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends,
@@ -633,7 +633,7 @@ def expand_path_arguments(args: argparse.Namespace) -> None:
     ``x``, and what a command prints is the path it used. URLs stay as written. Sources of score and
     live expand as manifest lines do (one that cannot stays as written and fails alone). Raises
     ConfigError naming the argument (``--out: environment variable RUNS is not set ...``)."""
-    from pipeline.paths import expand_input, expand_path, expand_spec
+    from .paths import expand_input, expand_path, expand_spec
 
     for name, label in PATH_ARGUMENTS.items():
         value = getattr(args, name, None)

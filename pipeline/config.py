@@ -18,9 +18,9 @@ from pydantic import (
     field_validator,
 )
 
-from models.registry import MODELS
-from pipeline.errors import ConfigError
-from pipeline.paths import expand_path, expand_spec
+from ..models.registry import MODELS
+from .errors import ConfigError
+from .paths import expand_path, expand_spec
 
 PATH_KEYS = {  # config keys that name files or folders (expand_path) or sources (expand_spec)
     "model": {"backbone_weights": expand_path, "stage1_checkpoint": expand_path},

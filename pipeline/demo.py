@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.assets import SAMPLE_CLIP, SAMPLE_LABELS, SHIPPED_CHECKPOINT
-from pipeline.config import ScoreSection
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.run import score_sources
-from pipeline.errors import AnomstreamError
-from pipeline.evaluation.frame_metrics import frame_auc, minmax
-from pipeline.sources.video import VideoFileSource
-from pipeline.store import open_results, read_events
-from pipeline.visualize import plot_scores, write_overlay
+from .assets import SAMPLE_CLIP, SAMPLE_LABELS, SHIPPED_CHECKPOINT
+from .config import ScoreSection
+from .driver.plan import RunPlan
+from .driver.run import score_sources
+from .errors import AnomstreamError
+from .evaluation.frame_metrics import frame_auc, minmax
+from .sources.video import VideoFileSource
+from .store import open_results, read_events
+from .visualize import plot_scores, write_overlay
 
 
 def sample_labels() -> np.ndarray:

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from .errors import ConfigError
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.sources.base import Source
+from .sources.base import Source
 
 
 def _anomalous_spans(labels: np.ndarray) -> list[tuple[int, int]]:

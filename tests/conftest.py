@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.assets import SAMPLE_CLIP, SHIPPED_CHECKPOINT
+from anomstream.pipeline.assets import SAMPLE_CLIP, SHIPPED_CHECKPOINT
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("ANOMSTREAM_DATA", REPO.parent / "shared" / "data"))
@@ -46,7 +46,7 @@ def ray_session():
     """One local Ray instance for the whole test session."""
     import ray
 
-    from pipeline.driver.ray_setup import ensure_ray
+    from anomstream.pipeline.driver.ray_setup import ensure_ray
 
     ensure_ray()
     yield ray
@@ -104,9 +104,9 @@ def clean_run(ray_session, ped2, shipped_checkpoint, tmp_path_factory):
     """(store, report) of Ped2 test clips 01 and 02 (frame folders) scored on the local Ray with 2
     replicas of 1 thread, batches of 8, nothing going wrong: what runs with faults are compared
     with, and what the shipped checkpoint's AUC is measured on."""
-    from pipeline.config import ScoreSection
-    from pipeline.driver.plan import RunPlan
-    from pipeline.driver.run import score_sources
+    from anomstream.pipeline.config import ScoreSection
+    from anomstream.pipeline.driver.plan import RunPlan
+    from anomstream.pipeline.driver.run import score_sources
 
     out = tmp_path_factory.mktemp("clean") / "run.zarr"
     report = score_sources(RunPlan(specs=[str(ped2 / "testing" / "frames" / clip) for clip in ("01", "02")],

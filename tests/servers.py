@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.sources.camera_server import spawn
+from anomstream.pipeline.sources.camera_server import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.adtr import ADTR, ADTRConfig
-from models.ds2 import DS2, DS2Config
-from models.dsr import DSR, DSRConfig
-from models.favae import FAVAE, FAVAEConfig
-from models.padim import PaDiM, PaDiMConfig
-from pipeline.files import read_image
-from pipeline.stream.preprocess import prepare_frame
+from anomstream.models.adtr import ADTR, ADTRConfig
+from anomstream.models.ds2 import DS2, DS2Config
+from anomstream.models.dsr import DSR, DSRConfig
+from anomstream.models.favae import FAVAE, FAVAEConfig
+from anomstream.models.padim import PaDiM, PaDiMConfig
+from anomstream.pipeline.files import read_image
+from anomstream.pipeline.stream.preprocess import prepare_frame
 
 SMALL = {
     "adtr": (ADTR, ADTRConfig(image_size=64, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, feedforward=64,

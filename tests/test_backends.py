@@ -15,13 +15,13 @@ import torch
 from conftest import REPO
 from small_models import SMALL, still_windows
 
-from pipeline.backends.choice import TOLERANCE, choose_backend, parity
-from pipeline.backends.graph import export_onnx
-from pipeline.backends.runners import BackendError
-from pipeline.checkpoint import load_model
-from pipeline.datasets.layouts import mtd_split
-from pipeline.files import read_image
-from pipeline.stream.preprocess import prepare_frame
+from anomstream.pipeline.backends.choice import TOLERANCE, choose_backend, parity
+from anomstream.pipeline.backends.graph import export_onnx
+from anomstream.pipeline.backends.runners import BackendError
+from anomstream.pipeline.checkpoint import load_model
+from anomstream.pipeline.datasets.layouts import mtd_split
+from anomstream.pipeline.files import read_image
+from anomstream.pipeline.stream.preprocess import prepare_frame
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -76,10 +76,10 @@ def test_export_writes_the_graph_and_what_its_users_need(shipped_checkpoint, ped
     statistics and the measured parity."""
     import onnxruntime
 
-    from pipeline.stream.scorer import Scorer
+    from anomstream.pipeline.stream.scorer import Scorer
 
     out = tmp_path / "onnx"
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "export", str(shipped_checkpoint), "--format", "onnx",
+    done = subprocess.run([sys.executable, "-m", "anomstream.pipeline.cli", "export", str(shipped_checkpoint), "--format", "onnx",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"exported dmad (onnx): model.onnx and anomstream.json in {out}; largest difference")
@@ -108,8 +108,8 @@ def checkpoint_terms(metadata: dict) -> list[str]:
 
 
 def test_export_and_backend_refusals_are_one_line(shipped_checkpoint, tmp_path):
-    from pipeline.backends.export import export_checkpoint
-    from pipeline.errors import AnomstreamError
+    from anomstream.pipeline.backends.export import export_checkpoint
+    from anomstream.pipeline.errors import AnomstreamError
 
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -8,9 +8,9 @@ import shutil
 import pytest
 import zarr
 
-from pipeline.cli import main
-from pipeline.errors import AnomstreamError
-from pipeline.sources.manifest import read_manifest
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.sources.manifest import read_manifest
 
 
 def test_manifest_lines_and_tables(tmp_path):
@@ -78,7 +78,7 @@ def test_manifest_job_scores_the_rest_and_resume_refuses_a_changed_input(ray_ses
 def test_auto_address_left_by_a_dead_head_fails_fast(tmp_path, monkeypatch):
     """``--address auto`` reads the address ``ray start`` left on this machine; a head that died
     leaves it behind: one line naming it, not minutes of Ray's retries."""
-    from pipeline.driver import ray_setup
+    from anomstream.pipeline.driver import ray_setup
 
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")

@@ -15,7 +15,7 @@ def _poll_until(busy, replicas, nodes, done, timeout_s=10.0):
 
 
 def test_busy_share_per_node_from_replica_seconds(ray_session):
-    from pipeline.driver.busy import NodeBusy
+    from anomstream.pipeline.driver.busy import NodeBusy
 
     @ray_session.remote(num_cpus=0)
     class Replica:

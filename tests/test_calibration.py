@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.calibration.fit import position_statistics
-from pipeline.calibration.scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
-from pipeline.calibration.stored import load_calibration, run_calibration, save_calibration
-from pipeline.checkpoint import file_sha256, read_checkpoint, write_payload
-from pipeline.cli import main
-from pipeline.errors import AnomstreamError
-from pipeline.store import open_results
+from anomstream.pipeline.calibration.fit import position_statistics
+from anomstream.pipeline.calibration.scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
+from anomstream.pipeline.calibration.stored import load_calibration, run_calibration, save_calibration
+from anomstream.pipeline.checkpoint import file_sha256, read_checkpoint, write_payload
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.store import open_results
 
 
 def _calibration(sample: np.ndarray, smoothing: int = 1, rate: float = 1e-2) -> Calibration:

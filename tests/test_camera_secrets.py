@@ -20,11 +20,11 @@ from urllib.parse import quote
 import pytest
 from servers import LockedCamera, WebhookReceiver
 
-from pipeline.cli import main
-from pipeline.errors import SourceError
-from pipeline.events.recorder import events_folder
-from pipeline.sources.base import Frame
-from pipeline.sources.camera import (
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.errors import SourceError
+from anomstream.pipeline.events.recorder import events_folder
+from anomstream.pipeline.sources.base import Frame
+from anomstream.pipeline.sources.camera import (
     PASSWORD_VARIABLE,
     USER_VARIABLE,
     CameraSource,
@@ -32,8 +32,8 @@ from pipeline.sources.camera import (
     Reconnect,
     url_with_credentials,
 )
-from pipeline.sources.resolve import resolve_inputs
-from pipeline.store import open_results
+from anomstream.pipeline.sources.resolve import resolve_inputs
+from anomstream.pipeline.store import open_results
 
 USER, PASSWORD = "cam-op", "S3cr:t/p@ss%9"  # characters a URL must percent-encode
 TOKEN, WRONG = "t0ken-5ecret", "wr0ng-Pa55"
@@ -252,8 +252,8 @@ def test_live_run_leaves_the_password_and_token_nowhere(ray_session, locked, hom
 
 def test_a_password_holding_an_unencoded_slash_is_masked_too():
     """urlsplit takes 'u:ab' for the login and '/cd@host' for the path: the whole login is masked."""
-    from pipeline.events.webhook import shown_url
-    from pipeline.sources.camera import redact_url
+    from anomstream.pipeline.events.webhook import shown_url
+    from anomstream.pipeline.sources.camera import redact_url
 
     assert redact_url("rtsp://cam-op:ab/cd@cam.local/live?token=9") == "rtsp://***:***@cam.local/live?***"
     assert shown_url("https://hook:ab/cd@alerts.local/x") == "https://***@alerts.local/x"

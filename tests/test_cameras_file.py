@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import AnomstreamError
-from pipeline.sources.base import StreamSettings
-from pipeline.sources.camera import CameraSource
-from pipeline.sources.cameras_file import apply_cameras, read_cameras
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.sources.base import StreamSettings
+from anomstream.pipeline.sources.camera import CameraSource
+from anomstream.pipeline.sources.cameras_file import apply_cameras, read_cameras
 
 
 def _file(tmp_path, text: str):

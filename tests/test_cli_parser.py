@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline import cli
-from pipeline.assets import SHIPPED_CHECKPOINT
+from anomstream.pipeline import cli
+from anomstream.pipeline.assets import SHIPPED_CHECKPOINT
 
 SCORING_DEFAULTS = {  # what score and live share
     "checkpoint": str(SHIPPED_CHECKPOINT), "config": None, "replicas": None, "batch_size": None, "writers": None,

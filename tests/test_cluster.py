@@ -18,7 +18,7 @@ import pytest
 import zarr
 from conftest import CLEAN_RUN_BATCH, REPO, first_frames
 
-from pipeline.driver.local_cluster import start_local_cluster, worker_pids
+from anomstream.pipeline.driver.local_cluster import start_local_cluster, worker_pids
 
 FRAMES = 112  # of clip 02's 180
 ARRAYS = ("frame_index", "status", "valid", "score_raw", "score", "term_gradient_excess", "term_deformation")
@@ -55,7 +55,7 @@ def _score_command(cluster, ped2, out: Path) -> list[str]:
     # flush_s otherwise: the last kills would come when the job is nearly done)
     config.write_text(f"model:\n  name: dmad\nscore:\n  replicas: 2\n  batch_size: {CLEAN_RUN_BATCH}\n  replica_threads: 1\n"
                       f"  flush_s: 0\n")
-    return [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--config", str(config),
+    return [sys.executable, "-m", "anomstream.pipeline.cli", "score", str(clip), "--config", str(config),
             "--address", cluster.address, "--out", str(out), "--quiet"]
 
 

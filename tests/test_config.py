@@ -3,11 +3,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.dmad import DMADConfig
-from models.registry import MODELS
-from pipeline.cli import main
-from pipeline.config import load_config, load_score_config, parse_config
-from pipeline.errors import ConfigError
+from anomstream.models.dmad import DMADConfig
+from anomstream.models.registry import MODELS
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.config import load_config, load_score_config, parse_config
+from anomstream.pipeline.errors import ConfigError
 
 REPO_CONFIGS = ["configs/ped2_dmad_cpu.yaml", "configs/ped2_dmad.yaml"]
 

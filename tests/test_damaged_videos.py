@@ -23,14 +23,14 @@ from video_builders import (
     ped2_frames,
 )
 
-from pipeline.cli import main
-from pipeline.sources.base import Frame
-from pipeline.sources.resolve import resolve_inputs
-from pipeline.sources.video import StreamClock, VideoFileSource
-from pipeline.store import FrameStatus, open_results, result_arrays, stream_key
-from pipeline.store.accounting import StreamAccounting
-from pipeline.stream.rows import unscored_rows
-from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.sources.base import Frame
+from anomstream.pipeline.sources.resolve import resolve_inputs
+from anomstream.pipeline.sources.video import StreamClock, VideoFileSource
+from anomstream.pipeline.store import FrameStatus, open_results, result_arrays, stream_key
+from anomstream.pipeline.store.accounting import StreamAccounting
+from anomstream.pipeline.stream.rows import unscored_rows
+from anomstream.pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
 
 SCORED, WARMUP, GAP, DECODE_ERROR = (int(s) for s in (FrameStatus.SCORED, FrameStatus.WARMUP, FrameStatus.SOURCE_GAP,
                                                        FrameStatus.DECODE_ERROR))

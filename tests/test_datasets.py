@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from layout_builders import ksdd2_from_mtd, loco_from_mtd, mvtec_from_mtd
 
-from pipeline.datasets.layouts import (
+from anomstream.pipeline.datasets.layouts import (
     ksdd2_split,
     mtd_split,
     mvtec_loco_split,
     mvtec_split,
 )
-from pipeline.datasets.specs import dataset_records, parse_dataset_spec, read_mask
-from pipeline.errors import SourceError
-from pipeline.sources.resolve import open_sources
-from pipeline.training.anomalies import labelled_examples
+from anomstream.pipeline.datasets.specs import dataset_records, parse_dataset_spec, read_mask
+from anomstream.pipeline.errors import SourceError
+from anomstream.pipeline.sources.resolve import open_sources
+from anomstream.pipeline.training.anomalies import labelled_examples
 
 
 @pytest.fixture(scope="module")

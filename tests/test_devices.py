@@ -36,12 +36,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
 from torch.utils._pytree import tree_flatten, tree_map
 
-from models.base import LabelledAnomalies
-from models.dmad import DMAD, DMADConfig
-from models.dsr import DSR
-from pipeline import cli
-from pipeline.calibration.fit import CalibrationOptions, fit_calibration, normal_sources
-from pipeline.checkpoint import (
+from anomstream.models.base import LabelledAnomalies
+from anomstream.models.dmad import DMAD, DMADConfig
+from anomstream.models.dsr import DSR
+from anomstream.pipeline import cli
+from anomstream.pipeline.calibration.fit import CalibrationOptions, fit_calibration, normal_sources
+from anomstream.pipeline.checkpoint import (
     FORMAT,
     choose_device,
     load_model,
@@ -51,14 +51,14 @@ from pipeline.checkpoint import (
     save_checkpoint,
     set_reference_maps,
 )
-from pipeline.config import ScoreSection
-from pipeline.driver import run as driver_run
-from pipeline.errors import AnomstreamError
-from pipeline.sources.resolve import open_sources
-from pipeline.stream.scorer import Scorer
-from pipeline.stream.windows import WindowBatch, window_batches
-from pipeline.training import loop
-from pipeline.training.data import WindowDataset, draw_anomalies, load_clips
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.driver import run as driver_run
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.sources.resolve import open_sources
+from anomstream.pipeline.stream.scorer import Scorer
+from anomstream.pipeline.stream.windows import WindowBatch, window_batches
+from anomstream.pipeline.training import loop
+from anomstream.pipeline.training.data import WindowDataset, draw_anomalies, load_clips
 
 META = torch.device("meta")
 aten = torch.ops.aten
@@ -312,7 +312,7 @@ def test_the_shipped_model_scores_the_same_on_another_device(shipped_checkpoint,
 def test_training_on_another_device_writes_cpu_checkpoints_that_resume(tmp_path, sample_clip, monkeypatch):
     """The loop itself on the device (batches moved there, calibration, a checkpoint per epoch), with
     the same losses as on the CPU; its checkpoints hold CPU tensors only, load on the CPU and resume."""
-    from pipeline.config import parse_config
+    from anomstream.pipeline.config import parse_config
 
     def run(device: torch.device, folder: str, epochs: int = 1, resume: bool = False) -> list[float]:
         """The losses logged, one per epoch."""
@@ -382,7 +382,7 @@ def test_autocast_takes_the_device_type():
 def test_the_identity_grid_stays_float32_under_bf16():
     """Made in bf16 (a prototype's dtype under autocast) the 128 px identity grid is off by up to 0.18 px
     (0.12 px of rounding, the rest linspace's steps in bf16); DMAD makes it in float32."""
-    from models.blocks import coordinate_channels
+    from anomstream.models.blocks import coordinate_channels
 
     like = torch.zeros(1, 1, 128, 128, dtype=torch.bfloat16)
     exact = coordinate_channels(like, torch.float32)[:, :2].permute(0, 2, 3, 1)
@@ -451,7 +451,7 @@ def test_device_cpu_asks_ray_for_no_gpu(monkeypatch):
 @pytest.fixture(scope="module")
 def gpu_node():
     """One loopback Ray node with 2 CPUs that reports 1 GPU (a label: torch sees none here)."""
-    from pipeline.driver.local_cluster import start_local_cluster
+    from anomstream.pipeline.driver.local_cluster import start_local_cluster
 
     node = start_local_cluster(nodes=1, cpus_per_node=2, gpus_per_node=1)
     yield node
@@ -462,7 +462,7 @@ def test_score_device_on_a_cluster_with_a_gpu(gpu_node, ped2, tmp_path):
     """--device cpu: 3 replicas on a node whose 1 GPU holds 2 of them run on its CPUs and say so;
     --device cuda: the replicas get their GPU fraction and, torch seeing no GPU, the run ends in one line."""
     clip = first_frames(ped2, "01", 24, tmp_path / "input")
-    command = [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--address", gpu_node.address, "--quiet",
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "score", str(clip), "--address", gpu_node.address, "--quiet",
                "--backend", "torch", "--replicas", "3"]
     placed = subprocess.run([*command, "--out", str(tmp_path / "cpu.zarr"), "--device", "cpu"], cwd=REPO,
                             capture_output=True, text=True, timeout=240)

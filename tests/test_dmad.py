@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.dmad import DMAD, DMADConfig
-from pipeline.checkpoint import load_model, save_checkpoint
-from pipeline.errors import AnomstreamError
-from pipeline.sources.video import VideoFileSource
-from pipeline.stream.preprocess import prepare_frame
+from anomstream.models.dmad import DMAD, DMADConfig
+from anomstream.pipeline.checkpoint import load_model, save_checkpoint
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.sources.video import VideoFileSource
+from anomstream.pipeline.stream.preprocess import prepare_frame
 
 SMALL = DMADConfig(image_size=64, channels=1, widths=(8, 16, 32, 64), memory_size=32, skip_channels=8,
                    offset_width=8, coarse_max_px=1.0, fine_max_px=1.5)

@@ -18,8 +18,8 @@ import yaml
 from layout_builders import mvtec_from_mtd
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.store import ResultStore, result_arrays
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.store import ResultStore, result_arrays
 
 PED2_CASE = "07-ped2-masks-0-1"
 

@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.datasets.video_labels import (
+from anomstream.pipeline.datasets.video_labels import (
     avenue_frame_labels,
     load_frame_labels,
     ped2_frame_labels,
     ped2_masks,
 )
-from pipeline.errors import AnomstreamError
-from pipeline.evaluation.frame_metrics import (
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.evaluation.frame_metrics import (
     frame_auc,
     normalise,
     pixel_auc,

@@ -11,10 +11,10 @@ import socket
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.events.detector import EventDetector, EventRule
-from pipeline.events.outbox import Outbox
-from pipeline.store import open_results, read_events
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.events.detector import EventDetector, EventRule
+from anomstream.pipeline.events.outbox import Outbox
+from anomstream.pipeline.store import open_results, read_events
 from tests.servers import WebhookReceiver
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.sources.base import Frame, Gap
-from pipeline.sources.resolve import open_sources
-from pipeline.store import result_arrays
-from pipeline.stream.feed import DeviceFeed
-from pipeline.stream.rows import unscored_rows
-from pipeline.stream.scorer import Scorer
-from pipeline.stream.windows import WindowAssembler, WindowBatch, window_batches
+from anomstream.pipeline.sources.base import Frame, Gap
+from anomstream.pipeline.sources.resolve import open_sources
+from anomstream.pipeline.store import result_arrays
+from anomstream.pipeline.stream.feed import DeviceFeed
+from anomstream.pipeline.stream.rows import unscored_rows
+from anomstream.pipeline.stream.scorer import Scorer
+from anomstream.pipeline.stream.windows import WindowAssembler, WindowBatch, window_batches
 
 CPU = torch.device("cpu")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.store import open_results
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.store import open_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_case_12_leftover_ray_address_is_ignored(field_cases, tmp_path):
     port = _free_port()
     clip = field_cases / "12-ray-address-env" / "clip.mp4"
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    command = [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--quiet"]
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "score", str(clip), "--quiet"]
     done = subprocess.run([*command, "--out", str(tmp_path / "c.zarr")], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
@@ -153,8 +153,8 @@ def test_resume_refuses_another_input_under_a_streams_name(ray_session, field_ca
     first, second = tmp_path / "a" / "cam.mp4", tmp_path / "b" / "cam.mp4"
     for path in (first, second):
         path.parent.mkdir()
-    from pipeline.encode import encode_video
-    from pipeline.sources.video import VideoFileSource
+    from anomstream.pipeline.encode import encode_video
+    from anomstream.pipeline.sources.video import VideoFileSource
 
     frames = [f.image for f in VideoFileSource(field_cases / "12-ray-address-env" / "clip.mp4").frames()]
     encode_video(frames[:3], first, fps=10)
@@ -171,8 +171,8 @@ def test_resume_refuses_another_input_under_a_streams_name(ray_session, field_ca
 
 
 def test_address_that_is_not_ray_fails_fast(ray_session):
-    from pipeline.driver.ray_setup import _check_reachable
-    from pipeline.errors import AnomstreamError
+    from anomstream.pipeline.driver.ray_setup import _check_reachable
+    from anomstream.pipeline.errors import AnomstreamError
 
     _check_reachable(ray_session.get_runtime_context().gcs_address)  # the session's own cluster answers
     with socket.socket() as silent:

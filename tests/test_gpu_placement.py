@@ -12,10 +12,10 @@ import pytest
 import zarr
 from conftest import REPO, first_frames
 
-from pipeline.config import ScoreSection
-from pipeline.driver.local_cluster import start_local_cluster
-from pipeline.driver.run import check_gpu_placement
-from pipeline.errors import AnomstreamError
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.driver.local_cluster import start_local_cluster
+from anomstream.pipeline.driver.run import check_gpu_placement
+from anomstream.pipeline.errors import AnomstreamError
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_three_replicas_on_a_one_gpu_node_end_in_seconds(gpu_node, ped2, tmp_pat
     """`--replicas 3` with the default gpu_fraction 0.5 on a node with 1 GPU: once it waited for ever
     on the third replica; now it refuses before it starts. Two replicas fit and the run completes."""
     clip = first_frames(ped2, "01", 24, tmp_path / "input")
-    command = [sys.executable, "-m", "pipeline.cli", "score", str(clip), "--address", gpu_node.address, "--quiet",
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "score", str(clip), "--address", gpu_node.address, "--quiet",
                "--backend", "torch"]
     started = time.monotonic()
     refused = subprocess.run([*command, "--out", str(tmp_path / "three.zarr"), "--replicas", "3"], cwd=REPO,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.errors import UndefinedMetricError
-from pipeline.evaluation.image_metrics import (
+from anomstream.pipeline.errors import UndefinedMetricError
+from anomstream.pipeline.evaluation.image_metrics import (
     image_auroc,
     image_average_precision,
     pixel_auroc,

@@ -18,14 +18,14 @@ from video_builders import (
     write_containers,
 )
 
-from pipeline.datasets.specs import parse_dataset_spec
-from pipeline.encode import encode_video
-from pipeline.errors import SourceError
-from pipeline.sources.camera import CameraSource, Reconnect
-from pipeline.sources.folders import FrameFolderSource
-from pipeline.sources.probe import NotAVideoError, probe_video
-from pipeline.sources.resolve import SourceOptions, open_sources, resolve_inputs
-from pipeline.sources.video import VideoFileSource, upright
+from anomstream.pipeline.datasets.specs import parse_dataset_spec
+from anomstream.pipeline.encode import encode_video
+from anomstream.pipeline.errors import SourceError
+from anomstream.pipeline.sources.camera import CameraSource, Reconnect
+from anomstream.pipeline.sources.folders import FrameFolderSource
+from anomstream.pipeline.sources.probe import NotAVideoError, probe_video
+from anomstream.pipeline.sources.resolve import SourceOptions, open_sources, resolve_inputs
+from anomstream.pipeline.sources.video import VideoFileSource, upright
 
 
 def _images(source) -> list[np.ndarray]:

@@ -12,19 +12,19 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from pipeline.datasets.label_files import (
+from anomstream.pipeline.datasets.label_files import (
     defect_pixels,
     load_mat,
     read_array,
     read_mask_file,
     read_masks,
 )
-from pipeline.datasets.video_labels import (
+from anomstream.pipeline.datasets.video_labels import (
     avenue_frame_labels,
     avenue_stream_masks,
     ped2_masks,
 )
-from pipeline.errors import AnomstreamError, LabelFileError
+from anomstream.pipeline.errors import AnomstreamError, LabelFileError
 
 RNG = np.random.default_rng(7)
 CELLS = [(RNG.random((5, 7)) < 0.3).astype(np.uint8) for _ in range(3)]  # three (H=5, W=7) 0/1 masks
@@ -207,7 +207,7 @@ def test_ped2_masks_coded_0_1_and_0_255_agree(field_cases):
 
 
 def test_frame_labels_read_by_value_and_ucsd_clip_names(field_cases, tmp_path):
-    from pipeline.datasets.video_labels import (
+    from anomstream.pipeline.datasets.video_labels import (
         frame_labels,
         ped2_frame_labels,
         ped2_masks,

@@ -13,15 +13,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import cli
-from pipeline.cli import main
-from pipeline.config import load_config, load_score_config
-from pipeline.datasets.video_labels import load_frame_labels
-from pipeline.errors import AnomstreamError, ConfigError
-from pipeline.evaluation.video import evaluate
-from pipeline.paths import expand_path, expand_spec
-from pipeline.sources.manifest import read_manifest
-from pipeline.store import ResultStore, result_arrays
+from anomstream.pipeline import cli
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.config import load_config, load_score_config
+from anomstream.pipeline.datasets.video_labels import load_frame_labels
+from anomstream.pipeline.errors import AnomstreamError, ConfigError
+from anomstream.pipeline.evaluation.video import evaluate
+from anomstream.pipeline.paths import expand_path, expand_spec
+from anomstream.pipeline.sources.manifest import read_manifest
+from anomstream.pipeline.store import ResultStore, result_arrays
 
 FRAMES = 6  # every stream written here has 6 rows, frame 0 not scored
 SCORES = np.array([0.1, 0.2, 0.9, 0.8, 0.3, 0.25], np.float32)
@@ -240,8 +240,8 @@ def test_eval_reads_and_writes_where_tilde_points(home, tmp_path, capsys):
 
 def fake_scoring(monkeypatch) -> list:
     """score_sources replaced by one that records the plan and reports one stream of 24 frames."""
-    from pipeline.driver import run as driver_run
-    from pipeline.driver.report import RunReport, StreamReport
+    from anomstream.pipeline.driver import run as driver_run
+    from anomstream.pipeline.driver.report import RunReport, StreamReport
 
     plans = []
 
@@ -304,7 +304,7 @@ def test_every_path_argument_is_expanded_before_its_command_runs(home, argv, nam
 def test_train_options_expand_once_through_the_config(home, tmp_path, monkeypatch, capsys):
     """--data and --output-dir are expanded by the command line, the config's own paths by the
     config, and neither again when the options replace the config's values."""
-    from pipeline.training import loop
+    from anomstream.pipeline.training import loop
 
     seen = []
     monkeypatch.setattr(loop, "train", lambda config, resume, progress: seen.append(config.train) or Path("m.pt"))
@@ -384,7 +384,7 @@ def test_case16_tilde_in_train_data_and_output_dir_means_home(field2, home, caps
 
 def test_a_whole_config_given_to_score_needs_no_training_paths(tmp_path, monkeypatch):
     """score --config reads the score section: an unset $DATA in train.data does not stop it."""
-    from pipeline.config import load_score_config
+    from anomstream.pipeline.config import load_score_config
 
     monkeypatch.delenv("DATA", raising=False)
     config = tmp_path / "c.yaml"

@@ -1,6 +1,10 @@
 """The house's layout holds: no import circle between files, `models/` imports nothing of the
 pipeline, only the driver (and the CLI above it) imports the Ray actors of `workers/`, and the
-`pipeline/` top level stays small. Imports inside functions count too."""
+`pipeline/` top level stays small. Imports inside functions count too.
+
+The folders are installed beneath the package ``anomstream`` (pyproject's package-dir; its own
+module is pipeline/api/__init__.py) and import one another relatively: ``from ...models.base``
+in pipeline/driver/run.py is models.base here (the repo's root plays ``anomstream``)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "models", "workers", "configs")
 MAY_IMPORT_WORKERS = ("pipeline.driver", "pipeline.cli")
+
+
+API = REPO / "pipeline" / "api" / "__init__.py"  # the package ``anomstream`` itself: the repo's root
+
+
+def _package_parts(path: Path) -> list[str]:
+    """The package a file's relative imports start from (the root is [])."""
+    if path == API:
+        return []
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return parts[:-1]
 
 
 def _modules() -> dict[str, Path]:
@@ -27,9 +42,11 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                     for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            start = _package_parts(path)
+            base = ".".join(start[:len(start) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
+                else node.module
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         else:
             continue
         out.update(name for name in names if name.split(".")[0] in PACKAGES and name in modules)
@@ -84,6 +101,24 @@ def test_only_the_driver_imports_the_ray_actors():
     assert "pipeline.driver.run" in importers  # the rule is checked against real imports
 
 
+def test_the_packages_import_one_another_relatively_and_are_all_installed():
+    """An absolute ``import pipeline...`` would find the repo's folder only where it happens to be
+    on sys.path (never once installed); pyproject lists every package folder beneath anomstream."""
+    absolute = []
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            absolute += [f"{path.relative_to(REPO)}: {name}" for name in names if name.split(".")[0] in PACKAGES]
+    assert absolute == []
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"anomstream." + ".".join(path.parent.relative_to(REPO).parts) for package in PACKAGES
+               for path in (REPO / package).rglob("__init__.py") if path != API}
+    assert listed == folders | {"anomstream"}
+
+
 def test_pipeline_top_level_stays_small():
     top = sorted(p.name for p in (REPO / "pipeline").glob("*.py"))
     assert len(top) <= 12, top
@@ -96,12 +131,12 @@ def test_writer_and_decoder_start_without_torch_and_a_replica_without_the_still_
     import sys
 
     probe = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
-             "print(' '.join(m for m in ('torch', 'torchvision', 'models.dmad') if m in sys.modules))")
+             "print(' '.join(m for m in ('torch', 'torchvision', 'anomstream.models.dmad') if m in sys.modules))")
     loaded = {module: subprocess.run([sys.executable, "-c", probe, module], cwd=REPO, capture_output=True, text=True,
                                      check=True).stdout.split()
-              for module in ("workers.writer", "workers.decoder")}
-    assert loaded == {"workers.writer": [], "workers.decoder": []}
-    replica = ("import sys; from pipeline.checkpoint import load_model; load_model(sys.argv[1]); "
+              for module in ("anomstream.workers.writer", "anomstream.workers.decoder")}
+    assert loaded == {"anomstream.workers.writer": [], "anomstream.workers.decoder": []}
+    replica = ("import sys; from anomstream.pipeline.checkpoint import load_model; load_model(sys.argv[1]); "
                "print('torchvision' in sys.modules)")
     shipped = REPO / "configs" / "weights" / "ped2_dmad_cpu.pt"
     assert subprocess.run([sys.executable, "-c", replica, str(shipped)], cwd=REPO, capture_output=True, text=True,

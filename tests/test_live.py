@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from servers import REPO, LoopbackCamera
 
-from pipeline.cli import main
-from pipeline.config import ScoreSection
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.run import score_sources
-from pipeline.store import FrameStatus, open_results
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.store import FrameStatus, open_results
 
 S = FrameStatus
 
@@ -176,7 +176,7 @@ def test_sigterm_while_starting_stops_cleanly_and_leaves_a_readable_store(vtest,
     stream closed as stopped, every row accounted for."""
     camera = LoopbackCamera(vtest, 10)
     out = tmp_path / "term.zarr"
-    command = [sys.executable, "-m", "pipeline.cli", "live", camera.url, "--out", str(out),
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", camera.url, "--out", str(out),
                "--checkpoint", str(shipped_checkpoint), "--quiet"]
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

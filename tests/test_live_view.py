@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.run import score_sources
-from pipeline.sources.resolve import SourceOptions
-from pipeline.stream.live import LiveOptions
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.sources.resolve import SourceOptions
+from anomstream.pipeline.stream.live import LiveOptions
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

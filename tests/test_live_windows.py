@@ -5,11 +5,11 @@ from collections import deque
 
 import numpy as np
 
-from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, WriteItem, WriteKind, choose
-from pipeline.sources.base import Frame, Gap, Source
-from pipeline.store import FrameStatus
-from pipeline.stream.live import LiveOptions, LiveWindows
-from pipeline.stream.windows import BatchHeader, EndOfStream, WindowAssembler
+from anomstream.pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, WriteItem, WriteKind, choose
+from anomstream.pipeline.sources.base import Frame, Gap, Source
+from anomstream.pipeline.store import FrameStatus
+from anomstream.pipeline.stream.live import LiveOptions, LiveWindows
+from anomstream.pipeline.stream.windows import BatchHeader, EndOfStream, WindowAssembler
 
 S = FrameStatus
 
@@ -240,7 +240,7 @@ def test_any_mix_of_requests_gaps_and_drops_scores_only_whole_contiguous_windows
 def test_a_camera_held_by_the_scorer_under_policy_every_stays_live():
     """Policy ``every`` pauses reading when the buffer is full: the newest frame then ages because
     nothing reads the camera, which is not a hung camera."""
-    from pipeline.sources.camera import CameraSource, Reconnect
+    from anomstream.pipeline.sources.camera import CameraSource, Reconnect
 
     class _FastCamera(CameraSource):
         def _frames(self):

@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
-import pipeline.driver.loop as loop_module
-from pipeline.config import ScoreSection
-from pipeline.driver.loop import ScoringLoop
-from pipeline.driver.opening import StreamSetup
-from pipeline.driver.report import RunReport
-from pipeline.driver.reporter import Reporter
-from pipeline.driver.schedule import ReplicaSlot
-from pipeline.driver.writers import WriterSet
-from pipeline.sources.base import StreamSettings
-from pipeline.store import StoredStream
-from pipeline.stream.live import LiveOptions
-from pipeline.stream.windows import BatchHeader, EndOfStream, WindowShape
+import anomstream.pipeline.driver.loop as loop_module
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.driver.loop import ScoringLoop
+from anomstream.pipeline.driver.opening import StreamSetup
+from anomstream.pipeline.driver.report import RunReport
+from anomstream.pipeline.driver.reporter import Reporter
+from anomstream.pipeline.driver.schedule import ReplicaSlot
+from anomstream.pipeline.driver.writers import WriterSet
+from anomstream.pipeline.sources.base import StreamSettings
+from anomstream.pipeline.store import StoredStream
+from anomstream.pipeline.stream.live import LiveOptions
+from anomstream.pipeline.stream.windows import BatchHeader, EndOfStream, WindowShape
 
 BATCH = 16
 
@@ -242,8 +242,8 @@ class FakePool:
 @pytest.fixture
 def fake_ray(monkeypatch):
     monkeypatch.setattr(loop_module, "ray", FakeRay)
-    monkeypatch.setattr("pipeline.driver.writers.ray", FakeRay)
-    monkeypatch.setattr("pipeline.driver.writing.ray", FakeRay)
+    monkeypatch.setattr("anomstream.pipeline.driver.writers.ray", FakeRay)
+    monkeypatch.setattr("anomstream.pipeline.driver.writing.ray", FakeRay)
 
 
 def _run(sources, faults: Faults, replicas: int = 2, live: LiveOptions | None = None):
@@ -346,7 +346,7 @@ def test_interrupting_the_loop_closes_open_streams_as_interrupted(fake_ray, monk
 
 
 def test_a_writer_lost_after_every_stream_closed_costs_the_run_attrs_only(fake_ray, monkeypatch, capsys):
-    from pipeline.driver import run as run_module
+    from anomstream.pipeline.driver import run as run_module
 
     monkeypatch.setattr(run_module, "ray", FakeRay)
     store, report, pool = _run([FakeSource("a", 20)], Faults())

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.errors import AnomstreamError
-from pipeline.sources.base import LiveStatus
-from pipeline.store import FrameStatus
-from pipeline.store.accounting import StreamAccounting
-from pipeline.view.access import TOKEN_VARIABLE, view_token
-from pipeline.view.metrics import metrics_text
-from pipeline.view.server import LiveView
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.sources.base import LiveStatus
+from anomstream.pipeline.store import FrameStatus
+from anomstream.pipeline.store.accounting import StreamAccounting
+from anomstream.pipeline.view.access import TOKEN_VARIABLE, view_token
+from anomstream.pipeline.view.metrics import metrics_text
+from anomstream.pipeline.view.server import LiveView
 
 TOKEN = "a-token-of-24-characters"
 

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from servers import MOSQUITTO, MosquittoBroker, MqttListener
 
-from pipeline.errors import AnomstreamError
-from pipeline.events.detector import EventRule
-from pipeline.events.mqtt import MqttSender, parse_mqtt, publications, topic_name
-from pipeline.events.outbox import Outbox
-from pipeline.events.recorder import EventRecorder, EventSettings
-from pipeline.sources.base import LiveStatus
-from pipeline.store import FrameStatus
-from pipeline.stream.windows import WindowBatch
-from pipeline.visualize import overlay_jpeg
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.events.detector import EventRule
+from anomstream.pipeline.events.mqtt import MqttSender, parse_mqtt, publications, topic_name
+from anomstream.pipeline.events.outbox import Outbox
+from anomstream.pipeline.events.recorder import EventRecorder, EventSettings
+from anomstream.pipeline.sources.base import LiveStatus
+from anomstream.pipeline.store import FrameStatus
+from anomstream.pipeline.stream.windows import WindowBatch
+from anomstream.pipeline.visualize import overlay_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_each_camera_change_is_a_message_of_its_own(tmp_path):
 
 
 def test_streams_whose_names_give_one_topic_are_refused_and_a_camera_given_up_unseen_is_down(tmp_path):
-    from pipeline.events.mqtt import check_topics
+    from anomstream.pipeline.events.mqtt import check_topics
 
     broker = parse_mqtt("mqtt://127.0.0.1/site")
     check_topics(["gate", "yard", "gate"], broker)  # one stream named twice is the same topic

@@ -44,10 +44,10 @@ def test_a_store_on_s3_holds_what_a_local_store_holds(s3_environment, clean_run,
     from obstore.store import from_url
     from zarr.storage import ObjectStore
 
-    from pipeline.config import ScoreSection
-    from pipeline.driver.plan import RunPlan
-    from pipeline.driver.run import score_sources
-    from pipeline.store import open_results
+    from anomstream.pipeline.config import ScoreSection
+    from anomstream.pipeline.driver.plan import RunPlan
+    from anomstream.pipeline.driver.run import score_sources
+    from anomstream.pipeline.store import open_results
 
     monkeypatch.chdir(tmp_path)  # the events folder of a store on object storage is made here
     clip = first_frames(ped2, "01", 40, tmp_path)
@@ -75,8 +75,8 @@ def test_a_store_on_s3_holds_what_a_local_store_holds(s3_environment, clean_run,
     ("s3://runs", "s3://runs: name the store inside the bucket, e.g. s3://runs/run.zarr"),
 ])
 def test_a_store_url_anomstream_cannot_write_is_refused(url, message):
-    from pipeline.errors import StoreError
-    from pipeline.store import check_target
+    from anomstream.pipeline.errors import StoreError
+    from anomstream.pipeline.store import check_target
 
     with pytest.raises(StoreError) as refused:
         check_target(url, "create")
@@ -88,7 +88,7 @@ def test_a_missing_bucket_is_one_line_before_any_work(s3_environment, ped2):
     import os
 
     url = "s3://no-such-bucket/a.zarr"
-    command = [sys.executable, "-m", "pipeline.cli", "score", str(ped2 / "testing" / "frames" / "01"), "--out", url,
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "score", str(ped2 / "testing" / "frames" / "01"), "--out", url,
                "--quiet"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **s3_environment})
@@ -104,8 +104,8 @@ def test_a_store_on_s3_has_one_run_at_a_time(s3_environment):
     from obstore import list as list_objects
     from obstore.store import from_url
 
-    from pipeline.errors import StoreError
-    from pipeline.store.lock import StoreLock
+    from anomstream.pipeline.errors import StoreError
+    from anomstream.pipeline.store.lock import StoreLock
 
     with StoreLock("s3://runs/locks/b.zarr"):
         keys = {entry["path"] for chunk in list_objects(from_url("s3://runs/locks")) for entry in chunk}

@@ -9,19 +9,19 @@ import torch
 import xarray as xr
 from sklearn.metrics import roc_auc_score
 
-from pipeline.calibration.scores import StreamCalibrator
-from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import file_sha256, read_checkpoint, write_payload
-from pipeline.cli import main
-from pipeline.config import ScoreSection
-from pipeline.datasets.video_labels import ped2_frame_labels
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.run import score_sources
-from pipeline.evaluation.video import evaluate
-from pipeline.sources.resolve import open_sources
-from pipeline.store import FrameStatus, ResultStore, open_results, result_arrays
-from pipeline.stream.scorer import Scorer
-from pipeline.stream.windows import WindowBatch, window_batches
+from anomstream.pipeline.calibration.scores import StreamCalibrator
+from anomstream.pipeline.calibration.stored import run_calibration
+from anomstream.pipeline.checkpoint import file_sha256, read_checkpoint, write_payload
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.config import ScoreSection
+from anomstream.pipeline.datasets.video_labels import ped2_frame_labels
+from anomstream.pipeline.driver.plan import RunPlan
+from anomstream.pipeline.driver.run import score_sources
+from anomstream.pipeline.evaluation.video import evaluate
+from anomstream.pipeline.sources.resolve import open_sources
+from anomstream.pipeline.store import FrameStatus, ResultStore, open_results, result_arrays
+from anomstream.pipeline.stream.scorer import Scorer
+from anomstream.pipeline.stream.windows import WindowBatch, window_batches
 
 # Micro AUC of the shipped checkpoint (calibrated on Ped2 train) on Ped2 test clips 01+02, measured
 # with `anomstream score` + `anomstream eval` on 2026-11-30: raw (the stored calibrated score, causal)
@@ -242,7 +242,7 @@ def test_shipped_avenue_checkpoint_on_videos_20_and_08(ray_session, shared_data,
 
 
 def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_checkpoint, tmp_path, capsys):
-    from pipeline.bench import STAGES, run_bench
+    from anomstream.pipeline.bench import STAGES, run_bench
 
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "notes.txt").write_text("mine")  # --out ~/Documents must not erase it

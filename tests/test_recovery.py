@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.driver.dispatch import Dispatcher
-from pipeline.driver.faults import FaultLog
-from pipeline.driver.recovery import BatchRetry, Redecode, ReplicaRecovery, WriterTakeover, model_failed
-from pipeline.driver.schedule import Decoded, ReplicaPool, ReplicaSlot, StreamState, WriteKind
-from pipeline.errors import AnomstreamError
-from pipeline.stream.windows import BatchHeader, EndOfStream
+from anomstream.pipeline.driver.dispatch import Dispatcher
+from anomstream.pipeline.driver.faults import FaultLog
+from anomstream.pipeline.driver.recovery import BatchRetry, Redecode, ReplicaRecovery, WriterTakeover, model_failed
+from anomstream.pipeline.driver.schedule import Decoded, ReplicaPool, ReplicaSlot, StreamState, WriteKind
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.stream.windows import BatchHeader, EndOfStream
 
 
 class Actions:

@@ -22,8 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import MosquittoBroker, MqttListener, RtspCamera, rtsp_server_missing
 
-from pipeline.cli import main
-from pipeline.store import FrameStatus, open_results
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.store import FrameStatus, open_results
 
 S = FrameStatus
 STALL_S = 2.0

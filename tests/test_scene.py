@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.calibration.scene import SceneCheck, scene_line
+from anomstream.pipeline.calibration.scene import SceneCheck, scene_line
 
 
 def _block(rng, start: int, frames: int, rate: float, threshold: float = 3.0):
@@ -57,8 +57,8 @@ def test_the_shipped_walkway_model_on_a_street_warns_that_it_does_not_fit(ray_se
     """The issue's case: the shipped Ped2 (walkway) model scores vtest.avi (a street)."""
     import json
 
-    from pipeline.cli import main
-    from pipeline.store import open_results
+    from anomstream.pipeline.cli import main
+    from anomstream.pipeline.store import open_results
 
     out = tmp_path / "street.zarr"
     code = main(["score", str(shared_data / "vtest.avi"), "--out", str(out), "--checkpoint", str(shipped_checkpoint),

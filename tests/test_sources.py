@@ -5,13 +5,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.encode import encode_video
-from pipeline.errors import SourceError
-from pipeline.sources.base import Frame, Gap
-from pipeline.sources.camera import CameraSource, Reconnect
-from pipeline.sources.folders import FrameFolderSource, ImageListSource
-from pipeline.sources.resolve import open_sources
-from pipeline.sources.video import VideoFileSource
+from anomstream.pipeline.encode import encode_video
+from anomstream.pipeline.errors import SourceError
+from anomstream.pipeline.sources.base import Frame, Gap
+from anomstream.pipeline.sources.camera import CameraSource, Reconnect
+from anomstream.pipeline.sources.folders import FrameFolderSource, ImageListSource
+from anomstream.pipeline.sources.resolve import open_sources
+from anomstream.pipeline.sources.video import VideoFileSource
 
 
 def _write_numbered(folder: Path, numbers: list[int]) -> None:
@@ -167,8 +167,8 @@ def test_a_network_capture_decodes_straight_to_the_size_frames_are_used_at(share
     """vtest.avi (768x576): to the model's 128 px square, or to the view's 640 px picture in its
     own aspect; near the full picture scaled by OpenCV, as the windows do, but not the same (hence
     opt-in: ``live --scale-in-decoder``)."""
-    from pipeline.sources.network import DecodeSize, Decoding, NetworkCapture
-    from pipeline.stream.preprocess import prepare_frame
+    from anomstream.pipeline.sources.network import DecodeSize, Decoding, NetworkCapture
+    from anomstream.pipeline.stream.preprocess import prepare_frame
 
     assert DecodeSize(128).output(768, 576) == (128, 128) and DecodeSize(128).output(100, 576) is None
     assert DecodeSize(128, 640).output(768, 576) == (640, 480) and DecodeSize(128, 640).output(640, 360) is None

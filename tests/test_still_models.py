@@ -9,21 +9,21 @@ import pytest
 import torch
 from small_models import DSR_STAGE1, SMALL, still_windows
 
-from models.adtr import ADTR
-from models.backbones import FrozenBackbone
-from models.base import LabelledAnomalies
-from models.blocks import random_rotations, rotate
-from models.ds2 import DS2, DS2Config
-from models.dsr import DSR, DSRConfig
-from models.errors import BackboneError, EarlierStageError
-from models.favae import FAVAE, FAVAEConfig
-from models.padim import PaDiM, PaDiMConfig
-from models.synthetic_anomalies import cut_paste, cut_paste_scar
-from models.vector_quantizer import EMAVectorQuantizer
-from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
-from pipeline.datasets.layouts import mtd_split
-from pipeline.errors import AnomstreamError
-from pipeline.training.loop import precision_context
+from anomstream.models.adtr import ADTR
+from anomstream.models.backbones import FrozenBackbone
+from anomstream.models.base import LabelledAnomalies
+from anomstream.models.blocks import random_rotations, rotate
+from anomstream.models.ds2 import DS2, DS2Config
+from anomstream.models.dsr import DSR, DSRConfig
+from anomstream.models.errors import BackboneError, EarlierStageError
+from anomstream.models.favae import FAVAE, FAVAEConfig
+from anomstream.models.padim import PaDiM, PaDiMConfig
+from anomstream.models.synthetic_anomalies import cut_paste, cut_paste_scar
+from anomstream.models.vector_quantizer import EMAVectorQuantizer
+from anomstream.pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
+from anomstream.pipeline.datasets.layouts import mtd_split
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.training.loop import precision_context
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +280,7 @@ def test_torchvision_backbone_from_a_weights_file(tmp_path):
 def test_cli_names_a_missing_backbone_file(tmp_path, capsys):
     import yaml
 
-    from pipeline.cli import main
+    from anomstream.pipeline.cli import main
 
     config = tmp_path / "adtr.yaml"
     config.write_text(yaml.safe_dump({

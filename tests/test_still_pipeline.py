@@ -17,10 +17,10 @@ from layout_builders import ksdd2_from_mtd, loco_from_mtd
 from sklearn.metrics import roc_auc_score
 from small_models import SMALL, still_windows
 
-from models.dsr import DSR
-from pipeline.checkpoint import read_checkpoint, save_checkpoint
-from pipeline.cli import main
-from pipeline.store import open_results
+from anomstream.models.dsr import DSR
+from anomstream.pipeline.checkpoint import read_checkpoint, save_checkpoint
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.store import open_results
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, caps
     assert main(["train", config("detection", "detection"), "--quiet"]) == 2
     assert "dsr detection stage needs stage1_checkpoint" in capsys.readouterr().err
     assert main(["train", config("detection", "detection"), "--stage1", str(tmp_path / "none.pt"), "--quiet"]) == 2
-    from pipeline.assets import CONFIGS
+    from anomstream.pipeline.assets import CONFIGS
 
     shipped = f"{CONFIGS / 'weights' / 'avenue_dmad_cpu.pt'}, {CONFIGS / 'weights' / 'ped2_dmad_cpu.pt'}"
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'none.pt'}: checkpoint file not found "

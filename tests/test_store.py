@@ -3,8 +3,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.errors import StoreError
-from pipeline.store import ResultStore, open_results, result_arrays
+from anomstream.pipeline.errors import StoreError
+from anomstream.pipeline.store import ResultStore, open_results, result_arrays
 
 ARRAYS = result_arrays((4, 6), ["a"])
 
@@ -39,7 +39,7 @@ def test_preallocated_batches_and_unknown_length_growth(tmp_path):
 
 
 def test_rows_reach_the_disk_after_flush_rows_or_flush_seconds(tmp_path):
-    import pipeline.store.results as results
+    import anomstream.pipeline.store.results as results
 
     store = ResultStore(tmp_path / "s.zarr", {"model": "m"})
     store.open_stream("v", ARRAYS, 8, None, {})
@@ -91,7 +91,7 @@ def test_store_from_another_version_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", [".", "..", "zarr.json", "__meta", "a/b", "x" * 300, "é" * 100, "50% off? #1"])
 def test_every_stream_name_becomes_a_group_the_store_holds(tmp_path, name):
-    from pipeline.store import stream_key
+    from anomstream.pipeline.store import stream_key
 
     key = stream_key(name)
     assert len(key.encode()) <= 120 and "/" not in key
@@ -137,7 +137,7 @@ def test_map_retention_keeps_every_nth_map_and_stores_no_empty_chunk(tmp_path, e
 def test_rotated_live_store_splits_rows_by_capture_period(tmp_path):
     """Periods of 10 s: rows captured at t = 1001 .. 1034 land in four stores; frame_index goes on
     across them, each store's rows start at 0, each period's stream is closed and names the next."""
-    from pipeline.store.rotation import RotatingStore, period_path
+    from anomstream.pipeline.store.rotation import RotatingStore, period_path
 
     path = tmp_path / "live.zarr"
     store = RotatingStore(path, {"model": "m"}, "create", period_s=10, now=1000.0)
@@ -167,7 +167,7 @@ def test_rotated_live_store_splits_rows_by_capture_period(tmp_path):
 def test_rotation_files_each_streams_rows_by_its_own_capture_time(tmp_path):
     """Two streams, one lagging: the lagging stream's rows of the first period still go to the first
     store after the other stream moved on; a period store whose name is taken gets a suffix."""
-    from pipeline.store.rotation import RotatingStore, period_path
+    from anomstream.pipeline.store.rotation import RotatingStore, period_path
 
     path = tmp_path / "live.zarr"
     taken = period_path(path, 10, 1010)

@@ -14,7 +14,7 @@ import pytest
 import zarr
 from conftest import CLEAN_RUN_BATCH, REPO, first_frames
 
-from pipeline.cli import main
+from anomstream.pipeline.cli import main
 
 ARRAYS = ("frame_index", "status", "valid", "score_raw", "score", "term_gradient_excess", "term_deformation")
 
@@ -60,9 +60,9 @@ def test_a_full_disk_is_one_line_naming_the_store_and_cause_and_resume_completes
 def test_an_error_inside_a_ray_worker_is_one_line_without_ray_text():
     from ray.exceptions import RayTaskError
 
-    from pipeline.cli import _from_ray
-    from pipeline.driver.loop import _writing_failed
-    from pipeline.errors import StoreError
+    from anomstream.pipeline.cli import _from_ray
+    from anomstream.pipeline.driver.loop import _writing_failed
+    from anomstream.pipeline.errors import StoreError
 
     wrapped = RayTaskError("\x1b[36mray::WriterActor.write()\x1b[39m", "Traceback ...", OSError(5, "Input/output error"))
     assert _from_ray(wrapped) and not _from_ray(ValueError("x"))
@@ -82,8 +82,8 @@ def _lock_file(path: Path, **holder) -> None:
 
 
 def test_a_second_run_on_a_locked_store_refuses_naming_the_holder(tmp_path):
-    from pipeline.errors import StoreError
-    from pipeline.store.lock import StoreLock
+    from anomstream.pipeline.errors import StoreError
+    from anomstream.pipeline.store.lock import StoreLock
 
     out = tmp_path / "runs" / "a.zarr"
     with StoreLock(out) as first:
@@ -102,8 +102,8 @@ def test_a_second_run_on_a_locked_store_refuses_naming_the_holder(tmp_path):
 def test_a_lock_whose_holder_is_gone_is_taken_over_with_a_warning(tmp_path, capsys):
     import socket
 
-    from pipeline.errors import StoreError
-    from pipeline.store.lock import StoreLock, _boot_id, _pid_namespace
+    from anomstream.pipeline.errors import StoreError
+    from anomstream.pipeline.store.lock import StoreLock, _boot_id, _pid_namespace
 
     out, lock = tmp_path / "a.zarr", tmp_path / "a.zarr.lock"
     dead = subprocess.Popen(["true"])
@@ -134,7 +134,7 @@ def test_a_lock_whose_holder_is_gone_is_taken_over_with_a_warning(tmp_path, caps
 
 
 def test_the_holder_keeps_its_heartbeat_fresh(tmp_path):
-    from pipeline.store.lock import StoreLock
+    from anomstream.pipeline.store.lock import StoreLock
 
     with StoreLock(tmp_path / "a.zarr", heartbeat_s=0.05) as held:
         first = held.file.read()["heartbeat"]
@@ -147,7 +147,7 @@ def test_overwrite_beside_a_running_run_refuses_and_the_run_keeps_its_stream(ray
     first run's stream gone."""
     clip = first_frames(ped2, "03", 96, tmp_path / "input")
     out = tmp_path / "shared.zarr"
-    first = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "score", str(clip), "--out", str(out), "--quiet",
+    first = subprocess.Popen([sys.executable, "-m", "anomstream.pipeline.cli", "score", str(clip), "--out", str(out), "--quiet",
                               "--replicas", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -172,7 +172,7 @@ ROWS = 2100  # three chunks of the per-frame arrays (1,024 rows each)
 def _damaged_store_fixture(tmp_path: Path, gap: slice | None = None, maps_every: int = 1) -> Path:
     """A stream ``01_0014`` of ROWS rows written as the writer writes them: 4 warm-up rows, the rest
     scored (``gap``: rows of a source gap instead, not scored), small maps chunked by 16 rows."""
-    from pipeline.store import FrameStatus, ResultStore, result_arrays
+    from anomstream.pipeline.store import FrameStatus, ResultStore, result_arrays
 
     path = tmp_path / "s.zarr"
     store = ResultStore(path, {"model": "dmad"})
@@ -193,8 +193,8 @@ def _damaged_store_fixture(tmp_path: Path, gap: slice | None = None, maps_every:
 
 
 def test_a_chunk_missing_below_written_is_named_by_stream_array_and_rows(tmp_path):
-    from pipeline.store import open_results
-    from pipeline.store.integrity import DamagedStoreError
+    from anomstream.pipeline.store import open_results
+    from anomstream.pipeline.store.integrity import DamagedStoreError
 
     path = _damaged_store_fixture(tmp_path)
     open_results(path)  # whole: no complaint
@@ -217,8 +217,8 @@ def test_a_chunk_missing_below_written_is_named_by_stream_array_and_rows(tmp_pat
 
 
 def test_an_unreadable_chunk_is_named_and_chunks_zarr_never_stored_are_not_damage(tmp_path):
-    from pipeline.store import open_results
-    from pipeline.store.integrity import DamagedStoreError
+    from anomstream.pipeline.store import open_results
+    from anomstream.pipeline.store.integrity import DamagedStoreError
 
     path = _damaged_store_fixture(tmp_path / "a")
     (path / "01_0014" / "status" / "c" / "2").write_bytes(b"\x00garbage")
@@ -239,9 +239,9 @@ def test_an_unreadable_chunk_is_named_and_chunks_zarr_never_stored_are_not_damag
 
 
 def test_eval_and_resume_name_the_damage_instead_of_using_fill_values(tmp_path, capsys):
-    from pipeline.driver.resume import resume_refusal
-    from pipeline.store import open_results
-    from pipeline.store.results import stored_stream
+    from anomstream.pipeline.driver.resume import resume_refusal
+    from anomstream.pipeline.store import open_results
+    from anomstream.pipeline.store.results import stored_stream
 
     path = _damaged_store_fixture(tmp_path)
     (path / "01_0014" / "frame_index" / "c" / "0").unlink()

@@ -5,13 +5,13 @@ import pytest
 import torch
 import yaml
 
-from models.registry import build_model
-from pipeline.checkpoint import load_model, read_checkpoint
-from pipeline.cli import main
-from pipeline.config import parse_config
-from pipeline.training.data import WindowDataset, load_clips
-from pipeline.training.loop import gradient_step
-from pipeline.training.schedule import learning_rate_factor, phase_start_steps
+from anomstream.models.registry import build_model
+from anomstream.pipeline.checkpoint import load_model, read_checkpoint
+from anomstream.pipeline.cli import main
+from anomstream.pipeline.config import parse_config
+from anomstream.pipeline.training.data import WindowDataset, load_clips
+from anomstream.pipeline.training.loop import gradient_step
+from anomstream.pipeline.training.schedule import learning_rate_factor, phase_start_steps
 
 TINY_MODEL = {"name": "dmad", "image_size": 32, "channels": 1, "widths": [4, 8, 8, 16], "memory_size": 16,
               "skip_channels": 4, "offset_width": 4}
@@ -103,7 +103,7 @@ def test_bf16_mixed_precision_trains_fp32_weights(tmp_path, sample_clip):
 
 
 def test_hflip_augmentation_mirrors_whole_windows_and_repeats_with_the_seed():
-    from pipeline.training.augment import augment_windows
+    from anomstream.pipeline.training.augment import augment_windows
 
     windows = torch.arange(6 * 5 * 1 * 2 * 3, dtype=torch.uint8).reshape(6, 5, 1, 2, 3)
     first = augment_windows(windows, ["hflip"], torch.Generator().manual_seed(1))

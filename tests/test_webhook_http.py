@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import AnomstreamError
-from pipeline.events.outbox import Outbox
-from pipeline.events.webhook import MAX_REDIRECTS, parse_webhook
+from anomstream.pipeline.errors import AnomstreamError
+from anomstream.pipeline.events.outbox import Outbox
+from anomstream.pipeline.events.webhook import MAX_REDIRECTS, parse_webhook
 from tests.servers import HookReceiver
 
 MESSAGE = {"type": "start", "event_id": "e1", "peak_score": 4.5}
@@ -207,7 +207,7 @@ def _start_hook(folder: Path, log: Path) -> tuple[subprocess.Popen, int]:
 
 @pytest.mark.parametrize("path", ["/secure/", "/old"])
 def test_case_18_webhook_redirect_through_the_cli(ray_session, hook_case, tmp_path, capsys, path):
-    from pipeline.cli import main
+    from anomstream.pipeline.cli import main
 
     process, port = _start_hook(hook_case, tmp_path / "log.jsonl")
     host = f"127.0.0.1:{port}"

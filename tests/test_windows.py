@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import SourceError
-from pipeline.sources.base import Frame
-from pipeline.sources.linescan import assemble_tiles
-from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
+from anomstream.pipeline.errors import SourceError
+from anomstream.pipeline.sources.base import Frame
+from anomstream.pipeline.sources.linescan import assemble_tiles
+from anomstream.pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
 
 
 def _frames(n, size=8, fail_after=None):

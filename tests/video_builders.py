@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.encode import encode_video
+from anomstream.pipeline.encode import encode_video
 
 # (file name, FFmpeg encoder, container format or None for the suffix's)
 CONTAINERS = [

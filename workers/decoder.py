@@ -16,11 +16,11 @@ from dataclasses import replace
 
 import ray
 
-from pipeline.sources.base import Source
-from pipeline.sources.camera import quiet_camera_logs
-from pipeline.stream.live import LiveOptions, LiveWindows
-from pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, WindowShape, window_batches
-from workers.priority import raise_priority
+from ..pipeline.sources.base import Source
+from ..pipeline.sources.camera import quiet_camera_logs
+from ..pipeline.stream.live import LiveOptions, LiveWindows
+from ..pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, WindowShape, window_batches
+from .priority import raise_priority
 
 
 @ray.remote

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.stream.scorer import Scorer
-from pipeline.stream.windows import WindowBatch
-from workers.priority import niceness, raise_priority
+from ..pipeline.stream.scorer import Scorer
+from ..pipeline.stream.windows import WindowBatch
+from .priority import niceness, raise_priority
 
 
 @ray.remote

@@ -11,18 +11,18 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.calibration.scene import SceneCheck
-from pipeline.calibration.scores import Calibration, StreamCalibrator
-from pipeline.errors import StoreError, first_line
-from pipeline.events.recorder import EventRecorder, EventSettings
-from pipeline.sources.base import LiveStatus
-from pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
-from pipeline.store.results import FLUSH_S
-from pipeline.store.rotation import RotatingStore
-from pipeline.stream.rows import unscored_rows
-from pipeline.stream.windows import WindowBatch
-from pipeline.view.state import StreamView
-from workers.priority import raise_priority
+from ..pipeline.calibration.scene import SceneCheck
+from ..pipeline.calibration.scores import Calibration, StreamCalibrator
+from ..pipeline.errors import StoreError, first_line
+from ..pipeline.events.recorder import EventRecorder, EventSettings
+from ..pipeline.sources.base import LiveStatus
+from ..pipeline.store import ArraySpec, FrameStatus, ResultStore, StoredStream, StreamAccounting
+from ..pipeline.store.results import FLUSH_S
+from ..pipeline.store.rotation import RotatingStore
+from ..pipeline.stream.rows import unscored_rows
+from ..pipeline.stream.windows import WindowBatch
+from ..pipeline.view.state import StreamView
+from .priority import raise_priority
 
 
 def _store_errors(method):

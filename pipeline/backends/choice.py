@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.base import AnomalyModel
-from pipeline.backends.graph import ONNX_OPSET, ExportError, example_windows, export_onnx
-from pipeline.backends.runners import BACKENDS, BackendError, installed_backends, make_runner
-from pipeline.errors import first_line
+from ...models.base import AnomalyModel
+from ..errors import first_line
+from .graph import ONNX_OPSET, ExportError, example_windows, export_onnx
+from .runners import BACKENDS, BackendError, installed_backends, make_runner
 
 PRECISIONS = ("fp32", "bf16")
 # largest |backend - torch| allowed at the check, relative to the largest |torch| value of each
@@ -182,7 +182,7 @@ def parity(backend: str, precision: str, model: AnomalyModel, graph: bytes, wind
 
 
 def _models_source() -> bytes:
-    import models
+    from ... import models
 
     return b"".join(path.read_bytes() for path in sorted(Path(models.__file__).parent.glob("*.py")))
 

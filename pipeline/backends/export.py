@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-import pipeline
-from pipeline.backends.choice import parity
-from pipeline.backends.graph import INPUT_NAME, ONNX_OPSET, export_onnx, output_names
-from pipeline.backends.runners import BackendError
-from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
-from pipeline.errors import AnomstreamError
+from .. import __version__
+from ..calibration.stored import run_calibration
+from ..checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
+from ..errors import AnomstreamError
+from .choice import parity
+from .graph import INPUT_NAME, ONNX_OPSET, export_onnx, output_names
+from .runners import BackendError
 
 EXPORT_FORMATS = ("onnx", "openvino")
 METADATA = "anomstream.json"
@@ -64,7 +64,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
         "calibration": None if calibrated is None else {
             **calibrated.summary(), "quantiles": calibrated.quantiles.tolist(), "tail_scale": calibrated.tail_scale,
             "reference_maps": "inside the graph" if calibrated.reference else "none"},
-        "onnx_opset": ONNX_OPSET, "torch": torch.__version__, "anomstream": pipeline.__version__,
+        "onnx_opset": ONNX_OPSET, "torch": torch.__version__, "anomstream": __version__,
         "parity_with_torch": measured,
     }
     (out / METADATA).write_text(json.dumps(metadata, indent=2))

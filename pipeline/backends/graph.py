@@ -9,8 +9,8 @@ import warnings
 
 import torch
 
-from models.base import AnomalyModel
-from pipeline.errors import AnomstreamError, first_line
+from ...models.base import AnomalyModel
+from ..errors import AnomstreamError, first_line
 
 ONNX_OPSET = 17
 INPUT_NAME = "windows"

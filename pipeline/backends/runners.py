@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from models.base import ScoreOutput
-from pipeline.backends.graph import INPUT_NAME
-from pipeline.errors import AnomstreamError, first_line
+from ...models.base import ScoreOutput
+from ..errors import AnomstreamError, first_line
+from .graph import INPUT_NAME
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.base import AnomalyModel
-from pipeline.calibration.scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
-from pipeline.checkpoint import choose_device, file_sha256, load_model, model_device, prepare_device
-from pipeline.errors import AnomstreamError
-from pipeline.sources.base import Source
-from pipeline.sources.resolve import SourceOptions, resolve_inputs
-from pipeline.stream.feed import DeviceFeed
-from pipeline.stream.windows import EndOfStream, WindowBatch, window_batches
+from ...models.base import AnomalyModel
+from ..checkpoint import choose_device, file_sha256, load_model, model_device, prepare_device
+from ..errors import AnomstreamError
+from ..sources.base import Source
+from ..sources.resolve import SourceOptions, resolve_inputs
+from ..stream.feed import DeviceFeed
+from ..stream.windows import EndOfStream, WindowBatch, window_batches
+from .scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
 
 MIN_FRAMES = 50  # fewer scored normal frames cannot place a 1-in-20 quantile, let alone a tail
 

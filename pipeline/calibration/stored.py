@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from pipeline.calibration.scores import Calibration
-from pipeline.errors import AnomstreamError
+from ..errors import AnomstreamError
+from .scores import Calibration
 
 
 def save_calibration(calibration: Calibration, path: str | Path) -> None:

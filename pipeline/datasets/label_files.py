@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import LabelFileError, first_line
+from ..errors import LabelFileError, first_line
 
 NPY_MAGIC = b"\x93NUMPY"
 MAT5_MAGIC = b"MATLAB"  # v5-v7 text header; v7.3 files start with it too but are HDF5 (checked first)

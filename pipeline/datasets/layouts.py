@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.label_files import read_mask_file
-from pipeline.errors import SourceError
-from pipeline.files import list_images
+from ..errors import SourceError
+from ..files import list_images
+from .label_files import read_mask_file
 
 MTD_NORMAL = "MT_Free"
 

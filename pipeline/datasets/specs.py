@@ -17,9 +17,9 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from pipeline.datasets.label_files import read_mask_file
-from pipeline.datasets.layouts import LAYOUT_SPLITS, ImageRecord, mtd_split
-from pipeline.errors import SourceError
+from ..errors import SourceError
+from .label_files import read_mask_file
+from .layouts import LAYOUT_SPLITS, ImageRecord, mtd_split
 
 LAYOUTS = tuple(LAYOUT_SPLITS)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.label_files import read_array, read_mask_file, read_masks
-from pipeline.errors import AnomstreamError
-from pipeline.files import list_images, numeric_sort_key
+from ..errors import AnomstreamError
+from ..files import list_images, numeric_sort_key
+from .label_files import read_array, read_mask_file, read_masks
 
 MASK_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import ray
 
-from pipeline.driver.schedule import ReplicaSlot
-from pipeline.driver.writers import WriterSet
-from workers.decoder import DecodeActor
-from workers.replica import ReplicaActor
-from workers.writer import WriterActor, WriterConfig
+from ...workers.decoder import DecodeActor
+from ...workers.replica import ReplicaActor
+from ...workers.writer import WriterActor, WriterConfig
+from .schedule import ReplicaSlot
+from .writers import WriterSet
 
 SMALL_CPU = 0.05  # decode and writer actors mostly wait; reserving whole CPUs would starve replicas
 # Ray keeps an event per actor call in its GCS (for the dashboard's task list): a live run makes tens of

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline.sources.base import LiveStatus
+from ..sources.base import LiveStatus
 
 REFRESH_S = 1.0  # a live camera's "last frame N s ago" in the store and the view is at most this old
 

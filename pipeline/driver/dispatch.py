@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.driver.schedule import Decoded, ReplicaPool, StreamState, WriteItem, WriteKind, choose
-from pipeline.stream.windows import BatchHeader, EndOfStream
+from ..stream.windows import BatchHeader, EndOfStream
+from .schedule import Decoded, ReplicaPool, StreamState, WriteItem, WriteKind, choose
 
 
 @dataclass(frozen=True)

@@ -21,18 +21,18 @@ from typing import Any
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
 
-from pipeline.driver.actors import ActorPool
-from pipeline.driver.cameras import CameraWatch
-from pipeline.driver.dispatch import Dispatcher
-from pipeline.driver.opening import StreamOpener, StreamSetup
-from pipeline.driver.recovery import BatchRetry, Redecode, ReplicaRecovery, WriterTakeover, model_failed
-from pipeline.driver.report import RunReport
-from pipeline.driver.reporter import EventRelay, Reporter
-from pipeline.driver.schedule import Decoded, ReplicaPool
-from pipeline.driver.writing import RowSender
-from pipeline.errors import AnomstreamError, StoreError, cause_line, first_line
-from pipeline.sources.base import Source
-from pipeline.stream.windows import EndOfStream
+from ..errors import AnomstreamError, StoreError, cause_line, first_line
+from ..sources.base import Source
+from ..stream.windows import EndOfStream
+from .actors import ActorPool
+from .cameras import CameraWatch
+from .dispatch import Dispatcher
+from .opening import StreamOpener, StreamSetup
+from .recovery import BatchRetry, Redecode, ReplicaRecovery, WriterTakeover, model_failed
+from .report import RunReport
+from .reporter import EventRelay, Reporter
+from .schedule import Decoded, ReplicaPool
+from .writing import RowSender
 
 WAIT_S = 0.25  # longest the loop waits on actors before it looks at the clock (duration, stop, table)
 SETTLE_S = 5.0  # a run ending on a lost writer lets the batches in the replicas finish this long at most

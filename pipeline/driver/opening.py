@@ -13,16 +13,16 @@ from typing import Any
 
 from ray.exceptions import RayError
 
-from pipeline.config import ScoreSection
-from pipeline.driver.dispatch import Dispatcher
-from pipeline.driver.report import RunReport, StreamReport
-from pipeline.driver.reporter import Reporter
-from pipeline.driver.resume import resume_refusal
-from pipeline.driver.schedule import StreamState
-from pipeline.driver.writing import RowSender
-from pipeline.sources.base import Source
-from pipeline.stream.live import LiveOptions
-from pipeline.stream.windows import WindowShape
+from ..config import ScoreSection
+from ..sources.base import Source
+from ..stream.live import LiveOptions
+from ..stream.windows import WindowShape
+from .dispatch import Dispatcher
+from .report import RunReport, StreamReport
+from .reporter import Reporter
+from .resume import resume_refusal
+from .schedule import StreamState
+from .writing import RowSender
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import ScoreSection
-from pipeline.events.recorder import EventOptions
-from pipeline.sources.resolve import SourceOptions
-from pipeline.stream.live import LiveOptions
+from ..config import ScoreSection
+from ..events.recorder import EventOptions
+from ..sources.resolve import SourceOptions
+from ..stream.live import LiveOptions
 
 if TYPE_CHECKING:
-    from pipeline.sources.cameras_file import Camera
+    from ..sources.cameras_file import Camera
 
 MODES = ("create", "overwrite", "resume")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline.errors import AnomstreamError, error_reason
+from ..errors import AnomstreamError, error_reason
 
 # a gRPC server (Ray's GCS) answers the HTTP/2 client preface with a SETTINGS frame (RFC 9113, 3.4)
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.driver.dispatch import Dispatcher
-from pipeline.driver.faults import FaultLog
-from pipeline.driver.schedule import Decoded, ReplicaSlot
-from pipeline.errors import AnomstreamError, first_line
+from ..errors import AnomstreamError, first_line
+from .dispatch import Dispatcher
+from .faults import FaultLog
+from .schedule import Decoded, ReplicaSlot
 
 MAX_REDECODES = 3  # a stream decoded again more often than this after faults ends with an error
 MAX_REPLACEMENTS_PER_REPLICA = 3  # beyond Ray's own restarts; then the run ends with an error

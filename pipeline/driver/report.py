@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.backends.choice import BackendChoice
-from pipeline.driver.faults import FaultLog
-from pipeline.sources.resolve import Rejection
+from ..backends.choice import BackendChoice
+from ..sources.resolve import Rejection
+from .faults import FaultLog
 
 
 @dataclass

@@ -13,11 +13,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.calibration.scene import scene_line
-from pipeline.driver.busy import NodeBusy
-from pipeline.driver.report import RunReport, event_line, live_table
-from pipeline.driver.schedule import ReplicaSlot
-from pipeline.driver.writers import WriterSet
+from ..calibration.scene import scene_line
+from .busy import NodeBusy
+from .report import RunReport, event_line, live_table
+from .schedule import ReplicaSlot
+from .writers import WriterSet
 
 TABLE_EVERY_S = 5.0
 EVENTS_EVERY_S = 1.0  # a live run prints event starts / ends at most this late

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.driver.report import StreamReport
-from pipeline.errors import StoreError
-from pipeline.sources.base import Source
-from pipeline.store.results import StoredStream, check_same_run, open_results, stored_stream
+from ..errors import StoreError
+from ..sources.base import Source
+from ..store.results import StoredStream, check_same_run, open_results, stored_stream
+from .report import StreamReport
 
 
 def same_source(stored: str, current: str) -> bool:

@@ -22,33 +22,33 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-import pipeline
-from models.registry import build_model
-from pipeline.backends.choice import BackendChoice, choose_backend
-from pipeline.calibration.stored import run_calibration
-from pipeline.checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash, set_reference_maps
-from pipeline.config import ScoreSection
-from pipeline.driver.actors import SMALL_CPU, ActorPool, Placement
-from pipeline.driver.loop import ScoringLoop
-from pipeline.driver.opening import StreamSetup
-from pipeline.driver.plan import RunPlan
-from pipeline.driver.ray_setup import ensure_ray
-from pipeline.driver.report import RunReport
-from pipeline.driver.reporter import Reporter, reporter_for
-from pipeline.driver.resume import nothing_to_resume
-from pipeline.driver.writers import WriterSet
-from pipeline.errors import AnomstreamError, cause_line
-from pipeline.events.mqtt import check_topics
-from pipeline.events.recorder import EventSettings, event_settings, events_folder, outbox_depth
-from pipeline.sources.base import Source
-from pipeline.sources.cameras_file import apply_cameras
-from pipeline.sources.resolve import Inputs, resolve_inputs
-from pipeline.store import check_target, result_arrays, stream_key
-from pipeline.store.location import credential_environment, is_url
-from pipeline.store.lock import StoreLock
-from pipeline.stream.windows import WindowShape
-from pipeline.view.server import VIEW_PICTURE_SIZE, LiveView, check_port
-from workers.writer import WriterConfig
+from ...models.registry import build_model
+from ...workers.writer import WriterConfig
+from .. import __version__
+from ..backends.choice import BackendChoice, choose_backend
+from ..calibration.stored import run_calibration
+from ..checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash, set_reference_maps
+from ..config import ScoreSection
+from ..errors import AnomstreamError, cause_line
+from ..events.mqtt import check_topics
+from ..events.recorder import EventSettings, event_settings, events_folder, outbox_depth
+from ..sources.base import Source
+from ..sources.cameras_file import apply_cameras
+from ..sources.resolve import Inputs, resolve_inputs
+from ..store import check_target, result_arrays, stream_key
+from ..store.location import credential_environment, is_url
+from ..store.lock import StoreLock
+from ..stream.windows import WindowShape
+from ..view.server import VIEW_PICTURE_SIZE, LiveView, check_port
+from .actors import SMALL_CPU, ActorPool, Placement
+from .loop import ScoringLoop
+from .opening import StreamSetup
+from .plan import RunPlan
+from .ray_setup import ensure_ray
+from .report import RunReport
+from .reporter import Reporter, reporter_for
+from .resume import nothing_to_resume
+from .writers import WriterSet
 
 REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the loop replaces the actor)
 
@@ -255,7 +255,7 @@ def _prepare(plan: RunPlan) -> _Prepared:
         "events": asdict(events.rule) if events else None,
         "config": {"model": payload["params"], "score": plan.settings.model_dump()},
         "term_weights": model.term_weights, "window_length": model.window_length, "precision": plan.settings.precision,
-        "anomstream_version": pipeline.__version__,
+        "anomstream_version": __version__,
     }
     return _Prepared(out, payload, sha256, WindowShape.of(model), inputs,
                      result_arrays((model.image_size, model.image_size), model.term_names), calibrated, events, run_attrs)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pipeline.stream.live import Policy
-from pipeline.stream.windows import BatchHeader, EndOfStream
+from ..stream.live import Policy
+from ..stream.windows import BatchHeader, EndOfStream
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
-from pipeline.errors import AnomstreamError
+from ..errors import AnomstreamError
 
 WRITER_GONE_S = 10.0  # longest wait for a writer given up on to be gone before its successor opens the store
 

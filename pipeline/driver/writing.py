@@ -14,12 +14,12 @@ from typing import Any
 
 import ray
 
-from pipeline.driver.report import RunReport
-from pipeline.driver.reporter import Reporter
-from pipeline.driver.schedule import Decoded, StreamState, WriteItem, WriteKind
-from pipeline.driver.writers import WriterSet
-from pipeline.sources.base import Gap, LiveStatus
-from pipeline.store import StoredStream
+from ..sources.base import Gap, LiveStatus
+from ..store import StoredStream
+from .report import RunReport
+from .reporter import Reporter
+from .schedule import Decoded, StreamState, WriteItem, WriteKind
+from .writers import WriterSet
 
 VIEW_FRAME_S = 0.4  # live view: a stream's shown frame is renewed at most this often
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import open_results, read_events
+from ..store import open_results, read_events
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.metrics import roc_auc_score
 
-from pipeline.errors import AnomstreamError, UndefinedMetricError
+from ..errors import AnomstreamError, UndefinedMetricError
 
 NORMALISATIONS = ("offline", "causal", "raw")
 PROTOCOLS = {  # what each normalisation is, printed beside its figures

@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.errors import UndefinedMetricError
+from ..errors import UndefinedMetricError
 
 
 def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -14,21 +14,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.datasets.layouts import ImageRecord
-from pipeline.datasets.specs import (
+from ..datasets.layouts import ImageRecord
+from ..datasets.specs import (
     dataset_records,
     is_dataset_spec,
     parse_dataset_spec,
     read_mask,
 )
-from pipeline.errors import AnomstreamError, UndefinedMetricError
-from pipeline.evaluation.image_metrics import (
+from ..errors import AnomstreamError, UndefinedMetricError
+from ..store import open_results
+from .image_metrics import (
     image_auroc,
     image_average_precision,
     pixel_auroc,
     pro_score,
 )
-from pipeline.store import open_results
 
 
 @dataclass

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import AnomstreamError
-from pipeline.evaluation.frame_metrics import (
+from ..errors import AnomstreamError
+from ..store import open_results
+from .frame_metrics import (
     PROTOCOLS,
     FrameAUC,
     combine_terms,
@@ -17,7 +18,6 @@ from pipeline.evaluation.frame_metrics import (
     normalise,
     pixel_auc,
 )
-from pipeline.store import open_results
 
 
 @dataclass

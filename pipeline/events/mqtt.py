@@ -29,9 +29,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import AnomstreamError
-from pipeline.events.sending import url_from_file
-from pipeline.events.webhook import shown_url
+from ..errors import AnomstreamError
+from .sending import url_from_file
+from .webhook import shown_url
 
 DEFAULT_PREFIX = "anomstream"
 MQTT_ERR_AGAIN = -1  # paho: queued, waiting for a connection

@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.events.sending import Refused, Sender
-from pipeline.events.webhook import Webhook, WebhookSender, parse_webhook
+from .sending import Refused, Sender
+from .webhook import Webhook, WebhookSender, parse_webhook
 
 
 class Undelivered(int):

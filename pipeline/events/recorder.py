@@ -22,17 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import AnomstreamError
-from pipeline.events import mqtt, webhook
-from pipeline.events.detector import Event, EventDetector, EventRule
-from pipeline.events.mqtt import MqttBroker, MqttSender, parse_mqtt
-from pipeline.events.outbox import Outbox, Undelivered
-from pipeline.events.webhook import Webhook, parse_webhook
-from pipeline.sources.base import LiveStatus
-from pipeline.store import FrameStatus
-from pipeline.store.location import is_url, store_name
-from pipeline.stream.windows import WindowBatch
-from pipeline.visualize import overlay_jpeg
+from ..errors import AnomstreamError
+from ..sources.base import LiveStatus
+from ..store import FrameStatus
+from ..store.location import is_url, store_name
+from ..stream.windows import WindowBatch
+from ..visualize import overlay_jpeg
+from . import mqtt, webhook
+from .detector import Event, EventDetector, EventRule
+from .mqtt import MqttBroker, MqttSender, parse_mqtt
+from .outbox import Outbox, Undelivered
+from .webhook import Webhook, parse_webhook
 
 RECENT_EVENTS = 5  # event messages per stream the live view lists
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import AnomstreamError
+from ..errors import AnomstreamError
 
 
 class Refused(Exception):

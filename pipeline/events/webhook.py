@@ -17,8 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import AnomstreamError
-from pipeline.events.sending import Refused, url_from_file
+from ..errors import AnomstreamError
+from .sending import Refused, url_from_file
 
 MAX_REDIRECTS = 5  # 307 / 308 hops followed for one POST
 # 4xx answers about the URL, its credentials or the moment, not the message: kept and tried again

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pipeline.errors import SourceError, error_reason
-from pipeline.sources.base import Frame, Gap, LiveStatus, Source
-from pipeline.sources.network import DEFAULT_DECODING, DecodeSize, Decoding, NetworkCapture, StreamInfo
+from ..errors import SourceError, error_reason
+from .base import Frame, Gap, LiveStatus, Source
+from .network import DEFAULT_DECODING, DecodeSize, Decoding, NetworkCapture, StreamInfo
 
 LOGIN_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")  # URLs whose user:password FFmpeg sends
 USER_VARIABLE, PASSWORD_VARIABLE = "ANOMSTREAM_CAMERA_USER", "ANOMSTREAM_CAMERA_PASSWORD"

@@ -1,7 +1,7 @@
 """A loopback IP camera for tests, demos and the live benchmark: a video played in real time as
 MJPEG over HTTP (``multipart/x-mixed-replace``, what many IP cameras serve), looping.
 
-``python -m pipeline.sources.camera_server VIDEO [--port 0] [--fps F] [--stall-after S]
+``python -m anomstream.pipeline.sources.camera_server VIDEO [--port 0] [--fps F] [--stall-after S]
 [--freeze-after S] [--auth-env NAME]`` prints ``serving http://127.0.0.1:PORT/`` once it listens.
 Like a real camera it sends each client the newest frame: a client that reads slowly misses frames.
 ``--stall-after``: S seconds after the first client connected, connections stay open (and new
@@ -116,7 +116,8 @@ def spawn(video: str | Path, fps: float, port: int = 0, *options: str,
     """This server in a process of its own on 127.0.0.1 (``port`` 0: any free one), once it
     listens: (the process, to stop by its PID; the camera's URL). ``options``: ``--stall-after S``...
     ``credentials``: ``user:password`` it requires (HTTP Basic), handed over in its environment."""
-    command = [sys.executable, "-m", "pipeline.sources.camera_server", str(video), "--port", str(port), "--fps", str(fps)]
+    command = [sys.executable, "-m", "anomstream.pipeline.sources.camera_server", str(video), "--port", str(port),
+               "--fps", str(fps)]
     environment = None
     if credentials is not None:
         options, environment = (*options, "--auth-env", AUTH_VARIABLE), {**os.environ, AUTH_VARIABLE: credentials}

@@ -38,13 +38,13 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import format_error, read_yaml
-from pipeline.errors import AnomstreamError
-from pipeline.events.detector import EventRule
-from pipeline.events.webhook import shown_url
-from pipeline.paths import expand_path
-from pipeline.sources.base import Source, StreamSettings
-from pipeline.sources.camera import Credentials
+from ..config import format_error, read_yaml
+from ..errors import AnomstreamError
+from ..events.detector import EventRule
+from ..events.webhook import shown_url
+from ..paths import expand_path
+from .base import Source, StreamSettings
+from .camera import Credentials
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 

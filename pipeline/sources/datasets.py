@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.datasets.specs import dataset_records, parse_dataset_spec
-from pipeline.sources.folders import ImageListSource
+from ..datasets.specs import dataset_records, parse_dataset_spec
+from .folders import ImageListSource
 
 
 def dataset_sources(spec: str, default_split: str = "test") -> list[ImageListSource]:

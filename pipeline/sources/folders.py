@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import SourceError
-from pipeline.files import files_fingerprint, list_images, read_image
-from pipeline.sources.base import Frame, Source
+from ..errors import SourceError
+from ..files import files_fingerprint, list_images, read_image
+from .base import Frame, Source
 
 
 class FrameFolderSource(Source):

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from pipeline.errors import SourceError
-from pipeline.sources.base import Frame, Source
+from ..errors import SourceError
+from .base import Frame, Source
 
 SCHEME = "linescan:"
 

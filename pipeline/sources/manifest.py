@@ -7,8 +7,8 @@ import csv
 import io
 from pathlib import Path
 
-from pipeline.errors import AnomstreamError
-from pipeline.paths import expand_input
+from ..errors import AnomstreamError
+from ..paths import expand_input
 
 
 def read_manifest(path: str | Path) -> list[tuple[str, str | None]]:

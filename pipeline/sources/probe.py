@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import SourceError, error_reason
+from ..errors import SourceError, error_reason
 
 # FFmpeg demuxers that read single pictures (a .jpg or .png file): an image is not a video
 IMAGE_DEMUXERS = ("image2", "_pipe")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from pipeline.sources.base import Frame, Gap, Source
+from .base import Frame, Gap, Source
 
 
 class RealtimeSource(Source):

@@ -17,23 +17,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.specs import is_dataset_spec
-from pipeline.errors import SourceError
-from pipeline.files import IMAGE_SUFFIXES, list_images, numeric_sort_key
-from pipeline.sources.base import Source
-from pipeline.sources.camera import CameraSource, Reconnect
-from pipeline.sources.datasets import dataset_sources
-from pipeline.sources.folders import (
+from ..datasets.specs import is_dataset_spec
+from ..errors import SourceError
+from ..files import IMAGE_SUFFIXES, list_images, numeric_sort_key
+from .base import Source
+from .camera import CameraSource, Reconnect
+from .datasets import dataset_sources
+from .folders import (
     FrameFolderSource,
     ImageListSource,
     image_folder_source,
 )
-from pipeline.sources.linescan import SCHEME as LINESCAN_SCHEME
-from pipeline.sources.linescan import linescan_sources
-from pipeline.sources.network import Decoding
-from pipeline.sources.probe import VIDEO_SUFFIXES, NotAVideoError
-from pipeline.sources.realtime import RealtimeSource
-from pipeline.sources.video import VideoFileSource, video_sources
+from .linescan import SCHEME as LINESCAN_SCHEME
+from .linescan import linescan_sources
+from .network import Decoding
+from .probe import VIDEO_SUFFIXES, NotAVideoError
+from .realtime import RealtimeSource
+from .video import VideoFileSource, video_sources
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 CAMERA_PREFIX = "camera:"

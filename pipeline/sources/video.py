@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SourceError, error_reason
-from pipeline.files import files_fingerprint
-from pipeline.sources.base import Frame, Source
-from pipeline.sources.probe import NotAFileError, NotAVideoError, VideoTrack, probe_video
+from ..errors import SourceError, error_reason
+from ..files import files_fingerprint
+from .base import Frame, Source
+from .probe import NotAFileError, NotAVideoError, VideoTrack, probe_video
 
 
 class VideoFileSource(Source):

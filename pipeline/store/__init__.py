@@ -1,7 +1,7 @@
 """The zarr v3 result store (:mod:`.results`) and the accounting of every frame in it (:mod:`.accounting`)."""
 
-from pipeline.store.accounting import FrameStatus, StreamAccounting
-from pipeline.store.results import (
+from .accounting import FrameStatus, StreamAccounting
+from .results import (
     EVENT_COLUMNS,
     STORE_FORMAT,
     ArraySpec,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from pipeline.sources.base import LiveStatus
+    from ..sources.base import LiveStatus
 
 LATENCY_SAMPLES = 100_000  # percentiles over the most recent scored frames: a camera runs for days
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # the histogram's upper bounds (and +Inf)

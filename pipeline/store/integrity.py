@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.errors import StoreError, first_line
-from pipeline.store.accounting import FrameStatus
+from ..errors import StoreError, first_line
+from .accounting import FrameStatus
 
 SCORE_ARRAYS = ("score", "score_raw", "valid")
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.errors import StoreError, first_line
+from ..errors import StoreError, first_line
 
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
 _CREDENTIAL_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")

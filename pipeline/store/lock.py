@@ -22,8 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import StoreError, first_line
-from pipeline.store.location import holds_objects, is_url
+from ..errors import StoreError, first_line
+from .location import holds_objects, is_url
 
 _HELD: set[str] = set()  # tokens of the locks this process holds now
 HEARTBEAT_S = 20.0  # the holder rewrites its heartbeat this often

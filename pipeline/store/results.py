@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import zarr
 
-from pipeline.errors import StoreError
-from pipeline.store.accounting import StreamAccounting
-from pipeline.store.integrity import DamagedStoreError, check_stream
-from pipeline.store.location import holds_objects, is_url, zarr_store
+from ..errors import StoreError
+from .accounting import StreamAccounting
+from .integrity import DamagedStoreError, check_stream
+from .location import holds_objects, is_url, zarr_store
 
 if TYPE_CHECKING:
-    from pipeline.sources.base import LiveStatus
+    from ..sources.base import LiveStatus
 
 STORE_FORMAT = "anomstream-store/1"
 ATTRS_REFRESH_S = 2.0  # a running live stream's accounting attrs are at most this old

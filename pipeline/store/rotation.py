@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.store.accounting import StreamAccounting
-from pipeline.store.results import FLUSH_S, ArraySpec, ResultStore, StoredStream
+from .accounting import StreamAccounting
+from .results import FLUSH_S, ArraySpec, ResultStore, StoredStream
 
 if TYPE_CHECKING:
-    from pipeline.sources.base import LiveStatus
+    from ..sources.base import LiveStatus
 
 ROTATIONS = {"hour": 3600.0, "day": 86400.0}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.stream.windows import WindowBatch
+from .windows import WindowBatch
 
 
 class DeviceFeed:

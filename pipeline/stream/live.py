@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.errors import SourceError, error_reason
-from pipeline.sources.base import Frame, Gap, LiveStatus, Source
-from pipeline.stream.windows import EndOfStream, WindowAssembler, WindowBatch
-from pipeline.visualize import picture_jpeg
+from ..errors import SourceError, error_reason
+from ..sources.base import Frame, Gap, LiveStatus, Source
+from ..visualize import picture_jpeg
+from .windows import EndOfStream, WindowAssembler, WindowBatch
 
 Policy = Literal["every", "latest"]
 PREVIEW_EVERY_S = 0.4  # a stream's picture for the live view at most this often (the page polls every 0.5 s)

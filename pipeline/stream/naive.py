@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.base import AnomalyModel
-from pipeline.sources.resolve import open_sources
-from pipeline.store import ResultStore
-from pipeline.stream.scorer import Scorer
-from pipeline.stream.windows import EndOfStream, window_batches
+from ...models.base import AnomalyModel
+from ..sources.resolve import open_sources
+from ..store import ResultStore
+from .scorer import Scorer
+from .windows import EndOfStream, window_batches
 
 
 def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 16, threads: int | None = None) -> int:

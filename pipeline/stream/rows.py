@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.store import ArraySpec, FrameStatus
-from pipeline.stream.windows import WindowBatch
+from ..store import ArraySpec, FrameStatus
+from .windows import WindowBatch
 
 
 def unscored_rows(batch: WindowBatch, arrays: dict[str, ArraySpec], dropped: bool = False) -> dict[str, np.ndarray]:

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.backends.choice import BackendChoice
-from pipeline.backends.runners import BackendError, make_runner
-from pipeline.checkpoint import (
+from ..backends.choice import BackendChoice
+from ..backends.runners import BackendError, make_runner
+from ..checkpoint import (
     choose_device,
     load_model,
     model_from_payload,
@@ -18,10 +18,10 @@ from pipeline.checkpoint import (
     prepare_device,
     set_reference_maps,
 )
-from pipeline.store import result_arrays
-from pipeline.stream.feed import DeviceFeed
-from pipeline.stream.rows import unscored_rows
-from pipeline.stream.windows import WindowBatch
+from ..store import result_arrays
+from .feed import DeviceFeed
+from .rows import unscored_rows
+from .windows import WindowBatch
 
 
 class Scorer:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import SourceError
-from pipeline.sources.base import Frame, Gap, LiveStatus
-from pipeline.store import FrameStatus
-from pipeline.stream.preprocess import prepare_frame
+from ..errors import SourceError
+from ..sources.base import Frame, Gap, LiveStatus
+from ..store import FrameStatus
+from .preprocess import prepare_frame
 
 
 @dataclass(frozen=True)

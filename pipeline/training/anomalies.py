@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.datasets.specs import (
+from ..datasets.specs import (
     dataset_records,
     is_dataset_spec,
     parse_dataset_spec,
     read_mask,
 )
-from pipeline.errors import SourceError
-from pipeline.files import read_image
-from pipeline.stream.preprocess import prepare_frame
+from ..errors import SourceError
+from ..files import read_image
+from ..stream.preprocess import prepare_frame
 
 
 @dataclass

@@ -9,11 +9,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from models.base import AnomalyModel, LabelledAnomalies
-from pipeline.errors import ConfigError
-from pipeline.sources.resolve import open_sources
-from pipeline.stream.preprocess import prepare_frame
-from pipeline.training.anomalies import labelled_examples
+from ...models.base import AnomalyModel, LabelledAnomalies
+from ..errors import ConfigError
+from ..sources.resolve import open_sources
+from ..stream.preprocess import prepare_frame
+from .anomalies import labelled_examples
 
 
 def load_clips(spec: str | list[str], size: int, channels: int, progress: bool = True,

@@ -22,16 +22,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.base import AnomalyModel, LabelledAnomalies
-from models.registry import build_model
-from pipeline.calibration.fit import CalibrationOptions, TooFewFrames, fit_calibration, normal_sources
-from pipeline.calibration.scores import Calibration
-from pipeline.checkpoint import choose_device, precision_context, prepare_device, read_checkpoint, save_checkpoint
-from pipeline.config import AnomstreamConfig
-from pipeline.errors import ConfigError
-from pipeline.training.augment import augment_windows
-from pipeline.training.data import WindowDataset, draw_anomalies, labelled_anomalies, load_clips, median_sample
-from pipeline.training.schedule import learning_rate_factor, phase_start_steps
+from ...models.base import AnomalyModel, LabelledAnomalies
+from ...models.registry import build_model
+from ..calibration.fit import CalibrationOptions, TooFewFrames, fit_calibration, normal_sources
+from ..calibration.scores import Calibration
+from ..checkpoint import choose_device, precision_context, prepare_device, read_checkpoint, save_checkpoint
+from ..config import AnomstreamConfig
+from ..errors import ConfigError
+from .augment import augment_windows
+from .data import WindowDataset, draw_anomalies, labelled_anomalies, load_clips, median_sample
+from .schedule import learning_rate_factor, phase_start_steps
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -14,7 +14,7 @@ import hmac
 import os
 from pathlib import Path
 
-from pipeline.errors import AnomstreamError
+from ..errors import AnomstreamError
 
 TOKEN_VARIABLE = "ANOMSTREAM_VIEW_TOKEN"
 COOKIE = "anomstream_token"

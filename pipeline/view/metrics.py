@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.sources.base import CAMERA_STATES
+from ..sources.base import CAMERA_STATES
 
 STATUSES = ("scored", "warmup", "dropped_behind", "source_gap", "decode_error", "frozen")
 GAP_KINDS = ("disconnect", "stall", "frozen")

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import AnomstreamError
-from pipeline.view.access import COOKIE, allowed
-from pipeline.view.metrics import health, metrics_text
+from ..errors import AnomstreamError
+from .access import COOKIE, allowed
+from .metrics import health, metrics_text
 
 PAGE = Path(__file__).with_name("page.html")
 SNAPSHOT_MAX_AGE_S = 0.25  # requests within this share one round trip to the writer

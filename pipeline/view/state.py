@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import FrameStatus
-from pipeline.stream.windows import WindowBatch
-from pipeline.visualize import map_png, overlay_jpeg
+from ..store import FrameStatus
+from ..stream.windows import WindowBatch
+from ..visualize import map_png, overlay_jpeg
 
 TRACE_S = 60.0  # seconds of score trace kept
 RATE_S = 5.0  # frames per second over the last this many seconds
