@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..models.errors import ModelInputError
@@ -228,6 +229,28 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    """``fit``: a calibrated model for one camera or scene, trained on most of its footage."""
+    from .calibration.scores import Calibration
+    from .checkpoint import read_checkpoint
+    from .training.fit import FitOptions, fit
+
+    started = time.time()
+    if _device(args):
+        from .checkpoint import choose_device
+
+        choose_device(_device(args), "--device")
+    options = FitOptions(args.minutes, args.holdout, args.config, args.init, args.false_alarm_rate, args.threads,
+                         device=_device(args), progress=not args.quiet)
+    out = fit(list(args.sources), args.out, options)
+    calibration = Calibration.from_payload(read_checkpoint(out)["calibration"])
+    print(f"model: {out} (calibrated on {calibration.frames} held-out frames: threshold {calibration.threshold:.2f}, "
+          f"{calibration.false_alarm_rate:g} false alarms per normal frame); took {(time.time() - started) / 60:.1f} min")
+    print(f"next: anomstream live rtsp://CAMERA --checkpoint {out} --out live.zarr --view 8080   "
+          f"(or: anomstream score FOOTAGE --checkpoint {out} --out scored.zarr)")
+    return 0
+
+
 def _cmd_eval_stills(args: argparse.Namespace) -> int:
     from .evaluation.stills import evaluate_stills
 
@@ -370,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(commands, [scoring, quiet, connection, device])
     _add_live(commands, [scoring, quiet, connection, device])
     _add_calibrate(commands, [quiet, device])
+    _add_fit(commands, [quiet, device])
     _add_export(commands)
     _add_eval(commands)
     _add_bench(commands, [device])
@@ -546,6 +570,41 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live.add_argument("--metrics", type=_at_least(1), metavar="PORT",
                       help="serve Prometheus /metrics and /healthz on this port (the view serves them too)")
     live.set_defaults(run=_cmd_live)
+
+
+def _share(text: str) -> float:
+    """A share strictly between 0 and 1 (--holdout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.05 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0.05 and 0.5")
+    return value
+
+
+def _add_fit(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    fit = commands.add_parser("fit", parents=parents,
+                              help="train and calibrate a model for one camera or scene from its normal footage "
+                                   "(docs/own-camera.md)")
+    fit.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="normal footage: video files or frame folders; part of one by time: 'clip.mp4?end=70%%', "
+                          "'clip.mp4?start=12.5&end=60' (seconds), '?start_frame=N&end_frame=M'")
+    fit.add_argument("--out", required=True, help="the calibrated checkpoint to write (never overwritten)")
+    fit.add_argument("--minutes", type=_at_least(1, float), default=10.0,
+                     help="the whole job's budget on this machine: training steps are what is left after decoding "
+                          "and calibration (default 10)")
+    fit.add_argument("--holdout", type=_share, default=0.2,
+                     help="the last share of each clip kept out of training for the calibration (default 0.2)")
+    fit.add_argument("--config", help="a YAML config of a video model (default: by the footage, grey -> "
+                                      "configs/ped2_dmad_cpu.yaml, colour -> configs/avenue_dmad_cpu.yaml)")
+    fit.add_argument("--init", default="shipped", metavar="shipped|none|CHECKPOINT",
+                     help="start from the shipped checkpoint of the chosen config (default), from scratch, or from "
+                          "this checkpoint")
+    fit.add_argument("--false-alarm-rate", type=_at_least(1e-9, float), default=1e-3, metavar="RATE",
+                     help="the threshold passes this share of normal frames (default 0.001)")
+    fit.add_argument("--threads", type=_at_least(1), help="torch threads (default: the config's)")
+    fit.set_defaults(run=_cmd_fit)
 
 
 def _add_calibrate(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:

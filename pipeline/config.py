@@ -68,6 +68,8 @@ class TrainSection(_Strict):
     data: str | list[str] = Field(description="training source(s): frame folders / videos / images / dataset specs "
                                               "(mtd:, mvtec:, mvtec_loco:, ksdd2:)")
     epochs: int = Field(10, ge=1)
+    windows_per_epoch: int | None = Field(None, ge=1, description="draw this many training windows per epoch "
+                                          "(anomstream fit's time budget); default: every window once")
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from ~0 over these epochs, then the cosine")

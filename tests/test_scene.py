@@ -23,13 +23,16 @@ def test_a_scene_like_the_calibration_fits_and_an_unknown_one_is_a_misfit():
     assert verdict.state == "fits" and fits.state == "fits" and verdict.frames == 600
     assert fits.feed(*_block(rng, 600, 600, 0.01)) is None  # ten times the rate, still far from most frames
     misfit = SceneCheck(3.0, 1e-3, smoothing=10, frames=600)
-    assert misfit.feed(*_block(rng, 0, 599, 0.9)) is None  # not judged before a whole block
-    verdict = misfit.feed(*_block(rng, 599, 1, 0.9))
-    assert verdict.state == "misfit" and verdict.share > 0.8 and verdict.p_value < 1e-6
-    assert (verdict.first_frame, verdict.last_frame) == (0, 599)
-    assert misfit.feed(*_block(rng, 600, 600, 0.9)) is None  # still a misfit: said once
+    assert misfit.feed(*_block(rng, 0, 99, 0.9)) is None  # not judged before 100 frames
+    verdict = misfit.feed(*_block(rng, 99, 1, 0.9))  # a misfit is told early: 100 frames already say it
+    assert verdict.state == "misfit" and verdict.share > 0.8 and verdict.p_value < 1e-6 and verdict.frames == 100
+    assert (verdict.first_frame, verdict.last_frame) == (0, 99)
+    assert misfit.feed(*_block(rng, 100, 600, 0.9)) is None  # still a misfit: said once
     line = scene_line("street", verdict.to_dict())
-    assert line.startswith("street: the model does not fit this scene: ") and "0.10%" in line and "anomstream train" in line
+    assert line.startswith("street: the model does not fit this scene: ") and "0.10%" in line
+    assert line.endswith("anomstream fit FOOTAGE --out model.pt (docs/own-camera.md)")
+    unsure = SceneCheck(3.0, 1e-3, smoothing=10, frames=600)  # 30 % above: not early, and not a misfit at 600
+    assert unsure.feed(*_block(rng, 0, 599, 0.3)) is None and unsure.feed(*_block(rng, 599, 1, 0.3)).state == "fits"
 
 
 def test_a_scene_that_turns_unlike_later_is_drift_and_fits_again_after():
@@ -66,7 +69,7 @@ def test_the_shipped_walkway_model_on_a_street_warns_that_it_does_not_fit(ray_se
     printed = capsys.readouterr()
     assert code == 0, printed.err
     scene = open_results(out)["vtest"].attrs["scene"]
-    assert scene["state"] == "misfit" and scene["frames"] == 600 and scene["share"] > 0.5
+    assert scene["state"] == "misfit" and scene["frames"] == 100 and scene["share"] > 0.5  # told after 100 frames
     assert scene["expected"] == pytest.approx(10 ** -scene["threshold"], rel=0.01)
     warning = [line for line in printed.err.splitlines() if "does not fit this scene" in line]
     assert warning == [f"warning: {scene_line('vtest', scene)}"]

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ...models.base import AnomalyModel
 from ..checkpoint import choose_device, file_sha256, load_model, model_device, prepare_device
 from ..errors import AnomstreamError
+from ..progress import advance, job_running, phase
 from ..sources.base import Source
 from ..sources.resolve import SourceOptions, resolve_inputs
 from ..stream.feed import DeviceFeed
@@ -134,11 +135,17 @@ def _batches(model: AnomalyModel, source: Source, batch_size: int) -> Iterator[W
 
 def _each_window(model: AnomalyModel, sources: list[Source], batch_size: int, what: str, progress: bool,
                  use: Callable[[Source, WindowBatch], None]) -> None:
-    with tqdm(desc=what, unit="frame", disable=not progress, total=sum(s.frame_count or 0 for s in sources) or None) as bar:
+    """``use`` on each batch of scorable windows; the bar counts frames (or, within a job such as
+    ``anomstream fit``, the job's bar does: :mod:`pipeline.progress`)."""
+    phase(what)
+    with tqdm(desc=what, unit="frame", disable=not progress or job_running(),
+              total=sum(s.frame_count or 0 for s in sources) or None) as bar:
         for source in sources:
             for batch in _batches(model, source, batch_size):
                 use(source, batch)
                 bar.update(batch.size)
+                advance("calibration_frame", batch.size)
+                advance("decode_frame", batch.size)
 
 
 def _reference(model: AnomalyModel, sources: list[Source], batch_size: int, step: int, limit: int,

@@ -9,7 +9,10 @@ anomaly is rare: a model that finds most of a minute anomalous does not know the
 binomial test against the false-alarm rate agrees (p < 1e-6; frames within one smoothing window are
 not independent, so counts are divided by the window before the test). The first block decides
 ``misfit``; a later block that turns bad after good ones is ``drift`` (light, season, a camera that
-moved), and a good one after that ``fits`` again. A stream shorter than one block is not judged.
+moved), and a good one after that ``fits`` again. A misfit is told early: while the first block
+fills, every ``EARLY_FRAMES`` scored frames that already pass the test end the block (ten seconds
+of a street at 10 fps say as much as a minute). A stream shorter than that is not judged; ``fits``
+always waits for a whole block.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 SCENE_FRAMES = 600  # scored frames per block: a minute at 10 fps
+EARLY_FRAMES = 100  # the first block may end here, and every this many frames after, when it is already a misfit
 MISFIT_SHARE = 0.5
 P_VALUE = 1e-6
 
@@ -65,17 +69,23 @@ class SceneCheck:
                 self._first = int(index)
             self._count += 1
             self._above += bool(value > self.threshold)
-            if self._count == self.frames:
+            early = self.state == "checking" and self._count % EARLY_FRAMES == 0 and self._bad()[0]
+            if self._count == self.frames or early:
                 changed = self._judge(int(index)) or changed
         return changed
 
-    def _judge(self, last_frame: int) -> SceneVerdict | None:
+    def _bad(self) -> tuple[bool, float]:
+        """Whether the frames counted so far are unlike the calibration footage, and the test's p."""
         from scipy.special import bdtrc  # the binomial tail, without scipy.stats' import cost in the writer
 
         n, k = self._count, self._above
         n_eff, k_eff = max(1, n // self.smoothing), int(round(k / self.smoothing))
         p_value = float(bdtrc(k_eff - 1, n_eff, self.expected)) if k_eff > 0 else 1.0
-        bad = k / n > self.share and p_value < P_VALUE
+        return k / n > self.share and p_value < P_VALUE, p_value
+
+    def _judge(self, last_frame: int) -> SceneVerdict | None:
+        n, k = self._count, self._above
+        bad, p_value = self._bad()
         state = ("misfit" if self.state == "checking" else "drift") if bad else "fits"
         if self.state in ("misfit", "drift") and bad:
             state = self.state
@@ -93,8 +103,8 @@ def scene_line(stream_id: str, verdict: dict) -> str:
     measured = (f"{verdict['share']:.0%} of frames {verdict['first_frame']}-{verdict['last_frame']} above the threshold "
                 f"{verdict['threshold']:.2f}, where the footage it was calibrated on has {verdict['expected']:.2%}")
     if verdict["state"] == "misfit":
-        return (f"{stream_id}: the model does not fit this scene: {measured}; train and calibrate a model on this "
-                f"camera's normal footage (anomstream train CONFIG --data FOOTAGE, then anomstream calibrate)")
+        return (f"{stream_id}: the model does not fit this scene: {measured}; train and calibrate one on this "
+                f"camera's normal footage: anomstream fit FOOTAGE --out model.pt (docs/own-camera.md)")
     if verdict["state"] == "drift":
         return (f"{stream_id}: the scene drifted from what the model knows (light, season, the camera moved?): "
                 f"{measured}; calibrate again on recent normal footage, or train again")

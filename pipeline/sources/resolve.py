@@ -22,6 +22,7 @@ from ..errors import SourceError
 from ..files import IMAGE_SUFFIXES, list_images, numeric_sort_key
 from .base import Source
 from .camera import CameraSource, Reconnect
+from .clip import ClippedSource, parse_clip
 from .datasets import dataset_sources
 from .folders import (
     FrameFolderSource,
@@ -117,6 +118,11 @@ def _resolve(spec: str, options: SourceOptions) -> Inputs:
     path = Path(spec)
     if path.exists() and not DEVICE_PATH.fullmatch(spec):
         return _resolve_path(path.absolute(), options)  # decoders may run in another folder or machine
+    cut = parse_clip(spec) if "?" in spec else None
+    if cut is not None and Path(cut[0]).exists():
+        inner = _resolve_path(Path(cut[0]).absolute(), options)
+        inner.sources = [ClippedSource(source, cut[1], cut[0]) for source in inner.sources]
+        return inner
     if spec.startswith(LINESCAN_SCHEME):
         return Inputs(linescan_sources(spec, lambda inner: open_sources(inner, options.max_frames)))
     if is_dataset_spec(spec):

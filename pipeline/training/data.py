@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ...models.base import AnomalyModel, LabelledAnomalies
 from ..errors import ConfigError
+from ..progress import advance, job_running
 from ..sources.resolve import open_sources
 from ..stream.preprocess import prepare_frame
 from .anomalies import labelled_examples
@@ -23,8 +24,9 @@ def load_clips(spec: str | list[str], size: int, channels: int, progress: bool =
     clips = []
     specs = [spec] if isinstance(spec, str) else spec
     sources = [s for one in specs for s in open_sources(one, still_images=still_images, dataset_split="train")]
-    for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress):
+    for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress or job_running()):
         frames = [prepare_frame(frame.image, size, channels) for frame in source.frames()]
+        advance("decode_frame", len(frames))
         clips.append(np.stack(frames))
     return clips
 

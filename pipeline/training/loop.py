@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from ...models.base import AnomalyModel, LabelledAnomalies
@@ -29,6 +29,7 @@ from ..calibration.scores import Calibration
 from ..checkpoint import choose_device, precision_context, prepare_device, read_checkpoint, save_checkpoint
 from ..config import AnomstreamConfig
 from ..errors import ConfigError
+from ..progress import advance, job_running, phase
 from .augment import augment_windows
 from .data import WindowDataset, draw_anomalies, labelled_anomalies, load_clips, median_sample
 from .schedule import learning_rate_factor, phase_start_steps
@@ -58,7 +59,9 @@ def train(config: AnomstreamConfig, resume: bool = False, progress: bool = True)
     model: AnomalyModel = build_model(config.model.name, config.model.params)
     clips = load_clips(settings.data, model.image_size, model.channels, progress, still_images=model.window_length == 1)
     dataset = WindowDataset(clips, model.window_length)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator,
+    sampler = RandomSampler(dataset, num_samples=min(settings.windows_per_epoch or len(dataset), len(dataset)),
+                            generator=generator)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True,
                         pin_memory=device.type == "cuda")
     anomalies = labelled_anomalies(model, settings)
     output = Path(settings.output_dir)
@@ -183,12 +186,14 @@ def _gradient_epochs(model: AnomalyModel, loader: DataLoader, run: _TrainingRun,
         totals: dict[str, torch.Tensor | float] = {}
         started = time.time()
         learning_rate = optimizer.param_groups[0]["lr"]
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
+        phase(f"training, epoch {epoch + 1}/{settings.epochs}")
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress or job_running())
         for step, windows in enumerate(bar, 1):
             windows = augment_windows(windows, settings.augment, generator).to(run.device, non_blocking=True)
             drawn = draw_anomalies(anomalies, settings.anomalies_per_batch, generator, run.device)
             terms = gradient_step(model, windows, optimizer, settings.precision, drawn, settings.gradient_clip)
             scheduler.step()
+            advance("train_step")
             model.after_optimizer_step(scheduler.last_epoch / total_steps)
             for key, value in terms.items():  # summed where they are: no wait for the device each step
                 totals[key] = totals.get(key, 0.0) + value.detach()
