@@ -19,12 +19,14 @@ _JOB: ContextVar[JobProgress | None] = ContextVar("anomstream_job", default=None
 
 
 class JobProgress:
-    """A bar over ``costs`` (kind -> estimated seconds per unit) times ``units`` (kind -> how many)."""
+    """A bar over ``costs`` (kind -> estimated seconds per unit) times ``units`` (kind -> how many);
+    not ``shown``: nothing is (``--quiet``), and the steps' own bars stay hidden all the same."""
 
-    def __init__(self, costs: dict[str, float], units: dict[str, int], description: str = "fit") -> None:
+    def __init__(self, costs: dict[str, float], units: dict[str, int], description: str = "fit",
+                 shown: bool = True) -> None:
         self.costs = costs
         total = sum(costs[kind] * count for kind, count in units.items())
-        self.bar = tqdm(total=round(total, 1), desc=description, unit="s", bar_format=(
+        self.bar = tqdm(total=round(total, 1), desc=description, unit="s", disable=not shown, bar_format=(
             "{desc}: {percentage:3.0f}%|{bar}| {elapsed} done, about {remaining} left{postfix}"))
         self.bar.set_postfix_str("starting", refresh=False)
 

@@ -27,7 +27,7 @@ def test_parts_of_a_recording_by_share_seconds_and_frames(vtest):
     assert len(rest) == late.frame_count == 239 and rest[0].index == 0 and rest[0].timestamp == pytest.approx(55.6)
     (seconds,) = open_sources(f"{vtest}?start=10&end=12.5s")
     assert [f.timestamp for f in seconds.frames()] == pytest.approx([10.0 + k / 10 for k in range(25)])
-    assert seconds.frame_span() == (100, 125) and late.frame_span() == (556, 795)
+    assert seconds.frame_span() == (100, 125) and late.frame_span() == (556, 795) and seconds.frame_count == 25
     (indexed,) = open_sources(f"{vtest}?start_frame=5&end_frame=9")
     assert [f.timestamp for f in indexed.frames()] == pytest.approx([0.5, 0.6, 0.7, 0.8])
     assert indexed.describe() == f"{vtest}?start_frame=5&end_frame=9" and indexed.stream_id == "vtest_start5_end9"

@@ -95,8 +95,12 @@ class ClippedSource(Source):
         self.warnings = inner.warnings
         if any(bound and bound.unit == "%" for bound in (clip.start, clip.end)) and not inner.frame_count:
             raise SourceError(f"{spec_path}: its length is not known, so a share (%) cannot cut it; give seconds")
-        first, stop = self._frame_bounds()
-        self.frame_count = max(0, stop - first) if stop is not None and inner.frame_count else None
+        seconds = any(bound and bound.unit == "s" for bound in (clip.start, clip.end))
+        if inner.frame_count and (inner.fps or not seconds):
+            first, stop = self.frame_span()
+            self.frame_count = max(0, stop - first)  # by the frame rate when seconds cut it: a close estimate
+        else:
+            self.frame_count = None
 
     def describe(self) -> str:
         return f"{self.inner.describe()}?{self.clip.query()}"

@@ -223,7 +223,7 @@ def fit(specs: list[str], out: str | Path, options: FitOptions = FitOptions()) -
         "warmup_epochs": 0.0})
     _say_plan(config_path, init, footage, schedule, costs, options)
     job = JobProgress({"decode_frame": costs.decode_frame, "train_step": costs.train_step,
-                       "calibration_frame": costs.score_window}, schedule.units)
+                       "calibration_frame": costs.score_window}, schedule.units, shown=options.progress)
     with running(job):
         trained = train(config, progress=options.progress)
     if "calibration" not in read_checkpoint(trained):
