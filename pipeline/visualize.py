@@ -104,15 +104,26 @@ def map_png(anomaly_map: np.ndarray, high: float) -> bytes:
     return cv2.imencode(".png", np.dstack([heat, alpha]))[1].tobytes()
 
 
-def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray, high: float, size: int = 320) -> bytes:
+def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray, high: float, size: int = 320,
+                 aspect: float | None = None, caption: str | None = None) -> bytes:
     """A model-input image uint8 (C, H, W) (C = 1 grey or 3 RGB) with its map overlaid
-    (:func:`overlay_map`), scaled so the longer side is ``size`` px, as JPEG bytes (quality 85)."""
+    (:func:`overlay_map`), scaled so the longer side is ``size`` px, as JPEG bytes (quality 85).
+    ``aspect``: the source frame's width / height (the model's input is square: the picture is
+    drawn back in the frame's own shape); ``caption``: one line in a strip below the picture."""
     frame = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
     rgb = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if frame.ndim == 2 else np.ascontiguousarray(frame)
-    scale = size / max(rgb.shape[:2])
-    rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+    width, height = (rgb.shape[1], rgb.shape[0]) if aspect is None else (aspect, 1.0)
+    scale = size / max(width, height)
+    rgb = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
     shown = overlay_map(rgb, anomaly_map, high)
+    if caption:
+        strip = np.zeros((CAPTION_PX, shown.shape[1], 3), np.uint8)
+        cv2.putText(strip, caption, (6, CAPTION_PX - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        shown = np.concatenate([shown, strip])
     return cv2.imencode(".jpg", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
+CAPTION_PX = 22  # the caption strip's height under a snapshot
 
 
 def write_overlay(path: Path, source: Source, maps: np.ndarray, score: np.ndarray, fps: float = 25.0,

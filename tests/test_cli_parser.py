@@ -156,8 +156,9 @@ def test_connect_timeout_help_says_both_defaults(capsys, monkeypatch):
 
 # Names two commands use for options of their own (different help, defaults or types): each command
 # declares its own. Every other option is declared once, shared through a parent parser.
-SAME_NAME_OTHER_OPTION = {"--out": 5, "--replicas": 2, "--checkpoint": 2, "--batch-size": 2, "--resume": 2, "--data": 2,
-                          "--calibration": 2, "--smoothing": 2, "--json": 2}
+SAME_NAME_OTHER_OPTION = {"--out": 6, "--replicas": 2, "--checkpoint": 2, "--batch-size": 2, "--resume": 2, "--data": 2,
+                          "--calibration": 2, "--smoothing": 2, "--json": 2,
+                          "--config": 2, "--false-alarm-rate": 2, "--threads": 2}  # fit (issue 33) beside score and calibrate
 
 
 def _declarations() -> dict[str, list[ast.Call]]:

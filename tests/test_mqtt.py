@@ -184,3 +184,30 @@ def test_streams_whose_names_give_one_topic_are_refused_and_a_camera_given_up_un
     downs = [json.loads(line) for line in (tmp_path / "events" / "events.jsonl").read_text().splitlines()]
     assert [(m["type"], m["stream_id"], m["state"]) for m in downs] == [("camera_down", "never", "stopped")]
     assert downs[0]["reason"] == "rtsp://cam/: camera is unreachable or cannot be opened"
+
+
+def test_an_event_snapshot_has_the_frame_s_own_shape_and_a_caption(tmp_path):
+    """The model's input is square (128 px); the snapshot is drawn back in the source frame's
+    shape (768x576 here: 480x360) with a caption strip below (22 px)."""
+    import cv2
+
+    recorder = EventRecorder(EventSettings(EventRule(5.0, end_after=2, min_frames=2, merge_gap=0),
+                                           str(tmp_path / "events")), "run-key", deliver=False)
+    recorder.open_stream("street")
+    rows = _event_rows([1, 9, 9, 8, 1, 1], 1_796_000_000.0)
+    frames = np.zeros((6, 3, 8, 8), np.uint8)
+    batch = WindowBatch("street", 0, 0, frames, 0, rows["frame_index"], rows["timestamp"], rows["status"], 1,
+                        source_size=(576, 768))
+    recorder.feed("street", rows, batch)
+    recorder.close_stream("street")
+    recorder.close(0)
+    (end,) = [json.loads(line) for line in (tmp_path / "events" / "events.jsonl").read_text().splitlines()
+              if line.startswith('{"type": "end"')]
+    picture = cv2.imread(str(tmp_path / "events" / end["snapshot"]))
+    assert picture.shape == (360 + 22, 480, 3)
+    assert picture[-22:].max() == 255 and picture[-22:, :, :].mean() < 60  # white text on a black strip
+    from anomstream.pipeline.events.detector import Event
+    from anomstream.pipeline.events.recorder import snapshot_caption
+
+    event = Event("street", "id", 1, 3, 1_796_000_000.1, 1_796_000_000.3, 1, 1_796_000_000.1, 9.0, 5.0)
+    assert snapshot_caption(event) == "street  frame 1  2026-11-30 00:53:20 UTC  peak 9.00 > 5.00"

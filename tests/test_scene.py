@@ -64,14 +64,14 @@ def test_the_shipped_walkway_model_on_a_street_warns_that_it_does_not_fit(ray_se
     from anomstream.pipeline.store import open_results
 
     out = tmp_path / "street.zarr"
-    code = main(["score", str(shared_data / "vtest.avi"), "--out", str(out), "--checkpoint", str(shipped_checkpoint),
+    code = main(["score", f"{shared_data / 'vtest.avi'}?end=20s", "--out", str(out), "--checkpoint", str(shipped_checkpoint),
                  "--quiet"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    scene = open_results(out)["vtest"].attrs["scene"]
+    scene = open_results(out)["vtest_end20s"].attrs["scene"]
     assert scene["state"] == "misfit" and scene["frames"] == 100 and scene["share"] > 0.5  # told after 100 frames
     assert scene["expected"] == pytest.approx(10 ** -scene["threshold"], rel=0.01)
     warning = [line for line in printed.err.splitlines() if "does not fit this scene" in line]
-    assert warning == [f"warning: {scene_line('vtest', scene)}"]
+    assert warning == [f"warning: {scene_line('vtest_end20s', scene)}"]
     logged = [json.loads(line) for line in (tmp_path / "street.events" / "events.jsonl").read_text().splitlines()]
     assert [m["type"] for m in logged if m["type"].startswith("scene_")] == ["scene_misfit"]

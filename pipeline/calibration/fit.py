@@ -22,11 +22,11 @@ from tqdm import tqdm
 from ...models.base import AnomalyModel
 from ..checkpoint import choose_device, file_sha256, load_model, model_device, prepare_device
 from ..errors import AnomstreamError
-from ..progress import advance, job_running, phase
 from ..sources.base import Source
 from ..sources.resolve import SourceOptions, resolve_inputs
 from ..stream.feed import DeviceFeed
 from ..stream.windows import EndOfStream, WindowBatch, window_batches
+from .progress import advance, job_running, phase
 from .scores import Calibration, StreamCalibrator, fit_rarity, term_statistics
 
 MIN_FRAMES = 50  # fewer scored normal frames cannot place a 1-in-20 quantile, let alone a tail

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,17 @@ RECENT_EVENTS = 5  # event messages per stream the live view lists
 
 
 OUTBOXES = {"webhook": "outbox", "mqtt": "outbox_mqtt"}  # sink -> its outbox folder in the events folder
+
+
+SNAPSHOT_SIZE = 480  # an event snapshot's longer side, pixels
+
+
+def snapshot_caption(event: Event) -> str:
+    """``cam1  frame 120  12:00:04 UTC  peak 7.31 > 3.00``: what the snapshot shows (the peak's time
+    as UTC for live streams, seconds into the recording otherwise)."""
+    when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(event.peak_time)) if event.peak_time > 1e9
+            else f"{event.peak_time:.1f} s")
+    return f"{event.stream_id}  frame {event.peak_frame}  {when}  peak {event.peak_score:.2f} > {event.threshold:.2f}"
 
 
 def outbox_depth(folder: Path) -> dict[str, int]:
@@ -154,11 +166,11 @@ class EventRecorder:
         finished events as table rows for the store."""
         score = np.where(values["status"] == FrameStatus.SCORED, values["score"], np.nan)
 
-        def peak(row: int) -> tuple[np.ndarray, np.ndarray] | None:
+        def peak(row: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None] | None:
             position = batch.context + row if batch is not None else -1
             if position < 0:
                 return None
-            return batch.frames[position].copy(), np.asarray(values["map"][row]).copy()
+            return batch.frames[position].copy(), np.asarray(values["map"][row]).copy(), batch.source_size
 
         messages = self.detectors[stream_id].feed(values["frame_index"], values["timestamp"], score, peak)
         return self._publish(stream_id, messages)
@@ -242,17 +254,19 @@ class EventRecorder:
             self.log.write("".join(lines).encode("utf-8"))
         return ended
 
-    def _snapshot(self, event: Event, kept: tuple[np.ndarray, np.ndarray] | None) -> bytes | None:
-        """The peak frame with its map as ``<event_id>.jpg`` (written whole, then renamed); returns
-        the JPEG (None: no peak frame kept)."""
+    def _snapshot(self, event: Event, kept: tuple[np.ndarray, np.ndarray, tuple[int, int] | None] | None) -> bytes | None:
+        """The peak frame with its map as ``<event_id>.jpg`` (written whole, then renamed), in the
+        source frame's own shape (SNAPSHOT_SIZE px its longer side), captioned with the stream, the
+        peak's frame, time and score, and the threshold; returns the JPEG (None: no peak frame kept)."""
         if kept is None:
             return None
-        image, anomaly_map = kept
+        image, anomaly_map, source_size = kept
         finite = anomaly_map[np.isfinite(anomaly_map)]
         high = float(np.percentile(finite.astype(np.float32), 99.5)) if finite.size else 1.0
         path = self.folder / f"{event.event_id}.jpg"
         temporary = path.with_name(f".{path.name}.tmp")
-        picture = overlay_jpeg(image, anomaly_map, high)
+        picture = overlay_jpeg(image, anomaly_map, high, SNAPSHOT_SIZE,
+                               source_size[1] / source_size[0] if source_size else None, snapshot_caption(event))
         temporary.write_bytes(picture)
         temporary.replace(path)
         event.snapshot = path.name

@@ -52,6 +52,7 @@ class WindowBatch:
     status: np.ndarray  # (B,) uint8 FrameStatus: SCORED = has a full window and is to be scored
     window_length: int
     preview: tuple[int, bytes] | None = None  # live view: (frame index, JPEG of the camera's picture) of a target
+    source_size: tuple[int, int] | None = None  # (H, W) of the frames as decoded: an event snapshot's shape
 
     @property
     def size(self) -> int:
@@ -125,11 +126,14 @@ class WindowAssembler:
         self._last: np.ndarray | None = None
         self._same_since = math.nan  # capture time of the first frame of the current run of equal images
         self._frozen = False
+        self.source_size: tuple[int, int] | None = None  # (H, W) of the newest real frame as decoded
 
     def push(self, frame: Frame) -> None:
         """Prepare ``frame`` and give it its status. A damaged frame (``Frame.damaged``: not a real
         picture) is DECODE_ERROR and breaks windows as a gap does: no scored window holds it."""
         image = prepare_frame(frame.image, self.image_size, self.channels)
+        if not frame.damaged:
+            self.source_size = (int(frame.image.shape[0]), int(frame.image.shape[1]))
         if frame.damaged:
             status = FrameStatus.DECODE_ERROR
             self._run, self._after_gap = 0, True
@@ -188,7 +192,7 @@ class WindowAssembler:
             stream_id=self.stream_id, sequence=self.sequence, first_frame_index=take[0][1],
             frames=np.stack(kept) if kept else np.empty((0, self.channels, self.image_size, self.image_size), np.uint8),
             context=first - keep_from, frame_index=np.array([p[1] for p in take], dtype=np.int64),
-            timestamp=timestamp, status=status, window_length=self.window_length,
+            timestamp=timestamp, status=status, window_length=self.window_length, source_size=self.source_size,
         )
         context_size = self.window_length - 1
         self.history = images[max(0, len(images) - context_size):] if context_size else []

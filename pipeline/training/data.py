@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ...models.base import AnomalyModel, LabelledAnomalies
+from ..calibration.progress import advance, job_running
 from ..errors import ConfigError
-from ..progress import advance, job_running
 from ..sources.resolve import open_sources
 from ..stream.preprocess import prepare_frame
 from .anomalies import labelled_examples

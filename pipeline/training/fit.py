@@ -30,10 +30,10 @@ from ...models.base import AnomalyModel
 from ...models.registry import build_model
 from ..assets import CONFIGS, SHIPPED_CHECKPOINT
 from ..calibration.fit import MIN_FRAMES
+from ..calibration.progress import JobProgress, running
 from ..checkpoint import choose_device, read_checkpoint
 from ..config import AnomstreamConfig, load_config
 from ..errors import AnomstreamError
-from ..progress import JobProgress, running
 from ..sources.base import Source
 from ..sources.clip import ClippedSource
 from ..sources.resolve import open_sources

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from ...models.base import AnomalyModel, LabelledAnomalies
 from ...models.registry import build_model
 from ..calibration.fit import CalibrationOptions, TooFewFrames, fit_calibration, normal_sources
+from ..calibration.progress import advance, job_running, phase
 from ..calibration.scores import Calibration
 from ..checkpoint import choose_device, precision_context, prepare_device, read_checkpoint, save_checkpoint
 from ..config import AnomstreamConfig
 from ..errors import ConfigError
-from ..progress import advance, job_running, phase
 from .augment import augment_windows
 from .data import WindowDataset, draw_anomalies, labelled_anomalies, load_clips, median_sample
 from .schedule import learning_rate_factor, phase_start_steps

@@ -4,7 +4,8 @@ calibration's two passes), with an ETA for the whole job.
 The job is measured in estimated seconds: each kind of work (a training step, a calibration
 frame) has a cost measured before the job starts, and the steps report what they did
 (:func:`advance`); tqdm's rate over what was done corrects the estimate as the job goes. While a
-job runs, the steps' own bars stay hidden (:func:`job_running`).
+job runs, the steps' own bars stay hidden (:func:`job_running`). It lives beside its lowest user,
+the calibration's passes; training imports it from here.
 """
 
 from __future__ import annotations
