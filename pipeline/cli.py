@@ -572,15 +572,19 @@ def _add_live(commands: argparse._SubParsersAction, parents: list[argparse.Argum
     live.set_defaults(run=_cmd_live)
 
 
-def _share(text: str) -> float:
-    """A share strictly between 0 and 1 (--holdout)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.05 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0.05 and 0.5")
-    return value
+def _between(low: float, high: float, inclusive: bool = True):
+    """argparse type: a number from ``low`` to ``high`` (``inclusive`` False: strictly between them)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = low <= value <= high if inclusive else low < value < high
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {'from' if inclusive else 'strictly between'} {low:g} "
+                                             f"{'to' if inclusive else 'and'} {high:g}, got {text}")
+        return value
+    return parse
 
 
 def _add_fit(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -594,14 +598,14 @@ def _add_fit(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     fit.add_argument("--minutes", type=_at_least(1, float), default=10.0,
                      help="the whole job's budget on this machine: training steps are what is left after decoding "
                           "and calibration (default 10)")
-    fit.add_argument("--holdout", type=_share, default=0.2,
+    fit.add_argument("--holdout", type=_between(0.05, 0.5), default=0.2,
                      help="the last share of each clip kept out of training for the calibration (default 0.2)")
     fit.add_argument("--config", help="a YAML config of a video model (default: by the footage, grey -> "
                                       "configs/ped2_dmad_cpu.yaml, colour -> configs/avenue_dmad_cpu.yaml)")
     fit.add_argument("--init", default="shipped", metavar="shipped|none|CHECKPOINT",
                      help="start from the shipped checkpoint of the chosen config (default), from scratch, or from "
                           "this checkpoint")
-    fit.add_argument("--false-alarm-rate", type=_at_least(1e-9, float), default=1e-3, metavar="RATE",
+    fit.add_argument("--false-alarm-rate", type=_between(0.0, 1.0, inclusive=False), default=1e-3, metavar="RATE",
                      help="the threshold passes this share of normal frames (default 0.001)")
     fit.add_argument("--threads", type=_at_least(1), help="torch threads (default: the config's)")
     fit.set_defaults(run=_cmd_fit)
@@ -620,7 +624,7 @@ def _add_calibrate(commands: argparse._SubParsersAction, parents: list[argparse.
                                 "the same path)")
     calibrate.add_argument("--smoothing", type=_at_least(1), default=9, metavar="FRAMES",
                            help="trailing (causal) mean of this many frames (default 9; 1: none)")
-    calibrate.add_argument("--false-alarm-rate", type=_at_least(1e-9, float), default=1e-3, metavar="RATE",
+    calibrate.add_argument("--false-alarm-rate", type=_between(0.0, 1.0, inclusive=False), default=1e-3, metavar="RATE",
                            help="the default threshold passes this share of normal frames (default 0.001)")
     calibrate.add_argument("--position-scale", action="store_true",
                            help="also divide the model's reference terms by their per-position normal spread (DMAD: "

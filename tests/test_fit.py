@@ -72,6 +72,21 @@ def test_the_footage_is_split_by_time_and_the_budget_buys_steps(vtest):
     assert isinstance(footage, Footage)
 
 
+def test_fit_refuses_a_rate_outside_0_to_1_before_any_work(vtest, tmp_path, capsys):
+    from anomstream.pipeline.cli import main
+    from anomstream.pipeline.training.fit import FitOptions, fit
+
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", vtest, "--out", str(tmp_path / "m.pt"), "--false-alarm-rate", "5"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("anomstream fit: error: argument --false-alarm-rate: must be "
+                                                        "strictly between 0 and 1, got 5")
+    with pytest.raises(AnomstreamError) as refused:  # the same from Python, where argparse does not check it
+        fit([f"{vtest}?end=40%"], tmp_path / "m.pt", FitOptions(false_alarm_rate=5))
+    assert str(refused.value) == "--false-alarm-rate: Input should be less than 1 (got 5)"
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.fit").exists()
+
+
 def test_a_short_fit_writes_a_calibrated_checkpoint_from_held_out_frames(vtest, tmp_path, capsys):
     from anomstream.pipeline.checkpoint import read_checkpoint
     from anomstream.pipeline.cli import main

@@ -136,7 +136,7 @@ def _batches(model: AnomalyModel, source: Source, batch_size: int) -> Iterator[W
 def _each_window(model: AnomalyModel, sources: list[Source], batch_size: int, what: str, progress: bool,
                  use: Callable[[Source, WindowBatch], None]) -> None:
     """``use`` on each batch of scorable windows; the bar counts frames (or, within a job such as
-    ``anomstream fit``, the job's bar does: :mod:`pipeline.progress`)."""
+    ``anomstream fit``, the job's bar does: :mod:`pipeline.calibration.progress`)."""
     phase(what)
     with tqdm(desc=what, unit="frame", disable=not progress or job_running(),
               total=sum(s.frame_count or 0 for s in sources) or None) as bar:

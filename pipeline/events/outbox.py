@@ -40,6 +40,12 @@ class Undelivered(int):
         return Undelivered, (int(self), self.problems)
 
 
+def waiting_in(folder: str | Path) -> list[Path]:
+    """The messages not delivered yet of the outbox at ``folder`` (its ``pending/``), oldest first;
+    none when it has no such folder. Reading them needs no Outbox (and starts no delivery)."""
+    return sorted((Path(folder) / "pending").glob("*.json"))
+
+
 class Outbox:
     """Messages waiting for delivery under ``folder``; with a ``sender`` (or a webhook: a URL or a
     parsed :class:`~pipeline.events.webhook.Webhook`), a thread delivers them."""
@@ -81,7 +87,7 @@ class Outbox:
 
     def waiting(self) -> list[Path]:
         """Messages not delivered yet, oldest first."""
-        return sorted(path for path in self.pending.glob("*.json"))
+        return waiting_in(self.pending.parent)
 
     def _reject(self, path: Path, reason: str, cause: str) -> None:
         self.rejected_folder.mkdir(exist_ok=True)

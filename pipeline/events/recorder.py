@@ -32,7 +32,7 @@ from ..visualize import overlay_jpeg
 from . import mqtt, webhook
 from .detector import Event, EventDetector, EventRule
 from .mqtt import MqttBroker, MqttSender, parse_mqtt
-from .outbox import Outbox, Undelivered
+from .outbox import Outbox, Undelivered, waiting_in
 from .webhook import Webhook, parse_webhook
 
 RECENT_EVENTS = 5  # event messages per stream the live view lists
@@ -54,8 +54,7 @@ def snapshot_caption(event: Event) -> str:
 
 def outbox_depth(folder: Path) -> dict[str, int]:
     """Sink -> messages waiting in its outbox under the events ``folder`` (sinks without one left out)."""
-    return {sink: len(list((folder / name / "pending").glob("*.json")))
-            for sink, name in OUTBOXES.items() if (folder / name / "pending").is_dir()}
+    return {sink: len(waiting_in(folder / name)) for sink, name in OUTBOXES.items() if (folder / name / "pending").is_dir()}
 
 
 def events_folder(store: str | Path) -> Path:

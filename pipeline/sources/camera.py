@@ -290,6 +290,7 @@ class CameraSource(Source):
         self.reconnections = 0
         self.warnings = []
         self.info: StreamInfo | None = None  # what the camera sends, once connected (RTSP)
+        self.decoded: tuple[int, int] | None = None  # (width, height) its frames are decoded to (None: as sent)
         self.clock = FrameClock()  # what its frames are stamped with
         self._gap: tuple[float, str] | None = None  # (last frame's time, kind) while the camera is down
         self._status = LiveStatus("connecting", time.time())
@@ -323,9 +324,8 @@ class CameraSource(Source):
         (``WxH``; None: as sent), ``decoder_threads``."""
         if self.info is None:
             return None
-        output = self.decode_size.output(self.info.width, self.info.height) if self.decode_size else None
-        return {**self.info.to_dict(), "clock": self.clock.kind, "decoded": f"{output[0]}x{output[1]}" if output else None,
-                "decoder_threads": self.decoding.threads}
+        decoded = f"{self.decoded[0]}x{self.decoded[1]}" if self.decoded else None
+        return {**self.info.to_dict(), "clock": self.clock.kind, "decoded": decoded, "decoder_threads": self.decoding.threads}
 
     def use_size(self, model: int, picture: int = 0) -> None:
         if self.decoding.scale_in_decoder:
@@ -380,7 +380,7 @@ class CameraSource(Source):
             raise CameraRefused(self._refusal_text(isinstance(error, av.error.HTTPUnauthorizedError))) from None
         except Exception:  # noqa: BLE001 - unreachable, refused, not a video: FFmpeg's text may hold the URL
             raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened") from None
-        self.info = capture.info
+        self.info, self.decoded = capture.info, capture.output
         return capture
 
     def refusal(self) -> str | None:

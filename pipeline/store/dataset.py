@@ -37,11 +37,15 @@ ORDER = ("score", "score_raw", "status", "valid", "timestamp", "map")
 
 def stream_names(path: str | Path) -> list[str]:
     """The streams of a store (its groups' names, as stored), sorted."""
-    return sorted(name for name, _ in open_results(path, check=False).groups())
+    return _names(open_results(path, check=False))
 
 
-def _choose(path: str | Path, stream: str | None) -> str:
-    names = stream_names(path)
+def _names(root: Any) -> list[str]:
+    return sorted(name for name, _ in root.groups())
+
+
+def _choose(path: str | Path, stream: str | None, names: list[str]) -> str:
+    """``stream``, or the store's only one; AnomstreamError naming the store otherwise."""
     if stream is None:
         if len(names) == 1:
             return names[0]
@@ -101,8 +105,8 @@ def open_stream(path: str | Path, stream: str | None = None, maps: bool = True) 
     import pandas as pd
     import xarray as xr
 
-    name = _choose(path, stream)
     root = open_results(path)
+    name = _choose(path, stream, _names(root))
     group = root[name]
     written = int(group.attrs.get("written", 0))
     target = zarr_store(path, read_only=True) if is_url(path) else str(path)
@@ -130,6 +134,6 @@ def events_table(path: str | Path, stream: str | None = None) -> pandas.DataFram
     threshold, snapshot file); an empty table with the same columns when it has none."""
     import pandas as pd
 
-    columns = read_events(path, _choose(path, stream))
+    columns = read_events(path, _choose(path, stream, stream_names(path)))
     return pd.DataFrame({name: pd.Series(columns[name], dtype="string" if kind == "str" else kind)
                          for name, kind in EVENT_COLUMNS.items()})

@@ -10,7 +10,7 @@
    this machine first, the decoding and the calibration's two passes over the held-out frames are
    set aside, and the rest buys training steps: whole epochs, or part of one (``windows_per_epoch``).
 4. Training and calibration run as ``anomstream train`` does (:func:`pipeline.training.loop.train`),
-   under one progress bar with the ETA of the whole job (:mod:`pipeline.progress`); the calibrated
+   under one progress bar with the ETA of the whole job (:mod:`pipeline.calibration.progress`); the calibrated
    checkpoint is written to ``out`` (the run's folder, ``OUT.fit/``, keeps ``last.pt`` and the log).
 """
 
@@ -32,7 +32,7 @@ from ..assets import CONFIGS, SHIPPED_CHECKPOINT
 from ..calibration.fit import MIN_FRAMES
 from ..calibration.progress import JobProgress, running
 from ..checkpoint import choose_device, read_checkpoint
-from ..config import AnomstreamConfig, load_config
+from ..config import AnomstreamConfig, load_config, with_overrides
 from ..errors import AnomstreamError
 from ..sources.base import Source
 from ..sources.clip import ClippedSource
@@ -212,15 +212,16 @@ def fit(specs: list[str], out: str | Path, options: FitOptions = FitOptions()) -
     if model.window_length < 2 or config.train is None:
         raise AnomstreamError(f"--config {config_path}: fit trains video models (DMAD) with a train: section; "
                               f"still-image models train with anomstream train")
-    config.train = config.train.model_copy(update={"threads": options.threads or config.train.threads,
-                                                   "device": options.device or config.train.device})
+    config.train = with_overrides(config.train, {"threads": options.threads, "device": options.device,
+                                                 "calibration_false_alarm_rate": options.false_alarm_rate},
+                                  {"threads": "--threads", "device": "--device",
+                                   "calibration_false_alarm_rate": "--false-alarm-rate"})
     costs = measure_costs(model, config, init, footage.train[0])
     schedule = plan_schedule(options.minutes, costs, footage, model.window_length, config.train.batch_size)
     config.train = config.train.model_copy(update={
         "data": footage.train, "calibration_data": footage.calibration, "epochs": schedule.epochs,
         "windows_per_epoch": schedule.windows_per_epoch, "output_dir": str(out.with_suffix(".fit")),
-        "init_checkpoint": init, "calibrate": True, "calibration_false_alarm_rate": options.false_alarm_rate,
-        "warmup_epochs": 0.0})
+        "init_checkpoint": init, "calibrate": True, "warmup_epochs": 0.0})
     _say_plan(config_path, init, footage, schedule, costs, options)
     job = JobProgress({"decode_frame": costs.decode_frame, "train_step": costs.train_step,
                        "calibration_frame": costs.score_window}, schedule.units, shown=options.progress)
