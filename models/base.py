@@ -51,6 +51,9 @@ class AnomalyModel(nn.Module):
     # Shares of training (0..1) at which the model starts training other parts (DSR's stage 3); the
     # learning-rate warm-up and cosine start again at each.
     training_phases: tuple[float, ...] = ()
+    # Sub-module paths (as ``named_modules`` spells them, ``/`` for ``.``) whose operations stay in
+    # float when the scoring graph is quantized to int8: sampling grids, vector-quantizer distances.
+    quantization_excluded: tuple[str, ...] = ()
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float input in [-1, 1]."""

@@ -184,6 +184,9 @@ class DMAD(AnomalyModel):
     name = "dmad"
     term_weights = {"offset_vertical": 0.2, "reconstruction_l1": 0.4, "gradient_difference": 0.6}
     calibration_terms = {"gradient_excess": 1.0, "deformation": 1.0}
+    # the offsets that become sampling grids, and the memory's distances (docs/backends.md: int8
+    # offsets moved the deformation term by 61 % of its range)
+    quantization_excluded = ("deformation", "memory")
 
     def __init__(self, config: DMADConfig | None = None) -> None:
         super().__init__()

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from .backends.choice import BackendChoice, choose_backend
+from .backends.choice import BackendChoice, GraphCache, choose_backend
 from .calibration.stored import run_calibration
 from .checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from .config import ScoreSection
 from .driver.plan import RunPlan
 from .driver.ray_setup import ensure_ray
 from .driver.run import score_sources
+from .errors import AnomstreamError
 from .sources.resolve import open_sources
 from .stream.naive import naive_score
 from .stream.scorer import Scorer
@@ -72,10 +73,11 @@ def _backend_scorers(checkpoint: str, backends: list[str], threads: int,
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
     model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
+    cache = GraphCache(model, checkpoint, sha256, reference, calibrated.data.split(", ") if calibrated else [])
     scorers = {}
     for spec in backends:
         name, precision, label = backend_label(spec)
-        choice = choose_backend(name, precision, model, checkpoint, sha256, reference)
+        choice = choose_backend(name, precision, cache)
         scorers[label] = (Scorer(payload, threads=threads, device=device, reference=reference, backend=choice), choice)
     return scorers
 
@@ -170,4 +172,49 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
           f"backends {', '.join(backends)}, medians of {rounds} rounds")
     for key, value in results.items():
         print(f"{key:24s} {value:8.2f}")
+    return results
+
+
+def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str = "bench_out",
+                 save_verdict: bool = False) -> dict[str, float]:
+    """Each backend's frame AUC and events on the labelled test set ``accuracy`` (``DATASET:ROOT``,
+    :mod:`pipeline.evaluation.backends`), against the first backend's, printed as a table;
+    ``save_verdict``: keep the reduced precisions' verdict for this checkpoint in the user's cache
+    (what ``--precision auto`` reads; the first backend must compute in fp32)."""
+    from .backends.verdict import Verdict, cpu_flags
+    from .backends.verdict import save_verdict as keep
+    from .evaluation.backends import backend_accuracy, parse_accuracy
+
+    dataset, _ = parse_accuracy(accuracy)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix="anomstream-accuracy-", dir=out))
+    measured = []
+    try:
+        for spec in backends:
+            name, precision, label = backend_label(spec)
+            settings = ScoreSection(replicas=2, backend=name, precision=precision)
+            measured.append(backend_accuracy(checkpoint, accuracy, label, settings, out_dir / f"{label}.zarr"))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    first = measured[0]
+    print(f"{dataset} test set, {checkpoint}: stored score's micro AUC (macro, offline min-max micro), events")
+    results: dict[str, float] = {}
+    for row in measured:
+        shift = row.event_shift(first)
+        print(f"{row.label:16s} micro {row.micro_auc:.6f} ({row.micro_auc - first.micro_auc:+.6f})  macro "
+              f"{row.macro_auc:.6f}  offline {row.offline_micro_auc:.6f}  events {len(row.events)} "
+              f"({'same' if shift == 0 else 'differ' if shift is None else f'shifted up to {shift} frames'})  "
+              f"pipeline {row.fps:.1f} fps")
+        results.update({f"micro_auc_{row.label}": row.micro_auc, f"micro_auc_diff_{row.label}": row.micro_auc - first.micro_auc,
+                        f"offline_micro_auc_{row.label}": row.offline_micro_auc, f"events_{row.label}": len(row.events),
+                        f"accuracy_pipeline_fps_{row.label}": row.fps})
+    if save_verdict:
+        if backend_label(backends[0])[1] != "fp32":
+            raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
+        flags = " ".join(sorted(cpu_flags() & {"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"}))
+        reduced = [(backend_label(s)[1], row) for s, row in zip(backends[1:], measured[1:]) if backend_label(s)[1] != "fp32"]
+        verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
+                          {precision: row.events_agree(first) for precision, row in reduced},
+                          f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {flags or 'none'}")
+        print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict)}")
     return results

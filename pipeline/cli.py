@@ -54,9 +54,11 @@ def _score_settings(args: argparse.Namespace):
     section, model_name = load_score_config(args.config) if args.config else (ScoreSection(), None)
     settings = with_overrides(section,
                               {"replicas": args.replicas, "batch_size": args.batch_size, "backend": args.backend,
-                               "precision": args.precision, "writers": args.writers, "device": _device(args)},
+                               "precision": args.precision, "writers": args.writers, "device": _device(args),
+                               "quantization_data": args.quantization_data},
                               {"replicas": "--replicas", "batch_size": "--batch-size", "backend": "--backend",
-                               "precision": "--precision", "writers": "--writers", "device": "--device"})
+                               "precision": "--precision", "writers": "--writers", "device": "--device",
+                               "quantization_data": "--quantization-data"})
     return settings, model_name
 
 
@@ -198,9 +200,14 @@ def _live_summary(stream_id: str, accounting: dict) -> str:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .backends.export import export_checkpoint
 
-    metadata = export_checkpoint(args.checkpoint, args.format, args.out, args.calibration)
-    worst = max((metadata["parity_with_torch"] or {}).values(), default=None)
+    metadata = export_checkpoint(args.checkpoint, args.format, args.out, args.calibration, args.precision,
+                                 args.quantization_data)
+    worst = max((metadata.get("parity_with_torch") or {}).values(), default=None)
     parity = f"; largest difference to torch {worst:.1g} of an output's range" if worst is not None else ""
+    if "rank_agreement_with_torch" in metadata:
+        least = min(metadata["rank_agreement_with_torch"].values())
+        parity = (f"; int8, {metadata['quantization']['quantized_convolutions']} convolutions quantized, least rank "
+                  f"agreement with torch fp32 {least:.3f} on normal windows")
     print(f"exported {metadata['model']} ({args.format}): {', '.join(metadata['files'])} and anomstream.json in "
           f"{args.out}{parity}")
     return 0
@@ -358,7 +365,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
     results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends,
-                        device=_device(args))
+                        device=_device(args)) if args.rounds else {}
+    if args.accuracy:
+        from .bench import run_accuracy
+
+        results.update(run_accuracy(args.checkpoint, backends or ["torch"], args.accuracy, args.out, args.save_verdict))
     if args.json:
         _write_json(args.json, results)
         print(f"json: {args.json}")
@@ -473,7 +484,12 @@ def _add_run_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--backend", help="what replicas score with: auto (default: the fastest installed one whose "
                                        "outputs match torch's, else torch), torch, onnxruntime, openvino (the "
                                        "model's exported graph, CPU); docs/backends.md")
-    sub.add_argument("--precision", help="fp32 (default) or bf16 (OpenVINO where the CPU has bf16 units; torch autocast)")
+    sub.add_argument("--precision", help="auto (default: int8 or bf16 where the checkpoint's measured AUC holds in it and "
+                                         "the CPU has the units, else fp32), fp32, bf16 (OpenVINO where the CPU has bf16 "
+                                         "units; torch autocast), int8 (OpenVINO, quantized by NNCF); docs/backends.md")
+    sub.add_argument("--quantization-data", nargs="+", metavar="SOURCE",
+                     help="normal footage int8 quantization collects its statistics on (default: the footage the "
+                          "checkpoint's calibration was fitted on)")
     sub.add_argument("--address", help="join this Ray cluster: auto (the local one, or RAY_ADDRESS) or HOST:PORT of "
                                         "its head (default: start a local Ray of this run's own, whatever "
                                         "RAY_ADDRESS says)")
@@ -639,6 +655,10 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--format", required=True, help="onnx (model.onnx) or openvino (model.xml + model.bin)")
     export.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export)")
     export.add_argument("--calibration", metavar="FILE", help="calibration file (default: the checkpoint's own, if any)")
+    export.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                        help="int8: quantized by NNCF on normal footage (--format openvino; default fp32)")
+    export.add_argument("--quantization-data", nargs="+", metavar="SOURCE",
+                        help="int8: normal footage (default: the footage the calibration was fitted on)")
     export.set_defaults(run=_cmd_export)
 
 
@@ -671,7 +691,12 @@ def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     bench.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="model checkpoint")
     bench.add_argument("--batch-size", type=_at_least(1), default=16)
     bench.add_argument("--repeats", type=_at_least(1), default=4, help="times the clip is scored per measurement (default 4)")
-    bench.add_argument("--rounds", type=_at_least(1), default=3, help="interleaved rounds; figures are their medians (default 3)")
+    bench.add_argument("--rounds", type=_at_least(0), default=3, help="interleaved rounds; figures are their medians "
+                       "(default 3; 0: --accuracy alone)")
+    bench.add_argument("--accuracy", metavar="DATASET:ROOT", help="also score this labelled test set with each backend "
+                       "(ped2:../shared/data/ped2, avenue:ROOT) and print its AUC and events against the first's")
+    bench.add_argument("--save-verdict", action="store_true", help="with --accuracy: keep the reduced precisions' "
+                       "verdict for this checkpoint (what --precision auto reads; the first backend must be fp32)")
     bench.add_argument("--out", default="bench_out", help="where the scratch stores go: a new temporary folder inside "
                        "it, removed afterwards (nothing else there is touched; default: bench_out)")
     bench.add_argument("--json", help="also write the results as JSON here")

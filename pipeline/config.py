@@ -120,8 +120,13 @@ class ScoreSection(_Strict):
     backend: Literal["torch", "onnxruntime", "openvino", "auto"] = Field(
         "auto", description="what replicas score with: torch, or the model's exported graph in ONNX Runtime or "
                              "OpenVINO (CPU); auto: the fastest installed one that matches torch (docs/backends.md)")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: OpenVINO in bf16 where the CPU has bf16 units, torch under autocast")
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto", description="auto: the fastest of int8 / bf16 that the checkpoint's measured verdict clears and the "
+                            "CPU computes natively, else fp32; bf16: OpenVINO in bf16 where the CPU has bf16 units, "
+                            "torch under autocast; int8: OpenVINO on the graph NNCF quantized (docs/backends.md)")
+    quantization_data: list[str] = Field(
+        [], description="normal footage that int8 quantization collects its activation ranges on (default: the "
+                        "footage the checkpoint's calibration was fitted on, where it is on this machine)")
     device: str = Field("auto", description="where replicas score: auto (a GPU fraction each when the cluster has "
                                             "GPUs), cpu (no GPU asked for), cuda (a GPU each, or the run refuses); "
                                             "docs/gpu.md")

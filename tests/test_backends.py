@@ -15,7 +15,7 @@ import torch
 from conftest import REPO
 from small_models import SMALL, still_windows
 
-from anomstream.pipeline.backends.choice import TOLERANCE, choose_backend, parity
+from anomstream.pipeline.backends.choice import TOLERANCE, GraphCache, choose_backend, parity
 from anomstream.pipeline.backends.graph import export_onnx
 from anomstream.pipeline.backends.runners import BackendError
 from anomstream.pipeline.checkpoint import load_model
@@ -121,10 +121,19 @@ def test_export_and_backend_refusals_are_one_line(shipped_checkpoint, tmp_path):
     with pytest.raises(AnomstreamError, match=r"^--format: 'tflite' is not one of onnx, openvino$"):
         export_checkpoint(shipped_checkpoint, "tflite", tmp_path / "new")
     model, _ = load_model(shipped_checkpoint)
+    cache = GraphCache(model, shipped_checkpoint, "0" * 64)
     with pytest.raises(BackendError, match=r"^--backend onnxruntime computes in fp32 only \(--precision fp32\)$"):
-        choose_backend("onnxruntime", "bf16", model, shipped_checkpoint, "0" * 64)
+        choose_backend("onnxruntime", "bf16", cache)
     with pytest.raises(BackendError, match=r"^--backend: unknown backend 'tensorrt'; one of torch, onnxruntime, openvino, auto$"):
-        choose_backend("tensorrt", "fp32", model, shipped_checkpoint, "0" * 64)
+        choose_backend("tensorrt", "fp32", cache)
+    with pytest.raises(BackendError, match=r"^--precision int8 runs in OpenVINO \(--backend openvino or auto\)$"):
+        choose_backend("torch", "int8", cache)
+    with pytest.raises(BackendError, match=r"^--precision: 'fp16' is not one of auto, fp32, bf16, int8$"):
+        choose_backend("auto", "fp16", cache)
+    with pytest.raises(BackendError, match=r"^--precision int8: no normal footage to quantize on \(--quantization-data\)$"):
+        choose_backend("openvino", "int8", cache)
+    with pytest.raises(AnomstreamError, match=r"^--precision int8: the quantized graph is OpenVINO's \(--format openvino\)$"):
+        export_checkpoint(shipped_checkpoint, "onnx", tmp_path / "int8", precision="int8")
 
 
 def test_the_export_cache_goes_to_the_user_cache_never_beside_the_checkpoint(tmp_path, monkeypatch):
@@ -135,7 +144,7 @@ def test_the_export_cache_goes_to_the_user_cache_never_beside_the_checkpoint(tmp
     (weights / "model.pt").write_bytes(b"weights")
     torch.manual_seed(0)
     model_class, config = SMALL["favae"]
-    choice = choose_backend("onnxruntime", "fp32", model_class(config).eval(), weights / "model.pt", "1" * 64)
+    choice = choose_backend("onnxruntime", "fp32", GraphCache(model_class(config).eval(), weights / "model.pt", "1" * 64))
     assert choice.backend == "onnxruntime" and choice.graph
     assert [p.name for p in weights.iterdir()] == ["model.pt"]
     cached = sorted(p.name for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir())

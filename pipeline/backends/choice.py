@@ -1,11 +1,12 @@
-"""Which backend a run's replicas score with, decided once by the driver: the exported graph is
-made (or read from the user's cache), checked against torch on the same windows,
-and handed to every replica through Ray's object store with the checkpoint.
+"""Which backend and precision a run's replicas score with, decided once by the driver: the
+exported graph is made (or read from the user's cache; int8: quantized by NNCF on normal footage),
+checked against torch, and handed to every replica through Ray's object store with the checkpoint.
 
-``auto`` takes the fastest installed backend that passes the check (measured on this 2-core CPU,
-docs/backends.md: in fp32 ONNX Runtime, as fast as OpenVINO and quicker to load; in bf16
-OpenVINO), torch when the replicas are on a GPU, when nothing else is installed, or when the graph
-cannot be exported.
+``auto`` backend: the fastest installed backend that passes the check (measured on these 2-core
+CPUs, docs/backends.md: in fp32 ONNX Runtime, as fast as OpenVINO and quicker to load; in bf16 and
+int8 OpenVINO), torch when the replicas are on a GPU, when nothing else is installed, or when the
+graph cannot be exported. ``auto`` precision: the fastest of int8 and bf16 that the checkpoint's
+measured verdict clears (:mod:`pipeline.backends.verdict`) and the CPU computes natively, else fp32.
 """
 
 from __future__ import annotations
@@ -22,23 +23,31 @@ import numpy as np
 import torch
 
 from ...models.base import AnomalyModel
-from ..errors import first_line
+from ..errors import AnomstreamError, first_line
 from .graph import ONNX_OPSET, ExportError, example_windows, export_onnx
+from .quantize import quantize_int8
 from .runners import BACKENDS, BackendError, installed_backends, make_runner
+from .verdict import cpu_refusal, measured_verdict
 
-PRECISIONS = ("fp32", "bf16")
-# largest |backend - torch| allowed at the check, relative to the largest |torch| value of each
-# output (measured on real frames, docs/backends.md: fp32 at most 5e-5; OpenVINO bf16 1e-2 to 3e-2
-# on most models' scores and maps, 0.6 on DSR's map, which the check then refuses)
-TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+REDUCED = ("int8", "bf16")  # fastest first (docs/backends.md: OpenVINO int8 > bf16 > fp32 windows/s on these CPUs)
+# largest |backend - torch| allowed at the fp32 check, relative to the largest |torch| value of each
+# output (measured on real frames, docs/backends.md: at most 5e-5)
+TOLERANCE = {"fp32": 1e-4}
+# bf16 / int8: the least rank agreement (Spearman) with torch fp32 of the score and of every term the
+# calibration uses, over windows of normal footage (measured on the shipped Ped2 DMAD: bf16 0.9996,
+# int8 0.995 on the score; a broken runtime or graph falls far below)
+RANK_AGREEMENT = 0.98
+CHECK_WINDOWS = 24
+QUANTIZATION_WINDOWS = 192  # NNCF's statistics: ~8 s of NNCF on the shipped Ped2 DMAD, 2 cores
 
 
 @dataclass(frozen=True)
 class BackendChoice:
     """What replicas score with: ``backend`` (``torch``, ``onnxruntime``, ``openvino``), its
-    ``precision`` and, for the runtimes, the exported ONNX ``graph``; ``note``: why ``auto`` chose it.
-    ``required``: asked for by name, so a replica that cannot load it fails (``auto``: it scores with
-    torch instead and says so)."""
+    ``precision`` (``fp32``, ``bf16``, ``int8``) and, for the runtimes, the ``graph`` (ONNX, or the
+    quantized OpenVINO model for int8); ``note``: why ``auto`` chose it. ``required``: asked for by
+    name, so a replica that cannot load it fails (``auto``: it scores with torch instead and says so)."""
 
     backend: str = "torch"
     precision: str = "fp32"
@@ -47,29 +56,25 @@ class BackendChoice:
     required: bool = False
 
 
-def choose_backend(requested: str, precision: str, model: AnomalyModel | Callable[[], AnomalyModel] | None,
-                   checkpoint: str | Path, sha256: str, reference: dict[str, np.ndarray] | None = None,
-                   on_gpu: bool = False) -> BackendChoice:
-    """The backend for ``requested`` (one of ``BACKENDS`` or ``auto``). ``model``: the checkpoint's
-    model with its weights and a calibration's ``reference`` maps, in eval mode, or a function that
-    builds it (called only when the graph or its check is not cached yet). Raises BackendError /
-    ExportError (one line) for an explicit backend that is not installed, cannot export the model
-    or fails the check; ``auto`` falls back to torch instead (``note`` says why)."""
-    if precision not in PRECISIONS:
-        raise BackendError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if requested not in (*BACKENDS, "auto"):
-        raise BackendError(f"--backend: unknown backend {requested!r}; one of {', '.join(BACKENDS)}, auto")
-    if requested == "onnxruntime" and precision != "fp32":
-        raise BackendError("--backend onnxruntime computes in fp32 only (--precision fp32)")
+def choose_backend(requested: str, precision: str, cache: GraphCache, on_gpu: bool = False) -> BackendChoice:
+    """The backend for ``requested`` (one of ``BACKENDS`` or ``auto``) in ``precision`` (one of
+    ``PRECISIONS``) for the model behind ``cache``. ``auto`` precision: the fastest reduced
+    precision that a measured verdict clears for this checkpoint (:mod:`pipeline.backends.verdict`:
+    the Ped2 AUC within 0.002 of fp32's and the same events), that this CPU computes natively and
+    that passes the start-of-run check; else fp32. Raises BackendError / ExportError (one line) for
+    an explicit backend or precision that is not installed, cannot export the model or fails the
+    check; ``auto`` falls back instead (``note`` says why)."""
+    _check_names(requested, precision)
+    if precision == "auto":
+        return _auto_precision(requested, cache, on_gpu)
     if requested == "torch":
         return BackendChoice("torch", precision)
-    cache = GraphCache(model, checkpoint, sha256, reference)
     if requested != "auto":
         return replace(_checked(requested, precision, cache), required=True)
     if on_gpu:
         return BackendChoice("torch", precision, note="replicas on a GPU")
     installed = installed_backends()
-    order = ["openvino"] if precision == "bf16" else ["onnxruntime", "openvino"]  # fp32: as fast, loads in 0.1 s
+    order = ["openvino"] if precision != "fp32" else ["onnxruntime", "openvino"]  # fp32: as fast, loads in 0.1 s
     candidates = [name for name in order if name in installed]
     if not candidates:
         return BackendChoice("torch", precision, note="neither onnxruntime nor openvino is installed")
@@ -84,29 +89,79 @@ def choose_backend(requested: str, precision: str, model: AnomalyModel | Callabl
     return BackendChoice("torch", precision, note="; ".join(failures))
 
 
+def _check_names(requested: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise BackendError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if requested not in (*BACKENDS, "auto"):
+        raise BackendError(f"--backend: unknown backend {requested!r}; one of {', '.join(BACKENDS)}, auto")
+    if requested == "onnxruntime" and precision not in ("fp32", "auto"):
+        raise BackendError("--backend onnxruntime computes in fp32 only (--precision fp32)")
+    if requested == "torch" and precision == "int8":
+        raise BackendError("--precision int8 runs in OpenVINO (--backend openvino or auto)")
+
+
+def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendChoice:
+    """``--precision auto``: see :func:`choose_backend`."""
+    reasons = []
+    if requested == "torch" or on_gpu:
+        return BackendChoice("torch", "fp32", note="replicas on a GPU" if on_gpu and requested != "torch" else None)
+    if requested in ("auto", "openvino") and "openvino" in installed_backends():
+        verdict = measured_verdict(cache.sha256)
+        for precision in REDUCED:
+            why_not = verdict.refusal(precision) or cpu_refusal(precision) or cache.footage_refusal(precision)
+            if why_not:
+                reasons.append(f"{precision}: {why_not}")
+                continue
+            try:
+                return replace(_checked("openvino", precision, cache), note=verdict.summary(precision))
+            except AnomstreamError as error:  # the graph, NNCF, the footage or the check
+                reasons.append(f"{precision}: {error}")
+    chosen = choose_backend(requested, "fp32", cache)
+    return replace(chosen, note="; ".join(filter(None, [chosen.note, *reasons])) or None)
+
+
 def _checked(backend: str, precision: str, cache: GraphCache) -> BackendChoice:
-    """``backend`` on the cached graph after its outputs matched torch's on the same windows."""
-    difference = cache.parity(backend, precision)
-    worst = max(difference, key=lambda name: np.nan_to_num(difference[name], nan=np.inf))
-    if not difference[worst] <= TOLERANCE[precision]:  # NaN fails too
-        raise BackendError(f"--backend {backend}: its {worst} differs from torch's by {difference[worst]:.2g} of its "
-                           f"range (allowed {TOLERANCE[precision]:g} in {precision}); use --backend torch")
-    return BackendChoice(backend, precision, cache.graph())
+    """``backend`` on the cached graph after it passed the start-of-run check against torch fp32:
+    fp32 within ``TOLERANCE`` of torch's outputs; bf16 / int8 ranking normal windows as torch does."""
+    if precision == "int8" and backend != "openvino":
+        raise BackendError(f"--backend {backend}: --precision int8 runs in OpenVINO (--backend openvino or auto)")
+    if precision == "fp32":
+        difference = cache.parity(backend, precision)
+        worst = max(difference, key=lambda name: np.nan_to_num(difference[name], nan=np.inf))
+        if not difference[worst] <= TOLERANCE[precision]:  # NaN fails too
+            raise BackendError(f"--backend {backend}: its {worst} differs from torch's by {difference[worst]:.2g} of "
+                               f"its range (allowed {TOLERANCE[precision]:g} in {precision}); use --backend torch")
+    else:
+        agreement = cache.rank_agreement(backend, precision)
+        worst = min(agreement, key=lambda name: np.nan_to_num(agreement[name], nan=-np.inf))
+        if not agreement[worst] >= RANK_AGREEMENT:
+            raise BackendError(f"--backend {backend} --precision {precision}: its {worst} ranks normal windows unlike "
+                               f"torch fp32 (rank agreement {agreement[worst]:.3f}, at least {RANK_AGREEMENT} "
+                               f"needed); use --precision fp32")
+    return BackendChoice(backend, precision, cache.graph(precision))
 
 
 class GraphCache:
-    """A checkpoint's exported graph and its checks against torch, kept in the user's cache folder
-    (``$XDG_CACHE_HOME/anomstream/exports``, else ``~/.cache/...``): a run finds both there and
-    builds no model."""
+    """A checkpoint's exported graphs (ONNX; int8: quantized on ``footage``) and their checks against
+    torch, kept in the user's cache folder (``$XDG_CACHE_HOME/anomstream/exports``, else
+    ``~/.cache/...``): a run finds them there and builds no model.
+
+    ``model``: the checkpoint's model with its weights and a calibration's ``reference`` maps, in
+    eval mode, or a function that builds it (called only when something is not cached yet);
+    ``footage``: normal footage specs (int8's statistics and the reduced-precision check's windows;
+    default none: noise windows for the bf16 check, and no int8)."""
 
     def __init__(self, model: AnomalyModel | Callable[[], AnomalyModel] | None, checkpoint: str | Path, sha256: str,
-                 reference: dict[str, np.ndarray] | None = None) -> None:
-        self._model, self.checkpoint = model, Path(checkpoint)
+                 reference: dict[str, np.ndarray] | None = None, footage: list[str] | None = None) -> None:
+        self._model, self.checkpoint, self.sha256, self.footage = model, Path(checkpoint), sha256, list(footage or [])
         digest = hashlib.sha256(_models_source())  # a change of the models' code makes a new graph
         for key in sorted(reference or {}):
             digest.update(key.encode() + np.ascontiguousarray(reference[key], np.float32).tobytes())
         self.name = f"{sha256[:20]}-{digest.hexdigest()[:8]}-opset{ONNX_OPSET}-torch{torch.__version__.split('+')[0]}"
-        self._graph: bytes | None = None
+        footage_key = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
+        self._int8_name = f"int8-{footage_key}-{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
+        self._graphs: dict[str, bytes] = {}
+        self._windows: np.ndarray | None = None
 
     @property
     def model(self) -> AnomalyModel:
@@ -116,24 +171,71 @@ class GraphCache:
             self._model = self._model()
         return self._model
 
-    def graph(self) -> bytes:
-        """The model's ONNX graph (exported and cached on first use; ExportError if it cannot be)."""
-        if self._graph is None:
-            found = self._find(".onnx")
-            self._graph = found.read_bytes() if found else export_onnx(self.model)
-            if not found:
-                self._store(".onnx", self._graph)
-        return self._graph
+    def graph(self, precision: str = "fp32") -> bytes:
+        """The model's ONNX graph, or for ``int8`` its quantized OpenVINO model (made and cached on
+        first use; ExportError if the model cannot be exported, BackendError if it cannot be quantized)."""
+        kind = "int8" if precision == "int8" else "onnx"
+        if kind not in self._graphs:
+            suffix = f".{self._int8_name}.ir" if kind == "int8" else ".onnx"
+            found = self._find(suffix)
+            if found:
+                self._graphs[kind] = found.read_bytes()
+            else:
+                self._graphs[kind] = self._quantized() if kind == "int8" else export_onnx(self.model)
+                self._store(suffix, self._graphs[kind])
+        return self._graphs[kind]
+
+    def footage_refusal(self, precision: str) -> str | None:
+        """Why int8 cannot be made here (no normal footage named, or not on this machine); else None."""
+        if precision != "int8":
+            return None
+        if not self.footage:
+            return "no normal footage to quantize on (--quantization-data)"
+        missing = [spec for spec in self.footage if ":" not in spec and not Path(spec.split("?")[0]).exists()]
+        return f"its normal footage {missing[0]} is not on this machine (--quantization-data)" if missing else None
 
     def parity(self, backend: str, precision: str) -> dict[str, float]:
         """:func:`parity` of ``backend`` in ``precision`` (the runtime's version in the key), measured once."""
-        key = f"{backend}-{_runtime_version(backend)}-{precision}"
+        return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}",
+                              lambda: parity(backend, precision, self.model, self.graph(precision)))
+
+    def rank_agreement(self, backend: str, precision: str) -> dict[str, float]:
+        """:func:`rank_agreement` of ``backend`` in ``precision`` on ``CHECK_WINDOWS`` windows of the
+        footage (noise windows without footage), measured once."""
+        where = self._int8_name if self.footage else "noise"
+        return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}-ranks-{where}",
+                              lambda: rank_agreement(backend, precision, self.model, self.graph(precision),
+                                                     torch.from_numpy(self._footage_windows()[1])))
+
+    def _measured(self, key: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
         found = self._find(".parity.json")
         measured = json.loads(found.read_text()) if found else {}
         if key not in measured:
-            measured[key] = parity(backend, precision, self.model, self.graph())
+            measured[key] = measure()
             self._store(".parity.json", json.dumps(measured).encode())
         return measured[key]
+
+    def _footage_windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(windows to quantize on, windows to check on): disjoint, both spread over the footage."""
+        if not self.footage:
+            return np.empty(0), example_windows(self.model, CHECK_WINDOWS, seed=2).numpy()
+        if self._windows is None:
+            from ..calibration.sample import sample_windows
+
+            self._windows = sample_windows(self.model, self.footage, QUANTIZATION_WINDOWS + CHECK_WINDOWS,
+                                           "--quantization-data")
+        every = max(1, len(self._windows) // CHECK_WINDOWS)
+        checked = np.zeros(len(self._windows), bool)
+        checked[every // 2::every] = True
+        return self._windows[~checked], self._windows[checked]
+
+    def _quantized(self) -> bytes:
+        windows = self._footage_windows()[0]
+        refusal = self.footage_refusal("int8")
+        if refusal:
+            raise BackendError(f"--precision int8: {refusal}")
+        batches = [windows[i:i + 16] for i in range(0, len(windows), 16)]
+        return quantize_int8(self.graph("fp32"), batches, self.model.quantization_excluded)
 
     def _find(self, suffix: str) -> Path | None:
         return next((folder / (self.name + suffix) for folder in _cache_folders(self.checkpoint)
@@ -179,6 +281,30 @@ def parity(backend: str, precision: str, model: AnomalyModel, graph: bytes, wind
              **{f"term_{name}": (output.terms[name], reference.terms[name]) for name in model.term_names}}
     return {name: float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
             for name, (got, want) in pairs.items()}
+
+
+def rank_agreement(backend: str, precision: str, model: AnomalyModel, graph: bytes,
+                   windows: torch.Tensor) -> dict[str, float]:
+    """Spearman's rank correlation with torch fp32 over ``windows`` of the score and of each term the
+    model's calibration uses (``calibration_terms``, else ``term_weights``): 1.0 when the runtime
+    orders the windows as torch does; NaN outputs give NaN."""
+    from scipy.stats import spearmanr
+
+    with torch.inference_mode():
+        reference = model.score(windows)
+    runner = make_runner(backend, graph, model.term_names, None, precision)
+    try:
+        output = runner.score(windows)
+    except Exception as error:  # noqa: BLE001 - the runtimes' own errors while scoring
+        raise BackendError(f"--backend {backend}: scoring the graph failed ({first_line(error)})") from None
+    names = [name for name in (model.calibration_terms or model.term_weights) if name in output.terms]
+    pairs = {"score": (output.score, reference.score),
+             **{f"term_{name}": (output.terms[name], reference.terms[name]) for name in names}}
+    agreement = {}
+    for name, (got, want) in pairs.items():
+        got, want = got.float().numpy(), want.float().numpy()
+        agreement[name] = float(spearmanr(got, want)[0]) if np.isfinite(got).all() else float("nan")
+    return agreement
 
 
 def _models_source() -> bytes:

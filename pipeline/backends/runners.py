@@ -19,6 +19,7 @@ import torch
 from ...models.base import ScoreOutput
 from ..errors import AnomstreamError, first_line
 from .graph import INPUT_NAME
+from .ir import is_ir, read_ir
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -55,25 +56,33 @@ class OnnxRuntimeRunner:
 
 
 class OpenVinoRunner:
-    """OpenVINO's CPU plugin: the ONNX graph read from memory, compiled for latency with ``threads``
-    inference threads in ``precision`` (``fp32``; ``bf16`` where the CPU has bf16 units)."""
+    """OpenVINO's CPU plugin: the graph read from memory (ONNX, or an int8 model in
+    :func:`pipeline.backends.quantize.pack_ir` bytes), compiled for latency with ``threads`` inference
+    threads in ``precision`` (``fp32``; ``bf16`` where the CPU has bf16 units; ``int8``: the quantized
+    convolutions in int8, the rest in f32)."""
 
     def __init__(self, onnx: bytes, term_names: list[str], threads: int | None = None, precision: str = "fp32") -> None:
         import openvino
 
         core = openvino.Core()
         # no pinning: OpenVINO pins its threads to cores, and two replicas on one machine then share one core
-        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY",
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY",
                   "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        model = openvino.convert_model(io.BytesIO(onnx))
+        if is_ir(onnx):
+            model = read_ir(core, onnx)
+        elif precision == "int8":
+            raise ValueError("an int8 replica needs the quantized graph, not the ONNX one")
+        else:
+            model = openvino.convert_model(io.BytesIO(onnx))
         self.compiled = core.compile_model(model, "CPU", config)
         self.term_names = term_names
+        self._names = ["score", "map", *(f"term_{name}" for name in term_names)]  # by name: NNCF reorders outputs
 
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         results = self.compiled({INPUT_NAME: np.ascontiguousarray(windows.cpu().numpy())})
-        return _output([results[output] for output in self.compiled.outputs], self.term_names)
+        return _output([results[self.compiled.output(name)] for name in self._names], self.term_names)
 
 
 def make_runner(backend: str, onnx: bytes, term_names: list[str], threads: int | None = None,

@@ -122,7 +122,8 @@ def fit_calibration(model: AnomalyModel, sources: list[Source], description: str
     return calibration
 
 
-def _batches(model: AnomalyModel, source: Source, batch_size: int) -> Iterator[WindowBatch]:
+def window_batches_of(model: AnomalyModel, source: Source, batch_size: int) -> Iterator[WindowBatch]:
+    """The batches of ``source`` that hold a window to score (one-line AnomstreamError on a decode error)."""
     for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
                                model.image_size, model.channels):
         if isinstance(item, EndOfStream):
@@ -141,7 +142,7 @@ def _each_window(model: AnomalyModel, sources: list[Source], batch_size: int, wh
     with tqdm(desc=what, unit="frame", disable=not progress or job_running(),
               total=sum(s.frame_count or 0 for s in sources) or None) as bar:
         for source in sources:
-            for batch in _batches(model, source, batch_size):
+            for batch in window_batches_of(model, source, batch_size):
                 use(source, batch)
                 bar.update(batch.size)
                 advance("calibration_frame", batch.size)

@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ...models.registry import build_model
 from ...workers.writer import WriterConfig
 from .. import __version__
-from ..backends.choice import BackendChoice, choose_backend
+from ..backends.choice import BackendChoice, GraphCache, choose_backend
 from ..calibration.stored import run_calibration
 from ..checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from ..config import ScoreSection
@@ -124,7 +124,9 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     gpus = ray.cluster_resources().get("GPU", 0)
     on_gpu = settings.backend != "torch" and (settings.device == "cuda" or
                                              settings.device == "auto" and gpus >= settings.gpu_fraction)
-    return choose_backend(settings.backend, settings.precision, model, checkpoint, sha256, reference, on_gpu)
+    footage = settings.quantization_data or (calibrated.data.split(", ") if calibrated else [])
+    cache = GraphCache(model, checkpoint, sha256, reference, footage)
+    return choose_backend(settings.backend, settings.precision, cache, on_gpu)
 
 
 def _replica_places(replicas: list, model_call: list, report: RunReport) -> list[dict[str, Any]]:

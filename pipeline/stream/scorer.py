@@ -57,7 +57,8 @@ class Scorer:
             except BackendError as error:
                 if self.backend.required:
                     raise
-                self.backend = BackendChoice("torch", self.backend.precision, note=f"{error}: torch scores here instead")
+                precision = "fp32" if self.backend.precision == "int8" else self.backend.precision
+                self.backend = BackendChoice("torch", precision, note=f"{error}: torch scores here instead")
         self.feed = DeviceFeed(self.device)  # one copy to the device and one back per batch
         size = self.model.image_size
         self.arrays = result_arrays((size, size), self.model.term_names)  # what the store holds

@@ -1,0 +1,107 @@
+"""Which reduced precisions a checkpoint may score in by default: the measured verdict (its frame
+AUC and events in bf16 and int8 against fp32, on a labelled test set: ``anomstream bench
+--accuracy``, docs/backends.md), shipped for the shipped checkpoints in
+``configs/weights/precision_verdicts.json`` and kept for others in the user's cache, keyed by the
+checkpoint's sha256; and whether this CPU computes a precision natively."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..assets import PRECISION_VERDICTS
+
+AUC_MARGIN = 0.002  # the most a reduced precision may lower the frame micro AUC (issue 34's bar)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A checkpoint's measured frame micro AUC per precision (``fp32`` the reference) and whether
+    each precision's events matched fp32's; ``source``: where it was measured (dataset, date, CPU)."""
+
+    micro_auc: dict[str, float] = field(default_factory=dict)
+    events_agree: dict[str, bool] = field(default_factory=dict)
+    source: str = ""
+
+    def refusal(self, precision: str) -> str | None:
+        """Why ``precision`` may not be this checkpoint's default (one clause), or None."""
+        if "fp32" not in self.micro_auc or precision not in self.micro_auc:
+            return "no measured AUC for this checkpoint (anomstream bench --accuracy, docs/backends.md)"
+        drop = self.micro_auc["fp32"] - self.micro_auc[precision]
+        if drop > AUC_MARGIN:
+            return f"its measured micro AUC is {drop:.4f} below fp32's (at most {AUC_MARGIN} allowed)"
+        if not self.events_agree.get(precision, False):
+            return "its measured events differ from fp32's"
+        return None
+
+    def summary(self, precision: str) -> str:
+        return (f"{precision}: micro AUC {self.micro_auc[precision]:.4f} against fp32's {self.micro_auc['fp32']:.4f}, "
+                f"same events ({self.source.split(';')[0]})")
+
+    def as_json(self) -> dict:
+        return {"micro_auc": self.micro_auc, "events_agree": self.events_agree, "source": self.source}
+
+
+def measured_verdict(sha256: str) -> Verdict:
+    """The verdict for the checkpoint with ``sha256``: the user's own (``save_verdict``) before the
+    shipped one; an empty Verdict (every reduced precision refused) when none was measured."""
+    for path in (_user_verdicts(), PRECISION_VERDICTS):
+        try:
+            found = json.loads(path.read_text()).get(sha256)
+        except (OSError, ValueError):
+            continue
+        if found:
+            return Verdict(found.get("micro_auc", {}), found.get("events_agree", {}), found.get("source", ""))
+    return Verdict()
+
+
+def save_verdict(sha256: str, verdict: Verdict) -> Path:
+    """Keep ``verdict`` for the checkpoint with ``sha256`` in the user's cache; returns the file."""
+    path = _user_verdicts()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[sha256] = verdict.as_json()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(known, indent=1))
+    os.replace(part, path)
+    return path
+
+
+def _user_verdicts() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "anomstream" / "precision_verdicts.json"
+
+
+def cpu_refusal(precision: str) -> str | None:
+    """Why this CPU does not compute ``precision`` natively (one clause), or None: bf16 needs the
+    units OpenVINO reports as ``BF16`` (AVX512-BF16 or AMX), int8 the dot-product instructions
+    (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags)."""
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
+        return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
+    if precision == "int8" and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
+        return "this CPU has no int8 dot-product units (VNNI or AMX)"
+    return None
+
+
+def cpu_capabilities() -> set[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (``FP32``, ``BF16``, ``INT8``, ...); empty without OpenVINO."""
+    try:
+        import openvino
+    except ImportError:
+        return set()
+    return set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())

@@ -1,0 +1,129 @@
+"""Reduced-precision replicas (issue 34): int8 by NNCF on normal footage with only convolutions
+quantized, what ``--precision auto`` picks from the measured verdict and the CPU's units, the
+start-of-run rank check, and the accuracy comparison's event pairing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from anomstream.pipeline.backends import choice as choice_module
+from anomstream.pipeline.backends import verdict as verdict_module
+from anomstream.pipeline.backends.choice import RANK_AGREEMENT, GraphCache, choose_backend
+from anomstream.pipeline.backends.ir import is_ir, read_ir
+from anomstream.pipeline.backends.quantize import quantized_share
+from anomstream.pipeline.backends.verdict import Verdict, measured_verdict
+from anomstream.pipeline.calibration.stored import run_calibration
+from anomstream.pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
+from anomstream.pipeline.evaluation.backends import BackendAccuracy
+
+openvino = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+@pytest.fixture
+def shipped_cache(shipped_checkpoint, ped2, tmp_path, monkeypatch):
+    """The shipped Ped2 DMAD with its calibration's reference map, normal footage: Ped2 training
+    clip 01 (120 frames), graphs cached under ``tmp_path``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    payload, sha256 = read_checkpoint_and_hash(shipped_checkpoint)
+    reference = run_calibration(payload, sha256, None).reference
+    model = set_reference_maps(model_from_payload(payload, shipped_checkpoint), reference)
+    return GraphCache(model, shipped_checkpoint, sha256, reference, [str(ped2 / "training" / "frames" / "01")])
+
+
+def test_int8_quantizes_the_convolutions_outside_the_deformation_and_ranks_windows_as_torch(shipped_cache, ped2, tmp_path):
+    """NNCF quantizes the 24 convolutions outside DMAD's deformation network (33 in all; its 9 make
+    the sampling grids and stay float), the model travels as OpenVINO IR bytes, is cached, and
+    orders Ped2 windows as torch fp32 does (measured: 0.997 on normal windows)."""
+    chosen = choose_backend("openvino", "int8", shipped_cache)
+    assert (chosen.backend, chosen.precision, chosen.required) == ("openvino", "int8", True)
+    assert is_ir(chosen.graph) and quantized_share(chosen.graph) == (24, 33)
+    model = read_ir(openvino.Core(), chosen.graph)
+    fed_by_quantizer = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"
+                        and op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"}
+    assert fed_by_quantizer and not any(name.startswith(("/deformation/", "/memory/")) for name in fed_by_quantizer)
+    agreement = shipped_cache.rank_agreement("openvino", "int8")
+    assert set(agreement) == {"score", "term_gradient_excess", "term_deformation"}
+    assert min(agreement.values()) >= RANK_AGREEMENT, agreement
+    cached = sorted(p.name for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir())
+    assert any(name.endswith(".ir") and ".int8-" in name for name in cached)
+    measured = json.loads(next(p for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir()
+                               if p.name.endswith(".parity.json")).read_text())
+    assert any("-int8-ranks-int8-" in key for key in measured)  # the check, measured once on the footage's windows
+
+
+def test_auto_stays_fp32_on_a_cpu_without_bf16_or_int8_units(shipped_cache, monkeypatch):
+    """The shipped verdict clears bf16 and int8 for this checkpoint, but a CPU without AVX512-BF16 /
+    AMX and without VNNI computes neither natively: ``auto`` keeps fp32 and says why."""
+    monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "INT8"})
+    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx2", "fma"})
+    assert measured_verdict(shipped_cache.sha256).refusal("bf16") is None
+    chosen = choose_backend("auto", "auto", shipped_cache)
+    assert chosen.precision == "fp32" and chosen.backend in ("onnxruntime", "openvino")
+    assert "int8: this CPU has no int8 dot-product units (VNNI or AMX)" in chosen.note
+    assert "bf16: this CPU has no bf16 units (AVX512-BF16 or AMX)" in chosen.note
+
+
+def test_auto_takes_the_fastest_precision_its_verdict_clears(shipped_cache, monkeypatch):
+    """int8 refused by its (here: made-up) verdict, bf16 cleared: ``auto`` on a CPU with both units
+    scores in bf16 after the rank check on the footage's windows; no verdict at all: fp32."""
+    monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
+    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx512_bf16", "avx512_vnni"})
+    made_up = Verdict({"fp32": 0.967, "bf16": 0.9669, "int8": 0.95}, {"bf16": True, "int8": True}, "made up")
+    monkeypatch.setattr(choice_module, "measured_verdict", lambda sha256: made_up)
+    chosen = choose_backend("auto", "auto", shipped_cache)
+    assert (chosen.backend, chosen.precision) == ("openvino", "bf16")
+    assert chosen.note.startswith("bf16: micro AUC 0.9669 against fp32's 0.9670")
+    monkeypatch.setattr(choice_module, "measured_verdict", lambda sha256: Verdict())
+    plain = choose_backend("auto", "auto", shipped_cache)
+    assert plain.precision == "fp32"
+    assert "int8: no measured AUC for this checkpoint" in plain.note
+
+
+def test_the_shipped_verdicts_are_for_the_shipped_checkpoints_and_refusals_say_why(shipped_checkpoint):
+    """A shipped checkpoint whose weights change loses its verdict (keyed by sha256) instead of
+    keeping one measured on other weights."""
+    from anomstream.pipeline.assets import CONFIGS, PRECISION_VERDICTS
+
+    shipped = json.loads(PRECISION_VERDICTS.read_text())
+    hashes = {read_checkpoint_and_hash(path)[1] for path in (CONFIGS / "weights").glob("*.pt")}
+    assert set(shipped) <= hashes and read_checkpoint_and_hash(shipped_checkpoint)[1] in shipped
+    verdict = Verdict({"fp32": 0.967, "bf16": 0.9669, "int8": 0.960}, {"bf16": False, "int8": True})
+    assert verdict.refusal("int8") == "its measured micro AUC is 0.0070 below fp32's (at most 0.002 allowed)"
+    assert verdict.refusal("bf16") == "its measured events differ from fp32's"
+    assert Verdict().refusal("bf16").startswith("no measured AUC for this checkpoint")
+
+
+def test_events_pair_by_stream_and_order_and_count_their_shift():
+    reference = BackendAccuracy("torch", 0.967, 0.977, 0.955, (("01", 134, 179), ("09", 71, 119)), 24.8)
+    shifted = BackendAccuracy("openvino_int8", 0.967, 0.978, 0.954, (("01", 134, 179), ("09", 76, 119)), 124.1)
+    assert shifted.event_shift(reference) == 5 and shifted.events_agree(reference)
+    apart = BackendAccuracy("x", 0.9, 0.9, 0.9, (("01", 134, 179), ("09", 120, 130)), 1.0)
+    assert apart.event_shift(reference) is None and not apart.events_agree(reference)
+    fewer = BackendAccuracy("x", 0.9, 0.9, 0.9, (("01", 134, 179),), 1.0)
+    assert fewer.event_shift(reference) is None
+
+
+def test_a_broken_runtime_fails_the_rank_check(shipped_cache, monkeypatch):
+    """A runtime whose scores no longer follow the model's (here: reversed) is refused at the start
+    of the run in one line, by name; ``auto`` would fall back to fp32."""
+    from anomstream.pipeline.backends import runners
+
+    class Reversed:
+        def __init__(self, runner):
+            self.runner = runner
+
+        def score(self, windows):
+            output = self.runner.score(windows)
+            output.score = -output.score
+            return output
+
+    real = runners.make_runner
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args: Reversed(real(*args)))
+    with pytest.raises(runners.BackendError) as refused:
+        choose_backend("openvino", "bf16", shipped_cache)
+    assert str(refused.value).startswith("--backend openvino --precision bf16: its score ranks normal windows unlike "
+                                         "torch fp32 (rank agreement -")
+    assert str(refused.value).endswith("needed); use --precision fp32")
