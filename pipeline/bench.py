@@ -186,6 +186,8 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     from .evaluation.backends import backend_accuracy, parse_accuracy
 
     dataset, _ = parse_accuracy(accuracy)
+    if save_verdict and backend_label(backends[0])[1] != "fp32":
+        raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
     Path(out).mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="anomstream-accuracy-", dir=out))
     measured = []
@@ -209,8 +211,6 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
                         f"offline_micro_auc_{row.label}": row.offline_micro_auc, f"events_{row.label}": len(row.events),
                         f"accuracy_pipeline_fps_{row.label}": row.fps})
     if save_verdict:
-        if backend_label(backends[0])[1] != "fp32":
-            raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
         flags = " ".join(sorted(cpu_flags() & {"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"}))
         reduced = [(backend_label(s)[1], row) for s, row in zip(backends[1:], measured[1:]) if backend_label(s)[1] != "fp32"]
         verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},

@@ -364,6 +364,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    if not args.rounds and not args.accuracy:
+        raise AnomstreamError("--rounds 0: nothing to measure without --accuracy DATASET:ROOT")
+    if args.save_verdict and not args.accuracy:
+        raise AnomstreamError("--save-verdict: measure the verdict with --accuracy DATASET:ROOT")
+    if args.accuracy:
+        from .evaluation.backends import parse_accuracy
+
+        parse_accuracy(args.accuracy)  # before the speed rounds
     results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends,
                         device=_device(args)) if args.rounds else {}
     if args.accuracy:
@@ -701,7 +709,7 @@ def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.Argu
                        "it, removed afterwards (nothing else there is touched; default: bench_out)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.add_argument("--backends", help="comma-separated backends measured side by side, the first as reference: "
-                                          "torch, onnxruntime, openvino, openvino:bf16 (default: torch)")
+                                          "torch, onnxruntime, openvino, openvino:bf16, openvino:int8 (default: torch)")
     bench.set_defaults(run=_cmd_bench)
 
 

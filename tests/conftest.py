@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from anomstream.pipeline.assets import SAMPLE_CLIP, SHIPPED_CHECKPOINT
 
+# OpenVINO's usage telemetry left out of the tests too, before any test imports openvino: its forked
+# sender made the suite hang at exit without a network (pipeline/backends/ov.py)
+sys.modules.setdefault("openvino_telemetry", None)
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("ANOMSTREAM_DATA", REPO.parent / "shared" / "data"))
 

@@ -17,6 +17,7 @@ SCORING_DEFAULTS = {  # what score and live share
     "backend": None, "precision": None, "address": None, "overwrite": False, "resume": False, "max_frames": None,
     "calibration": None, "event_threshold": None, "event_low": None, "event_end_after": 10, "event_min_frames": 3,
     "event_merge_gap": 25, "webhook": None, "mqtt": None, "quiet": False, "connect_timeout": None,
+    "quantization_data": None,  # added by issue 34
 }
 LIVE_DEFAULTS = {
     "policy": None, "duration": None, "max_latency_ms": None, "reconnect_attempts": None, "stall_timeout": 10.0,
@@ -73,7 +74,8 @@ CASES = {
                           {"checkpoint": "m.pt", "data": ["a.mp4", "b/"], "out": "c.pt", "into": "m.pt", "smoothing": 1,
                            "false_alarm_rate": 0.01, "position_scale": True, "threads": 2, "quiet": False}),
     "export": (["export", "m.pt", "--format", "onnx", "--out", "m_onnx"], cli._cmd_export,
-               {"checkpoint": "m.pt", "format": "onnx", "out": "m_onnx", "calibration": None}),
+               {"checkpoint": "m.pt", "format": "onnx", "out": "m_onnx", "calibration": None, "precision": "fp32",
+                "quantization_data": None}),
     "eval": (["eval", "ped2.zarr"], cli._cmd_eval,
              {"store": "ped2.zarr", "dataset": "ped2", "labels": None, "normalisation": ["offline", "causal", "raw"],
               "smoothing": 0, "robust_smoothing": False, "combine": "score", "pixel": False, "json": None}),
@@ -83,11 +85,12 @@ CASES = {
                       "robust_smoothing": True, "combine": "terms", "pixel": True, "json": "r.json"}),
     "bench": (["bench"], cli._cmd_bench,
               {"source": "../shared/data/ped2/testing/frames/04", "checkpoint": str(SHIPPED_CHECKPOINT), "batch_size": 16,
-               "repeats": 4, "rounds": 3, "out": "bench_out", "json": None, "backends": None}),
+               "repeats": 4, "rounds": 3, "out": "bench_out", "json": None, "backends": None, "accuracy": None,
+               "save_verdict": False}),
     "bench typical": (["bench", "--rounds", "1", "--backends", "torch,onnxruntime", "--batch-size", "8"], cli._cmd_bench,
                       {"source": "../shared/data/ped2/testing/frames/04", "checkpoint": str(SHIPPED_CHECKPOINT),
                        "batch_size": 8, "repeats": 4, "rounds": 1, "out": "bench_out", "json": None,
-                       "backends": "torch,onnxruntime"}),
+                       "backends": "torch,onnxruntime", "accuracy": None, "save_verdict": False}),
 }
 
 
@@ -158,7 +161,8 @@ def test_connect_timeout_help_says_both_defaults(capsys, monkeypatch):
 # declares its own. Every other option is declared once, shared through a parent parser.
 SAME_NAME_OTHER_OPTION = {"--out": 6, "--replicas": 2, "--checkpoint": 2, "--batch-size": 2, "--resume": 2, "--data": 2,
                           "--calibration": 2, "--smoothing": 2, "--json": 2,
-                          "--config": 2, "--false-alarm-rate": 2, "--threads": 2}  # fit (issue 33) beside score and calibrate
+                          "--config": 2, "--false-alarm-rate": 2, "--threads": 2,  # fit (issue 33) beside score and calibrate
+                          "--precision": 2, "--quantization-data": 2}  # export's (fp32 or int8; issue 34)
 
 
 def _declarations() -> dict[str, list[ast.Call]]:

@@ -193,7 +193,7 @@ def test_address_that_is_not_ray_fails_fast(ray_session):
     (["score", "x.mp4", "--out", "o.zarr", "--connect-timeout", "nan"], "--connect-timeout"),
     (["score", "x.mp4", "--out", "o.zarr", "--max-frames", "0"], "--max-frames"),
     (["demo", "--replicas", "0"], "--replicas"),
-    (["bench", "--rounds", "0"], "--rounds"),
+    (["bench", "--rounds", "-1"], "--rounds"),  # 0: --accuracy alone
     (["eval", "s.zarr", "--labels", "x", "--smoothing", "-3"], "--smoothing"),
 ])
 def test_numbers_out_of_range_are_refused_by_name(args, option, capsys):

@@ -52,9 +52,11 @@ def test_two_replicas_keep_every_frame_once_in_order(clean_run, ped2, shipped_ch
     dataset = xr.open_zarr(out, group="01", consolidated=False)
     assert dataset["score"].dims == ("frame",) and dataset.sizes["frame"] == 180
 
-    # the same frames scored in one process (no Ray) give the same model scores and terms
+    # the same frames scored in one process (no Ray), by what the replicas scored with (the run's
+    # backend and precision: int8 or bf16 by default on CPUs with those units), give the same scores and terms
     calibration = run_calibration(read_checkpoint(shipped_checkpoint), "", None)
-    core = Scorer(str(shipped_checkpoint), threads=1, reference=calibration.reference)
+    assert root.attrs["precision"] == report.backend.precision != "auto"
+    core = Scorer(str(shipped_checkpoint), threads=1, reference=calibration.reference, backend=report.backend)
     source = open_sources(str(ped2 / "testing" / "frames" / "01"))[0]
     batches = [b for b in window_batches(source.frames(), "01", 5, 8, 128, 1) if isinstance(b, WindowBatch)]
     scored = [core.score(b) for b in batches]

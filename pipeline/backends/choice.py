@@ -71,22 +71,23 @@ def choose_backend(requested: str, precision: str, cache: GraphCache, on_gpu: bo
         return BackendChoice("torch", precision)
     if requested != "auto":
         return replace(_checked(requested, precision, cache), required=True)
+    fallback = "fp32" if precision == "int8" else precision  # torch has no int8
     if on_gpu:
-        return BackendChoice("torch", precision, note="replicas on a GPU")
+        return BackendChoice("torch", fallback, note="replicas on a GPU")
     installed = installed_backends()
     order = ["openvino"] if precision != "fp32" else ["onnxruntime", "openvino"]  # fp32: as fast, loads in 0.1 s
     candidates = [name for name in order if name in installed]
     if not candidates:
-        return BackendChoice("torch", precision, note="neither onnxruntime nor openvino is installed")
+        return BackendChoice("torch", fallback, note=f"{' and '.join(order)}: not installed")
     failures = []
     for name in candidates:
         try:
             return _checked(name, precision, cache)
         except ExportError as error:
-            return BackendChoice("torch", precision, note=str(error))
-        except BackendError as error:
+            return BackendChoice("torch", fallback, note=str(error))
+        except AnomstreamError as error:
             failures.append(str(error))
-    return BackendChoice("torch", precision, note="; ".join(failures))
+    return BackendChoice("torch", fallback, note="; ".join(failures))
 
 
 def _check_names(requested: str, precision: str) -> None:
@@ -103,7 +104,7 @@ def _check_names(requested: str, precision: str) -> None:
 def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendChoice:
     """``--precision auto``: see :func:`choose_backend`."""
     reasons = []
-    if requested == "torch" or on_gpu:
+    if requested == "torch" or on_gpu and requested == "auto":
         return BackendChoice("torch", "fp32", note="replicas on a GPU" if on_gpu and requested != "torch" else None)
     if requested in ("auto", "openvino") and "openvino" in installed_backends():
         verdict = measured_verdict(cache.sha256)
@@ -113,9 +114,11 @@ def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendC
                 reasons.append(f"{precision}: {why_not}")
                 continue
             try:
-                return replace(_checked("openvino", precision, cache), note=verdict.summary(precision))
-            except AnomstreamError as error:  # the graph, NNCF, the footage or the check
-                reasons.append(f"{precision}: {error}")
+                chosen = _checked("openvino", precision, cache)
+                return replace(chosen, note="; ".join([verdict.summary(precision), *reasons]),
+                               required=requested != "auto")
+            except Exception as error:  # noqa: BLE001 - the graph, NNCF, the footage or the check: next precision
+                reasons.append(f"{precision}: {first_line(error)}")
     chosen = choose_backend(requested, "fp32", cache)
     return replace(chosen, note="; ".join(filter(None, [chosen.note, *reasons])) or None)
 
@@ -186,13 +189,18 @@ class GraphCache:
         return self._graphs[kind]
 
     def footage_refusal(self, precision: str) -> str | None:
-        """Why int8 cannot be made here (no normal footage named, or not on this machine); else None."""
-        if precision != "int8":
+        """Why int8 cannot be had here (no normal footage named, or not on this machine, and no int8
+        model made from it in the cache); else None."""
+        if precision != "int8" or self.footage and self._find(f".{self._int8_name}.ir"):
             return None
         if not self.footage:
             return "no normal footage to quantize on (--quantization-data)"
-        missing = [spec for spec in self.footage if ":" not in spec and not Path(spec.split("?")[0]).exists()]
+        missing = self._missing_footage()
         return f"its normal footage {missing[0]} is not on this machine (--quantization-data)" if missing else None
+
+    def _missing_footage(self) -> list[str]:
+        """Footage specs that name a path not on this machine (relative ones: from the working folder)."""
+        return [spec for spec in self.footage if ":" not in spec and not Path(spec.split("?")[0]).exists()]
 
     def parity(self, backend: str, precision: str) -> dict[str, float]:
         """:func:`parity` of ``backend`` in ``precision`` (the runtime's version in the key), measured once."""
@@ -201,11 +209,13 @@ class GraphCache:
 
     def rank_agreement(self, backend: str, precision: str) -> dict[str, float]:
         """:func:`rank_agreement` of ``backend`` in ``precision`` on ``CHECK_WINDOWS`` windows of the
-        footage (noise windows without footage), measured once."""
-        where = self._int8_name if self.footage else "noise"
+        footage (noise windows when no footage is named or it is not here; int8 needs the footage, or
+        its check already measured), measured once."""
+        on_footage = bool(self.footage) and (precision == "int8" or not self._missing_footage())
+        where = self._int8_name if on_footage else "noise"
         return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}-ranks-{where}",
                               lambda: rank_agreement(backend, precision, self.model, self.graph(precision),
-                                                     torch.from_numpy(self._footage_windows()[1])))
+                                                     torch.from_numpy(self._footage_windows(on_footage)[1])))
 
     def _measured(self, key: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
         found = self._find(".parity.json")
@@ -215,25 +225,26 @@ class GraphCache:
             self._store(".parity.json", json.dumps(measured).encode())
         return measured[key]
 
-    def _footage_windows(self) -> tuple[np.ndarray, np.ndarray]:
-        """(windows to quantize on, windows to check on): disjoint, both spread over the footage."""
-        if not self.footage:
+    def _footage_windows(self, on_footage: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(windows to quantize on, windows to check on): disjoint, both spread over the footage
+        (``on_footage`` False: none, and noise windows to check on)."""
+        if not self.footage or not on_footage:
             return np.empty(0), example_windows(self.model, CHECK_WINDOWS, seed=2).numpy()
         if self._windows is None:
             from ..calibration.sample import sample_windows
 
             self._windows = sample_windows(self.model, self.footage, QUANTIZATION_WINDOWS + CHECK_WINDOWS,
                                            "--quantization-data")
-        every = max(1, len(self._windows) // CHECK_WINDOWS)
+        every = max(2, len(self._windows) // CHECK_WINDOWS)  # short footage: half of it to quantize on
         checked = np.zeros(len(self._windows), bool)
         checked[every // 2::every] = True
         return self._windows[~checked], self._windows[checked]
 
     def _quantized(self) -> bytes:
-        windows = self._footage_windows()[0]
         refusal = self.footage_refusal("int8")
         if refusal:
             raise BackendError(f"--precision int8: {refusal}")
+        windows = self._footage_windows()[0]
         batches = [windows[i:i + 16] for i in range(0, len(windows), 16)]
         return quantize_int8(self.graph("fp32"), batches, self.model.quantization_excluded)
 

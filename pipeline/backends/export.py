@@ -93,7 +93,9 @@ def _description(model, payload: dict[str, Any]) -> dict[str, Any]:
 
 def _save_openvino(graph: bytes, path: Path) -> None:
     try:
-        import openvino
+        from .ov import import_openvino
+
+        openvino = import_openvino()
     except ImportError:
         raise BackendError("--format openvino: openvino is not installed (pip install 'anomstream[openvino]')") from None
     model = read_ir(openvino.Core(), graph) if is_ir(graph) else openvino.convert_model(io.BytesIO(graph))

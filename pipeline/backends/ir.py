@@ -15,7 +15,9 @@ _MAGIC = b"ANOMSTREAM-OVIR/1"
 
 def pack_ir(model) -> bytes:
     """An ``openvino.Model`` as bytes: a header, the XML's length, the XML, the weights."""
-    import openvino
+    from .ov import import_openvino
+
+    openvino = import_openvino()
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.xml"
@@ -31,7 +33,9 @@ def is_ir(graph: bytes) -> bool:
 
 def read_ir(core, graph: bytes):
     """The ``openvino.Model`` in :func:`pack_ir` bytes, read from memory by ``core``."""
-    import openvino
+    from .ov import import_openvino
+
+    openvino = import_openvino()
 
     start = len(_MAGIC) + 8
     (length,) = struct.unpack("<Q", graph[len(_MAGIC):start])

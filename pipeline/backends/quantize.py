@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import first_line
 from .graph import INPUT_NAME
 from .ir import pack_ir, read_ir
+from .ov import import_nncf, import_openvino
 from .runners import BackendError
 
 QUANTIZED_TYPES = ("Convolution", "ConvolutionBackpropData")
@@ -36,8 +37,7 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     whose operations stay in float. Raises BackendError (one line) when NNCF or OpenVINO is missing or
     NNCF fails."""
     try:
-        import nncf
-        import openvino
+        openvino, nncf = import_openvino(), import_nncf()
     except ImportError as error:
         raise BackendError(f"--precision int8: {error.name} is not installed (pip install 'anomstream[openvino]')") from None
     batches = list(batches)
@@ -61,7 +61,9 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
 
 def quantized_share(graph: bytes) -> tuple[int, int]:
     """(quantized convolutions, all convolutions) of :func:`pack_ir` bytes: what int8 covers."""
-    import openvino
+    from .ov import import_openvino
+
+    openvino = import_openvino()
 
     model = read_ir(openvino.Core(), graph)
     ops = model.get_ordered_ops()

@@ -62,7 +62,9 @@ class OpenVinoRunner:
     convolutions in int8, the rest in f32)."""
 
     def __init__(self, onnx: bytes, term_names: list[str], threads: int | None = None, precision: str = "fp32") -> None:
-        import openvino
+        from .ov import import_openvino
+
+        openvino = import_openvino()
 
         core = openvino.Core()
         # no pinning: OpenVINO pins its threads to cores, and two replicas on one machine then share one core

@@ -30,7 +30,7 @@ class Verdict:
         if "fp32" not in self.micro_auc or precision not in self.micro_auc:
             return "no measured AUC for this checkpoint (anomstream bench --accuracy, docs/backends.md)"
         drop = self.micro_auc["fp32"] - self.micro_auc[precision]
-        if drop > AUC_MARGIN:
+        if not drop <= AUC_MARGIN:  # NaN too
             return f"its measured micro AUC is {drop:.4f} below fp32's (at most {AUC_MARGIN} allowed)"
         if not self.events_agree.get(precision, False):
             return "its measured events differ from fp32's"
@@ -50,9 +50,9 @@ def measured_verdict(sha256: str) -> Verdict:
     for path in (_user_verdicts(), PRECISION_VERDICTS):
         try:
             found = json.loads(path.read_text()).get(sha256)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # missing, not JSON, not an object
             continue
-        if found:
+        if isinstance(found, dict):
             return Verdict(found.get("micro_auc", {}), found.get("events_agree", {}), found.get("source", ""))
     return Verdict()
 
@@ -64,7 +64,10 @@ def save_verdict(sha256: str, verdict: Verdict) -> Path:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    known[sha256] = verdict.as_json()
+    earlier = known.get(sha256, {})  # precisions measured before and not now are kept
+    known[sha256] = {"micro_auc": {**earlier.get("micro_auc", {}), **verdict.micro_auc},
+                     "events_agree": {**earlier.get("events_agree", {}), **verdict.events_agree},
+                     "source": verdict.source}
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(".part")
     part.write_text(json.dumps(known, indent=1))
@@ -91,10 +94,15 @@ def cpu_refusal(precision: str) -> str | None:
 def cpu_capabilities() -> set[str]:
     """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (``FP32``, ``BF16``, ``INT8``, ...); empty without OpenVINO."""
     try:
-        import openvino
+        from .ov import import_openvino
+
+        openvino = import_openvino()
     except ImportError:
         return set()
-    return set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    try:
+        return set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:
+        return set()
 
 
 def cpu_flags() -> set[str]:

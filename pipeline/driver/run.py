@@ -38,6 +38,7 @@ from ..sources.resolve import Inputs, resolve_inputs
 from ..store import check_target, result_arrays, stream_key
 from ..store.location import credential_environment, is_url
 from ..store.lock import StoreLock
+from ..store.results import stored_precision
 from ..stream.windows import WindowShape
 from ..view.server import VIEW_PICTURE_SIZE, LiveView, check_port
 from .actors import SMALL_CPU, ActorPool, Placement
@@ -323,7 +324,10 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
     settings, sources = plan.settings, run.inputs.sources
     gpus_per_node = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
     check_replica_device(settings, gpus_per_node)
+    if settings.precision == "auto" and plan.mode == "resume" and not plan.rotate_s:
+        settings = settings.model_copy(update={"precision": stored_precision(run.out) or "auto"})  # continue as written
     report.backend = backend = _backend(settings, run.payload, plan.checkpoint, run.sha256, run.calibrated)
+    run.run_attrs["precision"] = backend.precision  # what scored, not what was asked for
     check_gpu_placement(settings, gpus_per_node, gpu=backend.backend == "torch")
     live_sources = sum(source.is_live for source in sources)  # each read all along by a decoder of its own
     decoders = min(len(sources), max(live_sources, plan.max_active_streams or settings.replicas + 1))

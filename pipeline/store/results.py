@@ -302,12 +302,24 @@ class ResultStore:
                             "warnings": list(warnings or []), "stopped": stopped, **self.accounting[stream_id].attrs()})
 
 
+def stored_precision(path: str | Path) -> str | None:
+    """The precision the store at ``path`` was scored in (``fp32`` for stores from before the key
+    existed), or None when there is no store there yet."""
+    try:
+        root = open_results(path)
+    except Exception:  # noqa: BLE001 - no store (yet) or not one of ours: the run's own checks say so
+        return None
+    return str(root.attrs.get("precision", "fp32"))
+
+
 def check_same_run(path: str | Path, root: zarr.Group, run_attrs: dict[str, Any]) -> None:
     """Raises StoreError (one line naming ``path``) when the store ``root`` was written by another model,
     checkpoint, calibration or precision than the run with ``run_attrs``: it cannot be resumed."""
     earlier = {"precision": "fp32"}  # stores from before a key existed
     for key in ("model", "checkpoint_sha256", "score_kind", "calibration", "precision"):
         stored = root.attrs.get(key, earlier.get(key))
+        if key == "precision" and run_attrs.get(key) == "auto":
+            continue  # resolved by the run, which keeps the store's own (pipeline.driver.run)
         if key in run_attrs and stored != run_attrs[key]:
             if isinstance(stored, dict) and isinstance(run_attrs[key], dict):  # a calibration: name what differs
                 differ = sorted(name for name in {*stored, *run_attrs[key]} if stored.get(name) != run_attrs[key].get(name))
