@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -67,6 +68,15 @@ def test_a_store_on_s3_holds_what_a_local_store_holds(s3_environment, clean_run,
     assert (tmp_path / "a.events" / "events.jsonl").exists()
 
     assert open_results(url).attrs["checkpoint_sha256"] == open_results(clean_run[0]).attrs["checkpoint_sha256"]
+    import anomstream  # the Python API reads the URL as it reads a path
+
+    dataset = anomstream.open_store(url)
+    assert dataset.sizes["frame"] == 40 and dataset.attrs["stream"] == "01"
+    np.testing.assert_array_equal(dataset["score"].values, reference["score"][:40])
+    table = anomstream.events(url)
+    ended = [json.loads(line)["event_id"] for line in (tmp_path / "a.events" / "events.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "end"]
+    assert list(table["event_id"]) == ended and list(table.columns) == list(anomstream.events(clean_run[0], "01").columns)
 
 
 @pytest.mark.parametrize("url, message", [
