@@ -73,7 +73,7 @@ def _backend_scorers(checkpoint: str, backends: list[str], threads: int,
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
     model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
-    cache = GraphCache(model, checkpoint, sha256, reference, calibrated.data.split(", ") if calibrated else [])
+    cache = GraphCache(model, checkpoint, sha256, reference, calibrated.footage if calibrated else [])
     scorers = {}
     for spec in backends:
         name, precision, label = backend_label(spec)

@@ -76,3 +76,8 @@ def expand_input(spec: str, base: Path | None = None) -> str:
         return expand_spec(spec, "source", base)
     except ConfigError:
         return spec
+
+
+def user_cache() -> Path:
+    """anomstream's folder in the user's cache: ``$XDG_CACHE_HOME/anomstream``, else ``~/.cache/anomstream``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "anomstream"

@@ -24,6 +24,7 @@ import torch
 
 from ...models.base import AnomalyModel
 from ..errors import AnomstreamError, first_line
+from ..paths import user_cache
 from .graph import ONNX_OPSET, ExportError, example_windows, export_onnx
 from .quantize import quantize_int8
 from .runners import BACKENDS, BackendError, installed_backends, make_runner
@@ -327,4 +328,4 @@ def _models_source() -> bytes:
 def _cache_folders(checkpoint: Path) -> list[Path]:
     """Where exported graphs are kept: the user's cache folder only. Nothing is written beside the
     checkpoint (it may sit in site-packages, a shared models folder or a read-only mount)."""
-    return [Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "anomstream" / "exports"]
+    return [user_cache() / "exports"]

@@ -55,7 +55,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
     payload, sha256 = read_checkpoint_and_hash(checkpoint)
     calibrated = run_calibration(payload, sha256, calibration)
     model = set_reference_maps(model_from_payload(payload, checkpoint), calibrated.reference if calibrated else None)
-    footage = quantization_data or (calibrated.data.split(", ") if calibrated else [])
+    footage = quantization_data or (calibrated.footage if calibrated else [])
     cache = GraphCache(model, checkpoint, sha256, calibrated.reference if calibrated else None, footage)
     graph = cache.graph(precision)  # before anything is written
     runtime = "openvino" if fmt == "openvino" else "onnxruntime"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..assets import PRECISION_VERDICTS
+from ..paths import user_cache
 
 AUC_MARGIN = 0.002  # the most a reduced precision may lower the frame micro AUC (issue 34's bar)
 
@@ -76,8 +77,7 @@ def save_verdict(sha256: str, verdict: Verdict) -> Path:
 
 
 def _user_verdicts() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return cache / "anomstream" / "precision_verdicts.json"
+    return user_cache() / "precision_verdicts.json"
 
 
 def cpu_refusal(precision: str) -> str | None:

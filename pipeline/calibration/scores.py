@@ -56,6 +56,11 @@ class Calibration:
     reference: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
+    def footage(self) -> list[str]:
+        """The source specs of ``data`` (written joined by ", " when it was fitted); [] when none."""
+        return self.data.split(", ") if self.data else []
+
+    @property
     def threshold(self) -> float:
         """The calibrated score above which a frame alarms: ``-log10(false_alarm_rate)``."""
         return float(-np.log10(self.false_alarm_rate))

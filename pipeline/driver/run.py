@@ -125,7 +125,7 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     gpus = ray.cluster_resources().get("GPU", 0)
     on_gpu = settings.backend != "torch" and (settings.device == "cuda" or
                                              settings.device == "auto" and gpus >= settings.gpu_fraction)
-    footage = settings.quantization_data or (calibrated.data.split(", ") if calibrated else [])
+    footage = settings.quantization_data or (calibrated.footage if calibrated else [])
     cache = GraphCache(model, checkpoint, sha256, reference, footage)
     return choose_backend(settings.backend, settings.precision, cache, on_gpu)
 
