@@ -141,3 +141,30 @@ def test_writer_and_decoder_start_without_torch_and_a_replica_without_the_still_
     shipped = REPO / "configs" / "weights" / "ped2_dmad_cpu.pt"
     assert subprocess.run([sys.executable, "-c", replica, str(shipped)], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_a_calibrated_runs_writer_config_unpickles_without_torch(tmp_path):
+    """What the driver sends a writer (its WriterConfig, with the calibration) must not pull torch
+    into the writer's process as Ray unpickles it: a tensor in it cost each writer 1.5 CPU-s at start."""
+    import pickle
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    from anomstream.pipeline.driver.plan import RunPlan
+    from anomstream.pipeline.driver.run import _prepare, _writer_config
+
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for index in range(3):
+        cv2.imwrite(str(frames / f"{index:03d}.png"), np.full((24, 32, 3), 40 * index, np.uint8))
+    plan = RunPlan(specs=[str(frames)], checkpoint=str(REPO / "configs" / "weights" / "ped2_dmad_cpu.pt"),
+                   out=tmp_path / "out.zarr", progress=False)
+    config = _writer_config(plan, _prepare(plan))
+    assert config.calibration is not None and config.events is not None
+    (tmp_path / "config.pickle").write_bytes(pickle.dumps(config))
+    probe = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb')); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe, str(tmp_path / "config.pickle")], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip() == "False"

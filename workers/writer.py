@@ -47,8 +47,9 @@ class WriterConfig:
     store's root attrs), ``mode`` (create, overwrite or resume; a writer that joins a store another
     opened: resume). ``view``: also keep what the live view shows of each stream
     (:meth:`WriterActor.view_snapshot`); ``rotate_s``: one store per period of that many seconds
-    (:mod:`pipeline.store.rotation`); ``calibration``: a calibration's payload, the stored ``score``
-    becomes the calibrated one (:mod:`pipeline.calibration.scores`); ``events``: detect and keep
+    (:mod:`pipeline.store.rotation`); ``calibration``: the stored ``score`` becomes the calibrated one
+    (:mod:`pipeline.calibration.scores`; numpy arrays only, not its torch payload: a writer never
+    imports torch, 1.5 CPU-s and ~300 MB of a 2-core node); ``events``: detect and keep
     events, and with ``deliver`` send the webhook's outbox (one writer of a run does; the others
     only put messages in it); ``environment``: variables set in the writer's process first (an
     object store's credentials, as the driver has them); ``flush_s``: rows wait in memory at most
@@ -59,7 +60,7 @@ class WriterConfig:
     mode: str
     view: bool = False
     rotate_s: float | None = None
-    calibration: dict[str, Any] | None = None
+    calibration: Calibration | None = None
     events: EventSettings | None = None
     environment: dict[str, str] | None = None
     deliver: bool = True
@@ -84,7 +85,7 @@ class WriterActor:
             if config.rotate_s else ResultStore(config.path, config.run_attrs, config.mode, config.flush_s)
         self.specs: dict[str, dict[str, ArraySpec]] = {}
         self.views: dict[str, StreamView] | None = {} if config.view else None
-        self.calibration = Calibration.from_payload(config.calibration) if config.calibration else None
+        self.calibration = config.calibration
         self.calibrators: dict[str, StreamCalibrator] = {}
         self.scenes: dict[str, SceneCheck] = {}  # per calibrated stream: does the model fit its scene
         created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None

@@ -365,7 +365,7 @@ def _writer_config(plan: RunPlan, run: _Prepared) -> WriterConfig:
     """How writer 0 opens the store; an object store's credentials go as this process has them,
     whatever the node's environment."""
     return WriterConfig(str(run.out), run.run_attrs, plan.mode, view=plan.view is not None, rotate_s=plan.rotate_s,
-                        calibration=run.calibrated.to_payload() if run.calibrated else None, events=run.events,
+                        calibration=run.calibrated, events=run.events,
                         environment=credential_environment() if is_url(run.out) else None,
                         flush_s=plan.settings.flush_s)
 

@@ -276,18 +276,21 @@ class ResultStore:
             return
         self.flush(stream_id)  # an event's frames are on disk before it is
         group = self.streams[stream_id]
-        if "events" not in group:
+        columns = {name: np.asarray([event.get(name) if event.get(name) is not None else _EVENT_FILL[dtype]
+                                     for event in events], dtype=object if dtype == "str" else dtype)
+                   for name, dtype in EVENT_COLUMNS.items()}
+        if "events" not in group:  # made with the first rows' length: no resize of each column
             table = group.create_group("events")
             for name, dtype in EVENT_COLUMNS.items():
-                table.create_array(name, shape=(0,), chunks=(256,), dtype=dtype, dimension_names=("event",),
-                                   fill_value=_EVENT_FILL[dtype])
+                table.create_array(name, shape=(len(events),), chunks=(256,), dtype=dtype, dimension_names=("event",),
+                                   fill_value=_EVENT_FILL[dtype])[:] = columns[name]
+            return
         table = group["events"]
         start = table["event_id"].shape[0]
-        for name, dtype in EVENT_COLUMNS.items():
-            column = table[name]
-            column.resize((start + len(events),))
-            values = [event.get(name) if event.get(name) is not None else _EVENT_FILL[dtype] for event in events]
-            column[start:] = np.asarray(values, dtype=object if dtype == "str" else dtype)
+        for name, column in table.arrays():
+            if name in columns:
+                column.resize((start + len(events),))
+                column[start:] = columns[name]
 
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
