@@ -120,10 +120,12 @@ class ScoreSection(_Strict):
     backend: Literal["torch", "onnxruntime", "openvino", "auto"] = Field(
         "auto", description="what replicas score with: torch, or the model's exported graph in ONNX Runtime or "
                              "OpenVINO (CPU); auto: the fastest installed one that matches torch (docs/backends.md)")
-    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto", description="auto: the fastest of int8 / bf16 that the checkpoint's measured verdict clears and the "
-                            "CPU computes natively, else fp32; bf16: OpenVINO in bf16 where the CPU has bf16 units, "
-                            "torch under autocast; int8: OpenVINO on the graph NNCF quantized (docs/backends.md)")
+    precision: Literal["auto", "fp32", "bf16", "int8", "int8-bf16"] = Field(
+        "auto", description="auto: the fastest of int8-bf16 / int8 / bf16 that the checkpoint's measured verdict "
+                            "clears and the CPU computes natively, else fp32; bf16: OpenVINO in bf16 where the CPU "
+                            "has bf16 units, torch under autocast; int8: OpenVINO on the graph NNCF quantized, its "
+                            "float parts in f32; int8-bf16: the same with the float parts in bf16 (AMX CPUs; "
+                            "docs/backends.md)")
     quantization_data: list[str] = Field(
         [], description="normal footage that int8 quantization collects its activation ranges on (default: the "
                         "footage the checkpoint's calibration was fitted on, where it is on this machine)")

@@ -128,7 +128,7 @@ def test_export_and_backend_refusals_are_one_line(shipped_checkpoint, tmp_path):
         choose_backend("tensorrt", "fp32", cache)
     with pytest.raises(BackendError, match=r"^--precision int8 runs in OpenVINO \(--backend openvino or auto\)$"):
         choose_backend("torch", "int8", cache)
-    with pytest.raises(BackendError, match=r"^--precision: 'fp16' is not one of auto, fp32, bf16, int8$"):
+    with pytest.raises(BackendError, match=r"^--precision: 'fp16' is not one of auto, fp32, bf16, int8, int8-bf16$"):
         choose_backend("auto", "fp16", cache)
     with pytest.raises(BackendError, match=r"^--precision int8: no normal footage to quantize on \(--quantization-data\)$"):
         choose_backend("openvino", "int8", cache)

@@ -5,8 +5,9 @@ checked against torch, and handed to every replica through Ray's object store wi
 ``auto`` backend: the fastest installed backend that passes the check (measured on these 2-core
 CPUs, docs/backends.md: in fp32 ONNX Runtime, as fast as OpenVINO and quicker to load; in bf16 and
 int8 OpenVINO), torch when the replicas are on a GPU, when nothing else is installed, or when the
-graph cannot be exported. ``auto`` precision: the fastest of int8 and bf16 that the checkpoint's
-measured verdict clears (:mod:`pipeline.backends.verdict`) and the CPU computes natively, else fp32.
+graph cannot be exported. ``auto`` precision: the fastest of int8-bf16 (int8 convolutions, the float
+parts in bf16: AMX CPUs), int8 and bf16 that the checkpoint's measured verdict clears
+(:mod:`pipeline.backends.verdict`) and the CPU computes natively, else fp32.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from .quantize import quantize_int8
 from .runners import BACKENDS, BackendError, installed_backends, make_runner
 from .verdict import cpu_refusal, measured_verdict
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-REDUCED = ("int8", "bf16")  # fastest first (docs/backends.md: OpenVINO int8 > bf16 > fp32 windows/s on these CPUs)
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-bf16")
+# fastest first (docs/backends.md): on a CPU with AMX, int8 with its float parts in bf16 > bf16 ~ int8; without
+# AMX (which int8-bf16 needs, verdict.cpu_refusal) int8 > bf16 > fp32 windows/s
+REDUCED = ("int8-bf16", "int8", "bf16")
+QUANTIZED = ("int8", "int8-bf16")  # the precisions that score the int8 model (NNCF's, OpenVINO only)
 # largest |backend - torch| allowed at the fp32 check, relative to the largest |torch| value of each
 # output (measured on real frames, docs/backends.md: at most 5e-5)
 TOLERANCE = {"fp32": 1e-4}
@@ -46,8 +50,8 @@ QUANTIZATION_WINDOWS = 192  # NNCF's statistics: ~8 s of NNCF on the shipped Ped
 @dataclass(frozen=True)
 class BackendChoice:
     """What replicas score with: ``backend`` (``torch``, ``onnxruntime``, ``openvino``), its
-    ``precision`` (``fp32``, ``bf16``, ``int8``) and, for the runtimes, the ``graph`` (ONNX, or the
-    quantized OpenVINO model for int8); ``note``: why ``auto`` chose it. ``required``: asked for by
+    ``precision`` (``fp32``, ``bf16``, ``int8``, ``int8-bf16``) and, for the runtimes, the ``graph`` (ONNX,
+    or the quantized OpenVINO model for the int8 precisions); ``note``: why ``auto`` chose it. ``required``: asked for by
     name, so a replica that cannot load it fails (``auto``: it scores with torch instead and says so)."""
 
     backend: str = "torch"
@@ -72,7 +76,7 @@ def choose_backend(requested: str, precision: str, cache: GraphCache, on_gpu: bo
         return BackendChoice("torch", precision)
     if requested != "auto":
         return replace(_checked(requested, precision, cache), required=True)
-    fallback = "fp32" if precision == "int8" else precision  # torch has no int8
+    fallback = "fp32" if precision in QUANTIZED else precision  # torch has no int8
     if on_gpu:
         return BackendChoice("torch", fallback, note="replicas on a GPU")
     installed = installed_backends()
@@ -98,8 +102,8 @@ def _check_names(requested: str, precision: str) -> None:
         raise BackendError(f"--backend: unknown backend {requested!r}; one of {', '.join(BACKENDS)}, auto")
     if requested == "onnxruntime" and precision not in ("fp32", "auto"):
         raise BackendError("--backend onnxruntime computes in fp32 only (--precision fp32)")
-    if requested == "torch" and precision == "int8":
-        raise BackendError("--precision int8 runs in OpenVINO (--backend openvino or auto)")
+    if requested == "torch" and precision in QUANTIZED:
+        raise BackendError(f"--precision {precision} runs in OpenVINO (--backend openvino or auto)")
 
 
 def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendChoice:
@@ -127,8 +131,8 @@ def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendC
 def _checked(backend: str, precision: str, cache: GraphCache) -> BackendChoice:
     """``backend`` on the cached graph after it passed the start-of-run check against torch fp32:
     fp32 within ``TOLERANCE`` of torch's outputs; bf16 / int8 ranking normal windows as torch does."""
-    if precision == "int8" and backend != "openvino":
-        raise BackendError(f"--backend {backend}: --precision int8 runs in OpenVINO (--backend openvino or auto)")
+    if precision in QUANTIZED and backend != "openvino":
+        raise BackendError(f"--backend {backend}: --precision {precision} runs in OpenVINO (--backend openvino or auto)")
     if precision == "fp32":
         difference = cache.parity(backend, precision)
         worst = max(difference, key=lambda name: np.nan_to_num(difference[name], nan=np.inf))
@@ -176,9 +180,9 @@ class GraphCache:
         return self._model
 
     def graph(self, precision: str = "fp32") -> bytes:
-        """The model's ONNX graph, or for ``int8`` its quantized OpenVINO model (made and cached on
-        first use; ExportError if the model cannot be exported, BackendError if it cannot be quantized)."""
-        kind = "int8" if precision == "int8" else "onnx"
+        """The model's ONNX graph, or for ``int8`` / ``int8-bf16`` its quantized OpenVINO model (made and
+        cached on first use; ExportError if the model cannot be exported, BackendError if it cannot be quantized)."""
+        kind = "int8" if precision in QUANTIZED else "onnx"
         if kind not in self._graphs:
             suffix = f".{self._int8_name}.ir" if kind == "int8" else ".onnx"
             found = self._find(suffix)
@@ -192,7 +196,7 @@ class GraphCache:
     def footage_refusal(self, precision: str) -> str | None:
         """Why int8 cannot be had here (no normal footage named, or not on this machine, and no int8
         model made from it in the cache); else None."""
-        if precision != "int8" or self.footage and self._find(f".{self._int8_name}.ir"):
+        if precision not in QUANTIZED or self.footage and self._find(f".{self._int8_name}.ir"):
             return None
         if not self.footage:
             return "no normal footage to quantize on (--quantization-data)"
@@ -212,7 +216,7 @@ class GraphCache:
         """:func:`rank_agreement` of ``backend`` in ``precision`` on ``CHECK_WINDOWS`` windows of the
         footage (noise windows when no footage is named or it is not here; int8 needs the footage, or
         its check already measured), measured once."""
-        on_footage = bool(self.footage) and (precision == "int8" or not self._missing_footage())
+        on_footage = bool(self.footage) and (precision in QUANTIZED or not self._missing_footage())
         where = self._int8_name if on_footage else "noise"
         return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}-ranks-{where}",
                               lambda: rank_agreement(backend, precision, self.model, self.graph(precision),

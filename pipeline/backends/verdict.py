@@ -1,5 +1,5 @@
 """Which reduced precisions a checkpoint may score in by default: the measured verdict (its frame
-AUC and events in bf16 and int8 against fp32, on a labelled test set: ``anomstream bench
+AUC and events in bf16, int8 and int8-bf16 against fp32, on a labelled test set: ``anomstream bench
 --accuracy``, docs/backends.md), shipped for the shipped checkpoints in
 ``configs/weights/precision_verdicts.json`` and kept for others in the user's cache, keyed by the
 checkpoint's sha256; and whether this CPU computes a precision natively."""
@@ -83,11 +83,13 @@ def _user_verdicts() -> Path:
 def cpu_refusal(precision: str) -> str | None:
     """Why this CPU does not compute ``precision`` natively (one clause), or None: bf16 needs the
     units OpenVINO reports as ``BF16`` (AVX512-BF16 or AMX), int8 the dot-product instructions
-    (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags)."""
+    (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags), int8-bf16 those and AMX-BF16."""
     if precision == "bf16" and "BF16" not in cpu_capabilities():
         return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
-    if precision == "int8" and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
+    if precision in ("int8", "int8-bf16") and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
         return "this CPU has no int8 dot-product units (VNNI or AMX)"
+    if precision == "int8-bf16" and "amx_bf16" not in cpu_flags():
+        return "this CPU has no AMX (its float parts in bf16 were measured faster than int8's f32 with AMX only)"
     return None
 
 

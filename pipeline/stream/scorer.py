@@ -57,7 +57,7 @@ class Scorer:
             except BackendError as error:
                 if self.backend.required:
                     raise
-                precision = "fp32" if self.backend.precision == "int8" else self.backend.precision
+                precision = "fp32" if self.backend.precision in ("int8", "int8-bf16") else self.backend.precision
                 self.backend = BackendChoice("torch", precision, note=f"{error}: torch scores here instead")
         self.feed = DeviceFeed(self.device)  # one copy to the device and one back per batch
         size = self.model.image_size
