@@ -7,9 +7,11 @@ Runs the Ray pipeline in this process (as ``anomstream score`` does) on the clip
 ``--streams`` streams, twice: the first run starts Ray and compiles the graph, the second is
 measured. Every process of the run (this driver and Ray's processes, its children) is read with
 psutil every 0.2 s; a role's CPU seconds (user + system) are counted over the run report's own
-clock (replicas ready to the last frame written). Roles come from Ray's process titles
-(``ray::ReplicaActor``, ``ray::WriterActor``, ``ray::DecodeActor``; Ray's own: raylet, gcs_server,
-monitors). Prints CPU seconds and milliseconds per frame per role, the run's fps and the CPU flags;
+clock (replicas ready to the last frame written), placed back from when the run returned (so the
+window also takes in the actors' teardown, a few hundred ms, in place of as much of its start).
+Roles come from Ray's process titles (``ray::ReplicaActor``, ``ray::WriterActor``,
+``ray::DecodeActor``; Ray's own: raylet, gcs_server, monitors). Prints CPU seconds and
+milliseconds per frame per role, the run's fps and the CPU flags;
 ``--py-spy``: the measured run's stacks too (py-spy's own sampling slows the run several times: its
 shares, not its speed). Record the figures with the date in docs/backends.md.
 """

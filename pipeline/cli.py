@@ -710,7 +710,8 @@ def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.Argu
                        "it, removed afterwards (nothing else there is touched; default: bench_out)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.add_argument("--backends", help="comma-separated backends measured side by side, the first as reference: "
-                                          "torch, onnxruntime, openvino, openvino:bf16, openvino:int8 (default: torch)")
+                                          "torch, onnxruntime, openvino, openvino:bf16, openvino:int8, "
+                                          "openvino:int8-bf16 (default: torch)")
     bench.set_defaults(run=_cmd_bench)
 
 
