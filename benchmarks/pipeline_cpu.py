@@ -109,7 +109,7 @@ def main() -> None:
 
     import torch
 
-    from anomstream.pipeline.backends.verdict import cpu_flags
+    from anomstream.pipeline.backends.verdict import matrix_flags
     from anomstream.pipeline.config import ScoreSection
     from anomstream.pipeline.driver.plan import RunPlan
     from anomstream.pipeline.driver.ray_setup import ensure_ray
@@ -136,11 +136,10 @@ def main() -> None:
             spy.wait()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    flags = " ".join(sorted(cpu_flags() & {"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"}))
     print(f"{args.clip} x {args.streams}: {report.frames} frames in {report.seconds:.2f} s "
           f"({report.frames / report.seconds:.1f} fps), batch {args.batch_size}, {args.replicas} replicas, "
           f"{args.backend} {args.precision}, "
-          f"CPU flags {flags or 'none'}; replica busy {[round(b, 3) for b in report.replica_busy]}")
+          f"CPU flags {matrix_flags()}; replica busy {[round(b, 3) for b in report.replica_busy]}")
     shares = sampler.shares(start)
     for role, seconds in sorted(shares.items(), key=lambda item: -item[1]):
         print(f"{role:24s} {seconds:7.2f} CPU-s  {1000 * seconds / report.frames:6.2f} ms/frame")

@@ -181,7 +181,7 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     :mod:`pipeline.evaluation.backends`), against the first backend's, printed as a table;
     ``save_verdict``: keep the reduced precisions' verdict for this checkpoint in the user's cache
     (what ``--precision auto`` reads; the first backend must compute in fp32)."""
-    from .backends.verdict import Verdict, cpu_flags
+    from .backends.verdict import Verdict, matrix_flags
     from .backends.verdict import save_verdict as keep
     from .evaluation.backends import backend_accuracy, parse_accuracy
 
@@ -211,10 +211,9 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
                         f"offline_micro_auc_{row.label}": row.offline_micro_auc, f"events_{row.label}": len(row.events),
                         f"accuracy_pipeline_fps_{row.label}": row.fps})
     if save_verdict:
-        flags = " ".join(sorted(cpu_flags() & {"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"}))
         reduced = [(backend_label(s)[1], row) for s, row in zip(backends[1:], measured[1:]) if backend_label(s)[1] != "fp32"]
         verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
                           {precision: row.events_agree(first) for precision, row in reduced},
-                          f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {flags or 'none'}")
+                          f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}")
         print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict)}")
     return results

@@ -29,13 +29,12 @@ from ..paths import user_cache
 from .graph import ONNX_OPSET, ExportError, example_windows, export_onnx
 from .quantize import quantize_int8
 from .runners import BACKENDS, BackendError, installed_backends, make_runner
-from .verdict import cpu_refusal, measured_verdict
+from .verdict import QUANTIZED, cpu_refusal, measured_verdict
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-bf16")
 # fastest first (docs/backends.md): on a CPU with AMX, int8 with its float parts in bf16 > bf16 ~ int8; without
 # AMX (which int8-bf16 needs, verdict.cpu_refusal) int8 > bf16 > fp32 windows/s
 REDUCED = ("int8-bf16", "int8", "bf16")
-QUANTIZED = ("int8", "int8-bf16")  # the precisions that score the int8 model (NNCF's, OpenVINO only)
 # largest |backend - torch| allowed at the fp32 check, relative to the largest |torch| value of each
 # output (measured on real frames, docs/backends.md: at most 5e-5)
 TOLERANCE = {"fp32": 1e-4}

@@ -20,6 +20,7 @@ from ...models.base import ScoreOutput
 from ..errors import AnomstreamError, first_line
 from .graph import INPUT_NAME
 from .ir import is_ir, read_ir
+from .verdict import QUANTIZED
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -75,7 +76,7 @@ class OpenVinoRunner:
             config["INFERENCE_NUM_THREADS"] = threads
         if is_ir(onnx):
             model = read_ir(core, onnx)
-        elif precision in ("int8", "int8-bf16"):
+        elif precision in QUANTIZED:
             raise ValueError(f"an {precision} replica needs the quantized graph, not the ONNX one")
         else:
             model = openvino.convert_model(io.BytesIO(onnx))

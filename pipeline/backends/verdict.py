@@ -15,6 +15,8 @@ from ..assets import PRECISION_VERDICTS
 from ..paths import user_cache
 
 AUC_MARGIN = 0.002  # the most a reduced precision may lower the frame micro AUC (issue 34's bar)
+QUANTIZED = ("int8", "int8-bf16")  # the precisions that score NNCF's int8 model (OpenVINO only)
+MATRIX_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni")  # what the reduced precisions use
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,16 @@ def cpu_refusal(precision: str) -> str | None:
     (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags), int8-bf16 those and AMX-BF16."""
     if precision == "bf16" and "BF16" not in cpu_capabilities():
         return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
-    if precision in ("int8", "int8-bf16") and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
+    if precision in QUANTIZED and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
         return "this CPU has no int8 dot-product units (VNNI or AMX)"
     if precision == "int8-bf16" and "amx_bf16" not in cpu_flags():
         return "this CPU has no AMX (its float parts in bf16 were measured faster than int8's f32 with AMX only)"
     return None
+
+
+def matrix_flags() -> str:
+    """The CPU's flags of ``MATRIX_FLAGS``, space-separated (``none``): what a speed figure is printed with."""
+    return " ".join(flag for flag in MATRIX_FLAGS if flag in cpu_flags()) or "none"
 
 
 def cpu_capabilities() -> set[str]:

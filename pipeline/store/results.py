@@ -287,10 +287,10 @@ class ResultStore:
             return
         table = group["events"]
         start = table["event_id"].shape[0]
-        for name, column in table.arrays():
-            if name in columns:
-                column.resize((start + len(events),))
-                column[start:] = columns[name]
+        for name in EVENT_COLUMNS:
+            column = table[name]
+            column.resize((start + len(events),))
+            column[start:] = columns[name]
 
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from ..backends.choice import BackendChoice
 from ..backends.runners import BackendError, make_runner
+from ..backends.verdict import QUANTIZED
 from ..checkpoint import (
     choose_device,
     load_model,
@@ -57,7 +58,7 @@ class Scorer:
             except BackendError as error:
                 if self.backend.required:
                     raise
-                precision = "fp32" if self.backend.precision in ("int8", "int8-bf16") else self.backend.precision
+                precision = "fp32" if self.backend.precision in QUANTIZED else self.backend.precision
                 self.backend = BackendChoice("torch", precision, note=f"{error}: torch scores here instead")
         self.feed = DeviceFeed(self.device)  # one copy to the device and one back per batch
         size = self.model.image_size
