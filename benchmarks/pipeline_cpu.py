@@ -67,8 +67,8 @@ class CpuSampler(threading.Thread):
             except psutil.Error:
                 continue
             role = "driver" if process.pid == me.pid else _role(process)
-            if role != "Ray other workers" or process.pid not in self.roles:  # an actor's title, once it has one
-                self.roles[process.pid] = role
+            if role not in ("Ray other workers", "gone") or process.pid not in self.roles:
+                self.roles[process.pid] = role  # an actor's title once it has one; kept when it exits
             self.readings[process.pid].append((time.monotonic(), times.user + times.system))
 
     def run(self) -> None:

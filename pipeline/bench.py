@@ -35,6 +35,7 @@ from .driver.plan import RunPlan
 from .driver.ray_setup import ensure_ray
 from .driver.run import score_sources
 from .errors import AnomstreamError
+from .sources.base import model_frames
 from .sources.resolve import open_sources
 from .stream.naive import naive_score
 from .stream.scorer import Scorer
@@ -46,7 +47,7 @@ STAGES = ("model_fps", "naive_fps", "pipeline1_fps", "pipeline2_fps")
 def _decoded_batches(spec: str, core: Scorer, batch_size: int) -> list[WindowBatch]:
     model = core.model
     source = open_sources(spec)[0]
-    items = window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
+    items = window_batches(model_frames(source, model.channels), source.stream_id, model.window_length, batch_size,
                            model.image_size, model.channels)
     return [b for b in items if isinstance(b, WindowBatch)]
 

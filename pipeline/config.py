@@ -110,8 +110,9 @@ class ScoreSection(_Strict):
     batch_size: int = Field(16, ge=1, le=256, description="frames per replica call")
     replicas: int = Field(2, ge=1, description="model replicas; 2 one-thread replicas beat 1 two-thread one on 2 cores")
     in_flight_per_replica: int = Field(2, ge=1)
-    flush_s: float = Field(1.0, ge=0, le=60, description="rows wait in the writer's memory at most this long before "
-                                                        "they are written (0: each batch as it comes; more CPU)")
+    flush_s: float = Field(1.0, ge=0, le=60, description="a live stream's rows wait in the writer's memory at most this "
+                                                        "long before they are written (a recording's: 256 rows or its "
+                                                        "end); 0: every stream's batches as they come (more CPU)")
     writers: int = Field(1, ge=1, description="writer processes, each writing whole streams of the store (many "
                                                 "streams on many replicas: docs/cluster.md)")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica when no GPU")

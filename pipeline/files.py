@@ -40,10 +40,12 @@ def files_fingerprint(paths: list[Path]) -> dict[str, int]:
     return {"files": len(sizes), "bytes": sum(sizes), "mtime_ns": newest}
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, grey: bool = False) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB, or with ``grey`` (H, W) (OpenCV's IMREAD_GRAYSCALE: a
+    JPEG's luma as libjpeg decodes it). Raises SourceError naming the file when it cannot be decoded."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
     if image is None:
         raise SourceError(f"{path}: cannot decode image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image if grey else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -102,6 +102,24 @@ def test_auto_takes_int8_with_bf16_float_parts_on_an_amx_cpu_only(shipped_cache,
         choose_backend("torch", "int8-bf16", shipped_cache)
 
 
+def test_auto_quantizes_once_when_nncf_fails_and_goes_on_to_bf16(shipped_cache, monkeypatch):
+    """int8-bf16 and int8 share one quantized model: when NNCF fails, ``auto`` tries it once (a
+    quantization takes ~10 s) and goes on to bf16, saying why for both."""
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise choice_module.BackendError("--precision int8: NNCF could not quantize the graph (out of memory)")
+
+    monkeypatch.setattr(choice_module, "quantize_int8", failing)
+    monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
+    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"})
+    chosen = choose_backend("auto", "auto", shipped_cache)
+    assert (chosen.backend, chosen.precision, len(calls)) == ("openvino", "bf16", 1)
+    for precision in ("int8-bf16", "int8"):
+        assert f"{precision}: --precision int8: NNCF could not quantize the graph (out of memory)" in chosen.note
+
+
 def test_the_shipped_verdicts_are_for_the_shipped_checkpoints_and_refusals_say_why(shipped_checkpoint):
     """A shipped checkpoint whose weights change loses its verdict (keyed by sha256) instead of
     keeping one measured on other weights."""

@@ -38,21 +38,29 @@ def test_preallocated_batches_and_unknown_length_growth(tmp_path):
     assert dataset["map"].dims == ("frame", "y", "x") and dataset.sizes["frame"] == 20
 
 
-def test_rows_reach_the_disk_after_flush_rows_or_flush_seconds(tmp_path):
+def test_rows_reach_the_disk_after_flush_rows_or_a_live_streams_flush_seconds(tmp_path):
     import anomstream.pipeline.store.results as results
 
     store = ResultStore(tmp_path / "s.zarr", {"model": "m"})
-    store.open_stream("v", ARRAYS, 8, None, {})
+    store.open_stream("v", ARRAYS, 8, None, {"live": True})
+    store.open_stream("r", ARRAYS, 8, None, {})  # a recording
     for start in range(0, results.FLUSH_ROWS, 8):
-        assert store.written("v") == 0
+        assert store.written("v") == store.written("r") == 0
         store.write("v", start, _batch(start, 8))
-    assert store.written("v") == results.FLUSH_ROWS  # the 256th row made them due
+        store.write("r", start, _batch(start, 8))
+    assert store.written("v") == store.written("r") == results.FLUSH_ROWS  # the 256th row made them due
     store.write("v", results.FLUSH_ROWS, _batch(results.FLUSH_ROWS, 8))
-    store.flush_s = 0.0
+    store.write("r", results.FLUSH_ROWS, _batch(results.FLUSH_ROWS, 8))
+    store.flush_s = 1e-9
     store.flush_due()  # what a live run's driver calls while a stream waits for frames
     assert store.written("v") == results.FLUSH_ROWS + 8
-    np.testing.assert_array_equal(open_results(tmp_path / "s.zarr")["v"]["score"][:results.FLUSH_ROWS + 8],
-                                  np.arange(results.FLUSH_ROWS + 8))
+    assert store.written("r") == results.FLUSH_ROWS  # a recording's rows wait for FLUSH_ROWS or its end...
+    store.flush_s = 0.0
+    store.flush_due()
+    assert store.written("r") == results.FLUSH_ROWS + 8  # ...unless flush_s is 0
+    for stream_id in ("v", "r"):
+        np.testing.assert_array_equal(open_results(tmp_path / "s.zarr")[stream_id]["score"][:results.FLUSH_ROWS + 8],
+                                      np.arange(results.FLUSH_ROWS + 8))
 
 
 def test_existing_store_is_refused_unless_overwrite_or_resume(tmp_path):

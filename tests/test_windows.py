@@ -64,3 +64,20 @@ def test_line_scan_rows_become_overlapping_tiles():
     assert [t.index for t in tiles] == [0, 1, 2, 3] and tiles[-1].timestamp == 19.0
     with pytest.raises(ValueError, match=r"line-scan stride must be in 1..tile \(4\), got 5"):
         list(assemble_tiles(iter([]), 4, 5))
+
+
+def test_a_grey_model_reads_jpeg_frames_as_grey_with_the_very_pixels_of_a_colour_decode(short_clip):
+    from itertools import islice
+
+    from anomstream.pipeline.sources.base import model_frames
+    from anomstream.pipeline.sources.resolve import open_sources
+    from anomstream.pipeline.stream.preprocess import prepare_frame
+
+    colour = list(islice(model_frames(open_sources(str(short_clip))[0], 3), 12))  # an RGB model: as decoded
+    grey = list(islice(model_frames(open_sources(str(short_clip))[0], 1), 12))
+    part = list(islice(model_frames(open_sources(f"{short_clip}?start_frame=2")[0], 1), 10))  # a part of it too
+    assert colour[0].image.shape == (240, 360, 3) and grey[0].image.shape == part[0].image.shape == (240, 360)
+    as_grey = np.stack([prepare_frame(frame.image, 128, 1) for frame in colour])  # Ped2's JPEGs: chroma-free
+    np.testing.assert_array_equal(np.stack([prepare_frame(frame.image, 128, 1) for frame in grey]), as_grey)
+    np.testing.assert_array_equal(np.stack([prepare_frame(frame.image, 128, 1) for frame in part]), as_grey[2:])
+    assert prepare_frame(grey[0].image, 128, 3).shape == (3, 128, 128)  # a grey frame for an RGB model: 3 equal planes

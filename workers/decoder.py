@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import ray
 
-from ..pipeline.sources.base import Source
+from ..pipeline.sources.base import Source, model_frames
 from ..pipeline.sources.camera import quiet_camera_logs
 from ..pipeline.stream.live import LiveOptions, LiveWindows
 from ..pipeline.stream.windows import BatchHeader, EndOfStream, WindowBatch, WindowShape, window_batches
@@ -42,8 +42,8 @@ class DecodeActor:
         self._source = source
         t, size, channels = shape.window_length, shape.image_size, shape.channels
         self._live = LiveWindows(source, t, batch_size, size, channels, live) if live else None
-        self._batches = None if live else window_batches(source.frames(), source.stream_id, t, batch_size, size, channels,
-                                                         skip_before)
+        self._batches = None if live else window_batches(model_frames(source, channels), source.stream_id, t,
+                                                         batch_size, size, channels, skip_before)
 
     @ray.method(num_returns=2)
     def next_batch(self) -> tuple[BatchHeader | EndOfStream, WindowBatch | None]:

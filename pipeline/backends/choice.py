@@ -168,6 +168,7 @@ class GraphCache:
         footage_key = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
         self._int8_name = f"int8-{footage_key}-{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
         self._graphs: dict[str, bytes] = {}
+        self._failed: dict[str, BackendError] = {}  # a graph that could not be made: not tried again (auto's int8s)
         self._windows: np.ndarray | None = None
 
     @property
@@ -182,13 +183,19 @@ class GraphCache:
         """The model's ONNX graph, or for ``int8`` / ``int8-bf16`` its quantized OpenVINO model (made and
         cached on first use; ExportError if the model cannot be exported, BackendError if it cannot be quantized)."""
         kind = "int8" if precision in QUANTIZED else "onnx"
+        if kind in self._failed:
+            raise self._failed[kind]
         if kind not in self._graphs:
             suffix = f".{self._int8_name}.ir" if kind == "int8" else ".onnx"
             found = self._find(suffix)
             if found:
                 self._graphs[kind] = found.read_bytes()
             else:
-                self._graphs[kind] = self._quantized() if kind == "int8" else export_onnx(self.model)
+                try:
+                    self._graphs[kind] = self._quantized() if kind == "int8" else export_onnx(self.model)
+                except BackendError as error:
+                    self._failed[kind] = error
+                    raise
                 self._store(suffix, self._graphs[kind])
         return self._graphs[kind]
 

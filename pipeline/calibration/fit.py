@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ...models.base import AnomalyModel
 from ..checkpoint import choose_device, file_sha256, load_model, model_device, prepare_device
 from ..errors import AnomstreamError
-from ..sources.base import Source
+from ..sources.base import Source, model_frames
 from ..sources.resolve import SourceOptions, resolve_inputs
 from ..stream.feed import DeviceFeed
 from ..stream.windows import EndOfStream, WindowBatch, window_batches
@@ -124,7 +124,7 @@ def fit_calibration(model: AnomalyModel, sources: list[Source], description: str
 
 def window_batches_of(model: AnomalyModel, source: Source, batch_size: int) -> Iterator[WindowBatch]:
     """The batches of ``source`` that hold a window to score (one-line AnomstreamError on a decode error)."""
-    for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
+    for item in window_batches(model_frames(source, model.channels), source.stream_id, model.window_length, batch_size,
                                model.image_size, model.channels):
         if isinstance(item, EndOfStream):
             if item.error:

@@ -133,6 +133,9 @@ class ClippedSource(Source):
                 first, stop = (index, stop) if side == "start" else (first, index)
         return first, min(stop, self.inner.frame_count or stop)
 
+    def use_grey(self) -> None:
+        self.inner.use_grey()
+
     def frames(self) -> Iterator[Frame | Gap]:
         first, stop = self._frame_bounds()
         start_s = self.clip.start.value if self.clip.start and self.clip.start.unit == "s" else None

@@ -22,6 +22,10 @@ class FrameFolderSource(Source):
         self.stream_id = stream_id or folder.name
         self.frame_count = len(self.paths)
         self.fps = fps
+        self.grey = False
+
+    def use_grey(self) -> None:
+        self.grey = True
 
     def describe(self) -> str:
         return str(self.folder)
@@ -31,7 +35,7 @@ class FrameFolderSource(Source):
 
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
-            yield Frame(self.stream_id, index, index / self.fps, read_image(path))
+            yield Frame(self.stream_id, index, index / self.fps, read_image(path, self.grey))
 
 
 class ImageListSource(Source):
@@ -48,6 +52,10 @@ class ImageListSource(Source):
         self.fps = 1.0
         self.description = description
         self.warnings = []
+        self.grey = False
+
+    def use_grey(self) -> None:
+        self.grey = True
 
     def describe(self) -> str:
         return self.description
@@ -61,7 +69,7 @@ class ImageListSource(Source):
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
             try:
-                image = read_image(path)
+                image = read_image(path, self.grey)
             except SourceError as error:
                 self.warnings.append(f"skipped {error}")
                 continue

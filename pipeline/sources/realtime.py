@@ -33,6 +33,9 @@ class RealtimeSource(Source):
     def fingerprint(self) -> dict[str, int] | None:
         return self.inner.fingerprint()
 
+    def use_grey(self) -> None:
+        self.inner.use_grey()
+
     def frames(self) -> Iterator[Frame | Gap]:
         started = None
         position = 0

@@ -7,11 +7,11 @@ terms), and batches arrive in frame order. Arrays are preallocated when the fram
 by whole chunks otherwise (live streams). ``written`` in each group's attrs says how many frames
 are safely on disk, which is what ``--resume`` continues from.
 
-Rows are kept in memory and written every ``flush_s`` seconds (default ``FLUSH_S``) or ``FLUSH_ROWS`` rows per stream
-(and when the stream closes): each zarr write costs about a millisecond of CPU whatever its size,
-so writing ten arrays per batch took a tenth of a 2-core machine at 50 frames/s. A process lost
-between writes loses at most that much of the stream's rows (a recording's are scored again by
-``--resume``; a live stream's are gone).
+Rows are kept in memory and written every ``FLUSH_ROWS`` rows per stream, a live stream's also every
+``flush_s`` seconds (default ``FLUSH_S``), and when the stream closes: each zarr write costs about a
+millisecond of CPU whatever its size, so writing ten arrays per batch took a tenth of a 2-core machine
+at 50 frames/s. A process lost between writes loses at most that much of the stream's rows (a
+recording's are scored again by the takeover or ``--resume``; a live stream's are gone).
 Per-frame scalars are chunked by ``ROW_CHUNK`` rows (one object per 1,024 frames, not per
 batch: fewer files to list and read, and fewer requests on object storage); maps by the batch.
 """
@@ -213,13 +213,17 @@ class ResultStore:
             self.flush(stream_id)
 
     def flush_due(self, stream_id: str | None = None) -> None:
-        """Write the rows of a stream (None: of every stream) that waited ``flush_s`` s or FLUSH_ROWS rows."""
+        """Write the rows of a stream (None: of every stream) once FLUSH_ROWS wait, and a live stream's
+        once the first of them waited ``flush_s`` s (``flush_s`` 0: every stream's as they come). A
+        recording's rows wait for FLUSH_ROWS or its end: a lost writer's are scored again (takeover,
+        ``--resume``), and each flush costs ~1 ms of CPU per array whatever its size."""
         now = time.monotonic()
         for key in [stream_id] if stream_id is not None else list(self._pending):
             if not self._pending.get(key):
                 continue
             first_row, since = self._pending_since[key]
-            if now - since >= self.flush_s or self.next_row[key] - first_row >= FLUSH_ROWS:
+            timed = self.accounting[key].live or not self.flush_s
+            if (timed and now - since >= self.flush_s) or self.next_row[key] - first_row >= FLUSH_ROWS:
                 self.flush(key)
 
     def flush(self, stream_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...models.base import AnomalyModel
+from ..sources.base import model_frames
 from ..sources.resolve import open_sources
 from ..store import ResultStore
 from .scorer import Scorer
@@ -20,7 +21,7 @@ def naive_score(spec: str, checkpoint: str, out: str | Path, batch_size: int = 1
     for source in open_sources(spec):
         store.open_stream(source.stream_id, core.arrays, batch_size, source.frame_count, {"source": source.describe()})
         error, row = None, 0  # rows follow one another; a frame index may skip (an image that cannot be read)
-        for item in window_batches(source.frames(), source.stream_id, model.window_length, batch_size,
+        for item in window_batches(model_frames(source, model.channels), source.stream_id, model.window_length, batch_size,
                                    model.image_size, model.channels):
             if isinstance(item, EndOfStream):
                 error = item.error

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ...models.base import AnomalyModel, LabelledAnomalies
 from ..calibration.progress import advance, job_running
 from ..errors import ConfigError
+from ..sources.base import model_frames
 from ..sources.resolve import open_sources
 from ..stream.preprocess import prepare_frame
 from .anomalies import labelled_examples
@@ -25,7 +26,7 @@ def load_clips(spec: str | list[str], size: int, channels: int, progress: bool =
     specs = [spec] if isinstance(spec, str) else spec
     sources = [s for one in specs for s in open_sources(one, still_images=still_images, dataset_split="train")]
     for source in tqdm(sources, desc="decode training data", unit="clip", disable=not progress or job_running()):
-        frames = [prepare_frame(frame.image, size, channels) for frame in source.frames()]
+        frames = [prepare_frame(frame.image, size, channels) for frame in model_frames(source, channels)]
         advance("decode_frame", len(frames))
         clips.append(np.stack(frames))
     return clips

@@ -34,7 +34,7 @@ from ..calibration.progress import JobProgress, running
 from ..checkpoint import choose_device, read_checkpoint
 from ..config import AnomstreamConfig, load_config, with_overrides
 from ..errors import AnomstreamError
-from ..sources.base import Source
+from ..sources.base import Source, model_frames
 from ..sources.clip import ClippedSource
 from ..sources.resolve import open_sources
 from ..stream.preprocess import prepare_frame
@@ -140,7 +140,7 @@ def measure_costs(model: AnomalyModel, config: AnomstreamConfig, init: str | Non
     count = settings.batch_size + model.window_length + 4
     started = time.perf_counter()
     frames = [prepare_frame(frame.image, model.image_size, model.channels)
-              for frame in islice(open_sources(spec)[0].frames(), count)]
+              for frame in islice(model_frames(open_sources(spec)[0], model.channels), count)]
     decode = (time.perf_counter() - started) / len(frames)
     stacked = torch.from_numpy(np.stack(frames))
     windows = stacked.unfold(0, model.window_length, 1).permute(0, 4, 1, 2, 3)[:settings.batch_size].contiguous()
