@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .backends.choice import BackendChoice, GraphCache, choose_backend
+from .backends.verdict import matrix_flags
 from .calibration.stored import run_calibration
 from .checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from .config import ScoreSection
@@ -170,7 +171,7 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
     _ratios(results, labels)
     results["rounds"] = rounds
     print(f"clip {spec}: {count} frames x {repeats}, batch {batch_size}, {cores} cores, torch {torch.__version__}, "
-          f"backends {', '.join(backends)}, medians of {rounds} rounds")
+          f"CPU flags {matrix_flags()}, backends {', '.join(backends)}, medians of {rounds} rounds")
     for key, value in results.items():
         print(f"{key:24s} {value:8.2f}")
     return results
@@ -182,7 +183,7 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     :mod:`pipeline.evaluation.backends`), against the first backend's, printed as a table;
     ``save_verdict``: keep the reduced precisions' verdict for this checkpoint in the user's cache
     (what ``--precision auto`` reads; the first backend must compute in fp32)."""
-    from .backends.verdict import Verdict, matrix_flags
+    from .backends.verdict import Verdict
     from .backends.verdict import save_verdict as keep
     from .evaluation.backends import backend_accuracy, parse_accuracy
 

@@ -165,3 +165,35 @@ def test_a_broken_runtime_fails_the_rank_check(shipped_cache, monkeypatch):
     assert str(refused.value).startswith("--backend openvino --precision bf16: its score ranks normal windows unlike "
                                          "torch fp32 (rank agreement -")
     assert str(refused.value).endswith("needed); use --precision fp32")
+
+
+def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anything_is_written(shipped_checkpoint, ped2,
+                                                                                             tmp_path, monkeypatch):
+    """``anomstream export --precision int8`` makes the run's start-of-run check: a quantized graph
+    whose scores no longer follow the model's (here: reversed) leaves no folder behind."""
+    from anomstream.pipeline.backends import runners
+    from anomstream.pipeline.backends.export import export_checkpoint
+
+    class Reversed:
+        def __init__(self, runner):
+            self.runner = runner
+
+        def score(self, windows):
+            output = self.runner.score(windows)
+            output.score = -output.score
+            return output
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real = runners.make_runner
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args: Reversed(real(*args)))
+    with pytest.raises(runners.BackendError, match=r"^--backend openvino --precision int8: its score ranks normal "
+                                                   r"windows unlike torch fp32 \(rank agreement -"):
+        export_checkpoint(shipped_checkpoint, "openvino", tmp_path / "int8", precision="int8",
+                          quantization_data=[str(ped2 / "training" / "frames" / "01")])
+    assert not (tmp_path / "int8").exists()
+    monkeypatch.undo()  # the real runtime, a new cache (the reversed measure was kept with the graph)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    metadata = export_checkpoint(shipped_checkpoint, "openvino", tmp_path / "int8", precision="int8",
+                                 quantization_data=[str(ped2 / "training" / "frames" / "01")])
+    assert metadata["precision"] == "int8" and min(metadata["rank_agreement_with_torch"].values()) >= RANK_AGREEMENT
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["anomstream.json", "model.bin", "model.xml"]

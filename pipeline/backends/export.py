@@ -17,7 +17,7 @@ from .. import __version__
 from ..calibration.stored import run_calibration
 from ..checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from ..errors import AnomstreamError
-from .choice import QUANTIZATION_WINDOWS, GraphCache, parity
+from .choice import QUANTIZATION_WINDOWS, GraphCache, choose_backend, parity
 from .graph import INPUT_NAME, ONNX_OPSET, output_names
 from .ir import is_ir, read_ir
 from .quantize import quantized_share
@@ -40,7 +40,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
     (normal footage; default the calibration's own footage), :mod:`pipeline.backends.quantize`.
     Raises AnomstreamError (one line): unknown format, a folder holding other files, a model whose
     graph cannot be exported (ExportError names the blocking operation), OpenVINO / NNCF not
-    installed, no normal footage for int8."""
+    installed, no normal footage for int8, an int8 graph that ranks normal windows unlike torch fp32
+    (Spearman below ``choice.RANK_AGREEMENT``: the check a run makes at its start)."""
     if fmt not in EXPORT_FORMATS:
         raise AnomstreamError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if precision not in ("fp32", "int8"):
@@ -57,7 +58,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
     model = set_reference_maps(model_from_payload(payload, checkpoint), calibrated.reference if calibrated else None)
     footage = quantization_data or (calibrated.footage if calibrated else [])
     cache = GraphCache(model, checkpoint, sha256, calibrated.reference if calibrated else None, footage)
-    graph = cache.graph(precision)  # before anything is written
+    # before anything is written; int8: refused in one line unless it ranks normal windows as torch fp32 does
+    graph = choose_backend("openvino", "int8", cache).graph if precision == "int8" else cache.graph(precision)
     runtime = "openvino" if fmt == "openvino" else "onnxruntime"
     if precision == "int8":
         measured = {"rank_agreement_with_torch": cache.rank_agreement("openvino", "int8"),
