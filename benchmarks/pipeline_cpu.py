@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline_cpu.py [--clip ../shared/data/ped2/testing/frames/04] [--streams 8]
         [--backend openvino] [--precision int8] [--replicas 2] [--batch-size 16] [--py-spy FILE]
+    python benchmarks/pipeline_cpu.py --idle   # what Ray actors doing nothing take
 
 Runs the Ray pipeline in this process (as ``anomstream score`` does) on the clip repeated as
 ``--streams`` streams, twice: the first run starts Ray and compiles the graph, the second is
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-ROLES = ("ReplicaActor", "WriterActor", "DecodeActor")
+ROLES = ("ReplicaActor", "WriterActor", "DecodeActor", "IdleActor")
 
 
 def _role(process: psutil.Process) -> str:
@@ -94,6 +95,36 @@ def _start_py_spy(path: str) -> subprocess.Popen:
     return spy
 
 
+def idle_actors(count: int = 3, seconds: float = 10.0) -> None:
+    """``--idle``: the CPU that ``count`` Ray actors doing nothing take (Ray's own threads in each
+    process; the floor every decoder and writer of a run costs), and Ray's processes beside them, in
+    milliseconds of CPU per second over ``seconds``."""
+    import ray
+
+    from anomstream.pipeline.backends.verdict import matrix_flags
+    from anomstream.pipeline.driver.ray_setup import ensure_ray
+
+    @ray.remote(num_cpus=0)
+    class IdleActor:
+        def ready(self) -> bool:
+            return True
+
+    ensure_ray()
+    actors = [IdleActor.remote() for _ in range(count)]
+    ray.get([actor.ready.remote() for actor in actors])
+    time.sleep(2.0)  # started
+    sampler = CpuSampler(every_s=1.0)
+    sampler.start()
+    start = time.monotonic()
+    time.sleep(seconds)
+    sampler.stopped.set()
+    sampler.join()
+    print(f"{count} idle actors over {seconds:.0f} s, {os.cpu_count()} cores, CPU flags {matrix_flags()}")
+    for role, cpu in sorted(sampler.shares(start).items(), key=lambda item: -item[1]):
+        per = f" ({1000 * cpu / seconds / count:.1f} each)" if role == "IdleActor" else ""
+        print(f"{role:24s} {1000 * cpu / seconds:6.1f} ms CPU per s{per}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clip", default="../shared/data/ped2/testing/frames/04")
@@ -105,7 +136,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="configs/weights/ped2_dmad_cpu.pt")
     parser.add_argument("--py-spy", metavar="FILE", help="also sample the measured run's stacks with py-spy "
                         "(--subprocesses, raw format) into FILE")
+    parser.add_argument("--idle", action="store_true", help="only the CPU that idle Ray actors take (10 s)")
     args = parser.parse_args()
+    if args.idle:
+        idle_actors()
+        return
 
     import torch
 

@@ -82,13 +82,14 @@ def overlay_map(image: np.ndarray, anomaly_map: np.ndarray, high: float) -> np.n
 
 
 def picture_jpeg(image: np.ndarray, size: int) -> bytes:
-    """A camera's picture, uint8 (H, W, 3) RGB, scaled down (never up, area averaging) so its longer
-    side is at most ``size`` px, as JPEG bytes (quality 80): what the live view shows of a camera."""
+    """A camera's picture, uint8 (H, W, 3) RGB or (H, W) grey, scaled down (never up, area averaging) so
+    its longer side is at most ``size`` px, as JPEG bytes (quality 80): what the live view shows of a camera."""
     scale = min(1.0, size / max(image.shape[:2]))
     if scale < 1.0:
         image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
                            interpolation=cv2.INTER_AREA)
-    return cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+    image = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
 
 
 def map_png(anomaly_map: np.ndarray, high: float) -> bytes:

@@ -261,3 +261,26 @@ def test_a_camera_held_by_the_scorer_under_policy_every_stays_live():
     time.sleep(0.05)
     assert live.camera_status(time.time()).last_frame > status.last_frame
     live.stop()
+
+
+def test_a_replay_for_a_grey_model_reads_grey_frames_and_still_shows_a_picture(short_clip):
+    """A replayed frame folder (``--realtime``) for a one-channel model is decoded straight to grey, as
+    its training, calibration and recordings are (sources.base.model_frames): the windows are the
+    colour decode's turned grey (Ped2's JPEGs), and the live view's picture is a grey JPEG."""
+    import cv2
+
+    from anomstream.pipeline.sources.realtime import RealtimeSource
+    from anomstream.pipeline.sources.resolve import open_sources
+    from anomstream.pipeline.stream.preprocess import prepare_frame
+
+    live = LiveWindows(RealtimeSource(open_sources(str(short_clip))[0], max_frames=12), 3, 4, 128, 1,
+                       LiveOptions(policy="every", preview_size=64))
+    batches, _, end = _drain(live)
+    assert end.frames == 12 and live.newest.image.shape == (240, 360)
+    colour = np.stack([prepare_frame(frame.image, 128, 1) for frame in open_sources(str(short_clip))[0].frames()])
+    targets = np.concatenate([batch.frame_index[batch.valid] for batch in batches])
+    assert targets.tolist() == list(range(2, 12))
+    np.testing.assert_array_equal(np.concatenate([batch.windows() for batch in batches]),
+                                  np.stack([colour[t - 2:t + 1] for t in targets]))
+    previews = [batch.preview for batch in batches if batch.preview is not None]
+    assert previews and cv2.imdecode(np.frombuffer(previews[0][1], np.uint8), cv2.IMREAD_UNCHANGED).shape == (43, 64)

@@ -52,8 +52,8 @@ class WriterConfig:
     imports torch, 1.5 CPU-s and ~300 MB of a 2-core node); ``events``: detect and keep
     events, and with ``deliver`` send the webhook's outbox (one writer of a run does; the others
     only put messages in it); ``environment``: variables set in the writer's process first (an
-    object store's credentials, as the driver has them); ``flush_s``: rows wait in memory at most
-    this long before they are written (:class:`ResultStore`)."""
+    object store's credentials, as the driver has them); ``flush_s``: a live stream's rows wait in
+    memory at most this long before they are written, a recording's for 256 rows (:class:`ResultStore`)."""
 
     path: str
     run_attrs: dict[str, Any]

@@ -168,7 +168,7 @@ class GraphCache:
         footage_key = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
         self._int8_name = f"int8-{footage_key}-{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
         self._graphs: dict[str, bytes] = {}
-        self._failed: dict[str, BackendError] = {}  # a graph that could not be made: not tried again (auto's int8s)
+        self._failed: dict[str, AnomstreamError] = {}  # a graph that could not be made: not tried again (auto's int8s)
         self._windows: np.ndarray | None = None
 
     @property
@@ -193,7 +193,7 @@ class GraphCache:
             else:
                 try:
                     self._graphs[kind] = self._quantized() if kind == "int8" else export_onnx(self.model)
-                except BackendError as error:
+                except AnomstreamError as error:  # NNCF, the export, the footage: the same again
                     self._failed[kind] = error
                     raise
                 self._store(suffix, self._graphs[kind])

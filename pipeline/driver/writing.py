@@ -88,8 +88,8 @@ class RowSender:
         self.writers.release(stream_id)
 
     def flush_due(self) -> None:
-        """Rows that waited ``flush_s`` onto disk although their stream sent nothing since (a camera
-        between frames, a recording waiting on busy replicas)."""
+        """A live stream's rows that waited ``flush_s`` onto disk although it sent nothing since (a
+        camera between frames); a recording's wait for FLUSH_ROWS or its end (ResultStore.flush_due)."""
         if self.flush_s and time.monotonic() >= self.rows_due:
             self.rows_due = time.monotonic() + self.flush_s
             self.refs.extend(self.writers.flush_due())

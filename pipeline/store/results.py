@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 STORE_FORMAT = "anomstream-store/1"
 ATTRS_REFRESH_S = 2.0  # a running live stream's accounting attrs are at most this old
 CAMERA_REWRITE_S = 5.0  # a camera attr whose state did not change is written again at most this often
-FLUSH_S = 1.0  # rows that arrived are on disk (and in ``written``) at most this late...
-FLUSH_ROWS = 256  # ...or once this many wait
+FLUSH_S = 1.0  # a live stream's rows that arrived are on disk (and in ``written``) at most this late...
+FLUSH_ROWS = 256  # ...or once this many wait (a recording's: only then, or at its end)
 ROW_CHUNK = 1024  # rows per chunk of the per-frame scalar arrays (rounded up to the batch chunk)
 RESUMED_ATTRS = ("writer",)  # stream attrs a resumed stream takes from the run that goes on with it
 
@@ -182,8 +182,8 @@ class ResultStore:
 
     def write(self, stream_id: str, row: int, values: dict[str, np.ndarray]) -> None:
         """Rows [row, row + n) of every array; batches arrive in frame order. They reach the
-        disk (and ``written``) within ``flush_s`` s or FLUSH_ROWS rows, or at :meth:`flush` /
-        :meth:`close_stream`. A stream opened with the attr ``maps_every`` N != 1 keeps the map of
+        disk (and ``written``) after FLUSH_ROWS rows (a live stream's also within ``flush_s`` s), or
+        at :meth:`flush` / :meth:`close_stream`. A stream opened with the attr ``maps_every`` N != 1 keeps the map of
         frames whose index is a multiple of N only (0: no map); the others stay NaN, and chunks
         left all NaN are not stored.
 

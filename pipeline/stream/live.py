@@ -72,6 +72,8 @@ class LiveWindows:
         self.held = False  # the reader waits for room in the buffer (policy every): it reads nothing
         self._preview_due = 0.0  # monotonic time from which the next picture for the view is made
         source.use_size(image_size, options.preview_size)
+        if channels == 1:
+            source.use_grey()  # as the model's other frames are read (sources.base.model_frames)
         self.thread = threading.Thread(target=self._read, name=f"read {source.stream_id}", daemon=True)
         self.thread.start()
 

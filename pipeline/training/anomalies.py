@@ -35,7 +35,7 @@ def labelled_examples(specs: list[str], size: int, channels: int) -> LabelledExa
         if parsed is None or parsed.split != "labelled":
             raise SourceError(f"{spec}: labelled anomalies come from a dataset spec with split=labelled&labelled=N")
         for record in dataset_records(parsed):
-            image = read_image(record.path)
+            image = read_image(record.path, grey=channels == 1)
             images.append(prepare_frame(image, size, channels))
             mask = read_mask(record, image.shape[:2]).astype(np.float32)
             masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA))
