@@ -144,22 +144,31 @@ def test_events_pair_by_stream_and_order_and_count_their_shift():
     assert fewer.event_shift(reference) is None
 
 
+class _Reversed:
+    """A runtime whose scores no longer follow the model's: each window's score negated."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def score(self, windows):
+        output = self.runner.score(windows)
+        output.score = -output.score
+        return output
+
+
+def _reverse_the_runtimes_scores(monkeypatch) -> None:
+    from anomstream.pipeline.backends import runners
+
+    real = runners.make_runner
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Reversed(real(*args)))
+
+
 def test_a_broken_runtime_fails_the_rank_check(shipped_cache, monkeypatch):
     """A runtime whose scores no longer follow the model's (here: reversed) is refused at the start
     of the run in one line, by name; ``auto`` would fall back to fp32."""
     from anomstream.pipeline.backends import runners
 
-    class Reversed:
-        def __init__(self, runner):
-            self.runner = runner
-
-        def score(self, windows):
-            output = self.runner.score(windows)
-            output.score = -output.score
-            return output
-
-    real = runners.make_runner
-    monkeypatch.setattr(choice_module, "make_runner", lambda *args: Reversed(real(*args)))
+    _reverse_the_runtimes_scores(monkeypatch)
     with pytest.raises(runners.BackendError) as refused:
         choose_backend("openvino", "bf16", shipped_cache)
     assert str(refused.value).startswith("--backend openvino --precision bf16: its score ranks normal windows unlike "
@@ -174,18 +183,8 @@ def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anythi
     from anomstream.pipeline.backends import runners
     from anomstream.pipeline.backends.export import export_checkpoint
 
-    class Reversed:
-        def __init__(self, runner):
-            self.runner = runner
-
-        def score(self, windows):
-            output = self.runner.score(windows)
-            output.score = -output.score
-            return output
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    real = runners.make_runner
-    monkeypatch.setattr(choice_module, "make_runner", lambda *args: Reversed(real(*args)))
+    _reverse_the_runtimes_scores(monkeypatch)
     with pytest.raises(runners.BackendError, match=r"^--backend openvino --precision int8: its score ranks normal "
                                                    r"windows unlike torch fp32 \(rank agreement -"):
         export_checkpoint(shipped_checkpoint, "openvino", tmp_path / "int8", precision="int8",

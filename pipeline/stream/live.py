@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import SourceError, error_reason
-from ..sources.base import Frame, Gap, LiveStatus, Source
+from ..sources.base import Frame, Gap, LiveStatus, Source, model_frames
 from ..visualize import picture_jpeg
 from .windows import EndOfStream, WindowAssembler, WindowBatch
 
@@ -72,15 +72,13 @@ class LiveWindows:
         self.held = False  # the reader waits for room in the buffer (policy every): it reads nothing
         self._preview_due = 0.0  # monotonic time from which the next picture for the view is made
         source.use_size(image_size, options.preview_size)
-        if channels == 1:
-            source.use_grey()  # as the model's other frames are read (sources.base.model_frames)
         self.thread = threading.Thread(target=self._read, name=f"read {source.stream_id}", daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         error = None
         try:
-            for item in self.source.frames():
+            for item in model_frames(self.source, self.assembler.channels):  # as the model's other frames
                 with self.changed:
                     if self.policy == "every" and len(self.assembler.pending) >= self.buffer_frames:
                         self.held = True
