@@ -9,14 +9,21 @@ import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from anomstream.pipeline.driver.plan import RunPlan
 from anomstream.pipeline.driver.run import score_sources
 from anomstream.pipeline.sources.resolve import SourceOptions
+from anomstream.pipeline.store.accounting import StreamAccounting
 from anomstream.pipeline.stream.live import LiveOptions
+from anomstream.pipeline.view import server as view_server
+from anomstream.pipeline.view.server import LiveView
+from anomstream.pipeline.visualize import map_png, picture_jpeg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -101,3 +108,70 @@ def test_live_view_page_shows_changing_frames_without_console_errors(ray_session
         browser.quit()
         run.join(timeout=120)
     assert reports and reports[0].frames == 360 and not reports[0].errors
+
+
+def _view(frame_time: float, jpeg: bytes, map_bytes: bytes | None) -> dict:
+    """One stream's view snapshot as the writer gives it (see workers/writer.py view_snapshot)."""
+    return {**StreamAccounting(live=True).attrs(), "trace": [], "fps": 0.0, "frame_time": frame_time,
+            "frame_score": 0.1, "picture": "camera", "threshold": None, "events": [], "jpeg": jpeg, "map_png": map_bytes}
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_a_picture_and_its_map_are_served_for_the_frame_the_json_named(monkeypatch):
+    monkeypatch.setattr(view_server, "SNAPSHOT_MAX_AGE_S", 0.0)  # every request asks the writer
+    now = {"cam": _view(1.5, b"picture one", b"map one")}
+    port = _free_port()
+    server = LiveView(lambda: dict(now), "127.0.0.1", port)
+    base = f"http://127.0.0.1:{port}/api/streams/0"
+    try:
+        assert _get(f"http://127.0.0.1:{port}/api/streams")[0] == 200
+        now["cam"] = _view(1.75, b"model input two", None)  # the view moved on between the JSON and the pictures
+        assert _get(f"{base}/frame.jpg?t=1.5") == (200, b"picture one")
+        assert _get(f"{base}/map.png?t=1.5") == (200, b"map one")
+        assert _get(f"{base}/frame.jpg?t=1.75") == (200, b"model input two")
+        assert _get(f"{base}/map.png?t=1.75")[0] == 404
+        assert _get(f"{base}/frame.jpg?t=9.0") == (200, b"model input two")  # a frame it never showed: the newest
+        assert _get(f"{base}/frame.jpg") == (200, b"model input two")
+        assert _get(f"http://127.0.0.1:{port}/api/streams/1/frame.jpg?t=1.5")[0] == 404
+    finally:
+        server.close()
+
+
+def test_the_page_swaps_a_picture_and_its_map_together_and_keeps_the_last_pair_when_one_fails():
+    rng = np.random.default_rng(0)
+    pictures = [picture_jpeg(rng.integers(0, 255, (240, 360, 3), np.uint8), 360) for _ in range(2)]
+    map_bytes = map_png(rng.random((240, 360)).astype(np.float32), 1.0)
+    start = time.monotonic()
+
+    def snapshot() -> dict:
+        n = int((time.monotonic() - start) * 4)  # a new frame every 0.25 s; every third one's map is broken
+        return {"cam": _view(100.0 + n, pictures[n % 2], b"not a png" if n % 3 == 2 else map_bytes)}
+
+    browser = _browser()
+    port = _free_port()
+    server = LiveView(snapshot, "127.0.0.1", port)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        shown, samples = set(), 0
+        while time.monotonic() - start < 6:
+            pair = browser.execute_script(
+                "return [...document.querySelectorAll('.stream .picture img')].map(i => [i.className, i.complete, "
+                "i.naturalWidth, new URL(i.src || location.href).searchParams.get('t')])")
+            if pair[0][3] is not None:
+                samples += 1
+                picture, overlay = pair
+                assert picture[1:3] == [True, 360] and overlay[1:3] == [True, 360] and picture[3] == overlay[3], pair
+                assert (int(float(picture[3])) - 100) % 3 != 2, pair  # a frame whose map failed is never shown
+                shown.add(picture[3])
+            time.sleep(0.05)
+        assert samples > 40 and len(shown) >= 6, (samples, shown)
+    finally:
+        browser.quit()
+        server.close()

@@ -5,7 +5,9 @@ of the last minute, frame rate, latency and frame counts; the page polls two JSO
 Endpoints: ``/`` (the page), ``/api/streams`` (JSON), ``/api/streams/{n}/frame.jpg`` (the n-th
 stream's shown frame: the camera's picture, at most VIEW_PICTURE_SIZE px, or the model's input with
 its map; 404 before its first scored frame), ``/api/streams/{n}/map.png`` (its map, translucent, to
-lay over the camera's picture; 404 when the frame is the model's input), ``/api/events/{id}.jpg``
+lay over the camera's picture; 404 when the frame is the model's input); both take ``?t=`` (a
+``frame_time`` the JSON gave) and answer that frame's picture while it is among the stream's last
+RECENT_FRAMES shown ones, so a picture and its map always belong together; ``/api/events/{id}.jpg``
 (an ended event's snapshot, from the run's events folder), ``/metrics`` (Prometheus text format:
 :mod:`pipeline.view.metrics`), ``/healthz`` (JSON: the run is up, each camera's state). Without the
 page (``--metrics PORT`` and no ``--view``) only the last two. Beyond loopback every request needs
@@ -18,6 +20,7 @@ import re
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from .metrics import health, metrics_text
 
 PAGE = Path(__file__).with_name("page.html")
 SNAPSHOT_MAX_AGE_S = 0.25  # requests within this share one round trip to the writer
+RECENT_FRAMES = 8  # shown frames per stream whose picture and map ?t= still finds (~2 s at 4 snapshots/s)
 VIEW_PICTURE_SIZE = 640  # the longer side of a camera's picture on the page, pixels
 EVENT_ID = re.compile(r"[0-9a-f]{20}")
 
@@ -57,6 +61,7 @@ class LiveView:
         check_port(host, port)  # uvicorn would log a traceback-like report instead
 
         self._snapshot, self._cached, self._cached_at = snapshot, {}, 0.0
+        self._recent: dict[str, deque[tuple[float, dict[str, Any]]]] = {}  # stream id -> (frame_time, its view)
         self.token, self.page, self.run_figures, self.snapshots = token, page, run_figures or dict, snapshots
         self._lock = threading.Lock()
         config = uvicorn.Config(self._app(), host=host, port=port, log_level="error", access_log=False)
@@ -73,7 +78,22 @@ class LiveView:
         with self._lock:
             if time.monotonic() - self._cached_at > SNAPSHOT_MAX_AGE_S:
                 self._cached, self._cached_at = self._snapshot(), time.monotonic()
+                for stream_id, view in self._cached.items():
+                    recent = self._recent.setdefault(stream_id, deque(maxlen=RECENT_FRAMES))
+                    if view.get("frame_time") is not None and (not recent or recent[-1][0] != view["frame_time"]):
+                        recent.append((view["frame_time"], view))
             return self._cached
+
+    def shown_view(self, index: int, frame_time: float | None) -> dict[str, Any] | None:
+        """The n-th stream's (by sorted id) view snapshot as it was when it showed ``frame_time``
+        (seconds since the epoch, as the JSON gave it), else as it is now; None: no such stream."""
+        views = sorted(self.snapshot().items())
+        if not 0 <= index < len(views):
+            return None
+        stream_id, view = views[index]
+        with self._lock:
+            earlier = [seen for time_shown, seen in self._recent.get(stream_id, ()) if time_shown == frame_time]
+        return earlier[-1] if earlier else view
 
     def _app(self):
         from fastapi import FastAPI
@@ -128,20 +148,20 @@ class LiveView:
                      "has_frame": view["jpeg"] is not None, "has_map": view.get("map_png") is not None}
                     for n, (stream_id, view) in enumerate(sorted(self.snapshot().items()))]
 
-        def shown(index: int, key: str, media_type: str, missing: str) -> Response:
-            """The n-th stream's picture ``key`` of the view snapshot, or 404 saying ``missing``."""
-            views = sorted(self.snapshot().items())
-            if not 0 <= index < len(views) or views[index][1].get(key) is None:
+        def shown(index: int, frame_time: float | None, key: str, media_type: str, missing: str) -> Response:
+            """The n-th stream's picture ``key`` of the view that showed ``frame_time``, or 404 saying ``missing``."""
+            view = self.shown_view(index, frame_time)
+            if view is None or view.get(key) is None:
                 raise HTTPException(status_code=404, detail=missing)
-            return Response(views[index][1][key], media_type=media_type, headers={"Cache-Control": "no-store"})
+            return Response(view[key], media_type=media_type, headers={"Cache-Control": "no-store"})
 
         @app.get("/api/streams/{index}/frame.jpg")
-        def frame(index: int) -> Response:
-            return shown(index, "jpeg", "image/jpeg", "no scored frame yet")
+        def frame(index: int, t: float | None = None) -> Response:
+            return shown(index, t, "jpeg", "image/jpeg", "no scored frame yet")
 
         @app.get("/api/streams/{index}/map.png")
-        def map_overlay(index: int) -> Response:
-            return shown(index, "map_png", "image/png", "no map to lay over a camera picture")
+        def map_overlay(index: int, t: float | None = None) -> Response:
+            return shown(index, t, "map_png", "image/png", "no map to lay over a camera picture")
 
         @app.get("/api/events/{event_id}.jpg")
         def event_snapshot(event_id: str) -> Response:
