@@ -205,9 +205,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     worst = max((metadata.get("parity_with_torch") or {}).values(), default=None)
     parity = f"; largest difference to torch {worst:.1g} of an output's range" if worst is not None else ""
     if "rank_agreement_with_torch" in metadata:
-        least = min(metadata["rank_agreement_with_torch"].values())
+        measured = dict(metadata["rank_agreement_with_torch"])
+        map_correlation = measured.pop("map_correlation", None)
+        least = min(measured.values())
         parity = (f"; int8, {metadata['quantization']['quantized_convolutions']} convolutions quantized, least rank "
-                  f"agreement with torch fp32 {least:.3f} on normal windows")
+                  f"agreement with torch fp32 {least:.3f} on normal windows"
+                  + (f", map correlation {map_correlation:.3f}" if map_correlation is not None else ""))
     print(f"exported {metadata['model']} ({args.format}): {', '.join(metadata['files'])} and anomstream.json in "
           f"{args.out}{parity}")
     return 0

@@ -10,7 +10,7 @@ import pytest
 
 from anomstream.pipeline.backends import choice as choice_module
 from anomstream.pipeline.backends import verdict as verdict_module
-from anomstream.pipeline.backends.choice import RANK_AGREEMENT, GraphCache, choose_backend
+from anomstream.pipeline.backends.choice import MAP_CORRELATION, RANK_AGREEMENT, GraphCache, choose_backend
 from anomstream.pipeline.backends.ir import is_ir, read_ir
 from anomstream.pipeline.backends.quantize import quantized_share
 from anomstream.pipeline.backends.verdict import Verdict, measured_verdict
@@ -45,13 +45,13 @@ def test_int8_quantizes_the_convolutions_outside_the_deformation_and_ranks_windo
                         and op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"}
     assert fed_by_quantizer and not any(name.startswith(("/deformation/", "/memory/")) for name in fed_by_quantizer)
     agreement = shipped_cache.rank_agreement("openvino", "int8")
-    assert set(agreement) == {"score", "term_gradient_excess", "term_deformation"}
-    assert min(agreement.values()) >= RANK_AGREEMENT, agreement
+    assert set(agreement) == {"score", "term_gradient_excess", "term_deformation", "map_correlation"}
+    assert agreement.pop("map_correlation") >= MAP_CORRELATION and min(agreement.values()) >= RANK_AGREEMENT, agreement
     cached = sorted(p.name for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir())
     assert any(name.endswith(".ir") and ".int8-" in name for name in cached)
     measured = json.loads(next(p for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir()
                                if p.name.endswith(".parity.json")).read_text())
-    assert any("-int8-ranks-int8-" in key for key in measured)  # the check, measured once on the footage's windows
+    assert any("-int8-ranks+map-int8-" in key for key in measured)  # the check, measured once on the footage's windows
 
 
 def test_auto_stays_fp32_on_a_cpu_without_bf16_or_int8_units(shipped_cache, monkeypatch):
@@ -120,6 +120,38 @@ def test_auto_quantizes_once_when_nncf_fails_and_goes_on_to_bf16(shipped_cache, 
         assert f"{precision}: --precision int8: NNCF could not quantize the graph (out of memory)" in chosen.note
 
 
+def test_footage_whose_files_changed_is_quantized_again_and_absent_footage_uses_the_newest_graph(
+        shipped_cache, ped2, tmp_path, monkeypatch):
+    """The cached int8 model is keyed by the footage's file names and sizes, not its spec alone: a
+    frame added to the folder makes a new one; with the footage gone, the newest one made from it."""
+    import shutil
+
+    frames = sorted((ped2 / "training" / "frames" / "01").glob("*.jpg"))
+    footage = tmp_path / "normal"
+    footage.mkdir()
+    for frame in frames[:12]:
+        shutil.copy(frame, footage)
+    made = []
+
+    def quantized(*args, **kwargs):
+        made.append(f"int8 graph {len(made) + 1}".encode())
+        return made[-1]
+
+    monkeypatch.setattr(choice_module, "quantize_int8", quantized)
+
+    def cache() -> GraphCache:
+        return GraphCache(shipped_cache.model, shipped_cache.checkpoint, shipped_cache.sha256, None, [str(footage)])
+
+    assert cache().graph("int8") == b"int8 graph 1" and cache().graph("int8") == b"int8 graph 1"
+    shutil.copy(frames[12], footage)
+    assert cache().graph("int8") == b"int8 graph 2"
+    footage.rename(tmp_path / "moved")
+    gone = cache()
+    assert gone.footage_refusal("int8") is None and gone.graph("int8") == b"int8 graph 2" and len(made) == 2
+    shutil.rmtree(tmp_path / "cache")
+    assert cache().footage_refusal("int8") == f"its normal footage {footage} is not on this machine (--quantization-data)"
+
+
 def test_the_shipped_verdicts_are_for_the_shipped_checkpoints_and_refusals_say_why(shipped_checkpoint):
     """A shipped checkpoint whose weights change loses its verdict (keyed by sha256) instead of
     keeping one measured on other weights."""
@@ -176,6 +208,33 @@ def test_a_broken_runtime_fails_the_rank_check(shipped_cache, monkeypatch):
     assert str(refused.value).endswith("needed); use --precision fp32")
 
 
+class _Flipped:
+    """A runtime whose anomaly maps are upside down (its scores still right)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def score(self, windows):
+        output = self.runner.score(windows)
+        output.anomaly_map = output.anomaly_map.flip(-2)
+        return output
+
+
+def test_a_runtime_whose_map_no_longer_follows_the_models_fails_the_check(shipped_cache, monkeypatch):
+    """The scores rank windows as torch does, but the map is upside down: refused, naming the map."""
+    from anomstream.pipeline.backends import runners
+
+    real = runners.make_runner
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Flipped(real(*args)))
+    with pytest.raises(runners.BackendError) as refused:
+        choose_backend("openvino", "bf16", shipped_cache)
+    message = str(refused.value)
+    assert message.startswith("--backend openvino --precision bf16: its anomaly map follows torch fp32's poorly over "
+                              "normal windows (correlation "), message
+    assert message.endswith(f", at least {MAP_CORRELATION} needed); use --precision fp32")
+    assert float(message.split("correlation ")[1].split(",")[0]) < 0.5
+
+
 def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anything_is_written(shipped_checkpoint, ped2,
                                                                                              tmp_path, monkeypatch):
     """``anomstream export --precision int8`` makes the run's start-of-run check: a quantized graph
@@ -194,5 +253,7 @@ def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anythi
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
     metadata = export_checkpoint(shipped_checkpoint, "openvino", tmp_path / "int8", precision="int8",
                                  quantization_data=[str(ped2 / "training" / "frames" / "01")])
-    assert metadata["precision"] == "int8" and min(metadata["rank_agreement_with_torch"].values()) >= RANK_AGREEMENT
+    measured = metadata["rank_agreement_with_torch"]
+    assert metadata["precision"] == "int8" and measured.pop("map_correlation") >= MAP_CORRELATION
+    assert min(measured.values()) >= RANK_AGREEMENT
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["anomstream.json", "model.bin", "model.xml"]

@@ -42,6 +42,10 @@ TOLERANCE = {"fp32": 1e-4}
 # calibration uses, over windows of normal footage (measured on the shipped Ped2 DMAD: bf16 0.9996,
 # int8 0.995 on the score; a broken runtime or graph falls far below)
 RANK_AGREEMENT = 0.98
+# and the anomaly map: Pearson's correlation with torch fp32's maps over the same windows' pixels (the
+# map's values, not their ranks: the order of a normal map's near-zero pixels is noise; measured on the
+# shipped Ped2 DMAD, int8: 0.990 on normal windows, Spearman there 0.90; a broken map falls far below)
+MAP_CORRELATION = 0.95
 CHECK_WINDOWS = 24
 QUANTIZATION_WINDOWS = 192  # NNCF's statistics: ~8 s of NNCF on the shipped Ped2 DMAD, 2 cores
 
@@ -140,8 +144,13 @@ def _checked(backend: str, precision: str, cache: GraphCache) -> BackendChoice:
                                f"its range (allowed {TOLERANCE[precision]:g} in {precision}); use --backend torch")
     else:
         agreement = cache.rank_agreement(backend, precision)
-        worst = min(agreement, key=lambda name: np.nan_to_num(agreement[name], nan=-np.inf))
-        if not agreement[worst] >= RANK_AGREEMENT:
+        least = {name: MAP_CORRELATION if name == "map_correlation" else RANK_AGREEMENT for name in agreement}
+        worst = min(agreement, key=lambda name: np.nan_to_num(agreement[name] - least[name], nan=-np.inf))
+        if worst == "map_correlation" and not agreement[worst] >= least[worst]:
+            raise BackendError(f"--backend {backend} --precision {precision}: its anomaly map follows torch fp32's "
+                               f"poorly over normal windows (correlation {agreement[worst]:.3f}, at least "
+                               f"{MAP_CORRELATION} needed); use --precision fp32")
+        if not agreement[worst] >= least[worst]:
             raise BackendError(f"--backend {backend} --precision {precision}: its {worst} ranks normal windows unlike "
                                f"torch fp32 (rank agreement {agreement[worst]:.3f}, at least {RANK_AGREEMENT} "
                                f"needed); use --precision fp32")
@@ -165,11 +174,24 @@ class GraphCache:
         for key in sorted(reference or {}):
             digest.update(key.encode() + np.ascontiguousarray(reference[key], np.float32).tobytes())
         self.name = f"{sha256[:20]}-{digest.hexdigest()[:8]}-opset{ONNX_OPSET}-torch{torch.__version__.split('+')[0]}"
-        footage_key = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
-        self._int8_name = f"int8-{footage_key}-{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
+        self._int8_name = self._int8_graph_name()
         self._graphs: dict[str, bytes] = {}
         self._failed: dict[str, AnomstreamError] = {}  # a graph that could not be made: not tried again (auto's int8s)
         self._windows: np.ndarray | None = None
+
+    def _int8_graph_name(self) -> str:
+        """``int8-<the footage specs>-<their files' names and sizes>-...``: footage whose files changed
+        gets a new graph; footage not on this machine, the newest graph made from the same specs."""
+        specs = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
+        tail = f"{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
+        files = footage_fingerprint(self.footage)
+        if files is None:
+            made = [path for folder in _cache_folders(self.checkpoint)
+                    for path in folder.glob(f"{self.name}.int8-{specs}-*-{tail}.ir")]
+            if made:
+                return max(made, key=lambda path: path.stat().st_mtime).name[len(self.name) + 1:-len(".ir")]
+            files = "absent"
+        return f"int8-{specs}-{files}-{tail}"
 
     @property
     def model(self) -> AnomalyModel:
@@ -224,7 +246,7 @@ class GraphCache:
         its check already measured), measured once."""
         on_footage = bool(self.footage) and (precision in QUANTIZED or not self._missing_footage())
         where = self._int8_name if on_footage else "noise"
-        return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}-ranks-{where}",
+        return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}-ranks+map-{where}",
                               lambda: rank_agreement(backend, precision, self.model, self.graph(precision),
                                                      torch.from_numpy(self._footage_windows(on_footage)[1])))
 
@@ -275,6 +297,23 @@ class GraphCache:
                 continue
 
 
+def footage_fingerprint(specs: list[str]) -> str | None:
+    """8 hex digits of the footage's file names and sizes (a folder: every file under it; a spec with
+    ``:``, a remote store or camera: its name alone); None when a local spec is not on this machine."""
+    digest = hashlib.sha256()
+    for spec in specs:
+        digest.update(spec.encode() + b"\n")
+        path = Path(spec.split("?")[0])
+        if ":" in spec:
+            continue
+        if not path.exists():
+            return None
+        files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
+        for file in files:
+            digest.update(f"{file.relative_to(path) if file != path else file.name}\t{file.stat().st_size}\n".encode())
+    return digest.hexdigest()[:8]
+
+
 def _runtime_version(backend: str) -> str:
     import importlib.metadata
 
@@ -309,7 +348,8 @@ def rank_agreement(backend: str, precision: str, model: AnomalyModel, graph: byt
                    windows: torch.Tensor) -> dict[str, float]:
     """Spearman's rank correlation with torch fp32 over ``windows`` of the score and of each term the
     model's calibration uses (``calibration_terms``, else ``term_weights``): 1.0 when the runtime
-    orders the windows as torch does; NaN outputs give NaN."""
+    orders the windows as torch does; and ``map_correlation``, Pearson's correlation of the anomaly
+    maps' pixels (all windows pooled). NaN outputs give NaN."""
     from scipy.stats import spearmanr
 
     with torch.inference_mode():
@@ -326,6 +366,8 @@ def rank_agreement(backend: str, precision: str, model: AnomalyModel, graph: byt
     for name, (got, want) in pairs.items():
         got, want = got.float().numpy(), want.float().numpy()
         agreement[name] = float(spearmanr(got, want)[0]) if np.isfinite(got).all() else float("nan")
+    got, want = output.anomaly_map.float().numpy().ravel(), reference.anomaly_map.float().numpy().ravel()
+    agreement["map_correlation"] = float(np.corrcoef(got, want)[0, 1]) if np.isfinite(got).all() else float("nan")
     return agreement
 
 
