@@ -5,6 +5,7 @@ start-of-run rank check, and the accuracy comparison's event pairing."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -22,29 +23,62 @@ openvino = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 
-@pytest.fixture
-def shipped_cache(shipped_checkpoint, ped2, tmp_path, monkeypatch):
+def _shipped(checkpoint, ped2) -> GraphCache:
     """The shipped Ped2 DMAD with its calibration's reference map, normal footage: Ped2 training
-    clip 01 (120 frames), graphs cached under ``tmp_path``."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    payload, sha256 = read_checkpoint_and_hash(shipped_checkpoint)
+    clip 01 (120 frames), graphs cached in ``$XDG_CACHE_HOME``."""
+    payload, sha256 = read_checkpoint_and_hash(checkpoint)
     reference = run_calibration(payload, sha256, None).reference
-    model = set_reference_maps(model_from_payload(payload, shipped_checkpoint), reference)
-    return GraphCache(model, shipped_checkpoint, sha256, reference, [str(ped2 / "training" / "frames" / "01")])
+    model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
+    return GraphCache(model, checkpoint, sha256, reference, [str(ped2 / "training" / "frames" / "01")])
 
 
-def test_int8_quantizes_the_convolutions_outside_the_deformation_and_ranks_windows_as_torch(shipped_cache, ped2, tmp_path):
+@pytest.fixture(scope="session")
+def made_graphs(shipped_checkpoint, ped2, tmp_path_factory):
+    """The shipped DMAD's ONNX graph and its int8 model (NNCF on Ped2 training clip 01: ~15 s), made
+    once for the session; the tests' own caches get copies (no measurements: those are each test's)."""
+    folder = tmp_path_factory.mktemp("made_graphs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(folder))
+        _shipped(shipped_checkpoint, ped2).graph("int8")
+    return folder / "anomstream" / "exports"
+
+
+def _copy_graphs(made, cache_home, suffixes: tuple[str, ...]) -> None:
+    exports = cache_home / "anomstream" / "exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    for path in made.iterdir():
+        if path.name.endswith(suffixes):
+            shutil.copy(path, exports / path.name)
+
+
+@pytest.fixture
+def shipped_cache(shipped_checkpoint, ped2, made_graphs, tmp_path, monkeypatch):
+    """:func:`_shipped` with its graphs cached under ``tmp_path``: the ONNX graph already there, no
+    int8 model yet (``int8_cache``: that too)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _copy_graphs(made_graphs, tmp_path / "cache", (".onnx",))
+    return _shipped(shipped_checkpoint, ped2)
+
+
+@pytest.fixture
+def int8_cache(shipped_cache, made_graphs, tmp_path):
+    """``shipped_cache`` with the session's int8 model in it (made by NNCF in ``made_graphs``)."""
+    _copy_graphs(made_graphs, tmp_path / "cache", (".ir",))
+    return shipped_cache
+
+
+def test_int8_quantizes_the_convolutions_outside_the_deformation_and_ranks_windows_as_torch(int8_cache, tmp_path):
     """NNCF quantizes the 24 convolutions outside DMAD's deformation network (33 in all; its 9 make
     the sampling grids and stay float), the model travels as OpenVINO IR bytes, is cached, and
-    orders Ped2 windows as torch fp32 does (measured: 0.997 on normal windows)."""
-    chosen = choose_backend("openvino", "int8", shipped_cache)
+    orders Ped2 windows as torch fp32 does (measured: 0.991-0.997 on normal windows)."""
+    chosen = choose_backend("openvino", "int8", int8_cache)
     assert (chosen.backend, chosen.precision, chosen.required) == ("openvino", "int8", True)
     assert is_ir(chosen.graph) and quantized_share(chosen.graph) == (24, 33)
     model = read_ir(openvino.Core(), chosen.graph)
     fed_by_quantizer = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"
                         and op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"}
     assert fed_by_quantizer and not any(name.startswith(("/deformation/", "/memory/")) for name in fed_by_quantizer)
-    agreement = shipped_cache.rank_agreement("openvino", "int8")
+    agreement = int8_cache.rank_agreement("openvino", "int8")
     assert set(agreement) == {"score", "term_gradient_excess", "term_deformation", "map_correlation"}
     assert agreement.pop("map_correlation") >= MAP_CORRELATION and min(agreement.values()) >= RANK_AGREEMENT, agreement
     cached = sorted(p.name for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir())
@@ -82,24 +116,24 @@ def test_auto_takes_the_fastest_precision_its_verdict_clears(shipped_cache, monk
     assert "int8: no measured AUC for this checkpoint" in plain.note
 
 
-def test_auto_takes_int8_with_bf16_float_parts_on_an_amx_cpu_only(shipped_cache, monkeypatch):
+def test_auto_takes_int8_with_bf16_float_parts_on_an_amx_cpu_only(int8_cache, monkeypatch):
     """The shipped verdict clears int8-bf16 (int8 convolutions, the float parts in bf16): on a CPU with
     AMX ``auto`` takes it after the rank check; with AVX512-BF16 and VNNI but no AMX (where it was not
     measured faster) plain int8, saying why not int8-bf16."""
     monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
     monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"})
-    chosen = choose_backend("auto", "auto", shipped_cache)
+    chosen = choose_backend("auto", "auto", int8_cache)
     assert (chosen.backend, chosen.precision, chosen.required) == ("openvino", "int8-bf16", False)
     assert is_ir(chosen.graph) and chosen.note.startswith("int8-bf16: micro AUC 0.9673 against fp32's 0.9671")
-    agreement = shipped_cache.rank_agreement("openvino", "int8-bf16")
+    agreement = int8_cache.rank_agreement("openvino", "int8-bf16")
     assert min(agreement.values()) >= RANK_AGREEMENT, agreement
     monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx512_bf16", "avx512_vnni"})
-    chosen = choose_backend("auto", "auto", shipped_cache)
+    chosen = choose_backend("auto", "auto", int8_cache)
     assert (chosen.backend, chosen.precision) == ("openvino", "int8")
     assert "int8-bf16: this CPU has no AMX (its float parts in bf16 were measured faster than int8's f32 with AMX " \
            "only)" in chosen.note
     with pytest.raises(choice_module.BackendError, match=r"^--precision int8-bf16 runs in OpenVINO"):
-        choose_backend("torch", "int8-bf16", shipped_cache)
+        choose_backend("torch", "int8-bf16", int8_cache)
 
 
 def test_auto_quantizes_once_when_nncf_fails_and_goes_on_to_bf16(shipped_cache, monkeypatch):
@@ -236,13 +270,15 @@ def test_a_runtime_whose_map_no_longer_follows_the_models_fails_the_check(shippe
 
 
 def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anything_is_written(shipped_checkpoint, ped2,
-                                                                                             tmp_path, monkeypatch):
+                                                                                             made_graphs, tmp_path,
+                                                                                             monkeypatch):
     """``anomstream export --precision int8`` makes the run's start-of-run check: a quantized graph
     whose scores no longer follow the model's (here: reversed) leaves no folder behind."""
     from anomstream.pipeline.backends import runners
     from anomstream.pipeline.backends.export import export_checkpoint
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _copy_graphs(made_graphs, tmp_path / "cache", (".onnx", ".ir"))
     _reverse_the_runtimes_scores(monkeypatch)
     with pytest.raises(runners.BackendError, match=r"^--backend openvino --precision int8: its score ranks normal "
                                                    r"windows unlike torch fp32 \(rank agreement -"):
@@ -251,6 +287,7 @@ def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anythi
     assert not (tmp_path / "int8").exists()
     monkeypatch.undo()  # the real runtime, a new cache (the reversed measure was kept with the graph)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    _copy_graphs(made_graphs, tmp_path / "cache2", (".onnx", ".ir"))
     metadata = export_checkpoint(shipped_checkpoint, "openvino", tmp_path / "int8", precision="int8",
                                  quantization_data=[str(ped2 / "training" / "frames" / "01")])
     measured = metadata["rank_agreement_with_torch"]
