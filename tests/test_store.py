@@ -224,3 +224,19 @@ def test_resumed_stream_counts_the_rows_already_on_disk(tmp_path):
     assert open_results(path)["v"].attrs["frame_counts"]["scored"] == 12
     assert open_results(path)["v"].attrs["frame_counts"]["warmup"] == 4
     assert open_results(path)["v"].attrs["gaps"] == [gap, later]
+
+
+def test_a_reader_beside_a_writer_creating_an_array_sees_no_warning(tmp_path):
+    """A live store read while its writer creates an array (its folder there, its zarr.json not yet):
+    the check lists the stream's arrays without zarr's "not recognized as a component" warning."""
+    import warnings
+
+    from anomstream.pipeline.store.integrity import check_stream
+
+    root = zarr.open_group(tmp_path / "live.zarr", mode="w")
+    stream = root.create_group("cam")
+    stream.create_array("frame_index", shape=(0,), chunks=(32,), dtype="int64")
+    (tmp_path / "live.zarr" / "cam" / "term_new" / "c").mkdir(parents=True)  # mid-creation
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_stream(zarr.open_group(tmp_path / "live.zarr", mode="r")["cam"], "cam", tmp_path / "live.zarr")

@@ -16,10 +16,12 @@ names the stream, the array and the rows.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import ZarrUserWarning
 
 from ..errors import StoreError, first_line
 from .accounting import FrameStatus
@@ -38,7 +40,10 @@ def check_stream(group: zarr.Group, stream_id: str, store: Any, maps: bool = Fal
     the per-frame arrays holding at least one chunk); ``maps``: the ``map`` array too (listed, not
     decoded: a long live stream holds many map chunks, so only readers of maps ask for it)."""
     written = int(group.attrs.get("written", 0))
-    names = {name for name in group.array_keys() if group[name].ndim > 0 and (maps or name != "map")}
+    with warnings.catch_warnings():  # an array a running writer is creating (no zarr.json yet): not listed
+        warnings.filterwarnings("ignore", "Object at .* is not recognized as a component", ZarrUserWarning)
+        listed_now = list(group.array_keys())
+    names = {name for name in listed_now if group[name].ndim > 0 and (maps or name != "map")}
     if written == 0 or "frame_index" not in names:
         return
     listed = _Listing(group)
