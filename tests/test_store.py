@@ -4,7 +4,7 @@ import xarray as xr
 import zarr
 
 from anomstream.pipeline.errors import StoreError
-from anomstream.pipeline.store import ResultStore, open_results, result_arrays
+from anomstream.pipeline.store import STORE_FORMAT, ResultStore, open_results, result_arrays
 
 ARRAYS = result_arrays((4, 6), ["a"])
 
@@ -227,16 +227,19 @@ def test_resumed_stream_counts_the_rows_already_on_disk(tmp_path):
 
 
 def test_a_reader_beside_a_writer_creating_an_array_sees_no_warning(tmp_path):
-    """A live store read while its writer creates an array (its folder there, its zarr.json not yet):
-    the check lists the stream's arrays without zarr's "not recognized as a component" warning."""
+    """A live store read while its writer creates an array or a stream (its folder there, its
+    zarr.json not yet): the reader lists them without zarr's "not recognized as a component" warning."""
     import warnings
 
     from anomstream.pipeline.store.integrity import check_stream
 
     root = zarr.open_group(tmp_path / "live.zarr", mode="w")
+    root.attrs["format"] = STORE_FORMAT
     stream = root.create_group("cam")
     stream.create_array("frame_index", shape=(0,), chunks=(32,), dtype="int64")
-    (tmp_path / "live.zarr" / "cam" / "term_new" / "c").mkdir(parents=True)  # mid-creation
+    (tmp_path / "live.zarr" / "cam" / "term_new" / "c").mkdir(parents=True)  # an array mid-creation
+    (tmp_path / "live.zarr" / "cam2" / "score").mkdir(parents=True)  # a stream mid-creation
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_stream(zarr.open_group(tmp_path / "live.zarr", mode="r")["cam"], "cam", tmp_path / "live.zarr")
+        open_results(tmp_path / "live.zarr")  # lists the streams, checks each

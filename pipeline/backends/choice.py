@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -174,14 +175,21 @@ class GraphCache:
         for key in sorted(reference or {}):
             digest.update(key.encode() + np.ascontiguousarray(reference[key], np.float32).tobytes())
         self.name = f"{sha256[:20]}-{digest.hexdigest()[:8]}-opset{ONNX_OPSET}-torch{torch.__version__.split('+')[0]}"
-        self._int8_name = self._int8_graph_name()
+        self._int8_known: str | None = None
         self._graphs: dict[str, bytes] = {}
         self._failed: dict[str, AnomstreamError] = {}  # a graph that could not be made: not tried again (auto's int8s)
         self._windows: np.ndarray | None = None
 
-    def _int8_graph_name(self) -> str:
+    @property
+    def _int8_name(self) -> str:
         """``int8-<the footage specs>-<their files' names and sizes>-...``: footage whose files changed
-        gets a new graph; footage not on this machine, the newest graph made from the same specs."""
+        gets a new graph; footage not on this machine, the newest graph made from the same specs
+        (found once per cache: the footage is walked only when int8 is asked for)."""
+        if self._int8_known is None:
+            self._int8_known = self._int8_graph_name()
+        return self._int8_known
+
+    def _int8_graph_name(self) -> str:
         specs = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
         tail = f"{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
         files = footage_fingerprint(self.footage)
@@ -233,7 +241,7 @@ class GraphCache:
 
     def _missing_footage(self) -> list[str]:
         """Footage specs that name a path not on this machine (relative ones: from the working folder)."""
-        return [spec for spec in self.footage if ":" not in spec and not Path(spec.split("?")[0]).exists()]
+        return [spec for spec in self.footage if (path := footage_path(spec)) is not None and not path.exists()]
 
     def parity(self, backend: str, precision: str) -> dict[str, float]:
         """:func:`parity` of ``backend`` in ``precision`` (the runtime's version in the key), measured once."""
@@ -297,20 +305,37 @@ class GraphCache:
                 continue
 
 
+_PREFIXED = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")  # rtsp://, s3://, camera:, linescan:, ped2: (not C:)
+
+
+def footage_path(spec: str) -> Path | None:
+    """The local file or folder a footage spec names, as the sources read it (the spec itself, else
+    before its ``?``: a clip's cut), whether or not it is on this machine; None for a spec that names
+    no local path (a camera, a remote store, a prefixed spec such as ``ped2:`` or ``linescan:``)."""
+    for candidate in (spec, spec.split("?")[0]):
+        if Path(candidate).exists():
+            return Path(candidate)
+    return None if _PREFIXED.match(spec) else Path(spec.split("?")[0])
+
+
 def footage_fingerprint(specs: list[str]) -> str | None:
-    """8 hex digits of the footage's file names and sizes (a folder: every file under it; a spec with
-    ``:``, a remote store or camera: its name alone); None when a local spec is not on this machine."""
+    """8 hex digits of the footage's file names and sizes (a folder: every file under it; a spec that
+    names no local path: its name alone); None when a local one is not (or no longer) on this machine."""
     digest = hashlib.sha256()
-    for spec in specs:
-        digest.update(spec.encode() + b"\n")
-        path = Path(spec.split("?")[0])
-        if ":" in spec:
-            continue
-        if not path.exists():
-            return None
-        files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
-        for file in files:
-            digest.update(f"{file.relative_to(path) if file != path else file.name}\t{file.stat().st_size}\n".encode())
+    try:
+        for spec in specs:
+            digest.update(spec.encode() + b"\n")
+            path = footage_path(spec)
+            if path is None:
+                continue
+            if not path.exists():
+                return None
+            files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
+            for file in files:
+                name = file.relative_to(path) if file != path else file.name
+                digest.update(f"{name}\t{file.stat().st_size}\n".encode())
+    except OSError:  # a file removed while the folder was walked
+        return None
     return digest.hexdigest()[:8]
 
 

@@ -17,6 +17,7 @@ names the stream, the array and the rows.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,14 @@ class DamagedStoreError(StoreError):
     """Rows below a stream's ``written`` mark are missing from the store or cannot be read."""
 
 
+def member_keys(keys: Callable[[], Iterable[str]]) -> list[str]:
+    """``keys()`` (a group's ``array_keys`` or ``group_keys``) without zarr's "not recognized as a
+    component" warning for a member a running writer is creating (no zarr.json yet: not listed)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Object at .* is not recognized as a component", ZarrUserWarning)
+        return list(keys())
+
+
 def check_stream(group: zarr.Group, stream_id: str, store: Any, maps: bool = False) -> None:
     """Raise DamagedStoreError when a chunk that must hold rows below the stream's ``written`` mark
     is missing or cannot be decoded (``store``: how the store is named in the message). The arrays
@@ -40,10 +49,7 @@ def check_stream(group: zarr.Group, stream_id: str, store: Any, maps: bool = Fal
     the per-frame arrays holding at least one chunk); ``maps``: the ``map`` array too (listed, not
     decoded: a long live stream holds many map chunks, so only readers of maps ask for it)."""
     written = int(group.attrs.get("written", 0))
-    with warnings.catch_warnings():  # an array a running writer is creating (no zarr.json yet): not listed
-        warnings.filterwarnings("ignore", "Object at .* is not recognized as a component", ZarrUserWarning)
-        listed_now = list(group.array_keys())
-    names = {name for name in listed_now if group[name].ndim > 0 and (maps or name != "map")}
+    names = {name for name in member_keys(group.array_keys) if group[name].ndim > 0 and (maps or name != "map")}
     if written == 0 or "frame_index" not in names:
         return
     listed = _Listing(group)

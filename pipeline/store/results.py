@@ -30,7 +30,7 @@ import zarr
 
 from ..errors import StoreError
 from .accounting import StreamAccounting
-from .integrity import DamagedStoreError, check_stream
+from .integrity import DamagedStoreError, check_stream, member_keys
 from .location import holds_objects, is_url, zarr_store
 
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ def open_results(path: str | Path, check: bool = True, maps: bool = False) -> za
     if root.attrs.get("format") != STORE_FORMAT:
         raise StoreError(f"{path}: not an anomstream store (format {root.attrs.get('format')!r})")
     if check:
-        for stream_id in sorted(root.group_keys()):
+        for stream_id in sorted(member_keys(root.group_keys)):
             check_stream(root[stream_id], stream_id, path, maps)
     return root
 

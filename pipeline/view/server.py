@@ -7,7 +7,7 @@ stream's shown frame: the camera's picture, at most VIEW_PICTURE_SIZE px, or the
 its map; 404 before its first scored frame), ``/api/streams/{n}/map.png`` (its map, translucent, to
 lay over the camera's picture; 404 when the frame is the model's input); both take ``?t=`` (a
 ``frame_time`` the JSON gave) and answer that frame's picture while it is among the stream's last
-RECENT_FRAMES shown ones, so a picture and its map always belong together; ``/api/events/{id}.jpg``
+RECENT_FRAMES shown ones, 404 after, so a picture and its map always belong together; ``/api/events/{id}.jpg``
 (an ended event's snapshot, from the run's events folder), ``/metrics`` (Prometheus text format:
 :mod:`pipeline.view.metrics`), ``/healthz`` (JSON: the run is up, each camera's state). Without the
 page (``--metrics PORT`` and no ``--view``) only the last two. Beyond loopback every request needs
@@ -86,14 +86,17 @@ class LiveView:
 
     def shown_view(self, index: int, frame_time: float | None) -> dict[str, Any] | None:
         """The n-th stream's (by sorted id) view snapshot as it was when it showed ``frame_time``
-        (seconds since the epoch, as the JSON gave it), else as it is now; None: no such stream."""
+        (seconds since the epoch, as the JSON gave it; None: as it is now); None: no such stream, or
+        that frame is no longer among its last RECENT_FRAMES (its picture and map would not match)."""
         views = sorted(self.snapshot().items())
         if not 0 <= index < len(views):
             return None
         stream_id, view = views[index]
+        if frame_time is None:
+            return view
         with self._lock:
             earlier = [seen for time_shown, seen in self._recent.get(stream_id, ()) if time_shown == frame_time]
-        return earlier[-1] if earlier else view
+        return earlier[-1] if earlier else None
 
     def _app(self):
         from fastapi import FastAPI
