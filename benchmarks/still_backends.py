@@ -6,10 +6,12 @@ of trained checkpoints scored through the pipeline with each backend.
 
 ``--speed``: each model built from its ``configs/mtd_<model>.yaml`` (weights as initialised: the
 graph's cost does not depend on them; models that fit statistics fit them on 16 normal MTD images),
-exported once, then torch eager, ONNX Runtime, OpenVINO fp32 and bf16 timed in interleaved rounds
-on the same 32 MTD test images (batch 16, 2 threads; medians of 3 rounds): images/s and the ratio
-to torch. ``--accuracy``: each run's ``model.pt`` scores the MTD test split (DS2 protocol, seed 0)
-through ``score_sources`` (2 replicas) with each backend; image / pixel AUROC and their difference
+exported once (int8: quantized by NNCF on 64 normal training images), then torch eager, ONNX
+Runtime, OpenVINO fp32, bf16 and int8 timed in interleaved rounds on the same 32 MTD test images
+(batch 16, 2 threads; medians of 3 rounds): images/s and the ratio to torch. ``--accuracy``: each
+run's ``model.pt`` scores the MTD test split (DS2 protocol, seed 0) through ``score_sources`` (2
+replicas) with each backend (int8: quantized on the training split's normal images); image / pixel
+AUROC and their difference
 to torch's (pooled over the split, from :func:`pipeline.evaluation.stills.scored_images`). Prints
 markdown tables.
 """
@@ -29,7 +31,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mtd"
-BACKENDS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+BACKENDS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+NORMAL = f"mtd:{DATA}?split=train&seed=0"  # int8's footage: the training split's normal images
 STILL_CONFIGS = ["mtd_padim", "mtd_favae", "mtd_adtr", "mtd_dsr", "mtd_ds2"]
 
 
@@ -40,26 +43,27 @@ def _windows(paths: list[Path], size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([prepare_frame(read_image(p), size, channels)[None] for p in paths]))
 
 
-def speed(rounds: int = 3, batch: int = 16) -> None:
+def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None) -> None:
     from anomstream.models.registry import build_model
     from anomstream.pipeline.backends.graph import export_onnx
+    from anomstream.pipeline.backends.quantize import quantize_int8
     from anomstream.pipeline.backends.runners import make_runner
     from anomstream.pipeline.config import load_config
     from anomstream.pipeline.datasets.layouts import mtd_split
 
     torch.set_num_threads(2)
     train, test = mtd_split(DATA)
-    print("| model (config) | torch images/s | ONNX Runtime | OpenVINO fp32 | OpenVINO bf16 |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in STILL_CONFIGS:
+    print("| model (config) | torch images/s | ONNX Runtime | OpenVINO fp32 | OpenVINO bf16 | OpenVINO int8 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in models or STILL_CONFIGS:
         config = load_config(REPO / "configs" / f"{name}.yaml")
         torch.manual_seed(0)
         model = build_model(config.model.name, config.model.params).eval()
         size, channels = model.image_size, model.channels
         windows = _windows([r.path for r in test[:32]], size, channels)
+        normal = _windows([r.path for r in train[:64]], size, channels)
         if model.fits_statistics:
-            normal = _windows([r.path for r in train[:16]], size, channels)
-            model.fit_statistics([normal[:8], normal[8:]])
+            model.fit_statistics([normal[:8], normal[8:16]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = export_onnx(model)
@@ -68,7 +72,9 @@ def speed(rounds: int = 3, batch: int = 16) -> None:
             if backend == "torch":
                 scorers[(backend, precision)] = model.score
             else:
-                scorers[(backend, precision)] = make_runner(backend, graph, model.term_names, 2, precision).score
+                made = quantize_int8(graph, [normal[i:i + 16].numpy() for i in range(0, 64, 16)],
+                                     model.quantization_excluded) if precision == "int8" else graph
+                scorers[(backend, precision)] = make_runner(backend, made, model.term_names, 2, precision).score
         samples: dict[tuple[str, str], list[float]] = {key: [] for key in scorers}
         for score in scorers.values():  # warm-up: every batch shape once
             with torch.inference_mode():
@@ -101,9 +107,10 @@ def accuracy(runs: list[Path], replicas: int = 2) -> None:
             reference = None
             for backend, precision in BACKENDS:
                 store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
+                settings = ScoreSection(replicas=replicas, backend=backend, precision=precision,
+                                        quantization_data=[NORMAL] if precision == "int8" else [])
                 report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
-                                               settings=ScoreSection(replicas=replicas, backend=backend, precision=precision),
-                                               mode="overwrite", progress=False))
+                                               settings=settings, mode="overwrite", progress=False))
                 images = scored_images(store)
                 image = image_auroc(np.array([i.score for i in images]), np.array([i.record.anomalous for i in images]))
                 pixel = pixel_auroc([i.anomaly_map for i in images], [i.mask for i in images])
@@ -117,11 +124,13 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="model-only images/s of every still model per backend")
     parser.add_argument("--accuracy", nargs="*", type=Path, default=[], metavar="RUN",
                         help="run folders (model.pt) scored on the MTD test split with every backend")
+    parser.add_argument("--models", nargs="*", default=None, metavar="CONFIG", help="--speed: these configs only")
+    parser.add_argument("--batch", type=int, default=16, help="--speed: images per call (DS2 at 16: ~12 GB per runtime)")
     args = parser.parse_args()
     if not (args.speed or args.accuracy):
         parser.error("give --speed and/or --accuracy RUN ...")
     if args.speed:
-        speed()
+        speed(batch=args.batch, models=args.models)
     if args.accuracy:
         accuracy(args.accuracy)
 

@@ -233,8 +233,10 @@ class DS2(AnomalyModel):
     def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> L2-normalised c5 patch embeddings (N, grid*grid, 512)."""
         patch, stride = self.config.patch, self.config.patch_stride
-        x = imagenet_normalise(images.float() / 255.0)
-        patches = F.unfold(x, patch, stride=stride).transpose(1, 2).reshape(-1, 3, patch, patch)
+        # cut first, normalise the patches: the same values, and OpenVINO's int8 compiler reads a
+        # normalisation before the cut as a dequantisation it cannot move through the cut (it refused)
+        patches = F.unfold(images.float(), patch, stride=stride).transpose(1, 2).reshape(-1, 3, patch, patch)
+        patches = imagenet_normalise(patches / 255.0)
         chunks = [patches] if torch.jit.is_tracing() else patches.split(self.config.embed_batch)  # export: any batch
         embedded = torch.cat([self.backbone(chunk)[1].mean((2, 3)) for chunk in chunks])
         return F.normalize(embedded, dim=1).view(images.shape[0], -1, 512)

@@ -277,6 +277,29 @@ def test_a_runtime_whose_map_no_longer_follows_the_models_fails_the_check(shippe
     assert float(message.split("correlation ")[1].split(",")[0]) < 0.5
 
 
+class _Constant:
+    """A runtime whose every window gets one score (PaDiM's int8 model did: 18.49 for every MTD image)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def score(self, windows):
+        output = self.runner.score(windows)
+        output.score = output.score * 0 + 18.49
+        return output
+
+
+def test_a_runtime_whose_score_is_constant_is_refused_saying_so(shipped_cache, monkeypatch):
+    from anomstream.pipeline.backends import runners
+
+    real = runners.make_runner
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Constant(real(*args)))
+    with pytest.raises(runners.BackendError) as refused:
+        choose_backend("openvino", "bf16", shipped_cache)
+    assert str(refused.value) == ("--backend openvino --precision bf16: its score gives no ranking of normal windows "
+                                  "(constant or not finite over them; torch fp32's varies); use --precision fp32")
+
+
 def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anything_is_written(shipped_checkpoint, ped2,
                                                                                              made_graphs, tmp_path,
                                                                                              monkeypatch):

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -151,6 +152,9 @@ def _checked(backend: str, precision: str, cache: GraphCache) -> BackendChoice:
             raise BackendError(f"--backend {backend} --precision {precision}: its anomaly map follows torch fp32's "
                                f"poorly over normal windows (correlation {agreement[worst]:.3f}, at least "
                                f"{MAP_CORRELATION} needed); use --precision fp32")
+        if np.isnan(agreement[worst]):
+            raise BackendError(f"--backend {backend} --precision {precision}: its {worst} gives no ranking of normal "
+                               f"windows (constant or not finite over them; torch fp32's varies); use --precision fp32")
         if not agreement[worst] >= least[worst]:
             raise BackendError(f"--backend {backend} --precision {precision}: its {worst} ranks normal windows unlike "
                                f"torch fp32 (rank agreement {agreement[worst]:.3f}, at least {RANK_AGREEMENT} "
@@ -375,7 +379,7 @@ def rank_agreement(backend: str, precision: str, model: AnomalyModel, graph: byt
     model's calibration uses (``calibration_terms``, else ``term_weights``): 1.0 when the runtime
     orders the windows as torch does; and ``map_correlation``, Pearson's correlation of the anomaly
     maps' pixels (all windows pooled). NaN outputs give NaN."""
-    from scipy.stats import spearmanr
+    from scipy.stats import ConstantInputWarning, spearmanr
 
     with torch.inference_mode():
         reference = model.score(windows)
@@ -390,7 +394,9 @@ def rank_agreement(backend: str, precision: str, model: AnomalyModel, graph: byt
     agreement = {}
     for name, (got, want) in pairs.items():
         got, want = got.float().numpy(), want.float().numpy()
-        agreement[name] = float(spearmanr(got, want)[0]) if np.isfinite(got).all() else float("nan")
+        with warnings.catch_warnings():  # a constant output: NaN, refused by the caller saying so
+            warnings.simplefilter("ignore", ConstantInputWarning)
+            agreement[name] = float(spearmanr(got, want)[0]) if np.isfinite(got).all() else float("nan")
     got, want = output.anomaly_map.float().numpy().ravel(), reference.anomaly_map.float().numpy().ravel()
     agreement["map_correlation"] = float(np.corrcoef(got, want)[0, 1]) if np.isfinite(got).all() else float("nan")
     return agreement
