@@ -218,23 +218,28 @@ def test_events_pair_by_stream_and_order_and_count_their_shift():
     assert fewer.event_shift(reference) is None
 
 
-class _Reversed:
-    """A runtime whose scores no longer follow the model's: each window's score negated."""
+class _Altered:
+    """A broken runtime: the real one's output, then ``change`` applied to it."""
 
-    def __init__(self, runner):
-        self.runner = runner
+    def __init__(self, runner, change):
+        self.runner, self.change = runner, change
 
     def score(self, windows):
         output = self.runner.score(windows)
-        output.score = -output.score
+        self.change(output)
         return output
 
 
-def _reverse_the_runtimes_scores(monkeypatch) -> None:
+def _alter_the_runtime(monkeypatch, change) -> None:
     from anomstream.pipeline.backends import runners
 
     real = runners.make_runner
-    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Reversed(real(*args)))
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Altered(real(*args), change))
+
+
+def _reverse_the_runtimes_scores(monkeypatch) -> None:
+    """Scores that no longer follow the model's: each window's score negated."""
+    _alter_the_runtime(monkeypatch, lambda output: setattr(output, "score", -output.score))
 
 
 def test_a_broken_runtime_fails_the_rank_check(shipped_cache, monkeypatch):
@@ -250,24 +255,11 @@ def test_a_broken_runtime_fails_the_rank_check(shipped_cache, monkeypatch):
     assert str(refused.value).endswith("needed); use --precision fp32")
 
 
-class _Flipped:
-    """A runtime whose anomaly maps are upside down (its scores still right)."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    def score(self, windows):
-        output = self.runner.score(windows)
-        output.anomaly_map = output.anomaly_map.flip(-2)
-        return output
-
-
 def test_a_runtime_whose_map_no_longer_follows_the_models_fails_the_check(shipped_cache, monkeypatch):
     """The scores rank windows as torch does, but the map is upside down: refused, naming the map."""
     from anomstream.pipeline.backends import runners
 
-    real = runners.make_runner
-    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Flipped(real(*args)))
+    _alter_the_runtime(monkeypatch, lambda output: setattr(output, "anomaly_map", output.anomaly_map.flip(-2)))
     with pytest.raises(runners.BackendError) as refused:
         choose_backend("openvino", "bf16", shipped_cache)
     message = str(refused.value)
@@ -277,23 +269,11 @@ def test_a_runtime_whose_map_no_longer_follows_the_models_fails_the_check(shippe
     assert float(message.split("correlation ")[1].split(",")[0]) < 0.5
 
 
-class _Constant:
-    """A runtime whose every window gets one score (PaDiM's int8 model did: 18.49 for every MTD image)."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    def score(self, windows):
-        output = self.runner.score(windows)
-        output.score = output.score * 0 + 18.49
-        return output
-
-
 def test_a_runtime_whose_score_is_constant_is_refused_saying_so(shipped_cache, monkeypatch):
+    """One score for every window (PaDiM's int8 model gave 18.49 for every MTD image): no ranking."""
     from anomstream.pipeline.backends import runners
 
-    real = runners.make_runner
-    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Constant(real(*args)))
+    _alter_the_runtime(monkeypatch, lambda output: setattr(output, "score", output.score * 0 + 18.49))
     with pytest.raises(runners.BackendError) as refused:
         choose_backend("openvino", "bf16", shipped_cache)
     assert str(refused.value) == ("--backend openvino --precision bf16: its score gives no ranking of normal windows "
