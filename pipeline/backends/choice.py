@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -179,21 +180,15 @@ class GraphCache:
         for key in sorted(reference or {}):
             digest.update(key.encode() + np.ascontiguousarray(reference[key], np.float32).tobytes())
         self.name = f"{sha256[:20]}-{digest.hexdigest()[:8]}-opset{ONNX_OPSET}-torch{torch.__version__.split('+')[0]}"
-        self._int8_known: str | None = None
         self._graphs: dict[str, bytes] = {}
         self._failed: dict[str, AnomstreamError] = {}  # a graph that could not be made: not tried again (auto's int8s)
         self._windows: np.ndarray | None = None
 
-    @property
+    @cached_property
     def _int8_name(self) -> str:
         """``int8-<the footage specs>-<their files' names and sizes>-...``: footage whose files changed
         gets a new graph; footage not on this machine, the newest graph made from the same specs
         (found once per cache: the footage is walked only when int8 is asked for)."""
-        if self._int8_known is None:
-            self._int8_known = self._int8_graph_name()
-        return self._int8_known
-
-    def _int8_graph_name(self) -> str:
         specs = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
         tail = f"{QUANTIZATION_WINDOWS}-nncf{_runtime_version('nncf')}"
         files = footage_fingerprint(self.footage)
