@@ -73,8 +73,9 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None) -> 
                 scorers[(backend, precision)] = model.score
             else:
                 made = quantize_int8(graph, [normal[i:i + 16].numpy() for i in range(0, 64, 16)],
-                                     model.quantization_excluded) if precision == "int8" else graph
-                scorers[(backend, precision)] = make_runner(backend, made, model.term_names, 2, precision).score
+                                     model.float_scopes()) if precision == "int8" else graph
+                scorers[(backend, precision)] = make_runner(backend, made, model.term_names, 2, precision,
+                                                            images_per_call=model.images_per_graph_call()).score
         samples: dict[tuple[str, str], list[float]] = {key: [] for key in scorers}
         for score in scorers.values():  # warm-up: every batch shape once
             with torch.inference_mode():
@@ -92,7 +93,7 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None) -> 
         print(f"| {config.model.name} (`{name}`) | " + " | ".join(cells) + " |", flush=True)
 
 
-def accuracy(runs: list[Path], replicas: int = 2) -> None:
+def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]] | None = None) -> None:
     from anomstream.pipeline.config import ScoreSection
     from anomstream.pipeline.driver.plan import RunPlan
     from anomstream.pipeline.driver.run import score_sources
@@ -105,7 +106,7 @@ def accuracy(runs: list[Path], replicas: int = 2) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for run in runs:
             reference = None
-            for backend, precision in BACKENDS:
+            for backend, precision in backends or BACKENDS:
                 store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
                 settings = ScoreSection(replicas=replicas, backend=backend, precision=precision,
                                         quantization_data=[NORMAL] if precision == "int8" else [])
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--accuracy", nargs="*", type=Path, default=[], metavar="RUN",
                         help="run folders (model.pt) scored on the MTD test split with every backend")
     parser.add_argument("--models", nargs="*", default=None, metavar="CONFIG", help="--speed: these configs only")
+    parser.add_argument("--backends", nargs="*", default=None, metavar="BACKEND[:PRECISION]",
+                        help="--accuracy: these only (torch onnxruntime openvino openvino:bf16 openvino:int8); "
+                             "the differences are to the first")
     parser.add_argument("--batch", type=int, default=16, help="--speed: images per call (DS2 at 16: ~12 GB per runtime)")
     args = parser.parse_args()
     if not (args.speed or args.accuracy):
@@ -132,7 +136,8 @@ def main() -> None:
     if args.speed:
         speed(batch=args.batch, models=args.models)
     if args.accuracy:
-        accuracy(args.accuracy)
+        chosen = [tuple((name + ":fp32").split(":")[:2]) for name in args.backends] if args.backends else None
+        accuracy(args.accuracy, backends=chosen)
 
 
 if __name__ == "__main__":

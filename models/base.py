@@ -51,9 +51,22 @@ class AnomalyModel(nn.Module):
     # Shares of training (0..1) at which the model starts training other parts (DSR's stage 3); the
     # learning-rate warm-up and cosine start again at each.
     training_phases: tuple[float, ...] = ()
-    # Sub-module paths (as ``named_modules`` spells them, ``/`` for ``.``) whose operations stay in
-    # float when the scoring graph is quantized to int8: sampling grids, vector-quantizer distances.
+    # Sub-module paths (ONNX scopes: ``named_modules``' names joined by ``/``, a list's index kept as
+    # ``blocks.0``) whose operations stay in float when the scoring graph is quantized to int8: sampling
+    # grids, vector-quantizer distances. See ``float_scopes`` for what sub-modules add.
     quantization_excluded: tuple[str, ...] = ()
+
+    def float_scopes(self) -> tuple[str, ...]:
+        """Every scope kept in float by int8 quantization: ``quantization_excluded`` and the scopes the
+        model's direct sub-modules name themselves (a frozen backbone's ``float_scopes``), prefixed."""
+        nested = [f"{name}/{scope}" for name, child in self.named_children() if hasattr(child, "float_scopes")
+                  for scope in child.float_scopes()]
+        return (*self.quantization_excluded, *nested)
+
+    def images_per_graph_call(self) -> int | None:
+        """The most windows the exported scoring graph should take per call (its memory grows with
+        them; the eager ``score`` may cut its own work), or None: a whole batch."""
+        return None
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float input in [-1, 1]."""

@@ -241,6 +241,11 @@ class DS2(AnomalyModel):
         embedded = torch.cat([self.backbone(chunk)[1].mean((2, 3)) for chunk in chunks])
         return F.normalize(embedded, dim=1).view(images.shape[0], -1, 512)
 
+    def images_per_graph_call(self) -> int:
+        """As many images as ``embed_batch`` patches: 4 at 256 px (225 patches each), as eager scoring
+        embeds them; the exported graph embeds a call's patches in one piece."""
+        return max(1, self.config.embed_batch // self.grid**2)
+
     @torch.no_grad()
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         from sklearn.covariance import ledoit_wolf

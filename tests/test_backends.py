@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from small_models import SMALL, still_windows
 
 from anomstream.pipeline.backends.choice import TOLERANCE, GraphCache, choose_backend, parity
 from anomstream.pipeline.backends.graph import export_onnx
-from anomstream.pipeline.backends.runners import BackendError
+from anomstream.pipeline.backends.runners import BackendError, make_runner
 from anomstream.pipeline.checkpoint import load_model
 from anomstream.pipeline.datasets.layouts import mtd_split
 from anomstream.pipeline.files import read_image
@@ -67,6 +68,28 @@ def test_every_model_exports_and_both_runtimes_match_torch_on_real_frames(name, 
         difference = parity(backend, "fp32", model, graph, windows)
         assert set(difference) == {"score", "map", *(f"term_{t}" for t in model.term_names)}
         assert max(difference.values()) <= TOLERANCE["fp32"], (backend, difference)
+
+
+def test_a_graph_scores_at_most_the_models_images_per_call(mtd_windows):
+    """DS2's graph embeds every patch of a call at once (eager DS2 embeds ``embed_batch`` patches at a
+    time): the runner cuts a batch into calls of ``images_per_graph_call()`` windows, here 2 (9
+    patches per 64-px image, 18 per embedding), and the outputs are those of one call of them all."""
+    model_class, config = SMALL["ds2"]
+    model = model_class(replace(config, embed_batch=18)).eval()
+    normal, cracks = mtd_windows
+    model.fit_statistics([normal[:6], normal[6:]])
+    assert model.images_per_graph_call() == 2
+    graph = export_onnx(model)
+    whole = make_runner("onnxruntime", graph, model.term_names, 1)
+    chunked = make_runner("onnxruntime", graph, model.term_names, 1, images_per_call=model.images_per_graph_call())
+    calls = []
+    real = chunked.runner.score
+    chunked.runner.score = lambda windows: calls.append(len(windows)) or real(windows)
+    windows = torch.cat([cracks, normal[:1]])
+    parts, one_call = chunked.score(windows), whole.score(windows)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(parts.score, one_call.score)
+    torch.testing.assert_close(parts.anomaly_map, one_call.anomaly_map)
 
 
 def test_export_writes_the_graph_and_what_its_users_need(shipped_checkpoint, ped2, tmp_path):

@@ -65,7 +65,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
         measured = {"rank_agreement_with_torch": cache.rank_agreement("openvino", "int8"),
                     "quantization": {"footage": footage, "windows": QUANTIZATION_WINDOWS,
                                      "quantized_convolutions": "{} of {}".format(*quantized_share(graph)),
-                                     "kept_in_float": list(model.quantization_excluded)}}
+                                     "kept_in_float": list(model.float_scopes())}}
     else:
         measured = {"parity_with_torch": parity(runtime, "fp32", model, graph) if _runtime_installed(fmt) else None}
     out.mkdir(parents=True, exist_ok=True)

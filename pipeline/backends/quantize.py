@@ -4,10 +4,11 @@ library, ``nncf.quantize``) on windows of normal footage, scored by OpenVINO's C
 Only convolutions are quantized (weights per channel, activations per tensor, NNCF's default
 preset); every other operation keeps float: the score's arithmetic after the network (box means,
 the calibration's z-maps, maxima), DMAD's sampling grids (``GridSample``) and vector-quantizer
-distances (a ``MatMul`` followed by ``ArgMin``), DSR's codebook look-ups. A model can keep whole
-sub-modules out too (``AnomalyModel.quantization_excluded``): measured on the shipped Ped2 DMAD
-(docs/backends.md), quantizing its deformation network moved the deformation term by 61 % of its
-range, against 5 % with it kept in float.
+distances (a ``MatMul`` followed by ``ArgMin``), DSR's codebook look-ups, and the convolutions that
+filter a score map (:func:`map_filters`). A model keeps whole sub-modules out too
+(``AnomalyModel.float_scopes()``: its ``quantization_excluded`` and its frozen backbone's): measured
+on the shipped Ped2 DMAD (docs/backends.md), quantizing its deformation network moved the
+deformation term by 61 % of its range, against 5 % with it kept in float.
 
 The quantized model travels as bytes (:func:`pipeline.backends.ir.pack_ir`).
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +30,10 @@ from .ov import import_nncf, import_openvino
 from .runners import BackendError
 
 QUANTIZED_TYPES = ("Convolution", "ConvolutionBackpropData")
+# What quantize_int8 leaves in float, as a number in the cached int8 models' names: raised when that
+# changes, so a model quantized by an older rule is not reused (2: score-map filters kept in float; the
+# models' own float_scopes are in the name already, with a hash of the models' code).
+QUANTIZE_RECIPE = 2
 
 
 def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[str, ...] = ()) -> bytes:
@@ -45,7 +52,8 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
         raise BackendError("--precision int8: no windows of normal footage to quantize on")
     model = openvino.convert_model(io.BytesIO(onnx))
     other_types = sorted({op.get_type_name() for op in model.get_ordered_ops()} - set(QUANTIZED_TYPES))
-    scope = nncf.IgnoredScope(types=other_types, patterns=[f"/{path}/.*" for path in excluded], validate=False)
+    scope = nncf.IgnoredScope(names=map_filters(model), types=other_types,
+                              patterns=[f"/{re.escape(path)}/.*" for path in excluded], validate=False)
     dataset = nncf.Dataset(batches, lambda batch: {INPUT_NAME: np.ascontiguousarray(batch)})
     quiet = logging.getLogger("nncf")
     level = quiet.level
@@ -57,6 +65,17 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     finally:
         quiet.setLevel(level)
     return pack_ir(quantized)
+
+
+def map_filters(model: Any) -> list[str]:
+    """Names of the convolutions in an OpenVINO ``model`` (``openvino.Model``) that take one channel to
+    one channel: filters over a score map (the still models' Gaussian smoothing of the map, DS2's fold of
+    patch scores onto pixels), not network layers. Quantized, such a filter's input range is fitted on
+    normal footage and every anomalous value above it is clipped to the normal maximum (PaDiM's int8
+    model gave every MTD image one score and one map)."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in QUANTIZED_TYPES and op.input(1).get_partial_shape().is_static
+            and list(op.input(1).get_partial_shape().to_shape())[:2] == [1, 1]]
 
 
 def quantized_share(graph: bytes) -> tuple[int, int]:

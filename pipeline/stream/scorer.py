@@ -53,7 +53,7 @@ class Scorer:
         if self.backend.backend != "torch":
             try:
                 self.runner = make_runner(self.backend.backend, self.backend.graph, self.model.term_names, threads,
-                                          self.backend.precision)
+                                          self.backend.precision, images_per_call=self.model.images_per_graph_call())
                 self.device = torch.device("cpu")  # the runtimes score on the CPU
             except BackendError as error:
                 if self.backend.required:
