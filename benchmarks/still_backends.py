@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", default=None, metavar="BACKEND[:PRECISION]",
                         help="--accuracy: these only (torch onnxruntime openvino openvino:bf16 openvino:int8); "
                              "the differences are to the first")
-    parser.add_argument("--batch", type=int, default=16, help="--speed: images per call (DS2 at 16: ~12 GB per runtime)")
+    parser.add_argument("--batch", type=int, default=16, help="--speed: images per batch (DS2's graph: 4 images per call)")
     args = parser.parse_args()
     if not (args.speed or args.accuracy):
         parser.error("give --speed and/or --accuracy RUN ...")

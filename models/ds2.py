@@ -242,8 +242,9 @@ class DS2(AnomalyModel):
         return F.normalize(embedded, dim=1).view(images.shape[0], -1, 512)
 
     def images_per_graph_call(self) -> int:
-        """As many images as ``embed_batch`` patches: 4 at 256 px (225 patches each), as eager scoring
-        embeds them; the exported graph embeds a call's patches in one piece."""
+        """As many images as ``embed_batch`` patches (``mtd_ds2``: 4, of 225 patches each; 1 at the
+        paper's stride of 4), as eager scoring embeds them; the exported graph embeds a call's patches
+        in one piece."""
         return max(1, self.config.embed_batch // self.grid**2)
 
     @torch.no_grad()

@@ -90,6 +90,9 @@ def test_a_graph_scores_at_most_the_models_images_per_call(mtd_windows):
     assert calls == [2, 2, 1]
     torch.testing.assert_close(parts.score, one_call.score)
     torch.testing.assert_close(parts.anomaly_map, one_call.anomaly_map)
+    assert parts.terms.keys() == one_call.terms.keys()
+    for name in parts.terms:
+        torch.testing.assert_close(parts.terms[name], one_call.terms[name])
 
 
 def test_export_writes_the_graph_and_what_its_users_need(shipped_checkpoint, ped2, tmp_path):

@@ -288,7 +288,7 @@ def _alter_the_runtime(monkeypatch, change) -> None:
     from anomstream.pipeline.backends import runners
 
     real = runners.make_runner
-    monkeypatch.setattr(choice_module, "make_runner", lambda *args: _Altered(real(*args), change))
+    monkeypatch.setattr(choice_module, "make_runner", lambda *args, **kwargs: _Altered(real(*args, **kwargs), change))
 
 
 def _reverse_the_runtimes_scores(monkeypatch) -> None:
