@@ -190,9 +190,9 @@ class GraphCache:
     def _int8_name(self) -> str:
         """``int8-<footage specs>-<their files' names and sizes>-<windows>-q<QUANTIZE_RECIPE>-nncf<version>``
         (after ``name``, which hashes the models' code): footage whose files changed, or a new rule in
-        :func:`quantize_int8` of what stays float, gets a new graph; footage not on
-        this machine, the newest graph made from the same specs (found once per cache: the footage is
-        walked only when int8 is asked for)."""
+        :func:`quantize_int8` of what stays float, gets a new graph; footage not on this machine, the
+        newest graph made from the same specs (found once per cache: the footage is walked only when
+        int8 is asked for)."""
         specs = hashlib.sha256("\n".join(self.footage).encode()).hexdigest()[:8]
         tail = f"{QUANTIZATION_WINDOWS}-q{QUANTIZE_RECIPE}-nncf{_runtime_version('nncf')}"
         files = footage_fingerprint(self.footage)

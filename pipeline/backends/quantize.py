@@ -73,9 +73,9 @@ def map_filters(model: Any) -> list[str]:
     patch scores onto pixels), not network layers. Quantized, such a filter's input range is fitted on
     normal footage and every anomalous value above it is clipped to the normal maximum (PaDiM's int8
     model gave every MTD image one score and one map)."""
-    return [op.get_friendly_name() for op in model.get_ordered_ops()
-            if op.get_type_name() in QUANTIZED_TYPES and op.input(1).get_partial_shape().is_static
-            and list(op.input(1).get_partial_shape().to_shape())[:2] == [1, 1]]
+    weights = {op.get_friendly_name(): op.input(1).get_partial_shape() for op in model.get_ordered_ops()
+               if op.get_type_name() in QUANTIZED_TYPES}
+    return [name for name, shape in weights.items() if shape.is_static and list(shape.to_shape())[:2] == [1, 1]]
 
 
 def quantized_share(graph: bytes) -> tuple[int, int]:
