@@ -155,7 +155,7 @@ class FakeWriter:
     def __init__(self, store: FakeStore, faults: Faults) -> None:
         self.store, self.faults, self.dead = store, faults, False
         for name in ("stored_stream", "open_stream", "write", "write_unscored", "close_stream", "add_gaps", "flush_due",
-                     "accounting"):
+                     "flush_all", "accounting"):
             setattr(self, name, Method(getattr(self, f"_{name}")))
 
     def _call(self, value=None):
@@ -198,6 +198,9 @@ class FakeWriter:
         return self._call()
 
     def _flush_due(self):
+        return self._call()
+
+    def _flush_all(self):
         return self._call()
 
     def _accounting(self):
@@ -246,9 +249,10 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr("anomstream.pipeline.driver.writing.ray", FakeRay)
 
 
-def _run(sources, faults: Faults, replicas: int = 2, live: LiveOptions | None = None):
-    store = FakeStore()
-    pool = FakePool(replicas, decoders=len(sources), faults=faults, store=store)
+def _run(sources, faults: Faults, replicas: int = 2, live: LiveOptions | None = None, decoders: int | None = None,
+         pool: FakePool | None = None):
+    store = pool.store if pool is not None else FakeStore()
+    pool = pool or FakePool(replicas, decoders=decoders or len(sources), faults=faults, store=store)
     report = RunReport("fake.zarr")
     report.faults.echo = False
     setup = StreamSetup(WindowShape(5, 128, 1), {}, ScoreSection(replicas=replicas, batch_size=BATCH, flush_s=0),
@@ -356,3 +360,94 @@ def test_a_writer_lost_after_every_stream_closed_costs_the_run_attrs_only(fake_r
                                        "actor experienced an error before finishing this task.); the streams are "
                                        "complete, the store's root attrs faults and replicas are not written\n")
     assert store.closed == {"a": (None, [])} and store.rows["a"] == _whole(20)
+
+
+class AwaitedRef(Ref):
+    """A fake reference that notes when ``ray.get`` reads it."""
+
+    def __init__(self, log: list, name: str, value=None, error=None) -> None:
+        super().__init__(value, error)
+        self.log, self.name = log, name
+
+
+class LoggingWriter(FakeWriter):
+    """A FakeWriter whose opens note when they are awaited, and whose stored-state answers note when asked."""
+
+    def __init__(self, store, faults, log: list, open_error: BaseException | None = None) -> None:
+        super().__init__(store, faults)
+        self.log, self.open_error = log, open_error
+
+    def _stored_stream(self, stream_id):
+        self.log.append(("asked", stream_id))
+        return super()._stored_stream(stream_id)
+
+    def _open_stream(self, stream_id, arrays, chunk, frame_count, attrs):
+        super()._open_stream(stream_id, arrays, chunk, frame_count, attrs)
+        self.log.append(("open", stream_id))
+        return AwaitedRef(self.log, f"open {stream_id}", error=self.open_error)
+
+
+class LoggingReplica(FakeReplica):
+    def __init__(self, faults, log: list) -> None:
+        super().__init__(faults)
+        self.log = log
+        self.score = Method(self._logged_score)
+
+    def _logged_score(self, model_call, batch_ref):
+        self.log.append(("score", batch_ref.value[0]))
+        return self._score(model_call, batch_ref)
+
+
+@pytest.fixture
+def awaited_log(fake_ray, monkeypatch):
+    """A log of the fake run's calls, with ``("awaited", name)`` where ray.get read an AwaitedRef."""
+    log: list = []
+    plain_get = FakeRay.get
+
+    def get(ref, timeout=None):
+        if isinstance(ref, AwaitedRef):
+            log.append(("awaited", ref.name))
+        return plain_get(ref, timeout)
+
+    monkeypatch.setattr(FakeRay, "get", staticmethod(get))
+    return log
+
+
+def _logging_pool(log: list, decoders: int, open_error: BaseException | None = None) -> FakePool:
+    pool = FakePool(2, decoders, Faults(), FakeStore())
+    pool.writers = WriterSet([(LoggingWriter(pool.store, pool.faults, log, open_error), 1)])
+    pool.replicas = [ReplicaSlot(LoggingReplica(pool.faults, log)) for _ in range(2)]
+    return pool
+
+
+def test_the_store_is_asked_about_inputs_ahead_and_a_streams_opening_is_not_waited_for(awaited_log):
+    """Two decoders, five inputs: the first four inputs' stored state is asked before the first opens
+    (two to open, two ahead), and the first stream is scored before its opening is awaited."""
+    sources = [FakeSource(name, 40) for name in "abcde"]
+    store, report, _ = _run(sources, Faults(), pool=_logging_pool(awaited_log, decoders=2))
+    assert store.rows == {name: _whole(40) for name in "abcde"}
+    assert set(store.closed) == set("abcde") and report.frames == 200
+    assert awaited_log[:5] == [("asked", "a"), ("asked", "b"), ("asked", "c"), ("asked", "d"), ("open", "a")]
+    assert awaited_log.index(("score", "a")) < awaited_log.index(("awaited", "open a"))
+    asked = [entry[1] for entry in awaited_log if entry[0] == "asked"]
+    assert asked == list("abcde")  # each input asked once
+
+
+def test_a_stream_that_cannot_be_opened_in_the_store_ends_the_run_with_the_stores_error(awaited_log):
+    from anomstream.pipeline.errors import StoreError
+
+    cause = StoreError("out.zarr: cannot write the store (No space left on device); what is written is kept")
+    error = RayTaskError("open_stream", "traceback", cause).as_instanceof_cause()
+    with pytest.raises(StoreError) as failed:
+        _run([FakeSource("a", 40)], Faults(), pool=_logging_pool(awaited_log, decoders=1, open_error=error))
+    assert str(failed.value) == ("out.zarr: cannot write the store (No space left on device); what is written is "
+                                 "kept: run again with --resume")
+
+
+def test_a_writer_lost_while_inputs_wait_is_replaced_and_their_stored_state_asked_again(fake_ray):
+    """Four inputs, two decoders: the writer dies at a's third batch, after c and d were asked about."""
+    sources = [FakeSource(name, 48) for name in "abcd"]
+    store, report, pool = _run(sources, Faults(writer_a_2=1), decoders=2)
+    assert store.rows == {name: _whole(48) for name in "abcd"}
+    assert store.closed == {name: (None, []) for name in "abcd"}
+    assert pool.replaced["writers"] == 1 and report.faults.counts == {"writer_replaced": 1}

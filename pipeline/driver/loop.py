@@ -225,7 +225,6 @@ class ScoringLoop:
         source = self.opener.opened[stream_id]
         self.redecode.lost(self.dispatcher, stream_id, source.describe(), source.is_live, why, self)
 
-
     def start_decoding(self, stream_id: str, decoder: Any, row: int) -> None:
         self.opener.start_decoding(stream_id, decoder, row)
 
@@ -247,6 +246,7 @@ class ScoringLoop:
         self.events.hold()  # writers still alive (a lost result) hand over what they detected
         self.pool.replace_writers()
         self.rows.forget_in_flight()
+        self.opener.forget_asked()
         written = {}
         for stream_id in self.dispatcher.streams:
             stored = self.rows.stored(stream_id)

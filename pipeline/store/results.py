@@ -156,20 +156,19 @@ class ResultStore:
         if stream_id in self.root and self.written(stream_id) > 0:
             group = self.root[stream_id]
             group.attrs.update({key: attrs[key] for key in RESUMED_ATTRS if key in attrs})
+            handles = {name: group[name] for name in group.array_keys()}
         else:
-            group = self.root.create_group(stream_id, overwrite=True)
+            group = self.root.create_group(stream_id, overwrite=True,
+                                           attributes={"written": 0, "complete": False, "error": None, **attrs})
             row_chunk = _round_up(ROW_CHUNK, chunk)
             capacity = frame_count or row_chunk  # a header's length is right most often: no resize at the end
-            for name, spec in arrays.items():
-                group.create_array(
-                    name, shape=(capacity, *spec.frame_shape),
-                    chunks=(chunk if spec.frame_shape else row_chunk, *spec.frame_shape),
-                    dtype=spec.dtype, fill_value=spec.fill_value,
-                    dimension_names=("frame", *spec.dimension_names),
-                )
-            group.attrs.update({"written": 0, "complete": False, "error": None, **attrs})
+            handles = {name: group.create_array(name, shape=(capacity, *spec.frame_shape),
+                                                chunks=(chunk if spec.frame_shape else row_chunk, *spec.frame_shape),
+                                                dtype=spec.dtype, fill_value=spec.fill_value,
+                                                dimension_names=("frame", *spec.dimension_names))
+                       for name, spec in arrays.items()}
         self.streams[stream_id] = group
-        self.arrays[stream_id] = {name: group[name] for name in group.array_keys()}
+        self.arrays[stream_id] = handles
         self.accounting[stream_id] = accounting = StreamAccounting(live=bool(attrs.get("live")))
         self.next_row[stream_id] = written = int(group.attrs.get("written", 0))
         if written and "status" in group:  # a resumed stream: what is on disk counts already
@@ -229,9 +228,16 @@ class ResultStore:
     def flush(self, stream_id: str) -> None:
         """Every row of the stream that arrived onto disk, then ``written`` (so it never covers a
         row that is not there)."""
+        attrs = self._write_pending(stream_id)
+        if attrs:
+            self.streams[stream_id].attrs.update(attrs)
+
+    def _write_pending(self, stream_id: str) -> dict[str, Any]:
+        """The stream's rows that arrived onto disk; returns the attrs that then say so (``written``
+        and others; empty: nothing was pending), for the caller to write in one update."""
         pending = self._pending.get(stream_id)
         if not pending:
-            return
+            return {}
         values = {name: np.concatenate([rows[name] for rows in pending]) for name in pending[0]}
         arrays = self.arrays[stream_id]
         start, end = self._pending_since[stream_id][0], self.next_row[stream_id]
@@ -252,7 +258,7 @@ class ResultStore:
         if time.monotonic() - self._attrs_refreshed[stream_id] >= ATTRS_REFRESH_S:
             attrs.update(self.accounting[stream_id].attrs())
             self._attrs_refreshed[stream_id] = time.monotonic()
-        self.streams[stream_id].attrs.update(attrs)
+        return attrs
 
     def add_gaps(self, stream_id: str, gaps: list[dict[str, Any]]) -> None:
         """Intervals without frames (``{"start", "end", "kind"}``, seconds since the epoch), kept in
@@ -298,14 +304,15 @@ class ResultStore:
 
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
-        """``stopped``: a live stream ended by the run (duration, signal), not by its source."""
-        self.flush(stream_id)
+        """``stopped``: a live stream ended by the run (duration, signal), not by its source. The
+        rows that waited are written first; ``written`` and ``complete`` then go in one attrs update."""
+        attrs = self._write_pending(stream_id)
         group = self.streams[stream_id]
-        written = int(group.attrs["written"])
+        written = int(attrs.get("written", group.attrs["written"]))
         for array in self.arrays[stream_id].values():
             if array.shape[0] != written:
                 array.resize((written, *array.shape[1:]))
-        group.attrs.update({"complete": error is None, "error": error, "finished": _now(),
+        group.attrs.update({**attrs, "complete": error is None, "error": error, "finished": _now(),
                             "warnings": list(warnings or []), "stopped": stopped, **self.accounting[stream_id].attrs()})
 
 
