@@ -40,11 +40,26 @@ class Ref:
         self.value, self.error, self.order = value, error, next(Ref.counter)
 
 
+class AnsweredWhenRead(Ref):
+    """A writer's answer made when ``ray.get`` reads it: RayActorError if the writer died since."""
+
+    def __init__(self, writer, answer) -> None:
+        super().__init__()
+        self.writer, self.answer = writer, answer
+
+    def read(self):
+        if self.writer.dead:
+            raise RayActorError()
+        return self.answer()
+
+
 class FakeRay:
     @staticmethod
     def get(ref, timeout=None):
         if isinstance(ref, list):
             return [FakeRay.get(r) for r in ref]
+        if isinstance(ref, AnsweredWhenRead):
+            return ref.read()
         if ref.error is not None:
             raise ref.error
         return ref.value
@@ -438,16 +453,29 @@ def test_a_stream_that_cannot_be_opened_in_the_store_ends_the_run_with_the_store
 
     cause = StoreError("out.zarr: cannot write the store (No space left on device); what is written is kept")
     error = RayTaskError("open_stream", "traceback", cause).as_instanceof_cause()
+    pool = _logging_pool(awaited_log, decoders=1, open_error=error)
     with pytest.raises(StoreError) as failed:
-        _run([FakeSource("a", 40)], Faults(), pool=_logging_pool(awaited_log, decoders=1, open_error=error))
+        _run([FakeSource("a", 40)], Faults(), pool=pool)
     assert str(failed.value) == ("out.zarr: cannot write the store (No space left on device); what is written is "
                                  "kept: run again with --resume")
+    assert ("open", "a") in awaited_log and ("score", "a") in awaited_log  # sent on without waiting for the open
+    assert pool.store.closed == {}  # the stream is not closed, as complete or otherwise
+
+
+class AskedLazilyWriter(FakeWriter):
+    """Answers what the store holds of a stream when the answer is read, as Ray does: an answer
+    asked of a writer that died before it was read fails."""
+
+    def _stored_stream(self, stream_id):
+        return AnsweredWhenRead(self, lambda: super(AskedLazilyWriter, self)._stored_stream(stream_id).value)
 
 
 def test_a_writer_lost_while_inputs_wait_is_replaced_and_their_stored_state_asked_again(fake_ray):
     """Four inputs, two decoders: the writer dies at a's third batch, after c and d were asked about."""
     sources = [FakeSource(name, 48) for name in "abcd"]
-    store, report, pool = _run(sources, Faults(writer_a_2=1), decoders=2)
+    pool = FakePool(2, 2, Faults(writer_a_2=1), FakeStore())
+    pool.writers = WriterSet([(AskedLazilyWriter(pool.store, pool.faults), 1)])
+    store, report, pool = _run(sources, pool.faults, pool=pool)
     assert store.rows == {name: _whole(48) for name in "abcd"}
     assert store.closed == {name: (None, []) for name in "abcd"}
     assert pool.replaced["writers"] == 1 and report.faults.counts == {"writer_replaced": 1}

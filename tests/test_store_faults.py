@@ -267,3 +267,49 @@ class _Named:
 
     def describe(self) -> str:
         return self.stream_id
+
+
+def _rows(first: int, count: int) -> dict[str, np.ndarray]:
+    """A batch of scored rows as a replica answers them (no terms), maps 8 x 8."""
+    return {"score": np.full(count, 0.5, np.float32), "score_raw": np.full(count, 0.5, np.float32),
+            "map": np.zeros((count, 8, 8), np.float16), "frame_index": np.arange(first, first + count),
+            "timestamp": np.full(count, np.nan), "valid": np.ones(count, bool), "status": np.zeros(count, np.uint8)}
+
+
+def test_a_writer_refuses_the_rows_and_close_of_a_stream_whose_opening_failed_part_way(tmp_path, monkeypatch):
+    """The driver sends a stream's writes without waiting for its opening; when the opening fails
+    after the store opened the stream (here the live view's state, an I/O error), the writer must
+    not put those rows on disk nor mark the stream complete. Opened again, it is written."""
+    import anomstream.workers.writer as writer_module
+    from anomstream.pipeline.errors import StoreError
+    from anomstream.pipeline.store import result_arrays
+
+    path = tmp_path / "s.zarr"
+    writer = writer_module.WriterActor.__ray_metadata__.modified_class()
+    writer.open(writer_module.WriterConfig(str(path), {"model": "test"}, "overwrite", view=True))
+    arrays, attrs = result_arrays((8, 8), []), {"source": "a.avi", "live": False}
+
+    def broken_view():
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer_module, "StreamView", broken_view)
+    with pytest.raises(StoreError, match=r"cannot write the store \(Input/output error\)"):
+        writer.open_stream("a", arrays, 4, 8, attrs)
+    refusal = f"{path}: stream a is not open in this writer (its opening failed); its rows are not written"
+    for call in (lambda: writer.write("a", 0, _rows(0, 4)), lambda: writer.close_stream("a")):
+        with pytest.raises(StoreError) as refused:
+            call()
+        assert str(refused.value) == refusal
+    writer.flush_all()
+    group = zarr.open_group(str(path), mode="r")["a"]
+    assert group.attrs["written"] == 0 and group.attrs["complete"] is False
+    assert np.all(group["status"][:] == 255)  # no row on disk
+
+    monkeypatch.undo()
+    writer.open_stream("a", arrays, 4, 8, attrs)
+    writer.write("a", 0, _rows(0, 4))
+    writer.write("a", 4, _rows(4, 4))
+    writer.close_stream("a")
+    group = zarr.open_group(str(path), mode="r")["a"]
+    assert group.attrs["written"] == 8 and group.attrs["complete"] is True
+    assert group["frame_index"][:].tolist() == list(range(8))

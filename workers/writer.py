@@ -88,6 +88,7 @@ class WriterActor:
         self.calibration = config.calibration
         self.calibrators: dict[str, StreamCalibrator] = {}
         self.scenes: dict[str, SceneCheck] = {}  # per calibrated stream: does the model fit its scene
+        self.ready: set[str] = set()  # streams whose open_stream finished: the only ones written or closed
         created = self.store.root.attrs.get("created") if isinstance(self.store, ResultStore) else None
         run_key = f"{config.path}|{created or time.time_ns()}"  # a resumed store keeps its events' ids
         self.events = EventRecorder(config.events, run_key, fresh=config.mode == "overwrite", deliver=config.deliver) \
@@ -109,6 +110,9 @@ class WriterActor:
     @_store_errors
     def open_stream(self, stream_id: str, arrays: dict[str, ArraySpec], chunk: int,
                     frame_count: int | None, attrs: dict[str, Any]) -> None:
+        """Open (or reopen) a stream. The driver does not wait for it: the stream's writes queue
+        behind it, and are refused when it failed (:meth:`_check_ready`)."""
+        self.ready.discard(stream_id)
         self.store.open_stream(stream_id, arrays, chunk, frame_count, attrs)
         self.specs[stream_id] = arrays
         if self.views is not None:
@@ -124,12 +128,21 @@ class WriterActor:
         if self.events is not None:
             own = attrs.get("event_rule") or {}
             self.events.open_stream(stream_id, own.get("threshold"), own.get("low_threshold"))
+        self.ready.add(stream_id)
+
+    def _check_ready(self, stream_id: str) -> None:
+        """Rows and closes of a stream whose opening failed part-way (the store opened it, its
+        calibrator or event detector did not start) never reach the disk."""
+        if stream_id not in self.ready:
+            raise StoreError(f"{self.path}: stream {stream_id} is not open in this writer (its opening failed); "
+                             f"its rows are not written")
 
     @_store_errors
     def write(self, stream_id: str, row: int, values: dict[str, np.ndarray], batch: WindowBatch | None = None) -> int:
         """Rows [row, row + n) of a stream (store rows: a frame index may skip, rows do not);
         ``batch``: the batch they were scored from (for the live view's frame and event snapshots;
         None: neither is taken from these rows)."""
+        self._check_ready(stream_id)
         if stream_id in self.calibrators:
             values = {**values, "score": self.calibrators[stream_id](*_calibration_inputs(values))}
             self._judge_scene(stream_id, values)
@@ -156,6 +169,7 @@ class WriterActor:
 
     def write_unscored(self, stream_id: str, row: int, batch: WindowBatch, dropped: bool) -> int:
         """A batch that no replica scores: nothing in it to score, or dropped (policy ``latest``)."""
+        self._check_ready(stream_id)
         return self.write(stream_id, row, unscored_rows(batch, self.specs[stream_id], dropped))
 
     @_store_errors
@@ -209,6 +223,7 @@ class WriterActor:
     @_store_errors
     def close_stream(self, stream_id: str, error: str | None = None, warnings: list[str] | None = None,
                      stopped: bool = False) -> None:
+        self._check_ready(stream_id)
         if self.events is not None:
             self.store.add_events(stream_id, self.events.close_stream(stream_id))
         self.store.close_stream(stream_id, error, warnings, stopped)

@@ -6,7 +6,7 @@ skipped, a changed input refused), opens the stream there with its attrs, and st
 The store is asked about the next inputs ahead of their turn, and a stream's opening in the store is
 not waited for: the driver never waits in the writer's queue (behind other streams' writes and
 closes) while replicas wait for batches. A run of 4 Ped2 clips on 2 replicas began scoring 167 ms
-after its start when each input waited for its writer (3 opens of ~50 ms), 34 ms after.
+after its start when each input waited for its writer (3 opens of ~50 ms), ~40 ms after.
 """
 
 from __future__ import annotations
