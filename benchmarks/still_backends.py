@@ -2,6 +2,7 @@
 of trained checkpoints scored through the pipeline with each backend.
 
     python benchmarks/still_backends.py --speed                      # every still model, its CPU config
+    python benchmarks/still_backends.py --speed --backends openvino:bf16 openvino:int8 openvino:int8-bf16
     python benchmarks/still_backends.py --accuracy runs/mtd_padim runs/mtd_favae16
 
 ``--speed``: each model built from its ``configs/mtd_<model>.yaml`` (weights as initialised: the
@@ -43,7 +44,11 @@ def _windows(paths: list[Path], size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([prepare_frame(read_image(p), size, channels)[None] for p in paths]))
 
 
-def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None) -> None:
+LABELS = {"torch": "torch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None,
+          backends: list[tuple[str, str]] | None = None) -> None:
     from anomstream.models.registry import build_model
     from anomstream.pipeline.backends.graph import export_onnx
     from anomstream.pipeline.backends.quantize import quantize_int8
@@ -53,8 +58,10 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None) -> 
 
     torch.set_num_threads(2)
     train, test = mtd_split(DATA)
-    print("| model (config) | torch images/s | ONNX Runtime | OpenVINO fp32 | OpenVINO bf16 | OpenVINO int8 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    backends = [("torch", "fp32"), *(key for key in backends or BACKENDS if key != ("torch", "fp32"))]
+    print("| model (config) | torch images/s | " + " | ".join(f"{LABELS[name]} {precision}" for name, precision in backends[1:])
+          + " |")
+    print("| --- " * (len(backends) + 1) + "|")
     for name in models or STILL_CONFIGS:
         config = load_config(REPO / "configs" / f"{name}.yaml")
         torch.manual_seed(0)
@@ -68,12 +75,15 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None) -> 
             warnings.simplefilter("ignore")
             graph = export_onnx(model)
         scorers = {}
-        for backend, precision in BACKENDS:
+        quantized = None
+        for backend, precision in backends:
             if backend == "torch":
                 scorers[(backend, precision)] = model.score
             else:
-                made = quantize_int8(graph, [normal[i:i + 16].numpy() for i in range(0, 64, 16)],
-                                     model.float_scopes()) if precision == "int8" else graph
+                if precision.startswith("int8") and quantized is None:
+                    quantized = quantize_int8(graph, [normal[i:i + 16].numpy() for i in range(0, 64, 16)],
+                                              model.float_scopes())
+                made = quantized if precision.startswith("int8") else graph
                 scorers[(backend, precision)] = make_runner(backend, made, model.term_names, 2, precision,
                                                             images_per_call=model.images_per_graph_call()).score
         samples: dict[tuple[str, str], list[float]] = {key: [] for key in scorers}
@@ -127,16 +137,17 @@ def main() -> None:
                         help="run folders (model.pt) scored on the MTD test split with every backend")
     parser.add_argument("--models", nargs="*", default=None, metavar="CONFIG", help="--speed: these configs only")
     parser.add_argument("--backends", nargs="*", default=None, metavar="BACKEND[:PRECISION]",
-                        help="--accuracy: these only (torch onnxruntime openvino openvino:bf16 openvino:int8); "
-                             "the differences are to the first")
+                        help="these only (torch onnxruntime openvino openvino:bf16 openvino:int8 "
+                             "openvino:int8-bf16); --accuracy: the differences are to the first; --speed: to torch, "
+                             "always measured")
     parser.add_argument("--batch", type=int, default=16, help="--speed: images per batch (DS2's graph: 4 images per call)")
     args = parser.parse_args()
     if not (args.speed or args.accuracy):
         parser.error("give --speed and/or --accuracy RUN ...")
+    chosen = [tuple((name + ":fp32").split(":")[:2]) for name in args.backends] if args.backends else None
     if args.speed:
-        speed(batch=args.batch, models=args.models)
+        speed(batch=args.batch, models=args.models, backends=chosen)
     if args.accuracy:
-        chosen = [tuple((name + ":fp32").split(":")[:2]) for name in args.backends] if args.backends else None
         accuracy(args.accuracy, backends=chosen)
 
 
