@@ -119,7 +119,7 @@ def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]
             for backend, precision in backends or BACKENDS:
                 store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
                 settings = ScoreSection(replicas=replicas, backend=backend, precision=precision,
-                                        quantization_data=[NORMAL] if precision == "int8" else [])
+                                        quantization_data=[NORMAL] if precision.startswith("int8") else [])
                 report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
                                                settings=settings, mode="overwrite", progress=False))
                 images = scored_images(store)
