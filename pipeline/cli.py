@@ -498,7 +498,7 @@ def _add_run_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--precision", help="auto (default: int8-bf16, int8 or bf16 where the checkpoint's measured AUC "
                                          "holds in it and the CPU has the units, else fp32), fp32, bf16 (OpenVINO where "
                                          "the CPU has bf16 units; torch autocast), int8 (OpenVINO, quantized by NNCF), "
-                                         "int8-bf16 (the same, its float parts in bf16: AMX CPUs); docs/backends.md")
+                                         "int8-bf16 (the same, its float parts in bf16: CPUs with bf16 units); docs/backends.md")
     sub.add_argument("--quantization-data", nargs="+", metavar="SOURCE",
                      help="normal footage int8 quantization collects its statistics on (default: the footage the "
                           "checkpoint's calibration was fitted on)")

@@ -125,7 +125,7 @@ class ScoreSection(_Strict):
         "auto", description="auto: the fastest of int8-bf16 / int8 / bf16 that the checkpoint's measured verdict "
                             "clears and the CPU computes natively, else fp32; bf16: OpenVINO in bf16 where the CPU "
                             "has bf16 units, torch under autocast; int8: OpenVINO on the graph NNCF quantized, its "
-                            "float parts in f32; int8-bf16: the same with the float parts in bf16 (AMX CPUs; "
+                            "float parts in f32; int8-bf16: the same with the float parts in bf16 (CPUs with bf16 units; "
                             "docs/backends.md)")
     quantization_data: list[str] = Field(
         [], description="normal footage that int8 quantization collects its activation ranges on (default: the "

@@ -18,7 +18,7 @@ from small_models import SMALL, still_windows
 
 from anomstream.pipeline.backends.choice import TOLERANCE, GraphCache, choose_backend, parity
 from anomstream.pipeline.backends.graph import export_onnx
-from anomstream.pipeline.backends.runners import BackendError, make_runner
+from anomstream.pipeline.backends.runners import BackendError, ChunkedRunner, make_runner
 from anomstream.pipeline.checkpoint import load_model
 from anomstream.pipeline.datasets.layouts import mtd_split
 from anomstream.pipeline.files import read_image
@@ -175,3 +175,103 @@ def test_the_export_cache_goes_to_the_user_cache_never_beside_the_checkpoint(tmp
     assert [p.name for p in weights.iterdir()] == ["model.pt"]
     cached = sorted(p.name for p in (tmp_path / "cache" / "anomstream" / "exports").iterdir())
     assert len(cached) == 2 and cached[0].endswith(".onnx") and cached[1] == cached[0][:-5] + ".parity.json"
+
+
+def test_a_replica_warms_its_runtime_up_with_the_runs_batch_sizes_before_its_first_batch(ray_session, shipped_checkpoint,
+                                                                                         ped2):
+    """A runtime's first inference of a shape is slow (OpenVINO makes its kernels then): a replica
+    scores one black batch of each size the run sends most (recordings: the batch size; live
+    streams: the live batch) while it loads, before the run's clock, and drops the result. Torch
+    eager is not warmed (its model may hold state; it has no such cost on the CPU)."""
+    from anomstream.pipeline.checkpoint import read_checkpoint_and_hash
+    from anomstream.pipeline.driver.run import _batch_sizes
+    from anomstream.pipeline.stream.live import LiveOptions
+    from anomstream.pipeline.stream.scorer import Scorer
+    from anomstream.workers.replica import ReplicaActor
+
+    model, _ = load_model(shipped_checkpoint)
+    _, sha256 = read_checkpoint_and_hash(str(shipped_checkpoint))
+    choice = choose_backend("onnxruntime", "fp32", GraphCache(model, shipped_checkpoint, sha256))
+    replica = ReplicaActor.__ray_metadata__.modified_class(1)
+    replica.core = scorer = Scorer(str(shipped_checkpoint), 1, "cpu", backend=choice)
+    calls = []
+    real = scorer.runner.score
+    scorer.runner.score = lambda windows: calls.append((tuple(windows.shape), windows.dtype, int(windows.max()))) \
+        or real(windows)
+    windows = ped2_windows(ped2, model, count=3)
+    before = real(windows)
+    where = replica.describe([None], (1, 16))
+    t, c, size = model.window_length, model.channels, model.image_size
+    assert calls == [((1, t, c, size, size), torch.uint8, 0), ((16, t, c, size, size), torch.uint8, 0)]
+    assert where["backend"] == "onnxruntime" and where["warmed"] == [1, 16] and where["warning"] is None
+    assert replica.busy() == 0.0  # warming is not scoring
+    after = real(windows)
+    torch.testing.assert_close(after.score, before.score, rtol=0, atol=0)
+    torch.testing.assert_close(after.anomaly_map, before.anomaly_map, rtol=0, atol=0)
+    replica.describe([None])
+    assert len(calls) == 2  # asked where it runs at the end of a run: nothing scored
+
+    calls.clear()  # a graph that takes at most 4 windows a call is warmed with the chunks it will see
+    scorer.runner = ChunkedRunner(scorer.runner, 4)
+    scorer.warm_up((16, 6))
+    assert [shape[0] for shape, _, _ in calls] == [2, 4]
+
+    def failing(windows):
+        raise RuntimeError("std::bad_alloc\nat line 3")
+
+    scorer.runner = type("Failing", (), {"score": staticmethod(failing)})()
+    where = replica.describe([None], (16,))
+    assert where["warning"] == "a replica's warm-up failed (std::bad_alloc); its first batches pay for it"
+
+    eager = Scorer(str(shipped_checkpoint), 1, "cpu")
+    eager.model.score = None  # would raise if called
+    eager.warm_up((16,))
+
+    class Input:
+        def __init__(self, is_live: bool) -> None:
+            self.is_live = is_live
+
+    recording, camera = Input(False), Input(True)
+    assert _batch_sizes([recording, recording], 16, LiveOptions()) == (16,)
+    assert _batch_sizes([camera], 16, LiveOptions()) == (1,)
+    assert _batch_sizes([camera, recording], 8, LiveOptions(batch=4)) == (4, 8)
+
+
+def test_the_run_hands_its_replicas_the_batch_sizes_to_warm_up_before_the_clock(ray_session, capsys):
+    """``_place_replicas`` (called before the run's clock starts) asks every replica to warm up with
+    the sizes it is given, and prints a failed warm-up once."""
+    import ray
+
+    from anomstream.pipeline.backends.choice import BackendChoice
+    from anomstream.pipeline.driver.report import RunReport
+    from anomstream.pipeline.driver.run import _place_replicas
+
+    @ray.remote
+    class Replica:
+        def __init__(self):
+            self.asked = []
+
+        def describe(self, model, warm_up=()):
+            self.asked.append(tuple(warm_up))
+            return {"device": "cpu", "backend": "onnxruntime", "backend_note": "", "pid": 1, "node": "n" * 16,
+                    "nice": 0, "warning": "a replica's warm-up failed (bad_alloc); its first batches pay for it",
+                    "warmed": list(warm_up)}
+
+        def seen(self):
+            return self.asked
+
+    @ray.remote
+    class Decoder:
+        def ready(self):
+            return True
+
+    class Pool:
+        replica_actors = [Replica.remote(), Replica.remote()]
+        free_decoders = [Decoder.remote()]
+        model_call = [None]
+
+    report = RunReport("s.zarr")
+    _place_replicas(Pool, report, BackendChoice("onnxruntime"), (1, 16))
+    assert ray.get([replica.seen.remote() for replica in Pool.replica_actors]) == [[(1, 16)], [(1, 16)]]
+    assert report.replicas == 2 and report.device == "cpu"
+    assert capsys.readouterr().err == "warning: a replica's warm-up failed (bad_alloc); its first batches pay for it\n"

@@ -180,22 +180,24 @@ def test_auto_takes_the_fastest_precision_its_verdict_clears(shipped_cache, monk
     assert "int8: no measured AUC for this checkpoint" in plain.note
 
 
-def test_auto_takes_int8_with_bf16_float_parts_on_an_amx_cpu_only(int8_cache, monkeypatch):
+def test_auto_takes_int8_with_bf16_float_parts_where_the_cpu_has_bf16_units(int8_cache, monkeypatch):
     """The shipped verdict clears int8-bf16 (int8 convolutions, the float parts in bf16): on a CPU with
-    AMX ``auto`` takes it after the rank check; with AVX512-BF16 and VNNI but no AMX (where it was not
-    measured faster) plain int8, saying why not int8-bf16."""
+    AMX, and on one with AVX512-BF16 and VNNI but no AMX (measured faster than int8 on both),
+    ``auto`` takes it after the rank check; with VNNI but no bf16 units (AVX-VNNI alone) plain
+    int8, saying why not int8-bf16."""
     monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
-    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"})
-    chosen = choose_backend("auto", "auto", int8_cache)
-    assert (chosen.backend, chosen.precision, chosen.required) == ("openvino", "int8-bf16", False)
-    assert is_ir(chosen.graph) and chosen.note.startswith("int8-bf16: micro AUC 0.9673 against fp32's 0.9671")
+    for flags in ({"amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"}, {"avx512_bf16", "avx512_vnni"}):
+        monkeypatch.setattr(verdict_module, "cpu_flags", lambda flags=flags: flags)
+        chosen = choose_backend("auto", "auto", int8_cache)
+        assert (chosen.backend, chosen.precision, chosen.required) == ("openvino", "int8-bf16", False)
+        assert is_ir(chosen.graph) and chosen.note.startswith("int8-bf16: micro AUC 0.9673 against fp32's 0.9671")
     agreement = int8_cache.rank_agreement("openvino", "int8-bf16")
     assert min(agreement.values()) >= RANK_AGREEMENT, agreement
-    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx512_bf16", "avx512_vnni"})
+    monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "INT8"})
+    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx2", "avx_vnni"})
     chosen = choose_backend("auto", "auto", int8_cache)
     assert (chosen.backend, chosen.precision) == ("openvino", "int8")
-    assert "int8-bf16: this CPU has no AMX (its float parts in bf16 were measured faster than int8's f32 with AMX " \
-           "only)" in chosen.note
+    assert "int8-bf16: this CPU has no bf16 units (AVX512-BF16 or AMX)" in chosen.note
     with pytest.raises(choice_module.BackendError, match=r"^--precision int8-bf16 runs in OpenVINO"):
         choose_backend("torch", "int8-bf16", int8_cache)
 

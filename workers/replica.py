@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from ..pipeline.errors import first_line
 from ..pipeline.stream.scorer import Scorer
 from ..pipeline.stream.windows import WindowBatch
 from .priority import niceness, raise_priority
@@ -53,10 +54,19 @@ class ReplicaActor:
     def busy(self) -> float:
         return self.busy_seconds
 
-    def describe(self, model: list[ray.ObjectRef]) -> dict[str, Any]:
-        """Where this replica runs (loading the model first): ``device``, ``pid``, ``node`` (Ray node
-        id), ``nice`` (its priority), ``warning`` (None, or why its priority could not be raised)."""
+    def describe(self, model: list[ray.ObjectRef], warm_up: tuple[int, ...] = ()) -> dict[str, Any]:
+        """Where this replica runs (loading the model first, then scoring a black batch of each size
+        in ``warm_up``: :meth:`Scorer.warm_up`): ``device``, ``pid``, ``node`` (Ray node id), ``nice``
+        (its priority), ``warning`` (None, or why its priority could not be raised or its warm-up failed),
+        ``warmed`` (the sizes asked for)."""
         scorer = self._scorer(model)
+        warnings = [self.priority_warning] if self.priority_warning else []
+        try:
+            scorer.warm_up(warm_up)
+        except Exception as error:  # noqa: BLE001 - the runtime's own; a real batch meets it again, where it is handled
+            warnings.append(f"a replica's warm-up failed ({first_line(error)}); its first batches pay for it")
         return {"device": str(scorer.device), "backend": scorer.backend.backend, "backend_note": scorer.backend.note,
                 "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id(), "nice": niceness(), "warning": self.priority_warning}
+                "node": ray.get_runtime_context().get_node_id(), "nice": niceness(),
+                "warning": "; ".join(warnings) or None,
+                "warmed": list(warm_up)}

@@ -6,7 +6,7 @@ checked against torch, and handed to every replica through Ray's object store wi
 CPUs, docs/backends.md: in fp32 ONNX Runtime, as fast as OpenVINO and quicker to load; in bf16 and
 int8 OpenVINO), torch when the replicas are on a GPU, when nothing else is installed, or when the
 graph cannot be exported. ``auto`` precision: the fastest of int8-bf16 (int8 convolutions, the float
-parts in bf16: AMX CPUs), int8 and bf16 that the checkpoint's measured verdict clears
+parts in bf16: CPUs with AVX512-BF16 or AMX), int8 and bf16 that the checkpoint's measured verdict clears
 (:mod:`pipeline.backends.verdict`) and the CPU computes natively, else fp32.
 """
 
@@ -35,8 +35,8 @@ from .runners import BACKENDS, BackendError, installed_backends, make_runner
 from .verdict import QUANTIZED, cpu_refusal, measured_verdict
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-bf16")
-# fastest first (docs/backends.md): on a CPU with AMX, int8 with its float parts in bf16 > bf16 ~ int8; without
-# AMX (which int8-bf16 needs, verdict.cpu_refusal) int8 > bf16 > fp32 windows/s
+# fastest first (docs/backends.md): int8 with its float parts in bf16 > int8 > bf16 > fp32 windows/s (with AMX bf16 ~
+# int8); int8-bf16 and bf16 need bf16 units, int8 VNNI (verdict.cpu_refusal)
 REDUCED = ("int8-bf16", "int8", "bf16")
 # largest |backend - torch| allowed at the fp32 check, relative to the largest |torch| value of each
 # output (measured on real frames, docs/backends.md: at most 5e-5)

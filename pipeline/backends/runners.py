@@ -60,7 +60,7 @@ class OpenVinoRunner:
     """OpenVINO's CPU plugin: the graph read from memory (ONNX, or an int8 model in
     :func:`pipeline.backends.quantize.pack_ir` bytes), compiled for latency with ``threads`` inference
     threads in ``precision`` (``fp32``; ``bf16`` where the CPU has bf16 units; ``int8``: the quantized
-    convolutions in int8, the rest in f32; ``int8-bf16``: the rest in bf16, measured faster with AMX)."""
+    convolutions in int8, the rest in f32; ``int8-bf16``: the rest in bf16, measured faster where the CPU has bf16 units)."""
 
     def __init__(self, onnx: bytes, term_names: list[str], threads: int | None = None, precision: str = "fp32") -> None:
         from .ov import import_openvino

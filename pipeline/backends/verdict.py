@@ -85,13 +85,12 @@ def _user_verdicts() -> Path:
 def cpu_refusal(precision: str) -> str | None:
     """Why this CPU does not compute ``precision`` natively (one clause), or None: bf16 needs the
     units OpenVINO reports as ``BF16`` (AVX512-BF16 or AMX), int8 the dot-product instructions
-    (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags), int8-bf16 those and AMX-BF16."""
-    if precision == "bf16" and "BF16" not in cpu_capabilities():
-        return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
+    (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags), int8-bf16 both (measured faster than int8
+    with AMX, and without AMX on an AMD EPYC with AVX512-BF16 and VNNI: docs/backends.md)."""
     if precision in QUANTIZED and not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
         return "this CPU has no int8 dot-product units (VNNI or AMX)"
-    if precision == "int8-bf16" and "amx_bf16" not in cpu_flags():
-        return "this CPU has no AMX (its float parts in bf16 were measured faster than int8's f32 with AMX only)"
+    if precision in ("bf16", "int8-bf16") and "BF16" not in cpu_capabilities():
+        return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
     return None
 
 

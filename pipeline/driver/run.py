@@ -39,6 +39,7 @@ from ..store import check_target, result_arrays, stream_key
 from ..store.location import credential_environment, is_url
 from ..store.lock import StoreLock
 from ..store.results import stored_precision
+from ..stream.live import LiveOptions
 from ..stream.windows import WindowShape
 from ..view.server import VIEW_PICTURE_SIZE, LiveView, check_port
 from .actors import SMALL_CPU, ActorPool, Placement
@@ -347,7 +348,7 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
         with _served(plan, writers, report, reporter):
-            _place_replicas(pool, report, backend)
+            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, plan.live))
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
             live = plan.live if plan.live.batch is not None else \
@@ -395,10 +396,22 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Repo
             server.close()
 
 
-def _place_replicas(pool: ActorPool, report: RunReport, backend: BackendChoice) -> None:
-    """Wait for the replicas to load the model and the decoders to start; note where each replica
-    runs (``report.nodes``, ``report.device``) and print each distinct warning once."""
-    placed = ray.get([replica.describe.remote(pool.model_call) for replica in pool.replica_actors])
+def _batch_sizes(sources: list[Source], batch_size: int, live: LiveOptions) -> tuple[int, ...]:
+    """The batch sizes the run's replicas score most: ``batch_size`` for recordings, the live batch
+    for live streams (a CPU replica's default: 1 frame at a time); a stream's last batch may be
+    smaller."""
+    sizes = {batch_size} if any(not source.is_live for source in sources) else set()
+    if any(source.is_live for source in sources):
+        sizes.add(live.batch or 1)
+    return tuple(sorted(sizes))
+
+
+def _place_replicas(pool: ActorPool, report: RunReport, backend: BackendChoice, warm_up: tuple[int, ...]) -> None:
+    """Wait for the replicas to load the model and score a black batch of each size in ``warm_up``
+    (before the run's clock: a runtime's first inference of a shape is slow) and the decoders to
+    start; note where each replica runs (``report.nodes``, ``report.device``) and print each
+    distinct warning once."""
+    placed = ray.get([replica.describe.remote(pool.model_call, warm_up) for replica in pool.replica_actors])
     ray.get([decoder.ready.remote() for decoder in pool.free_decoders])
     report.replicas, report.device = len(placed), placed[0]["device"]
     for where in placed:
