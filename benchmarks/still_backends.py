@@ -104,6 +104,7 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None,
 
 
 def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]] | None = None) -> None:
+    from anomstream.pipeline.backends.runners import BackendError
     from anomstream.pipeline.config import ScoreSection
     from anomstream.pipeline.driver.plan import RunPlan
     from anomstream.pipeline.driver.run import score_sources
@@ -120,8 +121,12 @@ def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]
                 store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
                 settings = ScoreSection(replicas=replicas, backend=backend, precision=precision,
                                         quantization_data=[NORMAL] if precision.startswith("int8") else [])
-                report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
-                                               settings=settings, mode="overwrite", progress=False))
+                try:
+                    report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
+                                                   settings=settings, mode="overwrite", progress=False))
+                except BackendError as refused:  # the start-of-run check's verdict is a result too
+                    print(f"| {run.name} | {backend} {precision} | refused: {refused} | | | | |", flush=True)
+                    continue
                 images = scored_images(store)
                 image = image_auroc(np.array([i.score for i in images]), np.array([i.record.anomalous for i in images]))
                 pixel = pixel_auroc([i.anomaly_map for i in images], [i.mask for i in images])
