@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +42,9 @@ from .sources.resolve import open_sources
 from .stream.naive import naive_score
 from .stream.scorer import Scorer
 from .stream.windows import WindowBatch, window_batches
+
+if TYPE_CHECKING:
+    from .evaluation.backends import BackendAccuracy
 
 STAGES = ("model_fps", "naive_fps", "pipeline1_fps", "pipeline2_fps")
 
@@ -179,43 +183,63 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
 
 def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str = "bench_out",
                  save_verdict: bool = False) -> dict[str, float]:
-    """Each backend's frame AUC and events on the labelled test set ``accuracy`` (``DATASET:ROOT``,
-    :mod:`pipeline.evaluation.backends`), against the first backend's, printed as a table;
+    """Each backend's frame AUC and events (an image test set: image and pixel AUROC) on the labelled
+    test set ``accuracy`` (``DATASET:ROOT``, :mod:`pipeline.evaluation.backends`), against the first
+    backend's, printed as a table; a backend the start-of-run check refuses is a line saying so.
     ``save_verdict``: keep the reduced precisions' verdict for this checkpoint in the user's cache
     (what ``--precision auto`` reads; the first backend must compute in fp32)."""
+    from .backends.runners import BackendError
     from .backends.verdict import Verdict
     from .backends.verdict import save_verdict as keep
-    from .evaluation.backends import backend_accuracy, parse_accuracy
+    from .evaluation.backends import STILL_SETS, backend_accuracy, parse_accuracy
 
     dataset, _ = parse_accuracy(accuracy)
     if save_verdict and backend_label(backends[0])[1] != "fp32":
         raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
     Path(out).mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="anomstream-accuracy-", dir=out))
-    measured = []
+    measured, refused = {}, []
     try:
         for spec in backends:
             name, precision, label = backend_label(spec)
             settings = ScoreSection(replicas=2, backend=name, precision=precision)
-            measured.append(backend_accuracy(checkpoint, accuracy, label, settings, out_dir / f"{label}.zarr"))
+            try:
+                measured[spec] = backend_accuracy(checkpoint, accuracy, label, settings, out_dir / f"{label}.zarr")
+            except BackendError as error:
+                if spec == backends[0]:
+                    raise
+                refused.append(f"{label:16s} refused: {error}")
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    first = measured[0]
-    print(f"{dataset} test set, {checkpoint}: stored score's micro AUC (macro, offline min-max micro), events")
+    first, still = measured[backends[0]], dataset in STILL_SETS
+    print(f"{dataset} test set, {checkpoint}: " + ("stored score's image AUROC, pooled pixel AUROC, events" if still
+          else "stored score's micro AUC (macro, offline min-max micro), events"))
     results: dict[str, float] = {}
-    for row in measured:
-        shift = row.event_shift(first)
-        print(f"{row.label:16s} micro {row.micro_auc:.6f} ({row.micro_auc - first.micro_auc:+.6f})  macro "
-              f"{row.macro_auc:.6f}  offline {row.offline_micro_auc:.6f}  events {len(row.events)} "
-              f"({'same' if shift == 0 else 'differ' if shift is None else f'shifted up to {shift} frames'})  "
-              f"pipeline {row.fps:.1f} fps")
+    for row in measured.values():
+        print(_accuracy_line(row, first, still))
         results.update({f"micro_auc_{row.label}": row.micro_auc, f"micro_auc_diff_{row.label}": row.micro_auc - first.micro_auc,
                         f"offline_micro_auc_{row.label}": row.offline_micro_auc, f"events_{row.label}": len(row.events),
-                        f"accuracy_pipeline_fps_{row.label}": row.fps})
+                        f"accuracy_pipeline_fps_{row.label}": row.fps,
+                        **({f"pixel_auroc_{row.label}": row.pixel_auroc} if still else {})})
+    for line in refused:
+        print(line)
     if save_verdict:
-        reduced = [(backend_label(s)[1], row) for s, row in zip(backends[1:], measured[1:]) if backend_label(s)[1] != "fp32"]
+        reduced = [(backend_label(s)[1], row) for s, row in measured.items() if backend_label(s)[1] != "fp32"]
         verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
                           {precision: row.events_agree(first) for precision, row in reduced},
-                          f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}")
+                          f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
+                          {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {})
         print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict)}")
     return results
+
+
+def _accuracy_line(row: BackendAccuracy, first: BackendAccuracy, still: bool) -> str:
+    """One backend's line of the accuracy table against the reference's (``first``)."""
+    shift = row.event_shift(first)
+    moved = 'same' if shift == 0 else 'differ' if shift is None else f'shifted up to {shift} frames'
+    events = f"events {len(row.events)} ({moved})"
+    if still:
+        return (f"{row.label:16s} image {row.micro_auc:.4f} ({row.micro_auc - first.micro_auc:+.4f})  pixel "
+                f"{row.pixel_auroc:.4f} ({row.pixel_auroc - first.pixel_auroc:+.4f})  {events}  pipeline {row.fps:.1f} images/s")
+    return (f"{row.label:16s} micro {row.micro_auc:.6f} ({row.micro_auc - first.micro_auc:+.6f})  macro "
+            f"{row.macro_auc:.6f}  offline {row.offline_micro_auc:.6f}  {events}  pipeline {row.fps:.1f} fps")

@@ -706,7 +706,8 @@ def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     bench.add_argument("--rounds", type=_at_least(0), default=3, help="interleaved rounds; figures are their medians "
                        "(default 3; 0: --accuracy alone)")
     bench.add_argument("--accuracy", metavar="DATASET:ROOT", help="also score this labelled test set with each backend "
-                       "(ped2:../shared/data/ped2, avenue:ROOT) and print its AUC and events against the first's")
+                       "(ped2:../shared/data/ped2, avenue:ROOT; mtd:ROOT, still models: image and pixel AUROC) and print its "
+                       "AUC and events against the first's")
     bench.add_argument("--save-verdict", action="store_true", help="with --accuracy: keep the reduced precisions' "
                        "verdict for this checkpoint (what --precision auto reads; the first backend must be fp32)")
     bench.add_argument("--out", default="bench_out", help="where the scratch stores go: a new temporary folder inside "

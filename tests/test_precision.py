@@ -267,6 +267,12 @@ def test_the_shipped_verdicts_are_for_the_shipped_checkpoints_and_refusals_say_w
     assert verdict.refusal("int8") == "its measured micro AUC is 0.0070 below fp32's (at most 0.002 allowed)"
     assert verdict.refusal("bf16") == "its measured events differ from fp32's"
     assert Verdict().refusal("bf16").startswith("no measured AUC for this checkpoint")
+    still = Verdict({"fp32": 0.729, "int8": 0.7286, "bf16": 0.7284}, {"int8": True, "bf16": True}, "mtd test set",
+                    {"fp32": 0.9208, "int8": 0.9206, "bf16": 0.9150})
+    assert still.refusal("int8") is None
+    assert still.refusal("bf16") == "its measured pixel AUROC is 0.0058 below fp32's (at most 0.002 allowed)"
+    assert still.summary("int8") == ("int8: image AUROC 0.7286 against fp32's 0.7290, pixel AUROC 0.9206 against 0.9208 "
+                                     "(mtd test set)")
 
 
 def test_events_pair_by_stream_and_order_and_count_their_shift():

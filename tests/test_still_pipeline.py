@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from small_models import SMALL, still_windows
 
 from anomstream.models.dsr import DSR
-from anomstream.pipeline.checkpoint import read_checkpoint, save_checkpoint
+from anomstream.pipeline.checkpoint import read_checkpoint, read_checkpoint_and_hash, save_checkpoint
 from anomstream.pipeline.cli import main
 from anomstream.pipeline.store import open_results
 
@@ -199,3 +199,45 @@ def test_dsr_detection_training_builds_on_a_stage1_run(small_mtd, tmp_path, caps
     shipped = f"{CONFIGS / 'weights' / 'avenue_dmad_cpu.pt'}, {CONFIGS / 'weights' / 'ped2_dmad_cpu.pt'}"
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'none.pt'}: checkpoint file not found "
                                                f"(shipped checkpoints: {shipped})")
+
+
+def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray_session, small_mtd, padim_checkpoint,
+                                                                              tmp_path, monkeypatch, capsys):
+    """``anomstream bench --accuracy mtd:ROOT`` scores the MTD test split (DS2 protocol, seed 0) with
+    each backend and prints the image AUROC of the stored score and the pooled pixel AUROC, the same
+    figures as ``anomstream eval`` of that split; ``--save-verdict`` keeps both for the checkpoint
+    (what ``--precision auto`` reads for a still model); a backend refused at the start is a line."""
+    import anomstream.pipeline.evaluation.backends as accuracy_module
+    from anomstream.pipeline.backends.runners import BackendError
+    from anomstream.pipeline.backends.verdict import measured_verdict
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    store = tmp_path / "test.zarr"
+    assert main(["score", f"mtd:{small_mtd}?split=test&seed=0", "--checkpoint", str(padim_checkpoint), "--out",
+                 str(store), "--backend", "onnxruntime", "--quiet"]) == 0
+    assert main(["eval", str(store), "--dataset", "mtd", "--json", str(tmp_path / "eval.json")]) == 0
+    pooled = json.loads((tmp_path / "eval.json").read_text())["pooled"]
+    capsys.readouterr()
+
+    real = accuracy_module.backend_accuracy
+
+    def refusing_bf16(checkpoint, accuracy, label, settings, out):
+        if settings.precision == "bf16":
+            raise BackendError("--backend openvino --precision bf16: its score ranks normal windows unlike torch fp32")
+        return real(checkpoint, accuracy, label, settings, out)
+
+    monkeypatch.setattr(accuracy_module, "backend_accuracy", refusing_bf16)
+    assert main(["bench", "--checkpoint", str(padim_checkpoint), "--rounds", "0", "--backends",
+                 "onnxruntime,openvino,openvino:bf16", "--accuracy", f"mtd:{small_mtd}", "--save-verdict",
+                 "--out", str(tmp_path / "bench")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(f"mtd test set, {padim_checkpoint}: stored score's image AUROC, pooled pixel AUROC, events")
+    image, pixel = f"{pooled['image_auroc']:.4f}", f"{pooled['pixel_auroc']:.4f}"
+    assert lines[start + 1].startswith(f"onnxruntime      image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
+    assert lines[start + 2].startswith(f"openvino         image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
+    assert lines[start + 3] == ("openvino_bf16    refused: --backend openvino --precision bf16: its score ranks normal "
+                                "windows unlike torch fp32")
+    verdict = measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1])
+    assert f"{verdict.micro_auc['fp32']:.4f}" == image and f"{verdict.pixel_auroc['fp32']:.4f}" == pixel
+    assert "bf16" not in verdict.micro_auc and verdict.refusal("bf16").startswith("no measured AUC")
+    assert not (tmp_path / "bench").exists() or not any((tmp_path / "bench").iterdir())

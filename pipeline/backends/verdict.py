@@ -7,6 +7,7 @@ checkpoint's sha256; and whether this CPU computes a precision natively."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,29 +23,42 @@ MATRIX_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni"
 @dataclass(frozen=True)
 class Verdict:
     """A checkpoint's measured frame micro AUC per precision (``fp32`` the reference) and whether
-    each precision's events matched fp32's; ``source``: where it was measured (dataset, date, CPU)."""
+    each precision's events matched fp32's; ``source``: where it was measured (dataset, date, CPU).
+    A still-image model's: its image AUROC in ``micro_auc`` and its pixel AUROC in ``pixel_auroc``
+    (empty for a video model), both held to the same margin."""
 
     micro_auc: dict[str, float] = field(default_factory=dict)
     events_agree: dict[str, bool] = field(default_factory=dict)
     source: str = ""
+    pixel_auroc: dict[str, float] = field(default_factory=dict)
 
     def refusal(self, precision: str) -> str | None:
         """Why ``precision`` may not be this checkpoint's default (one clause), or None."""
         if "fp32" not in self.micro_auc or precision not in self.micro_auc:
             return "no measured AUC for this checkpoint (anomstream bench --accuracy, docs/backends.md)"
         drop = self.micro_auc["fp32"] - self.micro_auc[precision]
+        name = "image AUROC" if self.pixel_auroc else "micro AUC"
         if not drop <= AUC_MARGIN:  # NaN too
-            return f"its measured micro AUC is {drop:.4f} below fp32's (at most {AUC_MARGIN} allowed)"
+            return f"its measured {name} is {drop:.4f} below fp32's (at most {AUC_MARGIN} allowed)"
+        if self.pixel_auroc:
+            pixel_drop = self.pixel_auroc.get("fp32", math.nan) - self.pixel_auroc.get(precision, math.nan)
+            if not pixel_drop <= AUC_MARGIN:
+                return f"its measured pixel AUROC is {pixel_drop:.4f} below fp32's (at most {AUC_MARGIN} allowed)"
         if not self.events_agree.get(precision, False):
             return "its measured events differ from fp32's"
         return None
 
     def summary(self, precision: str) -> str:
+        if self.pixel_auroc:
+            return (f"{precision}: image AUROC {self.micro_auc[precision]:.4f} against fp32's "
+                    f"{self.micro_auc['fp32']:.4f}, pixel AUROC {self.pixel_auroc[precision]:.4f} against "
+                    f"{self.pixel_auroc['fp32']:.4f} ({self.source.split(';')[0]})")
         return (f"{precision}: micro AUC {self.micro_auc[precision]:.4f} against fp32's {self.micro_auc['fp32']:.4f}, "
                 f"same events ({self.source.split(';')[0]})")
 
     def as_json(self) -> dict:
-        return {"micro_auc": self.micro_auc, "events_agree": self.events_agree, "source": self.source}
+        found = {"micro_auc": self.micro_auc, "events_agree": self.events_agree, "source": self.source}
+        return {**found, "pixel_auroc": self.pixel_auroc} if self.pixel_auroc else found
 
 
 def measured_verdict(sha256: str) -> Verdict:
@@ -56,7 +70,8 @@ def measured_verdict(sha256: str) -> Verdict:
         except (OSError, ValueError, AttributeError):  # missing, not JSON, not an object
             continue
         if isinstance(found, dict):
-            return Verdict(found.get("micro_auc", {}), found.get("events_agree", {}), found.get("source", ""))
+            return Verdict(found.get("micro_auc", {}), found.get("events_agree", {}), found.get("source", ""),
+                           found.get("pixel_auroc", {}))
     return Verdict()
 
 
@@ -71,6 +86,8 @@ def save_verdict(sha256: str, verdict: Verdict) -> Path:
     known[sha256] = {"micro_auc": {**earlier.get("micro_auc", {}), **verdict.micro_auc},
                      "events_agree": {**earlier.get("events_agree", {}), **verdict.events_agree},
                      "source": verdict.source}
+    if verdict.pixel_auroc or earlier.get("pixel_auroc"):
+        known[sha256]["pixel_auroc"] = {**earlier.get("pixel_auroc", {}), **verdict.pixel_auroc}
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(".part")
     part.write_text(json.dumps(known, indent=1))
