@@ -208,7 +208,7 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
             except BackendError as error:
                 if spec == backends[0]:
                     raise
-                refused.append(f"{label:16s} refused: {error}")
+                refused.append((spec, f"{label:16s} refused: {error}"))
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     first, still = measured[backends[0]], dataset in STILL_SETS
@@ -217,20 +217,34 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     results: dict[str, float] = {}
     for row in measured.values():
         print(_accuracy_line(row, first, still))
-        results.update({f"micro_auc_{row.label}": row.micro_auc, f"micro_auc_diff_{row.label}": row.micro_auc - first.micro_auc,
-                        f"offline_micro_auc_{row.label}": row.offline_micro_auc, f"events_{row.label}": len(row.events),
-                        f"accuracy_pipeline_fps_{row.label}": row.fps,
-                        **({f"pixel_auroc_{row.label}": row.pixel_auroc} if still else {})})
-    for line in refused:
+        results.update(_accuracy_results(row, first, still))
+    for _, line in refused:
         print(line)
     if save_verdict:
         reduced = [(backend_label(s)[1], row) for s, row in measured.items() if backend_label(s)[1] != "fp32"]
+        if not reduced:
+            print("verdict: no reduced precision was measured; nothing kept")
+            return results
         verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
                           {precision: row.events_agree(first) for precision, row in reduced},
                           f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
                           {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {})
-        print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict)}")
+        gone = tuple(backend_label(spec)[1] for spec, _ in refused)
+        print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict, gone)}")
     return results
+
+
+def _accuracy_results(row: BackendAccuracy, first: BackendAccuracy, still: bool) -> dict[str, float]:
+    """One backend's figures for ``--json``: a video test set's frame AUCs and events, an image test
+    set's image and pixel AUROC (with their differences to the reference's) and events."""
+    if still:
+        return {f"image_auroc_{row.label}": row.micro_auc, f"image_auroc_diff_{row.label}": row.micro_auc - first.micro_auc,
+                f"pixel_auroc_{row.label}": row.pixel_auroc,
+                f"pixel_auroc_diff_{row.label}": row.pixel_auroc - first.pixel_auroc,
+                f"events_{row.label}": len(row.events), f"accuracy_pipeline_fps_{row.label}": row.fps}
+    return {f"micro_auc_{row.label}": row.micro_auc, f"micro_auc_diff_{row.label}": row.micro_auc - first.micro_auc,
+            f"offline_micro_auc_{row.label}": row.offline_micro_auc, f"events_{row.label}": len(row.events),
+            f"accuracy_pipeline_fps_{row.label}": row.fps}
 
 
 def _accuracy_line(row: BackendAccuracy, first: BackendAccuracy, still: bool) -> str:

@@ -375,3 +375,33 @@ def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anythi
     assert metadata["precision"] == "int8" and measured.pop("map_correlation") >= MAP_CORRELATION
     assert min(measured.values()) >= RANK_AGREEMENT
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["anomstream.json", "model.bin", "model.xml"]
+
+
+def test_a_saved_verdict_keeps_its_test_sets_figures_and_drops_what_is_refused_now(tmp_path, monkeypatch):
+    """--save-verdict merges with what was measured before on the same test set (a precision not
+    measured now is kept), drops a precision refused at the start now, and replaces a verdict measured
+    on another test set whole: a still model's image AUROC against a video set's micro AUC would clear
+    what neither cleared."""
+    from anomstream.pipeline.backends.verdict import save_verdict
+    from anomstream.pipeline.errors import AnomstreamError
+    from anomstream.pipeline.evaluation.backends import parse_accuracy
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    sha = "a" * 64
+    save_verdict(sha, Verdict({"fp32": 0.75, "int8": 0.74, "bf16": 0.749}, {"int8": True, "bf16": True},
+                              "mtd test set, 2026-12-07", {"fp32": 0.92, "int8": 0.919, "bf16": 0.92}))
+    save_verdict(sha, Verdict({"fp32": 0.75, "int8-bf16": 0.7495}, {"int8-bf16": True}, "mtd test set, 2026-12-08",
+                              {"fp32": 0.92, "int8-bf16": 0.9201}), refused=("bf16",))
+    kept = measured_verdict(sha)
+    assert sorted(kept.micro_auc) == sorted(kept.pixel_auroc) == ["fp32", "int8", "int8-bf16"]
+    assert kept.refusal("int8") == "its measured image AUROC is 0.0100 below fp32's (at most 0.002 allowed)"
+    assert kept.refusal("int8-bf16") is None and kept.refusal("bf16").startswith("no measured AUC")
+    save_verdict(sha, Verdict({"fp32": 0.70, "bf16": 0.6995}, {"bf16": True}, "ped2 test set, 2026-12-08"))
+    replaced = measured_verdict(sha)
+    assert replaced.micro_auc == {"fp32": 0.70, "bf16": 0.6995} and replaced.pixel_auroc == {}
+    assert replaced.refusal("int8").startswith("no measured AUC")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnomstreamError) as refused:
+        parse_accuracy(f"mtd:{tmp_path / 'empty'}")
+    assert str(refused.value) == f"--accuracy mtd:{tmp_path / 'empty'}: no MT_Free/Imgs under {tmp_path / 'empty'}"

@@ -71,7 +71,7 @@ def choose_backend(requested: str, precision: str, cache: GraphCache, on_gpu: bo
     """The backend for ``requested`` (one of ``BACKENDS`` or ``auto``) in ``precision`` (one of
     ``PRECISIONS``) for the model behind ``cache``. ``auto`` precision: the fastest reduced
     precision that a measured verdict clears for this checkpoint (:mod:`pipeline.backends.verdict`:
-    the Ped2 AUC within 0.002 of fp32's and the same events), that this CPU computes natively and
+    the test set's AUC within 0.002 of fp32's and the same events), that this CPU computes natively and
     that passes the start-of-run check; else fp32. Raises BackendError / ExportError (one line) for
     an explicit backend or precision that is not installed, cannot export the model or fails the
     check; ``auto`` falls back instead (``note`` says why)."""

@@ -1,8 +1,9 @@
 """Which reduced precisions a checkpoint may score in by default: the measured verdict (its frame
-AUC and events in bf16, int8 and int8-bf16 against fp32, on a labelled test set: ``anomstream bench
---accuracy``, docs/backends.md), shipped for the shipped checkpoints in
-``configs/weights/precision_verdicts.json`` and kept for others in the user's cache, keyed by the
-checkpoint's sha256; and whether this CPU computes a precision natively."""
+AUC and events in bf16, int8 and int8-bf16 against fp32, on a labelled test set; a still-image
+model's image and pixel AUROC on MTD's test split: ``anomstream bench --accuracy``,
+docs/backends.md), shipped for the shipped checkpoints in ``configs/weights/precision_verdicts.json``
+and kept for others in the user's cache, keyed by the checkpoint's sha256; and whether this CPU
+computes a precision natively."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..assets import PRECISION_VERDICTS
 from ..paths import user_cache
 
-AUC_MARGIN = 0.002  # the most a reduced precision may lower the frame micro AUC (issue 34's bar)
+AUC_MARGIN = 0.002  # the most a reduced precision may lower the frame micro AUC, or a still model's image / pixel AUROC
 QUANTIZED = ("int8", "int8-bf16")  # the precisions that score NNCF's int8 model (OpenVINO only)
 MATRIX_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni")  # what the reduced precisions use
 
@@ -75,14 +76,21 @@ def measured_verdict(sha256: str) -> Verdict:
     return Verdict()
 
 
-def save_verdict(sha256: str, verdict: Verdict) -> Path:
-    """Keep ``verdict`` for the checkpoint with ``sha256`` in the user's cache; returns the file."""
+def save_verdict(sha256: str, verdict: Verdict, refused: tuple[str, ...] = ()) -> Path:
+    """Keep ``verdict`` for the checkpoint with ``sha256`` in the user's cache; returns the file.
+    Precisions measured before on the same test set and not now are kept, those in ``refused``
+    (refused at the start of this run) dropped; a verdict measured on another test set is replaced
+    whole (its figures are not comparable with these)."""
     path = _user_verdicts()
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    earlier = known.get(sha256, {})  # precisions measured before and not now are kept
+    earlier = known.get(sha256, {})
+    if _test_set(earlier.get("source", "")) != _test_set(verdict.source):
+        earlier = {}
+    earlier = {key: {p: v for p, v in values.items() if p not in refused} if isinstance(values, dict) else values
+               for key, values in earlier.items()}
     known[sha256] = {"micro_auc": {**earlier.get("micro_auc", {}), **verdict.micro_auc},
                      "events_agree": {**earlier.get("events_agree", {}), **verdict.events_agree},
                      "source": verdict.source}
@@ -93,6 +101,11 @@ def save_verdict(sha256: str, verdict: Verdict) -> Path:
     part.write_text(json.dumps(known, indent=1))
     os.replace(part, path)
     return path
+
+
+def _test_set(source: str) -> str:
+    """The test set a verdict was measured on: its source's first words (``ped2 test set``)."""
+    return source.partition(",")[0]
 
 
 def _user_verdicts() -> Path:

@@ -25,7 +25,7 @@ from .video import evaluate
 
 # dataset -> (test frames or videos, labels) below the dataset's root, as load_frame_labels reads them
 TEST_SETS = {"ped2": ("testing/frames", "."), "avenue": ("testing_videos", "testing_label_mask")}
-STILL_SETS = {"mtd": "mtd:{root}?split=test&seed=0"}  # image dataset -> the spec of its test split
+STILL_SETS = {"mtd": ("mtd:{root}?split=test&seed=0", "MT_Free/Imgs")}  # image dataset -> (its test split, a folder it has)
 EVENT_SHIFT_FRAMES = 10  # an event whose start and end are within this many frames of the reference's is the same
 
 
@@ -68,8 +68,8 @@ def parse_accuracy(spec: str) -> tuple[str, Path]:
         raise AnomstreamError(f"--accuracy {spec}: give DATASET:ROOT with DATASET one of "
                               f"{', '.join([*TEST_SETS, *STILL_SETS])}")
     if dataset in STILL_SETS:
-        if not Path(root).is_dir():
-            raise AnomstreamError(f"--accuracy {spec}: no folder {root}")
+        if not (Path(root) / STILL_SETS[dataset][1]).is_dir():
+            raise AnomstreamError(f"--accuracy {spec}: no {STILL_SETS[dataset][1]} under {root}")
     elif not (Path(root) / TEST_SETS[dataset][0]).exists():
         raise AnomstreamError(f"--accuracy {spec}: no {TEST_SETS[dataset][0]} under {root}")
     return dataset, Path(root)
@@ -80,7 +80,7 @@ def backend_accuracy(checkpoint: str, accuracy: str, label: str, settings: Score
     ``settings`` (its backend and precision), and its figures under ``label``."""
     dataset, root = parse_accuracy(accuracy)
     if dataset in STILL_SETS:
-        return _still_accuracy(STILL_SETS[dataset].format(root=root), checkpoint, label, settings, out)
+        return _still_accuracy(STILL_SETS[dataset][0].format(root=root), checkpoint, label, settings, out)
     frames, labels_path = TEST_SETS[dataset]
     report = score_sources(RunPlan(specs=(str(root / frames),), checkpoint=checkpoint, out=out, settings=settings,
                                    mode="overwrite", progress=False))
@@ -96,6 +96,8 @@ def _still_accuracy(spec: str, checkpoint: str, label: str, settings: ScoreSecti
     pooled pixel AUROC of its maps (each at its image's size: :func:`pipeline.evaluation.stills.scored_images`)."""
     report = score_sources(RunPlan(specs=(spec,), checkpoint=checkpoint, out=out, settings=settings,
                                    mode="overwrite", progress=False))
+    if report.failed:
+        raise AnomstreamError(f"--accuracy: {report.failed[0].reason}")
     images = scored_images(out)
     image = image_auroc(np.array([i.score for i in images]), np.array([i.record.anomalous for i in images]))
     pixel = pixel_auroc([i.anomaly_map for i in images], [i.mask for i in images])
