@@ -13,7 +13,7 @@ Runtime, OpenVINO fp32, bf16 and int8 timed in interleaved rounds on the same 32
 run's ``model.pt`` scores the MTD test split (DS2 protocol, seed 0) through ``score_sources`` (2
 replicas) with each backend (int8: quantized on the training split's normal images); image / pixel
 AUROC and their difference
-to torch's (pooled over the split, from :func:`pipeline.evaluation.stills.scored_images`). Prints
+to torch's (pooled over the split: :func:`pipeline.evaluation.backends.backend_accuracy`). Prints
 markdown tables.
 """
 
@@ -106,12 +106,8 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None,
 def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]] | None = None) -> None:
     from anomstream.pipeline.backends.runners import BackendError
     from anomstream.pipeline.config import ScoreSection
-    from anomstream.pipeline.driver.plan import RunPlan
-    from anomstream.pipeline.driver.run import score_sources
-    from anomstream.pipeline.evaluation.image_metrics import image_auroc, pixel_auroc
-    from anomstream.pipeline.evaluation.stills import scored_images
+    from anomstream.pipeline.evaluation.backends import backend_accuracy
 
-    spec = f"mtd:{DATA}?split=test&seed=0"
     print("| run | backend | image AUROC | pixel AUROC | image diff to torch | pixel diff | pipeline fps |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as scratch:
@@ -121,18 +117,15 @@ def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]
                 store = Path(scratch) / f"{run.name}_{backend}_{precision}.zarr"
                 settings = ScoreSection(replicas=replicas, backend=backend, precision=precision,
                                         quantization_data=[NORMAL] if precision.startswith("int8") else [])
-                try:
-                    report = score_sources(RunPlan(specs=[spec], checkpoint=str(run / "model.pt"), out=store,
-                                                   settings=settings, mode="overwrite", progress=False))
+                try:  # the MTD test split, DS2 protocol, seed 0 (what anomstream bench --accuracy mtd:ROOT scores)
+                    row = backend_accuracy(str(run / "model.pt"), f"mtd:{DATA}", precision, settings, store)
                 except BackendError as refused:  # the start-of-run check's verdict is a result too
                     print(f"| {run.name} | {backend} {precision} | refused: {refused} | | | | |", flush=True)
                     continue
-                images = scored_images(store)
-                image = image_auroc(np.array([i.score for i in images]), np.array([i.record.anomalous for i in images]))
-                pixel = pixel_auroc([i.anomaly_map for i in images], [i.mask for i in images])
+                image, pixel = row.micro_auc, row.pixel_auroc
                 reference = reference or (image, pixel)
                 print(f"| {run.name} | {backend} {precision} | {image:.4f} | {pixel:.4f} | {image - reference[0]:+.4f} | "
-                      f"{pixel - reference[1]:+.4f} | {report.frames / report.seconds:.1f} |", flush=True)
+                      f"{pixel - reference[1]:+.4f} | {row.fps:.1f} |", flush=True)
 
 
 def main() -> None:

@@ -99,6 +99,10 @@ class ChunkedRunner:
     def __init__(self, runner: Runner, images: int) -> None:
         self.runner, self.images = runner, images
 
+    def call_sizes(self, windows: int) -> set[int]:
+        """The distinct window counts of the graph calls that ``score`` makes of ``windows`` windows."""
+        return {min(windows, self.images), windows % self.images} - {0}
+
     def score(self, windows: torch.Tensor) -> ScoreOutput:
         if len(windows) <= self.images:
             return self.runner.score(windows)

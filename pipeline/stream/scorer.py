@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..backends.choice import BackendChoice
-from ..backends.runners import BackendError, make_runner
+from ..backends.runners import BackendError, ChunkedRunner, make_runner
 from ..backends.verdict import QUANTIZED
 from ..checkpoint import (
     choose_device,
@@ -91,10 +91,9 @@ class Scorer:
         torch eager has no such first-call cost on the CPU."""
         if self.runner is None:
             return
-        model = self.model
-        per_call = getattr(self.runner, "images", None)  # a ChunkedRunner's graph sees chunks, not batches
-        shapes = {part for size in batch_sizes for part in ((min(size, per_call), size % per_call) if per_call else (size,))}
-        for size in sorted(shapes - {0}):
+        model, runner = self.model, self.runner
+        chunked = isinstance(runner, ChunkedRunner)  # its graph sees chunks of a batch: each chunk's size once
+        for size in sorted(set().union(*(runner.call_sizes(s) if chunked else {s} for s in batch_sizes))):
             self.runner.score(torch.zeros((size, model.window_length, model.channels, model.image_size,
                                            model.image_size), dtype=torch.uint8))
 
