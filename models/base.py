@@ -51,8 +51,9 @@ class AnomalyModel(nn.Module):
     # Shares of training (0..1) at which the model starts training other parts (DSR's stage 3); the
     # learning-rate warm-up and cosine start again at each.
     training_phases: tuple[float, ...] = ()
-    # Sub-module paths (ONNX scopes: ``named_modules``' names joined by ``/``, a list's index kept as
-    # ``blocks.0``) whose operations stay in float when the scoring graph is quantized to int8: sampling
+    # Sub-module paths (ONNX scopes: the names of the modules whose ``forward`` ran, joined by ``/``, a
+    # list's index kept as ``blocks.0``; a module reached through another method of its parent is named
+    # without it) whose operations stay in float when the scoring graph is quantized to int8: sampling
     # grids, vector-quantizer distances. See ``float_scopes`` for what sub-modules add.
     quantization_excluded: tuple[str, ...] = ()
 

@@ -146,7 +146,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torc
 
 class DSR(AnomalyModel):
     name = "dsr"
-    quantization_excluded = ("discrete/quantise_lo", "discrete/quantise_hi")  # codebook look-ups stay in float
+    quantization_excluded = ("quantise_lo", "quantise_hi")  # codebook look-ups stay in float
 
     def __init__(self, config: DSRConfig) -> None:
         super().__init__()

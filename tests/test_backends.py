@@ -184,7 +184,8 @@ def test_a_replica_warms_its_runtime_up_with_the_runs_batch_sizes_before_its_fir
     streams: the live batch) while it loads, before the run's clock, and drops the result. Torch
     eager is not warmed (its model may hold state; it has no such cost on the CPU)."""
     from anomstream.pipeline.checkpoint import read_checkpoint_and_hash
-    from anomstream.pipeline.driver.run import _batch_sizes
+    from anomstream.pipeline.driver.plan import RunPlan
+    from anomstream.pipeline.driver.run import _batch_sizes, _live_options
     from anomstream.pipeline.stream.live import LiveOptions
     from anomstream.pipeline.stream.scorer import Scorer
     from anomstream.workers.replica import ReplicaActor
@@ -232,9 +233,16 @@ def test_a_replica_warms_its_runtime_up_with_the_runs_batch_sizes_before_its_fir
             self.is_live = is_live
 
     recording, camera = Input(False), Input(True)
-    assert _batch_sizes([recording, recording], 16, LiveOptions()) == (16,)
-    assert _batch_sizes([camera], 16, LiveOptions()) == (1,)
-    assert _batch_sizes([camera, recording], 8, LiveOptions(batch=4)) == (4, 8)
+    assert _batch_sizes([recording, recording], 16, 1) == (16,)
+    assert _batch_sizes([camera], 16, 1) == (1,)
+    assert _batch_sizes([camera, recording], 8, 4) == (4, 8)
+    # the live batch the replicas warm up with is the one the loop sends: 1 on a CPU, the batch size on a GPU
+    plan = RunPlan(specs=("rtsp://127.0.0.1:1/x",), checkpoint="model.pt", out="s.zarr")
+    assert _live_options(plan, 16, on_gpu=False).batch == 1
+    assert _live_options(plan, 16, on_gpu=True).batch == 16
+    assert _live_options(replace(plan, live=LiveOptions(batch=4)), 16, on_gpu=True).batch == 4
+    assert _live_options(replace(plan, view=("127.0.0.1", 8000)), 16, on_gpu=False).preview_size > 0
+    assert _live_options(plan, 16, on_gpu=False).preview_size == 0
 
 
 def test_the_run_hands_its_replicas_the_batch_sizes_to_warm_up_before_the_clock(ray_session, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from anomstream.pipeline.backends.choice import (
 )
 from anomstream.pipeline.backends.graph import export_onnx
 from anomstream.pipeline.backends.ir import is_ir, read_ir
-from anomstream.pipeline.backends.quantize import map_filters, quantize_int8, quantized_share
+from anomstream.pipeline.backends.quantize import map_filters, quantize_int8, quantized_share, scope_pattern
 from anomstream.pipeline.backends.runners import make_runner
 from anomstream.pipeline.backends.verdict import Verdict, measured_verdict
 from anomstream.pipeline.calibration.stored import run_calibration
@@ -122,6 +123,21 @@ def test_the_convolutions_that_filter_a_score_map_are_found(name, filters):
     if model.fits_statistics:
         model.fit_statistics([torch.randint(0, 256, (4, 1, 3, 64, 64), dtype=torch.uint8)])
     assert set(map_filters(openvino.convert_model(io.BytesIO(export_onnx(model))))) == filters
+
+
+@pytest.mark.parametrize("name, scopes", [("padim", 2), ("adtr", 2), ("favae", 2), ("dsr", 2), ("ds2", 0)])
+def test_every_scope_a_model_keeps_in_float_names_operations_of_its_graph(name, scopes):
+    """NNCF is given the scopes without checking them (a model without a backbone's scope is fine),
+    so a scope named as the module tree has it but not as the graph does keeps nothing in float: DSR's
+    ``discrete/quantise_lo`` did (its quantizers run through ``DiscreteModel.encode``, so the graph
+    names them ``/quantise_lo/...``). Each scope must name operations of the exported graph."""
+    model_class, config = SMALL[name]
+    model = model_class(config).eval()
+    if model.fits_statistics:
+        model.fit_statistics([torch.randint(0, 256, (4, 1, 3, 64, 64), dtype=torch.uint8)])
+    names = [op.get_friendly_name() for op in openvino.convert_model(io.BytesIO(export_onnx(model))).get_ordered_ops()]
+    found = {path: sum(bool(re.match(scope_pattern(path), name)) for name in names) for path in model.float_scopes()}
+    assert len(found) == scopes and all(found.values()), found
 
 
 def test_padims_int8_model_ranks_mtd_images_as_torch_does(shared_data):

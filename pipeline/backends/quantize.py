@@ -53,7 +53,7 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     model = openvino.convert_model(io.BytesIO(onnx))
     other_types = sorted({op.get_type_name() for op in model.get_ordered_ops()} - set(QUANTIZED_TYPES))
     scope = nncf.IgnoredScope(names=map_filters(model), types=other_types,
-                              patterns=[f"/{re.escape(path)}/.*" for path in excluded], validate=False)
+                              patterns=[scope_pattern(path) for path in excluded], validate=False)
     dataset = nncf.Dataset(batches, lambda batch: {INPUT_NAME: np.ascontiguousarray(batch)})
     quiet = logging.getLogger("nncf")
     level = quiet.level
@@ -65,6 +65,14 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     finally:
         quiet.setLevel(level)
     return pack_ir(quantized)
+
+
+def scope_pattern(path: str) -> str:
+    """The regular expression of the exported graph's operation names under the sub-module ``path``
+    (``memory``, ``backbone/stages/stem``): ONNX names them ``/path/...`` after the modules whose
+    ``forward`` ran, so a sub-module reached through another method of its parent is named without
+    that parent (DSR's ``quantise_lo``, not ``discrete/quantise_lo``)."""
+    return f"/{re.escape(path)}/.*"
 
 
 def map_filters(model: Any) -> list[str]:

@@ -57,10 +57,6 @@ class Verdict:
         return (f"{precision}: micro AUC {self.micro_auc[precision]:.4f} against fp32's {self.micro_auc['fp32']:.4f}, "
                 f"same events ({self.source.split(';')[0]})")
 
-    def as_json(self) -> dict:
-        found = {"micro_auc": self.micro_auc, "events_agree": self.events_agree, "source": self.source}
-        return {**found, "pixel_auroc": self.pixel_auroc} if self.pixel_auroc else found
-
 
 def measured_verdict(sha256: str) -> Verdict:
     """The verdict for the checkpoint with ``sha256``: the user's own (``save_verdict``) before the

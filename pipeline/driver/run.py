@@ -347,14 +347,11 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
                                                 [r.reason for r in run.inputs.left_out]))
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
+        live = _live_options(plan, settings.batch_size, on_gpu="num_gpus" in replica_options)
         with _served(plan, writers, report, reporter):
-            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, plan.live))
+            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, live.batch))
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
-            live = plan.live if plan.live.batch is not None else \
-                replace(plan.live, batch=1 if report.device == "cpu" else settings.batch_size)
-            if plan.view is not None:
-                live = replace(live, preview_size=VIEW_PICTURE_SIZE)  # the camera's own picture for the view
             setup = StreamSetup(run.shape, run.arrays, settings, live, view=plan.view is not None,
                                 events=run.events is not None)
             ScoringLoop(sources, setup, pool, report, reporter, deadline, stop).run()
@@ -396,13 +393,20 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Repo
             server.close()
 
 
-def _batch_sizes(sources: list[Source], batch_size: int, live: LiveOptions) -> tuple[int, ...]:
-    """The batch sizes the run's replicas score most: ``batch_size`` for recordings, the live batch
-    for live streams (a CPU replica's default: 1 frame at a time); a stream's last batch may be
-    smaller."""
+def _live_options(plan: RunPlan, batch_size: int, on_gpu: bool) -> LiveOptions:
+    """The live streams' options for this run: the plan's live batch or, where it leaves that to the
+    run, 1 frame per replica call on a CPU (a frame waits for no other) and ``batch_size`` frames on
+    a GPU (``on_gpu``: the replicas ask Ray for one); with the live view, the camera's own picture."""
+    live = plan.live if plan.live.batch is not None else replace(plan.live, batch=batch_size if on_gpu else 1)
+    return replace(live, preview_size=VIEW_PICTURE_SIZE) if plan.view is not None else live
+
+
+def _batch_sizes(sources: list[Source], batch_size: int, live_batch: int) -> tuple[int, ...]:
+    """The batch sizes the run's replicas score most: ``batch_size`` for recordings, ``live_batch``
+    for live streams; a stream's last batch may be smaller."""
     sizes = {batch_size} if any(not source.is_live for source in sources) else set()
     if any(source.is_live for source in sources):
-        sizes.add(live.batch or 1)
+        sizes.add(live_batch)
     return tuple(sorted(sizes))
 
 
