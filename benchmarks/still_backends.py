@@ -16,8 +16,9 @@ replicas) with each backend (int8: quantized on the training split's normal imag
 AUROC and their difference
 to torch's (pooled over the split: :func:`pipeline.evaluation.backends.backend_accuracy`). Prints
 markdown tables. ``--past-the-check`` (a measurement only, never a run's behaviour): the start-of-run
-check's thresholds set to nothing, so a precision it refuses is scored anyway, and its figures (rank
-agreement, map correlation) printed: whether the AUROC agrees with a refusal.
+check's thresholds set to nothing, so a precision it refuses by rank agreement or map correlation is
+scored anyway (a constant or not finite output is still refused), and its figures printed: whether
+the AUROC agrees with a refusal.
 """
 
 from __future__ import annotations

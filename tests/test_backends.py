@@ -236,7 +236,7 @@ def test_a_replica_warms_its_runtime_up_with_the_runs_batch_sizes_before_its_fir
     assert _batch_sizes([recording, recording], 16, 1) == (16,)
     assert _batch_sizes([camera], 16, 1) == (1,)
     assert _batch_sizes([camera, recording], 8, 4) == (4, 8)
-    # the live batch the replicas warm up with is the one the loop sends: 1 on a CPU, the batch size on a GPU
+    # the live batch the loop sends: 1 on a CPU (where the exported graphs that warm up score), the batch size on a GPU
     plan = RunPlan(specs=("rtsp://127.0.0.1:1/x",), checkpoint="model.pt", out="s.zarr")
     assert _live_options(plan, 16, on_gpu=False).batch == 1
     assert _live_options(plan, 16, on_gpu=True).batch == 16

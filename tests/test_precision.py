@@ -16,6 +16,7 @@ import torch
 from scipy.stats import spearmanr
 from small_models import SMALL, still_windows
 
+from anomstream.models.dmad import DMAD, DMADConfig
 from anomstream.models.padim import PaDiM, PaDiMConfig
 from anomstream.pipeline.backends import choice as choice_module
 from anomstream.pipeline.backends import verdict as verdict_module
@@ -125,13 +126,15 @@ def test_the_convolutions_that_filter_a_score_map_are_found(name, filters):
     assert set(map_filters(openvino.convert_model(io.BytesIO(export_onnx(model))))) == filters
 
 
-@pytest.mark.parametrize("name, scopes", [("padim", 2), ("adtr", 2), ("favae", 2), ("dsr", 2), ("ds2", 0)])
+@pytest.mark.parametrize("name, scopes", [("padim", 2), ("adtr", 2), ("favae", 2), ("favae-crops", 2), ("dsr", 2),
+                                          ("ds2", 0), ("ds2-cutpaste", 0), ("dmad", 2)])
 def test_every_scope_a_model_keeps_in_float_names_operations_of_its_graph(name, scopes):
     """NNCF is given the scopes without checking them (a model without a backbone's scope is fine),
     so a scope named as the module tree has it but not as the graph does keeps nothing in float: DSR's
     ``discrete/quantise_lo`` did (its quantizers run through ``DiscreteModel.encode``, so the graph
     names them ``/quantise_lo/...``). Each scope must name operations of the exported graph."""
-    model_class, config = SMALL[name]
+    model_class, config = (DMAD, DMADConfig(image_size=64, channels=1, widths=(8, 16, 32, 64), memory_size=32,
+                                            skip_channels=8, offset_width=8)) if name == "dmad" else SMALL[name]
     model = model_class(config).eval()
     if model.fits_statistics:
         model.fit_statistics([torch.randint(0, 256, (4, 1, 3, 64, 64), dtype=torch.uint8)])

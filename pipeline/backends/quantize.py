@@ -40,7 +40,7 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     """The ONNX scoring graph ``onnx`` quantized to int8 by NNCF, as :func:`pack_ir` bytes.
 
     ``batches``: uint8 window batches (N, T, C, H, W) of normal footage (NNCF's statistics, all of
-    them: the caller picks how many); ``excluded``: sub-module paths (``memory``, ``discrete/quantise_lo``)
+    them: the caller picks how many); ``excluded``: sub-module paths (``memory``, ``quantise_lo``: :func:`scope_pattern`)
     whose operations stay in float. Raises BackendError (one line) when NNCF or OpenVINO is missing or
     NNCF fails."""
     try:

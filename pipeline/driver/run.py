@@ -347,11 +347,12 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
                                                 [r.reason for r in run.inputs.left_out]))
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
-        live = _live_options(plan, settings.batch_size, on_gpu="num_gpus" in replica_options)
         with _served(plan, writers, report, reporter):
-            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, live.batch))
+            # only exported graphs warm up, and they score on the CPU: a live stream's batch there is 1 frame
+            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, plan.live.batch or 1))
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
+            live = _live_options(plan, settings.batch_size, on_gpu=report.device != "cpu")
             setup = StreamSetup(run.shape, run.arrays, settings, live, view=plan.view is not None,
                                 events=run.events is not None)
             ScoringLoop(sources, setup, pool, report, reporter, deadline, stop).run()
@@ -396,7 +397,8 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Repo
 def _live_options(plan: RunPlan, batch_size: int, on_gpu: bool) -> LiveOptions:
     """The live streams' options for this run: the plan's live batch or, where it leaves that to the
     run, 1 frame per replica call on a CPU (a frame waits for no other) and ``batch_size`` frames on
-    a GPU (``on_gpu``: the replicas ask Ray for one); with the live view, the camera's own picture."""
+    a GPU (``on_gpu``: where the replicas found themselves, not what they asked Ray for: a torch
+    that sees no CUDA scores on the CPU); with the live view, the camera's own picture."""
     live = plan.live if plan.live.batch is not None else replace(plan.live, batch=batch_size if on_gpu else 1)
     return replace(live, preview_size=VIEW_PICTURE_SIZE) if plan.view is not None else live
 
