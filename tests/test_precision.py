@@ -199,6 +199,34 @@ def test_auto_takes_the_fastest_precision_its_verdict_clears(shipped_cache, monk
     assert "int8: no measured AUC for this checkpoint" in plain.note
 
 
+def test_auto_skips_a_precision_its_verdict_measured_slower_than_fp32(shipped_cache, shipped_checkpoint, ped2,
+                                                                      tmp_path, monkeypatch, capsys):
+    """``--save-verdict`` keeps each precision's speed through the pipeline, fp32's from its fastest
+    backend in the run (ONNX Runtime here, not the torch reference), and ``auto`` does not take a
+    precision whose AUC holds but which ran slower than that (PaDiM: ONNX Runtime fp32 173.7 images/s,
+    OpenVINO int8-bf16 39.6 on the EPYC, docs/backends.md). The rows' figures are set here: what is
+    under test is the bench's and ``auto``'s bookkeeping, not the scoring (test_still_pipeline)."""
+    import anomstream.pipeline.evaluation.backends as accuracy_module
+    from anomstream.pipeline.bench import run_accuracy
+
+    speeds = {"torch": 16.1, "onnxruntime": 173.7, "openvino_int8-bf16": 39.6}
+    monkeypatch.setattr(accuracy_module, "backend_accuracy", lambda checkpoint, accuracy, label, settings, out:
+                        BackendAccuracy(label, 0.967, 0.977, 0.955, (("01", 134, 179),), speeds[label]))
+    monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
+    monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx512_bf16", "avx512_vnni"})
+    run_accuracy(str(shipped_checkpoint), ["torch", "onnxruntime", "openvino:int8-bf16"], f"ped2:{ped2}",
+                 str(tmp_path / "bench"), save_verdict=True)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("verdict: ")
+    kept = measured_verdict(shipped_cache.sha256)
+    assert kept.fps == {"fp32": 173.7, "int8-bf16": 39.6} and kept.refusal("int8-bf16") is None
+    assert kept.slower("int8-bf16") == "measured slower than fp32 (39.6 against 173.7 per second through the pipeline)"
+    chosen = choose_backend("auto", "auto", shipped_cache)
+    assert chosen.precision == "fp32"
+    assert "int8-bf16: measured slower than fp32 (39.6 against 173.7 per second through the pipeline)" in chosen.note
+    assert Verdict({"fp32": 0.967, "bf16": 0.967}, {"bf16": True}, fps={"fp32": 20.0, "bf16": 90.0}).slower("bf16") is None
+    assert Verdict({"fp32": 0.967, "bf16": 0.967}, {"bf16": True}).slower("bf16") is None  # not measured: no refusal
+
+
 def test_auto_takes_int8_with_bf16_float_parts_where_the_cpu_has_bf16_units(int8_cache, monkeypatch):
     """The shipped verdict clears int8-bf16 (int8 convolutions, the float parts in bf16): on a CPU with
     AMX, and on one with AVX512-BF16 and VNNI but no AMX (measured faster than int8 on both),
@@ -408,11 +436,13 @@ def test_a_saved_verdict_keeps_its_test_sets_figures_and_drops_what_is_refused_n
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     sha = "a" * 64
     save_verdict(sha, Verdict({"fp32": 0.75, "int8": 0.74, "bf16": 0.749}, {"int8": True, "bf16": True},
-                              "mtd test set, 2026-12-07", {"fp32": 0.92, "int8": 0.919, "bf16": 0.92}))
+                              "mtd test set, 2026-12-07", {"fp32": 0.92, "int8": 0.919, "bf16": 0.92},
+                              {"fp32": 150.0, "int8": 340.0, "bf16": 290.0}))
     save_verdict(sha, Verdict({"fp32": 0.75, "int8-bf16": 0.7495}, {"int8-bf16": True}, "mtd test set, 2026-12-08",
-                              {"fp32": 0.92, "int8-bf16": 0.9201}), refused=("bf16",))
+                              {"fp32": 0.92, "int8-bf16": 0.9201}, {"fp32": 84.0, "int8-bf16": 380.0}), refused=("bf16",))
     kept = measured_verdict(sha)
-    assert sorted(kept.micro_auc) == sorted(kept.pixel_auroc) == ["fp32", "int8", "int8-bf16"]
+    assert sorted(kept.micro_auc) == sorted(kept.pixel_auroc) == sorted(kept.fps) == ["fp32", "int8", "int8-bf16"]
+    assert kept.fps["fp32"] == 150.0  # the faster fp32 of the two runs (ONNX Runtime, then torch alone)
     assert kept.refusal("int8") == "its measured image AUROC is 0.0100 below fp32's (at most 0.002 allowed)"
     assert kept.refusal("int8-bf16") is None and kept.refusal("bf16").startswith("no measured AUC")
     save_verdict(sha, Verdict({"fp32": 0.70, "bf16": 0.6995}, {"bf16": True}, "ped2 test set, 2026-12-08"))

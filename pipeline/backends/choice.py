@@ -7,7 +7,8 @@ CPUs, docs/backends.md: in fp32 ONNX Runtime, as fast as OpenVINO and quicker to
 int8 OpenVINO), torch when the replicas are on a GPU, when nothing else is installed, or when the
 graph cannot be exported. ``auto`` precision: the fastest of int8-bf16 (int8 convolutions, the float
 parts in bf16: CPUs with AVX512-BF16 or AMX), int8 and bf16 that the checkpoint's measured verdict clears
-(:mod:`pipeline.backends.verdict`) and the CPU computes natively, else fp32.
+(:mod:`pipeline.backends.verdict`: its AUC, and its speed where the verdict measured one faster than
+fp32) and the CPU computes natively, else fp32.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendC
     if requested in ("auto", "openvino") and "openvino" in installed_backends():
         verdict = measured_verdict(cache.sha256)
         for precision in REDUCED:
-            why_not = verdict.refusal(precision) or cpu_refusal(precision) or cache.footage_refusal(precision)
+            why_not = (verdict.refusal(precision) or verdict.slower(precision) or cpu_refusal(precision)
+                       or cache.footage_refusal(precision))
             if why_not:
                 reasons.append(f"{precision}: {why_not}")
                 continue
