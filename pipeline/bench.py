@@ -187,8 +187,8 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     test set ``accuracy`` (``DATASET:ROOT``, :mod:`pipeline.evaluation.backends`), against the first
     backend's, printed as a table; a backend the start-of-run check refuses is a line saying so.
     ``save_verdict``: keep the reduced precisions' verdict for this checkpoint in the user's cache
-    (what ``--precision auto`` reads; the first backend must compute in fp32), with each precision's
-    frames per second through the pipeline (fp32's: its fastest backend here)."""
+    (what ``--precision auto`` reads; the first backend must compute in fp32), with the frames per
+    second through the pipeline of each reduced precision and each fp32 runtime (not torch's)."""
     from .backends.runners import BackendError
     from .backends.verdict import Verdict
     from .backends.verdict import save_verdict as keep
@@ -230,7 +230,8 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
                           {precision: row.events_agree(first) for precision, row in reduced},
                           f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
                           {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {},
-                          {"fp32": max(row.fps for s, row in measured.items() if backend_label(s)[1] == "fp32"),
+                          {**{f"fp32:{backend_label(s)[0]}": row.fps for s, row in measured.items()
+                              if backend_label(s)[1] == "fp32" and backend_label(s)[0] != "torch"},
                            **{precision: row.fps for precision, row in reduced}})
         gone = tuple(backend_label(spec)[1] for spec, _ in refused)
         print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict, gone)}")

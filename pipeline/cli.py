@@ -710,7 +710,8 @@ def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.Argu
                        "AUC and events against the first's")
     bench.add_argument("--save-verdict", action="store_true", help="with --accuracy: keep the reduced precisions' "
                        "verdict for this checkpoint, their AUC and speed (what --precision auto reads: a precision "
-                       "slower than the fastest fp32 backend measured is not taken; the first backend must be fp32)")
+                       "measured slower than the fp32 runtime it would fall back to is not taken, so list onnxruntime "
+                       "and openvino too; the first backend must be fp32)")
     bench.add_argument("--out", default="bench_out", help="where the scratch stores go: a new temporary folder inside "
                        "it, removed afterwards (nothing else there is touched; default: bench_out)")
     bench.add_argument("--json", help="also write the results as JSON here")

@@ -7,8 +7,8 @@ CPUs, docs/backends.md: in fp32 ONNX Runtime, as fast as OpenVINO and quicker to
 int8 OpenVINO), torch when the replicas are on a GPU, when nothing else is installed, or when the
 graph cannot be exported. ``auto`` precision: the fastest of int8-bf16 (int8 convolutions, the float
 parts in bf16: CPUs with AVX512-BF16 or AMX), int8 and bf16 that the checkpoint's measured verdict clears
-(:mod:`pipeline.backends.verdict`: its AUC, and its speed where the verdict measured one faster than
-fp32) and the CPU computes natively, else fp32.
+(:mod:`pipeline.backends.verdict`: its AUC, and where the verdict measured speeds, faster than the
+fp32 runtime the run would take instead) and the CPU computes natively, else fp32.
 """
 
 from __future__ import annotations
@@ -115,14 +115,16 @@ def _check_names(requested: str, precision: str) -> None:
 
 def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendChoice:
     """``--precision auto``: see :func:`choose_backend`."""
-    reasons = []
+    reasons, fallback = [], None
     if requested == "torch" or on_gpu and requested == "auto":
         return BackendChoice("torch", "fp32", note="replicas on a GPU" if on_gpu and requested != "torch" else None)
     if requested in ("auto", "openvino") and "openvino" in installed_backends():
         verdict = measured_verdict(cache.sha256)
         for precision in REDUCED:
-            why_not = (verdict.refusal(precision) or verdict.slower(precision) or cpu_refusal(precision)
-                       or cache.footage_refusal(precision))
+            why_not = verdict.refusal(precision) or cpu_refusal(precision) or cache.footage_refusal(precision)
+            if not why_not and verdict.fps:  # its speed against the fp32 runtime the run would take instead
+                fallback = fallback or choose_backend(requested, "fp32", cache)
+                why_not = verdict.slower(precision, fallback.backend)
             if why_not:
                 reasons.append(f"{precision}: {why_not}")
                 continue
@@ -132,7 +134,7 @@ def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendC
                                required=requested != "auto")
             except Exception as error:  # noqa: BLE001 - the graph, NNCF, the footage or the check: next precision
                 reasons.append(f"{precision}: {first_line(error)}")
-    chosen = choose_backend(requested, "fp32", cache)
+    chosen = fallback or choose_backend(requested, "fp32", cache)
     return replace(chosen, note="; ".join(filter(None, [chosen.note, *reasons])) or None)
 
 

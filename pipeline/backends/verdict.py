@@ -27,8 +27,9 @@ class Verdict:
     each precision's events matched fp32's; ``source``: where it was measured (dataset, date, CPU).
     A still-image model's: its image AUROC in ``micro_auc`` and its pixel AUROC in ``pixel_auroc``
     (empty for a video model), both held to the same margin. ``fps``: frames (images) per second
-    through the pipeline in the same run, per precision (``fp32``: the fastest fp32 runtime measured;
-    empty in a shipped verdict)."""
+    through the pipeline in the same run, per reduced precision and per fp32 runtime
+    (``fp32:onnxruntime``, ``fp32:openvino``; torch's is not kept: it may have run on a GPU); empty
+    in a shipped verdict."""
 
     micro_auc: dict[str, float] = field(default_factory=dict)
     events_agree: dict[str, bool] = field(default_factory=dict)
@@ -52,13 +53,15 @@ class Verdict:
             return "its measured events differ from fp32's"
         return None
 
-    def slower(self, precision: str) -> str | None:
+    def slower(self, precision: str, fp32_backend: str) -> str | None:
         """Why ``precision`` is not worth taking though its AUC holds (one clause): measured slower
-        through the pipeline than fp32's fastest runtime (PaDiM's OpenVINO graphs against ONNX Runtime:
-        docs/backends.md); None when it was faster or the speeds were not measured."""
-        reduced, fp32 = self.fps.get(precision, math.nan), self.fps.get("fp32", math.nan)
+        through the pipeline than ``fp32_backend`` in fp32, what the run would score with instead
+        (PaDiM's and DS2's OpenVINO graphs against ONNX Runtime: docs/backends.md); None when it was
+        faster or either speed was not measured."""
+        reduced, fp32 = self.fps.get(precision, math.nan), self.fps.get(f"fp32:{fp32_backend}", math.nan)
         if reduced < fp32:  # False with NaN
-            return f"measured slower than fp32 ({reduced:.1f} against {fp32:.1f} per second through the pipeline)"
+            return (f"measured slower than {fp32_backend} fp32 ({reduced:.1f} against {fp32:.1f} frames/s through "
+                    f"the pipeline)")
         return None
 
     def summary(self, precision: str) -> str:
@@ -88,7 +91,7 @@ def save_verdict(sha256: str, verdict: Verdict, refused: tuple[str, ...] = ()) -
     """Keep ``verdict`` for the checkpoint with ``sha256`` in the user's cache; returns the file.
     Precisions measured before on the same test set and not now are kept, those in ``refused``
     (refused at the start of this run) dropped; a verdict measured on another test set is replaced
-    whole (its figures are not comparable with these); fp32's speed is the faster of the two runs'."""
+    whole (its figures are not comparable with these)."""
     path = _user_verdicts()
     try:
         known = json.loads(path.read_text())
@@ -104,10 +107,10 @@ def save_verdict(sha256: str, verdict: Verdict, refused: tuple[str, ...] = ()) -
                      "source": verdict.source}
     if verdict.pixel_auroc or earlier.get("pixel_auroc"):
         known[sha256]["pixel_auroc"] = {**earlier.get("pixel_auroc", {}), **verdict.pixel_auroc}
-    if verdict.fps or earlier.get("fps"):
-        fps = {**earlier.get("fps", {}), **verdict.fps}
-        fp32 = [value for value in (earlier.get("fps", {}).get("fp32"), verdict.fps.get("fp32")) if value]
-        known[sha256]["fps"] = {**fps, "fp32": max(fp32)} if fp32 else fps  # the fastest fp32 runtime either run had
+    fps = {key: value for key, value in {**earlier.get("fps", {}), **verdict.fps}.items()
+           if isinstance(value, (int, float)) and math.isfinite(value) and value > 0}
+    if fps:
+        known[sha256]["fps"] = fps
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(".part")
     part.write_text(json.dumps(known, indent=1))
