@@ -199,17 +199,17 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
         raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
     Path(out).mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="anomstream-accuracy-", dir=out))
-    measured, refused = {}, []
+    measured, unmeasured = {}, []  # unmeasured: (spec, "refused" by the start-of-run check or "failed", why)
     try:
         for spec in backends:
             name, precision, label = backend_label(spec)
             settings = ScoreSection(replicas=2, backend=name, precision=precision)
             try:
                 measured[spec] = backend_accuracy(checkpoint, accuracy, label, settings, out_dir / f"{label}.zarr")
-            except BackendError as error:
+            except AnomstreamError as error:  # one backend's failure is a line; the others are still measured
                 if spec == backends[0]:
                     raise
-                refused.append((spec, f"{label:16s} refused: {error}"))
+                unmeasured.append((spec, "refused" if isinstance(error, BackendError) else "failed", str(error)))
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     first, still = measured[backends[0]], dataset in STILL_SETS
@@ -219,12 +219,13 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     for row in measured.values():
         print(_accuracy_line(row, first, still))
         results.update(_accuracy_results(row, first, still))
-    for _, line in refused:
-        print(line)
+    for spec, kind, why in unmeasured:
+        print(f"{backend_label(spec)[2]:16s} {kind}: {why}")
     if save_verdict:
         reduced = [(backend_label(s)[1], row) for s, row in measured.items() if backend_label(s)[1] != "fp32"]
         if not reduced:
-            print("verdict: no reduced precision was measured; nothing kept")
+            what = ", ".join(f"{backend_label(spec)[2]} {kind}" for spec, kind, _ in unmeasured) or "none asked for"
+            print(f"verdict: no reduced precision was measured ({what}); nothing kept")
             return results
         verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
                           {precision: row.events_agree(first) for precision, row in reduced},
@@ -233,7 +234,7 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
                           {**{f"fp32:{backend_label(s)[0]}": row.fps for s, row in measured.items()
                               if backend_label(s)[1] == "fp32" and backend_label(s)[0] != "torch"},
                            **{precision: row.fps for precision, row in reduced}})
-        gone = tuple(backend_label(spec)[1] for spec, _ in refused)
+        gone = tuple(backend_label(spec)[1] for spec, kind, _ in unmeasured if kind == "refused")
         print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict, gone)}")
     return results
 

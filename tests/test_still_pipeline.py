@@ -205,11 +205,13 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
                                                                               tmp_path, monkeypatch, capsys):
     """``anomstream bench --accuracy mtd:ROOT`` scores the MTD test split (DS2 protocol, seed 0) with
     each backend and prints the image AUROC of the stored score and the pooled pixel AUROC, the same
-    figures as ``anomstream eval`` of that split; a backend refused at the start is a line, and with
-    no reduced precision measured ``--save-verdict`` keeps nothing (test_precision: what it keeps)."""
+    figures as ``anomstream eval`` of that split; a backend refused at the start is a line, one that
+    fails otherwise too (the others are still measured), and with no reduced precision measured
+    ``--save-verdict`` keeps nothing and says why (test_precision: what it keeps)."""
     import anomstream.pipeline.evaluation.backends as accuracy_module
     from anomstream.pipeline.backends.runners import BackendError
     from anomstream.pipeline.backends.verdict import measured_verdict
+    from anomstream.pipeline.errors import AnomstreamError
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     store = tmp_path / "test.zarr"
@@ -224,11 +226,13 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
     def refusing_bf16(checkpoint, accuracy, label, settings, out):
         if settings.precision == "bf16":
             raise BackendError("--backend openvino --precision bf16: its score ranks normal windows unlike torch fp32")
+        if settings.precision == "int8":  # e.g. the checkpoint's footage named relative to another folder
+            raise AnomstreamError("--quantization-data mtd:data/mtd: dataset folder 'data/mtd' not found")
         return real(checkpoint, accuracy, label, settings, out)
 
     monkeypatch.setattr(accuracy_module, "backend_accuracy", refusing_bf16)
     assert main(["bench", "--checkpoint", str(padim_checkpoint), "--rounds", "0", "--backends",
-                 "onnxruntime,openvino,openvino:bf16", "--accuracy", f"mtd:{small_mtd}", "--save-verdict",
+                 "onnxruntime,openvino,openvino:bf16,openvino:int8", "--accuracy", f"mtd:{small_mtd}", "--save-verdict",
                  "--out", str(tmp_path / "bench")]) == 0
     lines = capsys.readouterr().out.splitlines()
     start = lines.index(f"mtd test set, {padim_checkpoint}: stored score's image AUROC, pooled pixel AUROC, events")
@@ -237,6 +241,9 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
     assert lines[start + 2].startswith(f"openvino         image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
     assert lines[start + 3] == ("openvino_bf16    refused: --backend openvino --precision bf16: its score ranks normal "
                                 "windows unlike torch fp32")
-    assert lines[start + 4] == "verdict: no reduced precision was measured; nothing kept"
+    assert lines[start + 4] == ("openvino_int8    failed: --quantization-data mtd:data/mtd: dataset folder 'data/mtd' "
+                                "not found")
+    assert lines[start + 5] == ("verdict: no reduced precision was measured (openvino_bf16 refused, openvino_int8 "
+                                "failed); nothing kept")
     assert measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1]).micro_auc == {}
     assert not (tmp_path / "bench").exists() or not any((tmp_path / "bench").iterdir())
