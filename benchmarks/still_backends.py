@@ -110,6 +110,7 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None,
 def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]] | None = None) -> None:
     from anomstream.pipeline.backends.runners import BackendError
     from anomstream.pipeline.config import ScoreSection
+    from anomstream.pipeline.errors import AnomstreamError
     from anomstream.pipeline.evaluation.backends import backend_accuracy
 
     print("| run | backend | image AUROC | pixel AUROC | image diff to torch | pixel diff | pipeline fps |")
@@ -123,8 +124,9 @@ def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]
                                         quantization_data=[NORMAL] if precision.startswith("int8") else [])
                 try:  # the MTD test split, DS2 protocol, seed 0 (what anomstream bench --accuracy mtd:ROOT scores)
                     row = backend_accuracy(str(run / "model.pt"), f"mtd:{DATA}", precision, settings, store)
-                except BackendError as refused:  # the start-of-run check's verdict is a result too
-                    print(f"| {run.name} | {backend} {precision} | refused: {refused} | | | | |", flush=True)
+                except AnomstreamError as error:  # the start-of-run check's verdict is a result too; a failure a line
+                    kind = "refused" if isinstance(error, BackendError) else "failed"
+                    print(f"| {run.name} | {backend} {precision} | {kind}: {error} | | | | |", flush=True)
                     continue
                 image, pixel = row.micro_auc, row.pixel_auroc
                 reference = reference or (image, pixel)

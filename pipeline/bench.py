@@ -227,12 +227,12 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
             what = ", ".join(f"{backend_label(spec)[2]} {kind}" for spec, kind, _ in unmeasured) or "none asked for"
             print(f"verdict: no reduced precision was measured ({what}); nothing kept")
             return results
+        runtimes = [(backend_label(s)[0], row) for s, row in measured.items() if backend_label(s)[1] == "fp32"]
         verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
                           {precision: row.events_agree(first) for precision, row in reduced},
                           f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
                           {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {},
-                          {**{f"fp32:{backend_label(s)[0]}": row.fps for s, row in measured.items()
-                              if backend_label(s)[1] == "fp32" and backend_label(s)[0] != "torch"},
+                          {**{f"fp32:{name}": row.fps for name, row in runtimes if name != "torch"},  # torch: maybe a GPU
                            **{precision: row.fps for precision, row in reduced}})
         gone = tuple(backend_label(spec)[1] for spec, kind, _ in unmeasured if kind == "refused")
         print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict, gone)}")

@@ -348,8 +348,8 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
         with _served(plan, writers, report, reporter):
-            # only exported graphs warm up, and they score on the CPU: a live stream's batch there is 1 frame
-            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, plan.live.batch or 1))
+            warm = _live_options(plan, settings.batch_size, on_gpu=False).batch  # exported graphs warm up; they run on CPUs
+            _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, warm))
             started = time.time()  # actors are up: from here the clock measures throughput
             deadline = time.monotonic() + plan.duration_s if plan.duration_s is not None else None
             live = _live_options(plan, settings.batch_size, on_gpu=report.device != "cpu")

@@ -94,8 +94,8 @@ class Scorer:
         model, runner = self.model, self.runner
         chunked = isinstance(runner, ChunkedRunner)  # its graph sees chunks of a batch: each chunk's size once
         for size in sorted(set().union(*(runner.call_sizes(s) if chunked else {s} for s in batch_sizes))):
-            self.runner.score(torch.zeros((size, model.window_length, model.channels, model.image_size,
-                                           model.image_size), dtype=torch.uint8))
+            runner.score(torch.zeros((size, model.window_length, model.channels, model.image_size, model.image_size),
+                                     dtype=torch.uint8))
 
     def score_windows(self, windows: torch.Tensor) -> Any:
         """``model.score`` of uint8 windows (N, T, C, H, W) by this scorer's backend (torch: windows on
