@@ -247,3 +247,34 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
                                 "failed); nothing kept")
     assert measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1]).micro_auc == {}
     assert not (tmp_path / "bench").exists() or not any((tmp_path / "bench").iterdir())
+
+
+def test_a_test_splits_anomaly_classes_are_not_judged_as_scenes_but_a_folder_of_them_is(ray_session, shared_data,
+                                                                                       tmp_path, capsys):
+    """MTD's test split is scored as one stream per class; a class of defects is anomalous by
+    construction, so most of it above the threshold says that the model finds them, not that it does
+    not fit the scene (``bench --accuracy`` warned so on MT_Blowhole). The same images as a plain folder,
+    with no labels to say so, are still judged."""
+    mtd = shared_data / "mtd"
+    config = tmp_path / "padim.yaml"
+    config.write_text(yaml.safe_dump({  # calibrated on the train split's 761 held-out normals
+        "model": {"name": "padim", "image_size": 128},
+        "train": {"data": f"mtd:{mtd}?split=train", "batch_size": 8, "output_dir": str(tmp_path / "run")}}))
+    assert main(["train", str(config), "--quiet"]) == 0
+    folder = tmp_path / "blowholes"
+    folder.mkdir()
+    for path in sorted((mtd / "MT_Blowhole" / "Imgs").glob("*.jpg")):
+        shutil.copy(path, folder / path.name)
+    capsys.readouterr()
+    store = tmp_path / "test.zarr"
+    assert main(["score", f"mtd:{mtd}?split=test&seed=0", str(folder), "--checkpoint", str(tmp_path / "run" / "model.pt"),
+                 "--out", str(store), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "does not fit this scene" in line]
+    root = open_results(store)
+    assert sorted(root.group_keys()) == ["MT_Blowhole", "MT_Crack", "MT_Free", "blowholes"]
+    threshold = root.attrs["calibration"]["threshold"]
+    assert np.mean(root["MT_Blowhole"]["score"][:] > threshold) > 0.5  # what a scene check calls a misfit
+    assert [root[name].attrs.get("scene_check", True) for name in ("MT_Blowhole", "MT_Crack", "MT_Free")] == [
+        False, False, True]
+    assert "scene" not in root["MT_Blowhole"].attrs and root["blowholes"].attrs["scene"]["state"] == "misfit"
+    assert [line.split(":")[1].strip() for line in warnings] == ["blowholes"]

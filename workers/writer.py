@@ -119,8 +119,10 @@ class WriterActor:
             self.views[stream_id] = StreamView()
         if self.calibration is not None:
             self.calibrators[stream_id] = StreamCalibrator(self.calibration)
-            self.scenes[stream_id] = SceneCheck(self.calibration.threshold, self.calibration.false_alarm_rate,
-                                                self.calibration.smoothing)
+            self.scenes.pop(stream_id, None)
+            if attrs.get("scene_check", True):
+                self.scenes[stream_id] = SceneCheck(self.calibration.threshold, self.calibration.false_alarm_rate,
+                                                    self.calibration.smoothing)
             if isinstance(self.store, ResultStore):  # a resumed stream: the trailing window goes on from its rows
                 names = ["frame_index", "status", "score_raw", *(name for name in arrays if name.startswith("term_"))]
                 self.calibrators[stream_id].smoothed(*_calibration_inputs(self.store.last_rows(
@@ -158,7 +160,9 @@ class WriterActor:
     def _judge_scene(self, stream_id: str, values: dict[str, np.ndarray]) -> None:
         """Whether the model fits the stream's scene (:mod:`pipeline.calibration.scene`): a change
         goes into the stream's ``scene`` attr and, misfit, drift or fitting again, to the event sinks."""
-        check = self.scenes[stream_id]
+        check = self.scenes.get(stream_id)
+        if check is None:  # not scene-checked (a labelled test split's anomaly class)
+            return
         before = check.state
         verdict = check.feed(values["frame_index"], values["score"], values["status"] == FrameStatus.SCORED)
         if verdict is None:

@@ -58,6 +58,8 @@ def _stream_attrs(source: Source, live: LiveOptions, fingerprint: dict[str, int]
         attrs["maps_every"] = live.maps_every if own.keep_maps is None else own.keep_maps
         if own.threshold is not None:  # the stream's own event threshold (a cameras file)
             attrs["event_rule"] = {"threshold": own.threshold, "low_threshold": own.low_threshold}
+    if not source.scene_checked:
+        attrs["scene_check"] = False
     items = source.items()
     if items is not None:
         attrs["items"] = items  # still images: frame_index -> file

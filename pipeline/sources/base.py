@@ -95,6 +95,9 @@ class Source:
     fps: float | None = None
     is_live: bool = False
     live_policy: str = "every"  # frame policy when scored live (pipeline.stream.live): cameras "latest"
+    # whether the writer judges if the model fits the stream's scene (pipeline.calibration.scene); not for a
+    # labelled test split's anomaly class, anomalous by construction
+    scene_checked: bool = True
     settings: StreamSettings = StreamSettings()  # a cameras file's own values for this stream
     warnings: list[str]
 
