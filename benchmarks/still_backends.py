@@ -108,7 +108,7 @@ def speed(rounds: int = 3, batch: int = 16, models: list[str] | None = None,
 
 
 def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]] | None = None) -> None:
-    from anomstream.pipeline.backends.runners import BackendError
+    from anomstream.pipeline.backends.runners import CheckRefusal
     from anomstream.pipeline.config import ScoreSection
     from anomstream.pipeline.errors import AnomstreamError
     from anomstream.pipeline.evaluation.backends import backend_accuracy
@@ -125,7 +125,7 @@ def accuracy(runs: list[Path], replicas: int = 2, backends: list[tuple[str, str]
                 try:  # the MTD test split, DS2 protocol, seed 0 (what anomstream bench --accuracy mtd:ROOT scores)
                     row = backend_accuracy(str(run / "model.pt"), f"mtd:{DATA}", precision, settings, store)
                 except AnomstreamError as error:  # the start-of-run check's verdict is a result too; a failure a line
-                    kind = "refused" if isinstance(error, BackendError) else "failed"
+                    kind = "refused" if isinstance(error, CheckRefusal) else "failed"
                     print(f"| {run.name} | {backend} {precision} | {kind}: {error} | | | | |", flush=True)
                     continue
                 image, pixel = row.micro_auc, row.pixel_auroc
@@ -160,11 +160,21 @@ def main() -> None:
 
 
 def _disable_the_check() -> None:
-    """The reduced precisions' start-of-run check with no threshold, printing what it measured."""
+    """The start-of-run check with no threshold (fp32's tolerance, the reduced precisions' rank
+    agreement and map correlation), printing what it measured."""
     from anomstream.pipeline.backends import choice
 
     choice.MAP_CORRELATION = choice.RANK_AGREEMENT = -1.0
-    measure = choice.GraphCache.rank_agreement
+    choice.TOLERANCE["fp32"] = float("inf")
+    measure, differ = choice.GraphCache.rank_agreement, choice.GraphCache.parity
+
+    def parity(cache: choice.GraphCache, backend: str, precision: str) -> dict[str, float]:
+        found = differ(cache, backend, precision)
+        print(f"check {backend} {precision}: largest difference to torch over its range: "
+              + ", ".join(f"{name} {value:.2g}" for name, value in found.items()), flush=True)
+        return found
+
+    choice.GraphCache.parity = parity
 
     def shown(cache: choice.GraphCache, backend: str, precision: str) -> dict[str, float]:
         found = measure(cache, backend, precision)

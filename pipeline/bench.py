@@ -23,12 +23,13 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .backends.choice import BackendChoice, GraphCache, choose_backend
+from .backends.choice import BackendChoice, GraphCache, choose_backend, int8_footage
 from .backends.verdict import matrix_flags
 from .calibration.stored import run_calibration
 from .checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
@@ -47,6 +48,24 @@ if TYPE_CHECKING:
     from .evaluation.backends import BackendAccuracy
 
 STAGES = ("model_fps", "naive_fps", "pipeline1_fps", "pipeline2_fps")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How ``anomstream bench`` measures: windows per ``batch_size``; the clip scored ``repeats`` times
+    per measurement; ``rounds`` interleaved rounds; the ``backends`` side by side (``openvino:int8``:
+    a backend and its precision; the first the reference); ``device`` (``--device``; None: auto) where
+    model-only scores and what the pipeline's replicas are told; ``quantization_data``: the int8
+    backends' normal footage (default: the footage the checkpoint's calibration was fitted on);
+    ``out``: the folder a temporary one for the scratch stores is made in."""
+
+    batch_size: int = 16
+    repeats: int = 4
+    rounds: int = 3
+    backends: tuple[str, ...] = ("torch",)
+    device: str | None = None
+    quantization_data: tuple[str, ...] = ()
+    out: str = "bench_out"
 
 
 def _decoded_batches(spec: str, core: Scorer, batch_size: int) -> list[WindowBatch]:
@@ -72,35 +91,37 @@ def backend_label(spec: str) -> tuple[str, str, str]:
     return name, precision, name if precision == "fp32" else f"{name}_{precision}"
 
 
-def _backend_scorers(checkpoint: str, backends: list[str], threads: int,
-                     device: str | None = None) -> dict[str, tuple[Scorer, BackendChoice]]:
-    """label -> (a Scorer on that backend, the choice; torch on ``device``), each checked against torch first."""
+def _backend_scorers(checkpoint: str, options: BenchOptions, threads: int) -> dict[str, tuple[Scorer, BackendChoice]]:
+    """label -> (a Scorer on that backend, the choice; torch on ``options.device``), each checked against torch first."""
     payload, sha256 = read_checkpoint_and_hash(checkpoint)
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
     model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
-    cache = GraphCache(model, checkpoint, sha256, reference, calibrated.footage if calibrated else [])
+    cache = GraphCache(model, checkpoint, sha256, reference, *int8_footage(list(options.quantization_data), calibrated))
     scorers = {}
-    for spec in backends:
+    for spec in options.backends:
         name, precision, label = backend_label(spec)
         choice = choose_backend(name, precision, cache)
-        scorers[label] = (Scorer(payload, threads=threads, device=device, reference=reference, backend=choice), choice)
+        scorers[label] = (Scorer(payload, threads=threads, device=options.device, reference=reference, backend=choice),
+                          choice)
     return scorers
 
 
-def _pipeline_fps(samples: dict[str, list[float]], scorers: dict, spec: str, checkpoint: str, batch_size: int,
-                  repeats: int, out_dir: Path, device: str = "auto") -> None:
+def _pipeline_fps(samples: dict[str, list[float]], scorers: dict, spec: str, checkpoint: str, options: BenchOptions,
+                  out_dir: Path) -> None:
     """One round of the Ray pipeline: 1 replica on the first backend, 2 replicas on each; appended
     to ``samples`` (fps, busy share; per backend when several are compared)."""
     labels = list(scorers) if len(scorers) > 1 else []
-    first = next(iter(scorers))
+    first, device = next(iter(scorers)), options.device or "auto"
     for replicas, label in [(1, None), *((2, label) for label in scorers)]:
         choice = scorers[label or first][1]
         # replicas score on the GPU Ray gives them (not cuda:N); the CPU runtimes' rounds on the CPU
         replica_device = "cpu" if choice.backend != "torch" else "cuda" if device.startswith("cuda") else device
-        settings = ScoreSection(batch_size=batch_size, replicas=replicas, backend=choice.backend, precision=choice.precision,
-                                device=replica_device)
-        report = score_sources(RunPlan(specs=[spec] * repeats, checkpoint=checkpoint, out=out_dir / f"pipeline{replicas}.zarr",
+        settings = ScoreSection(batch_size=options.batch_size, replicas=replicas, backend=choice.backend,
+                                precision=choice.precision, device=replica_device,
+                                quantization_data=list(options.quantization_data))
+        report = score_sources(RunPlan(specs=[spec] * options.repeats, checkpoint=checkpoint,
+                                       out=out_dir / f"pipeline{replicas}.zarr",
                                        settings=settings, mode="overwrite", progress=False,
                                        max_active_streams=replicas + 1))
         fps = report.frames / report.seconds
@@ -123,19 +144,16 @@ def _ratios(results: dict[str, float], labels: list[str]) -> None:
         results[f"pipeline2_{label}_over_model"] = results[f"pipeline2_fps_{label}"] / results[f"model_fps_{label}"]
 
 
-def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4, out: str = "bench_out",
-              rounds: int = 3, backends: list[str] | None = None, device: str | None = None) -> dict[str, float]:
-    """Every stage's fps on clip ``spec`` (medians of ``rounds`` interleaved rounds) and their ratios;
-    ``device`` (``--device``; None: auto) is where model-only scores and what the pipeline's replicas
-    are told (``score.device``).
-    Scratch stores go into a new temporary folder inside ``out`` (made if missing), removed at
-    the end: nothing else in ``out`` is touched."""
+def run_bench(spec: str, checkpoint: str, options: BenchOptions = BenchOptions()) -> dict[str, float]:
+    """Every stage's fps on clip ``spec`` (medians of ``options.rounds`` interleaved rounds) and their
+    ratios. Scratch stores go into a new temporary folder inside ``options.out`` (made if missing),
+    removed at the end: nothing else in it is touched."""
     cores = os.cpu_count() or 1
+    out, batch_size, repeats, rounds = options.out, options.batch_size, options.repeats, options.rounds
     made = not Path(out).exists()
     Path(out).mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="anomstream-bench-", dir=out))
-    backends = backends or ["torch"]
-    scorers = _backend_scorers(checkpoint, backends, cores, device)
+    scorers = _backend_scorers(checkpoint, options, cores)
     core = next(iter(scorers.values()))[0]
     started = time.perf_counter()
     batches = _decoded_batches(spec, core, batch_size)
@@ -164,7 +182,7 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
             samples["naive_fps"].append(naive_frames / (time.perf_counter() - started))
             torch.set_num_threads(1)  # the driver only waits from here on
             ensure_ray()
-            _pipeline_fps(samples, scorers, spec, checkpoint, batch_size, repeats, out_dir, device or "auto")
+            _pipeline_fps(samples, scorers, spec, checkpoint, options, out_dir)
             print(f"round {round_number + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()),
                   flush=True)
     finally:
@@ -175,26 +193,27 @@ def run_bench(spec: str, checkpoint: str, batch_size: int = 16, repeats: int = 4
     _ratios(results, labels)
     results["rounds"] = rounds
     print(f"clip {spec}: {count} frames x {repeats}, batch {batch_size}, {cores} cores, torch {torch.__version__}, "
-          f"CPU flags {matrix_flags()}, backends {', '.join(backends)}, medians of {rounds} rounds")
+          f"CPU flags {matrix_flags()}, backends {', '.join(options.backends)}, medians of {rounds} rounds")
     for key, value in results.items():
         print(f"{key:24s} {value:8.2f}")
     return results
 
 
-def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str = "bench_out",
+def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOptions(),
                  save_verdict: bool = False) -> dict[str, float]:
-    """Each backend's frame AUC and events (an image test set: image and pixel AUROC) on the labelled
-    test set ``accuracy`` (``DATASET:ROOT``, :mod:`pipeline.evaluation.backends`), against the first
-    backend's, printed as a table; a backend the start-of-run check refuses is a line saying so.
+    """Each of ``options.backends``' frame AUC and events (an image test set: image and pixel AUROC)
+    on the labelled test set ``accuracy`` (``DATASET:ROOT``, :mod:`pipeline.evaluation.backends`),
+    against the first backend's, printed as a table; a backend the start-of-run check refuses is a
+    line saying so, as is one that fails for another cause (its footage not found).
     ``save_verdict``: keep the reduced precisions' verdict for this checkpoint in the user's cache
-    (what ``--precision auto`` reads; the first backend must compute in fp32), with the frames per
-    second through the pipeline of each reduced precision and each fp32 runtime (not torch's)."""
-    from .backends.runners import BackendError
-    from .backends.verdict import Verdict
-    from .backends.verdict import save_verdict as keep
+    (what ``--precision auto`` reads; the first backend must compute in fp32): their AUC, or the
+    check's refusal, and the frames per second through the pipeline of each reduced precision and
+    each fp32 runtime (not torch's)."""
+    from .backends.runners import CheckRefusal
     from .evaluation.backends import STILL_SETS, backend_accuracy, parse_accuracy
 
     dataset, _ = parse_accuracy(accuracy)
+    backends, out = list(options.backends), options.out
     if save_verdict and backend_label(backends[0])[1] != "fp32":
         raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -203,13 +222,14 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     try:
         for spec in backends:
             name, precision, label = backend_label(spec)
-            settings = ScoreSection(replicas=2, backend=name, precision=precision)
+            settings = ScoreSection(replicas=2, backend=name, precision=precision,
+                                    quantization_data=list(options.quantization_data))
             try:
                 measured[spec] = backend_accuracy(checkpoint, accuracy, label, settings, out_dir / f"{label}.zarr")
             except AnomstreamError as error:  # one backend's failure is a line; the others are still measured
                 if spec == backends[0]:
                     raise
-                unmeasured.append((spec, "refused" if isinstance(error, BackendError) else "failed", str(error)))
+                unmeasured.append((spec, "refused" if isinstance(error, CheckRefusal) else "failed", str(error)))
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     first, still = measured[backends[0]], dataset in STILL_SETS
@@ -222,21 +242,33 @@ def run_accuracy(checkpoint: str, backends: list[str], accuracy: str, out: str =
     for spec, kind, why in unmeasured:
         print(f"{backend_label(spec)[2]:16s} {kind}: {why}")
     if save_verdict:
-        reduced = [(backend_label(s)[1], row) for s, row in measured.items() if backend_label(s)[1] != "fp32"]
-        if not reduced:
-            what = ", ".join(f"{backend_label(spec)[2]} {kind}" for spec, kind, _ in unmeasured) or "none asked for"
-            print(f"verdict: no reduced precision was measured ({what}); nothing kept")
-            return results
-        runtimes = [(backend_label(s)[0], row) for s, row in measured.items() if backend_label(s)[1] == "fp32"]
-        verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
-                          {precision: row.events_agree(first) for precision, row in reduced},
-                          f"{dataset} test set, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
-                          {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {},
-                          {**{f"fp32:{name}": row.fps for name, row in runtimes if name != "torch"},  # torch: maybe a GPU
-                           **{precision: row.fps for precision, row in reduced}})
-        gone = tuple(backend_label(spec)[1] for spec, kind, _ in unmeasured if kind == "refused")
-        print(f"verdict: {keep(read_checkpoint_and_hash(checkpoint)[1], verdict, gone)}")
+        print(f"verdict: {_keep_verdict(checkpoint, f'{dataset} test set', measured, unmeasured, still)}")
     return results
+
+
+def _keep_verdict(checkpoint: str, test_set: str, measured: dict[str, BackendAccuracy],
+                  unmeasured: list[tuple[str, str, str]], still: bool) -> str:
+    """The verdict of ``measured`` (backend spec -> its figures; the first the fp32 reference) and of
+    the reduced precisions the start-of-run check refused (``unmeasured`` rows ``refused``) kept in
+    the user's cache: the file, or why nothing was kept."""
+    from .backends.verdict import Verdict, save_verdict
+
+    first = next(iter(measured.values()))
+    reduced = [(backend_label(s)[1], row) for s, row in measured.items() if backend_label(s)[1] != "fp32"]
+    refused = {backend_label(spec)[1]: why for spec, kind, why in unmeasured
+               if kind == "refused" and backend_label(spec)[1] != "fp32"}
+    if not reduced and not refused:
+        what = ", ".join(f"{backend_label(spec)[2]} {kind}" for spec, kind, _ in unmeasured) or "none asked for"
+        return f"no reduced precision was measured or refused ({what}); nothing kept"
+    runtimes = [(backend_label(s)[0], row) for s, row in measured.items() if backend_label(s)[1] == "fp32"]
+    verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
+                      {precision: row.events_agree(first) for precision, row in reduced},
+                      f"{test_set}, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
+                      {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {},
+                      {**{f"fp32:{name}": row.fps for name, row in runtimes if name != "torch"},  # torch: maybe a GPU
+                       **{precision: row.fps for precision, row in reduced}}, refused)
+    path = save_verdict(read_checkpoint_and_hash(checkpoint)[1], verdict)
+    return f"{path}" + (f" ({', '.join(refused)} refused)" if refused else "")
 
 
 def _accuracy_results(row: BackendAccuracy, first: BackendAccuracy, still: bool) -> dict[str, float]:

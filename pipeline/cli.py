@@ -364,9 +364,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import BenchOptions, run_bench
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else ["torch"]
     if not args.rounds and not args.accuracy:
         raise AnomstreamError("--rounds 0: nothing to measure without --accuracy DATASET:ROOT")
     if args.save_verdict and not args.accuracy:
@@ -375,12 +375,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .evaluation.backends import parse_accuracy
 
         parse_accuracy(args.accuracy)  # before the speed rounds
-    results = run_bench(args.source, args.checkpoint, args.batch_size, args.repeats, args.out, args.rounds, backends,
-                        device=_device(args)) if args.rounds else {}
+    options = BenchOptions(args.batch_size, args.repeats, args.rounds, tuple(backends), _device(args),
+                           tuple(args.quantization_data or ()), args.out)
+    results = run_bench(args.source, args.checkpoint, options) if args.rounds else {}
     if args.accuracy:
         from .bench import run_accuracy
 
-        results.update(run_accuracy(args.checkpoint, backends or ["torch"], args.accuracy, args.out, args.save_verdict))
+        results.update(run_accuracy(args.checkpoint, args.accuracy, options, args.save_verdict))
     if args.json:
         _write_json(args.json, results)
         print(f"json: {args.json}")
@@ -712,6 +713,9 @@ def _add_bench(commands: argparse._SubParsersAction, parents: list[argparse.Argu
                        "verdict for this checkpoint, their AUC and speed (what --precision auto reads: a precision "
                        "measured slower than the fp32 runtime it would fall back to is not taken, so list onnxruntime "
                        "and openvino too; the first backend must be fp32)")
+    bench.add_argument("--quantization-data", nargs="+", metavar="SOURCE",
+                       help="the int8 backends' normal footage (default: the footage the checkpoint's calibration was "
+                            "fitted on, its paths from the folder it was fitted in)")
     bench.add_argument("--out", default="bench_out", help="where the scratch stores go: a new temporary folder inside "
                        "it, removed afterwards (nothing else there is touched; default: bench_out)")
     bench.add_argument("--json", help="also write the results as JSON here")

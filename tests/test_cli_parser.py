@@ -86,11 +86,13 @@ CASES = {
     "bench": (["bench"], cli._cmd_bench,
               {"source": "../shared/data/ped2/testing/frames/04", "checkpoint": str(SHIPPED_CHECKPOINT), "batch_size": 16,
                "repeats": 4, "rounds": 3, "out": "bench_out", "json": None, "backends": None, "accuracy": None,
-               "save_verdict": False}),
-    "bench typical": (["bench", "--rounds", "1", "--backends", "torch,onnxruntime", "--batch-size", "8"], cli._cmd_bench,
+               "save_verdict": False, "quantization_data": None}),
+    "bench typical": (["bench", "--rounds", "1", "--backends", "torch,onnxruntime", "--batch-size", "8",
+                       "--quantization-data", "normal/", "day.mp4"], cli._cmd_bench,
                       {"source": "../shared/data/ped2/testing/frames/04", "checkpoint": str(SHIPPED_CHECKPOINT),
                        "batch_size": 8, "repeats": 4, "rounds": 1, "out": "bench_out", "json": None,
-                       "backends": "torch,onnxruntime", "accuracy": None, "save_verdict": False}),
+                       "backends": "torch,onnxruntime", "accuracy": None, "save_verdict": False,
+                       "quantization_data": ["normal/", "day.mp4"]}),
 }
 
 
@@ -162,7 +164,7 @@ def test_connect_timeout_help_says_both_defaults(capsys, monkeypatch):
 SAME_NAME_OTHER_OPTION = {"--out": 6, "--replicas": 2, "--checkpoint": 2, "--batch-size": 2, "--resume": 2, "--data": 2,
                           "--calibration": 2, "--smoothing": 2, "--json": 2,
                           "--config": 2, "--false-alarm-rate": 2, "--threads": 2,  # fit (issue 33) beside score and calibrate
-                          "--precision": 2, "--quantization-data": 2}  # export's (fp32 or int8; issue 34)
+                          "--precision": 2, "--quantization-data": 3}  # export's (fp32 or int8; issue 34); bench's
 
 
 def _declarations() -> dict[str, list[ast.Call]]:

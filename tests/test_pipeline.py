@@ -244,12 +244,12 @@ def test_shipped_avenue_checkpoint_on_videos_20_and_08(ray_session, shared_data,
 
 
 def test_bench_measures_every_stage_in_rounds(ray_session, short_clip, shipped_checkpoint, tmp_path, capsys):
-    from anomstream.pipeline.bench import STAGES, run_bench
+    from anomstream.pipeline.bench import STAGES, BenchOptions, run_bench
 
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "notes.txt").write_text("mine")  # --out ~/Documents must not erase it
-    results = run_bench(str(short_clip), str(shipped_checkpoint), batch_size=16, repeats=1,
-                        out=str(tmp_path / "bench"), rounds=1, backends=["torch", "onnxruntime"])
+    results = run_bench(str(short_clip), str(shipped_checkpoint), BenchOptions(
+        batch_size=16, repeats=1, rounds=1, backends=("torch", "onnxruntime"), out=str(tmp_path / "bench")))
     printed = capsys.readouterr().out  # one round: the CI's time budget (rounds are a loop around the same code)
     assert "round 1/1: " in printed and "medians of 1 rounds" in printed
     assert "backends torch, onnxruntime" in printed

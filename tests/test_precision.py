@@ -36,6 +36,7 @@ from anomstream.pipeline.backends.verdict import Verdict, measured_verdict
 from anomstream.pipeline.calibration.stored import run_calibration
 from anomstream.pipeline.checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from anomstream.pipeline.datasets.layouts import mtd_split
+from anomstream.pipeline.errors import AnomstreamError
 from anomstream.pipeline.evaluation.backends import BackendAccuracy
 
 openvino = pytest.importorskip("openvino")
@@ -210,15 +211,15 @@ def test_auto_skips_a_precision_its_verdict_measured_slower_than_fp32(shipped_ca
     figures are set here: what is under test is the bench's and ``auto``'s bookkeeping, not the
     scoring (test_still_pipeline)."""
     import anomstream.pipeline.evaluation.backends as accuracy_module
-    from anomstream.pipeline.bench import run_accuracy
+    from anomstream.pipeline.bench import BenchOptions, run_accuracy
 
     speeds = {"torch": 500.0, "onnxruntime": 173.7, "openvino": 37.0, "openvino_int8-bf16": 39.6}
     monkeypatch.setattr(accuracy_module, "backend_accuracy", lambda checkpoint, accuracy, label, settings, out:
                         BackendAccuracy(label, 0.967, 0.977, 0.955, (("01", 134, 179),), speeds[label]))
     monkeypatch.setattr(verdict_module, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
     monkeypatch.setattr(verdict_module, "cpu_flags", lambda: {"avx512_bf16", "avx512_vnni"})
-    run_accuracy(str(shipped_checkpoint), ["torch", "onnxruntime", "openvino", "openvino:int8-bf16"], f"ped2:{ped2}",
-                 str(tmp_path / "bench"), save_verdict=True)
+    run_accuracy(str(shipped_checkpoint), f"ped2:{ped2}", BenchOptions(
+        backends=("torch", "onnxruntime", "openvino", "openvino:int8-bf16"), out=str(tmp_path / "bench")), save_verdict=True)
     assert capsys.readouterr().out.splitlines()[-1].startswith("verdict: ")
     kept = measured_verdict(shipped_cache.sha256)
     assert kept.fps == {"fp32:onnxruntime": 173.7, "fp32:openvino": 37.0, "int8-bf16": 39.6}
@@ -230,6 +231,13 @@ def test_auto_skips_a_precision_its_verdict_measured_slower_than_fp32(shipped_ca
     assert (chosen.backend, chosen.precision) == ("onnxruntime", "fp32")
     assert "int8-bf16: measured slower than onnxruntime fp32 (39.6 against 173.7 frames/s" in chosen.note
     on_openvino = choose_backend("openvino", "auto", shipped_cache)  # its fallback is OpenVINO fp32, slower still
+    assert (on_openvino.backend, on_openvino.precision) == ("openvino", "int8-bf16")
+    speeds["openvino_int8-bf16"] = 30.0  # now slower than OpenVINO fp32, but that fails its check: nothing to fall to
+    run_accuracy(str(shipped_checkpoint), f"ped2:{ped2}", BenchOptions(
+        backends=("torch", "onnxruntime", "openvino", "openvino:int8-bf16"), out=str(tmp_path / "bench")), save_verdict=True)
+    assert choose_backend("openvino", "auto", shipped_cache).precision == "fp32"
+    monkeypatch.setattr(shipped_cache, "parity", lambda backend, precision: {"score": 0.5, "map": 0.0})
+    on_openvino = choose_backend("openvino", "auto", shipped_cache)
     assert (on_openvino.backend, on_openvino.precision) == ("openvino", "int8-bf16")
 
 
@@ -302,7 +310,18 @@ def test_footage_whose_files_changed_is_quantized_again_and_absent_footage_uses_
     gone = cache()
     assert gone.footage_refusal("int8") is None and gone.graph("int8") == b"int8 graph 2" and len(made) == 2
     shutil.rmtree(tmp_path / "cache")
-    assert cache().footage_refusal("int8") == f"its normal footage {footage} is not on this machine (--quantization-data)"
+    assert cache().footage_refusal("int8") == f"--quantization-data {footage}: not on this machine"
+    calibrations = GraphCache(shipped_cache.model, shipped_cache.checkpoint, shipped_cache.sha256, None, [str(footage)],
+                              footage_given=False)
+    assert calibrations.footage_refusal("int8") == (
+        f"the calibration's footage {footage} is not on this machine (a path from the folder the checkpoint was "
+        f"calibrated in: run from there, or give --quantization-data)")
+    named = GraphCache(shipped_cache.model, shipped_cache.checkpoint, shipped_cache.sha256, None, ["mtd:data/mtd"],
+                       footage_given=False)  # a dataset spec names no path the cache checks: the reader says it
+    with pytest.raises(AnomstreamError, match=r"^the calibration's footage mtd:data/mtd: .*not found.* \(a path from "
+                                              r"the folder the checkpoint was calibrated in: run from there, or give "
+                                              r"--quantization-data\)$"):
+        named.graph("int8")
     clip = str(ped2 / "testing" / "frames" / "02")
     assert footage_path(f"{clip}?start=00:00:01") == Path(clip) and footage_path("D:\\normal") == Path("D:\\normal")
     assert [footage_path(spec) for spec in ("rtsp://cam/x", "camera:0", f"ped2:{ped2}", "linescan:x?tile=4")] == [None] * 4
@@ -389,6 +408,46 @@ def test_a_runtime_whose_map_no_longer_follows_the_models_fails_the_check(shippe
     assert float(message.split("correlation ")[1].split(",")[0]) < 0.5
 
 
+def _flip_a_region(output) -> None:
+    """What a flipped codeword does (DSR trained on MTD, ONNX Runtime fp32 on noise windows: the map
+    0.037 of its range off over part of one window, its pixels' median 4e-7 off, correlation 0.99999)."""
+    scale = output.anomaly_map.abs().max()
+    output.anomaly_map[0, 20:36, 20:36] += 0.04 * scale
+
+
+@pytest.mark.parametrize("change, refusal", [
+    (_flip_a_region, None),
+    (lambda output: setattr(output, "anomaly_map", output.anomaly_map + 0.01 * output.anomaly_map.abs().max()),
+     "half its pixels by 0.01"),
+    (lambda output: setattr(output, "anomaly_map", output.anomaly_map + 0.2 * output.anomaly_map.abs().max()
+                            * torch.from_numpy(np.random.default_rng(0).standard_normal(output.anomaly_map.shape,
+                                                                                       np.float32))),
+     "correlation 0.")])
+def test_fp32_takes_a_map_that_differs_over_a_region_but_not_one_that_moved_everywhere(shipped_cache, monkeypatch,
+                                                                                     change, refusal):
+    """fp32's check holds every output within 1e-4 of its range, and the map alone may instead differ
+    over a region (a discrete choice that flipped between near-equal values) with most of its pixels
+    within it and the whole following torch's (correlation 0.999); a map moved everywhere is refused."""
+    _alter_the_runtime(monkeypatch, change)
+    measured = shipped_cache.parity("onnxruntime", "fp32")
+    if refusal is None:
+        assert measured["map"] > 0.01 and measured["map_median"] <= 1e-4 and measured["map_correlation"] >= 0.999
+        assert choose_backend("onnxruntime", "fp32", shipped_cache).backend == "onnxruntime"
+        return
+    with pytest.raises(choice_module.CheckRefusal) as refused:
+        choose_backend("onnxruntime", "fp32", shipped_cache)
+    message = str(refused.value)
+    assert message.startswith("--backend onnxruntime: its map differs from torch's by ") and refusal in message
+    assert message.endswith("(allowed 0.0001, or most pixels within it and a correlation of 0.999); use --backend torch")
+
+
+def test_fp32_parity_measures_the_maps_median_and_correlation_on_real_frames(shipped_cache):
+    measured = shipped_cache.parity("onnxruntime", "fp32")  # the shipped DMAD: everything within 1e-4
+    terms = {f"term_{name}" for name in shipped_cache.model.term_names}
+    assert set(measured) == {"score", "map", "map_median", "map_correlation", *terms} and len(terms) > 2
+    assert measured["map_median"] <= measured["map"] <= 1e-4 and measured["map_correlation"] > 0.99999
+
+
 @pytest.mark.parametrize("output, refusal", [
     ("score", "its score gives no ranking of normal windows (constant or not finite over them; torch fp32's varies)"),
     ("anomaly_map", "its anomaly map is constant or not finite over normal windows (torch fp32's varies)")])
@@ -430,11 +489,12 @@ def test_an_int8_export_that_ranks_windows_unlike_torch_is_refused_before_anythi
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["anomstream.json", "model.bin", "model.xml"]
 
 
-def test_a_saved_verdict_keeps_its_test_sets_figures_and_drops_what_is_refused_now(tmp_path, monkeypatch):
+def test_a_saved_verdict_keeps_its_test_sets_figures_and_what_is_refused_now(tmp_path, monkeypatch):
     """--save-verdict merges with what was measured before on the same test set (a precision not
-    measured now is kept), drops a precision refused at the start now, and replaces a verdict measured
-    on another test set whole: a still model's image AUROC against a video set's micro AUC would clear
-    what neither cleared."""
+    measured now is kept), keeps a precision refused at the start now as refused (its earlier figures
+    dropped; measured again later, its refusal dropped), and replaces a verdict measured on another
+    test set whole: a still model's image AUROC against a video set's micro AUC would clear what
+    neither cleared."""
     from anomstream.pipeline.backends.verdict import save_verdict
     from anomstream.pipeline.errors import AnomstreamError
     from anomstream.pipeline.evaluation.backends import parse_accuracy
@@ -445,13 +505,20 @@ def test_a_saved_verdict_keeps_its_test_sets_figures_and_drops_what_is_refused_n
                               "mtd test set, 2026-12-07", {"fp32": 0.92, "int8": 0.919, "bf16": 0.92},
                               {"fp32:onnxruntime": 150.0, "int8": 340.0, "bf16": 290.0}))
     save_verdict(sha, Verdict({"fp32": 0.75, "int8-bf16": 0.7495}, {"int8-bf16": True}, "mtd test set, 2026-12-08",
-                              {"fp32": 0.92, "int8-bf16": 0.9201}, {"int8-bf16": 380.0, "fp32:openvino": math.nan}),
-                 refused=("bf16",))
+                              {"fp32": 0.92, "int8-bf16": 0.9201}, {"int8-bf16": 380.0, "fp32:openvino": math.nan},
+                              {"bf16": "--backend openvino --precision bf16: its anomaly map follows torch fp32's poorly"}))
     kept = measured_verdict(sha)
     assert sorted(kept.micro_auc) == sorted(kept.pixel_auroc) == ["fp32", "int8", "int8-bf16"]
     assert kept.fps == {"fp32:onnxruntime": 150.0, "int8": 340.0, "int8-bf16": 380.0}  # no NaN kept
     assert kept.refusal("int8") == "its measured image AUROC is 0.0100 below fp32's (at most 0.002 allowed)"
-    assert kept.refusal("int8-bf16") is None and kept.refusal("bf16").startswith("no measured AUC")
+    assert kept.refusal("int8-bf16") is None and kept.refusal("bf16") == (
+        "refused by the start-of-run check when its verdict was measured (mtd test set, 2026-12-08): --backend "
+        "openvino --precision bf16: its anomaly map follows torch fp32's poorly")
+    save_verdict(sha, Verdict({"fp32": 0.75, "bf16": 0.7499}, {"bf16": True}, "mtd test set, 2026-12-09",
+                              {"fp32": 0.92, "bf16": 0.9199}))
+    again = measured_verdict(sha)
+    assert again.refused == {} and again.refusal("bf16") is None and sorted(again.micro_auc) == [
+        "bf16", "fp32", "int8", "int8-bf16"]
     save_verdict(sha, Verdict({"fp32": 0.70, "bf16": 0.6995}, {"bf16": True}, "ped2 test set, 2026-12-08"))
     replaced = measured_verdict(sha)
     assert replaced.micro_auc == {"fp32": 0.70, "bf16": 0.6995} and replaced.pixel_auroc == replaced.fps == {}

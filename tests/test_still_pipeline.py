@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -205,13 +206,13 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
                                                                               tmp_path, monkeypatch, capsys):
     """``anomstream bench --accuracy mtd:ROOT`` scores the MTD test split (DS2 protocol, seed 0) with
     each backend and prints the image AUROC of the stored score and the pooled pixel AUROC, the same
-    figures as ``anomstream eval`` of that split; a backend refused at the start is a line, one that
-    fails otherwise too (the others are still measured), and with no reduced precision measured
-    ``--save-verdict`` keeps nothing and says why (test_precision: what it keeps)."""
+    figures as ``anomstream eval`` of that split; a backend refused at the start is a line, and kept in
+    the verdict (what ``auto``'s note then says); one that fails otherwise too (int8 with no footage:
+    this checkpoint has no calibration), and the others are still measured; ``--quantization-data``
+    gives int8 its footage (test_precision: what a verdict keeps)."""
     import anomstream.pipeline.evaluation.backends as accuracy_module
-    from anomstream.pipeline.backends.runners import BackendError
-    from anomstream.pipeline.backends.verdict import measured_verdict
-    from anomstream.pipeline.errors import AnomstreamError
+    from anomstream.pipeline.backends.runners import CheckRefusal
+    from anomstream.pipeline.backends.verdict import matrix_flags, measured_verdict
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     store = tmp_path / "test.zarr"
@@ -222,31 +223,38 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
     capsys.readouterr()
 
     real = accuracy_module.backend_accuracy
+    refusal = "--backend openvino --precision bf16: its score ranks normal windows unlike torch fp32"
 
     def refusing_bf16(checkpoint, accuracy, label, settings, out):
         if settings.precision == "bf16":
-            raise BackendError("--backend openvino --precision bf16: its score ranks normal windows unlike torch fp32")
-        if settings.precision == "int8":  # e.g. the checkpoint's footage named relative to another folder
-            raise AnomstreamError("--quantization-data mtd:data/mtd: dataset folder 'data/mtd' not found")
+            raise CheckRefusal(refusal)
         return real(checkpoint, accuracy, label, settings, out)
 
     monkeypatch.setattr(accuracy_module, "backend_accuracy", refusing_bf16)
-    assert main(["bench", "--checkpoint", str(padim_checkpoint), "--rounds", "0", "--backends",
-                 "onnxruntime,openvino,openvino:bf16,openvino:int8", "--accuracy", f"mtd:{small_mtd}", "--save-verdict",
-                 "--out", str(tmp_path / "bench")]) == 0
+    bench = ["bench", "--checkpoint", str(padim_checkpoint), "--rounds", "0", "--accuracy", f"mtd:{small_mtd}",
+             "--save-verdict", "--out", str(tmp_path / "bench")]
+    assert main([*bench, "--backends", "onnxruntime,openvino,openvino:bf16,openvino:int8"]) == 0
     lines = capsys.readouterr().out.splitlines()
     start = lines.index(f"mtd test set, {padim_checkpoint}: stored score's image AUROC, pooled pixel AUROC, events")
     image, pixel = f"{pooled['image_auroc']:.4f}", f"{pooled['pixel_auroc']:.4f}"
     assert lines[start + 1].startswith(f"onnxruntime      image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
     assert lines[start + 2].startswith(f"openvino         image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
-    assert lines[start + 3] == ("openvino_bf16    refused: --backend openvino --precision bf16: its score ranks normal "
-                                "windows unlike torch fp32")
-    assert lines[start + 4] == ("openvino_int8    failed: --quantization-data mtd:data/mtd: dataset folder 'data/mtd' "
-                                "not found")
-    assert lines[start + 5] == ("verdict: no reduced precision was measured (openvino_bf16 refused, openvino_int8 "
-                                "failed); nothing kept")
-    assert measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1]).micro_auc == {}
+    assert lines[start + 3] == f"openvino_bf16    refused: {refusal}"
+    assert lines[start + 4] == ("openvino_int8    failed: --precision int8: no normal footage to quantize on "
+                                "(--quantization-data)")
+    kept = measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1])
+    assert lines[start + 5] == f"verdict: {tmp_path / 'cache' / 'anomstream' / 'precision_verdicts.json'} (bf16 refused)"
+    assert kept.micro_auc == {"fp32": pytest.approx(pooled["image_auroc"])} and kept.refused == {"bf16": refusal}
+    assert kept.refusal("bf16") == (f"refused by the start-of-run check when its verdict was measured (mtd test set, "
+                                    f"{time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}): {refusal}")
     assert not (tmp_path / "bench").exists() or not any((tmp_path / "bench").iterdir())
+
+    assert main([*bench, "--backends", "onnxruntime,openvino:int8", "--quantization-data",
+                 f"mtd:{small_mtd}?split=train"]) == 0
+    int8 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("openvino_int8 "))
+    assert not int8.startswith("openvino_int8    failed"), int8  # measured, or refused by the check: footage found
+    kept = measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1])
+    assert kept.refused["bf16"] == refusal and ("int8" in kept.refused) != ("int8" in kept.micro_auc)
 
 
 def test_a_test_splits_anomaly_classes_are_not_judged_as_scenes_but_a_folder_of_them_is(ray_session, shared_data,

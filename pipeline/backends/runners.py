@@ -30,6 +30,11 @@ class BackendError(AnomstreamError):
     """A backend that is not installed or cannot load the graph."""
 
 
+class CheckRefusal(BackendError):
+    """A backend and precision whose outputs the start-of-run check against torch fp32 refused
+    (:func:`pipeline.backends.choice.choose_backend`): what it does to the model, not a missing part."""
+
+
 class Runner(Protocol):
     def score(self, windows: torch.Tensor) -> ScoreOutput: ...
 

@@ -29,16 +29,20 @@ class Verdict:
     (empty for a video model), both held to the same margin. ``fps``: frames (images) per second
     through the pipeline in the same run, per reduced precision and per fp32 runtime
     (``fp32:onnxruntime``, ``fp32:openvino``; torch's is not kept: it may have run on a GPU); empty
-    in a shipped verdict."""
+    in a shipped verdict. ``refused``: precisions the start-of-run check refused in that run, with
+    its one line (no AUC was measured for them)."""
 
     micro_auc: dict[str, float] = field(default_factory=dict)
     events_agree: dict[str, bool] = field(default_factory=dict)
     source: str = ""
     pixel_auroc: dict[str, float] = field(default_factory=dict)
     fps: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     def refusal(self, precision: str) -> str | None:
         """Why ``precision`` may not be this checkpoint's default (one clause), or None."""
+        if precision in self.refused:
+            return f"refused by the start-of-run check when its verdict was measured ({self.source}): {self.refused[precision]}"
         if "fp32" not in self.micro_auc or precision not in self.micro_auc:
             return "no measured AUC for this checkpoint (anomstream bench --accuracy, docs/backends.md)"
         drop = self.micro_auc["fp32"] - self.micro_auc[precision]
@@ -83,30 +87,33 @@ def measured_verdict(sha256: str) -> Verdict:
             continue
         if isinstance(found, dict):
             return Verdict(found.get("micro_auc", {}), found.get("events_agree", {}), found.get("source", ""),
-                           found.get("pixel_auroc", {}), found.get("fps", {}))
+                           found.get("pixel_auroc", {}), found.get("fps", {}), found.get("refused", {}))
     return Verdict()
 
 
-def save_verdict(sha256: str, verdict: Verdict, refused: tuple[str, ...] = ()) -> Path:
+def save_verdict(sha256: str, verdict: Verdict) -> Path:
     """Keep ``verdict`` for the checkpoint with ``sha256`` in the user's cache; returns the file.
-    Precisions measured before on the same test set and not now are kept, those in ``refused``
-    (refused at the start of this run) dropped; a verdict measured on another test set is replaced
-    whole (its figures are not comparable with these)."""
+    Precisions measured before on the same test set and neither measured nor refused now are kept;
+    a precision refused now loses its earlier figures, one measured now its earlier refusal; a
+    verdict measured on another test set is replaced whole (its figures are not comparable with these)."""
     path = _user_verdicts()
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
     earlier = known.get(sha256, {})
-    if _test_set(earlier.get("source", "")) != _test_set(verdict.source):
+    if not isinstance(earlier, dict) or _test_set(earlier.get("source", "")) != _test_set(verdict.source):
         earlier = {}
-    earlier = {key: {p: v for p, v in values.items() if p not in refused} if isinstance(values, dict) else values
+    now = {*verdict.micro_auc, *verdict.refused} - {"fp32"}
+    earlier = {key: {p: v for p, v in values.items() if p not in now} if isinstance(values, dict) else values
                for key, values in earlier.items()}
     known[sha256] = {"micro_auc": {**earlier.get("micro_auc", {}), **verdict.micro_auc},
                      "events_agree": {**earlier.get("events_agree", {}), **verdict.events_agree},
                      "source": verdict.source}
     if verdict.pixel_auroc or earlier.get("pixel_auroc"):
         known[sha256]["pixel_auroc"] = {**earlier.get("pixel_auroc", {}), **verdict.pixel_auroc}
+    if verdict.refused or earlier.get("refused"):
+        known[sha256]["refused"] = {**earlier.get("refused", {}), **verdict.refused}
     fps = {key: value for key, value in {**earlier.get("fps", {}), **verdict.fps}.items()
            if isinstance(value, (int, float)) and math.isfinite(value) and value > 0}
     if fps:
