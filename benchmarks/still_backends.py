@@ -16,9 +16,9 @@ replicas) with each backend (int8: quantized on the training split's normal imag
 AUROC and their difference
 to torch's (pooled over the split: :func:`pipeline.evaluation.backends.backend_accuracy`). Prints
 markdown tables. ``--past-the-check`` (a measurement only, never a run's behaviour): the start-of-run
-check's thresholds set to nothing, so a precision it refuses by rank agreement or map correlation is
-scored anyway (a constant or not finite output is still refused), and its figures printed: whether
-the AUROC agrees with a refusal.
+check's thresholds set to nothing, so a precision it refuses by rank agreement or map correlation, or an
+fp32 runtime it refuses by its tolerance, is scored anyway (a constant or not finite output is still
+refused), and its figures printed: whether the AUROC agrees with a refusal.
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ def _disable_the_check() -> None:
 
     def parity(cache: choice.GraphCache, backend: str, precision: str) -> dict[str, float]:
         found = differ(cache, backend, precision)
-        print(f"check {backend} {precision}: largest difference to torch over its range: "
+        print(f"check {backend} {precision} (differences over the range of torch's; the map's 75 % quantile, "
+              f"correlation, whether the graph makes discrete choices): "
               + ", ".join(f"{name} {value:.2g}" for name, value in found.items()), flush=True)
         return found
 

@@ -18,6 +18,7 @@ between medians.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import statistics
@@ -97,7 +98,8 @@ def _backend_scorers(checkpoint: str, options: BenchOptions, threads: int) -> di
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
     model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
-    cache = GraphCache(model, checkpoint, sha256, reference, *int8_footage(list(options.quantization_data), calibrated))
+    footage, given = int8_footage(list(options.quantization_data), calibrated)
+    cache = GraphCache(model, checkpoint, sha256, reference, footage, footage_given=given)
     scorers = {}
     for spec in options.backends:
         name, precision, label = backend_label(spec)
@@ -253,22 +255,29 @@ def _keep_verdict(checkpoint: str, test_set: str, measured: dict[str, BackendAcc
     the user's cache: the file, or why nothing was kept."""
     from .backends.verdict import Verdict, save_verdict
 
-    first = next(iter(measured.values()))
+    first, source = next(iter(measured.values())), f"{test_set}, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}"
     reduced = [(backend_label(s)[1], row) for s, row in measured.items() if backend_label(s)[1] != "fp32"]
-    refused = {backend_label(spec)[1]: why for spec, kind, why in unmeasured
+    refused = {backend_label(spec)[1]: f"{_check_clause(why)} ({source})" for spec, kind, why in unmeasured
                if kind == "refused" and backend_label(spec)[1] != "fp32"}
     if not reduced and not refused:
         what = ", ".join(f"{backend_label(spec)[2]} {kind}" for spec, kind, _ in unmeasured) or "none asked for"
         return f"no reduced precision was measured or refused ({what}); nothing kept"
     runtimes = [(backend_label(s)[0], row) for s, row in measured.items() if backend_label(s)[1] == "fp32"]
+    lost = {f"fp32:{backend_label(spec)[0]}": math.nan for spec, _, _ in unmeasured  # an earlier speed of it: dropped
+            if backend_label(spec)[1] == "fp32"}
     verdict = Verdict({"fp32": first.micro_auc, **{precision: row.micro_auc for precision, row in reduced}},
-                      {precision: row.events_agree(first) for precision, row in reduced},
-                      f"{test_set}, {time.strftime('%Y-%m-%d')}, CPU flags {matrix_flags()}",
+                      {precision: row.events_agree(first) for precision, row in reduced}, source,
                       {"fp32": first.pixel_auroc, **{p: row.pixel_auroc for p, row in reduced}} if still else {},
-                      {**{f"fp32:{name}": row.fps for name, row in runtimes if name != "torch"},  # torch: maybe a GPU
+                      {**lost, **{f"fp32:{name}": row.fps for name, row in runtimes if name != "torch"},  # torch: a GPU?
                        **{precision: row.fps for precision, row in reduced}}, refused)
     path = save_verdict(read_checkpoint_and_hash(checkpoint)[1], verdict)
     return f"{path}" + (f" ({', '.join(refused)} refused)" if refused else "")
+
+
+def _check_clause(refusal: str) -> str:
+    """The start-of-run check's refusal without the backend it names first and its advice after
+    (``--backend openvino --precision bf16: its map ...; use --precision fp32`` -> ``its map ...``)."""
+    return refusal.partition(": ")[2].removesuffix("; use --precision fp32") or refusal
 
 
 def _accuracy_results(row: BackendAccuracy, first: BackendAccuracy, still: bool) -> dict[str, float]:

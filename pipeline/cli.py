@@ -366,7 +366,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchOptions, run_bench
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else ["torch"]
+    backends = [b.strip() for b in (args.backends or "").split(",") if b.strip()] or ["torch"]
     if not args.rounds and not args.accuracy:
         raise AnomstreamError("--rounds 0: nothing to measure without --accuracy DATASET:ROOT")
     if args.save_verdict and not args.accuracy:

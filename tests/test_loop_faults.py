@@ -83,6 +83,7 @@ class FakeSource:
         self.stream_id, self.frame_count, self.is_live = stream_id, None if live else frames, live
         self.frames, self.fps, self.live_policy, self.warnings = frames, 10.0, "latest" if live else "every", []
         self.settings = StreamSettings()  # no cameras file: the run's own settings
+        self.scene_checked = True
 
     def describe(self) -> str:
         return f"{self.stream_id}.avi"

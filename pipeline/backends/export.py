@@ -57,7 +57,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
     calibrated = run_calibration(payload, sha256, calibration)
     model = set_reference_maps(model_from_payload(payload, checkpoint), calibrated.reference if calibrated else None)
     footage, given = int8_footage(quantization_data, calibrated)
-    cache = GraphCache(model, checkpoint, sha256, calibrated.reference if calibrated else None, footage, given)
+    cache = GraphCache(model, checkpoint, sha256, calibrated.reference if calibrated else None, footage, footage_given=given)
     # before anything is written; int8: refused in one line unless it ranks normal windows as torch fp32 does
     graph = choose_backend("openvino", "int8", cache).graph if precision == "int8" else cache.graph(precision)
     runtime = "openvino" if fmt == "openvino" else "onnxruntime"

@@ -65,6 +65,22 @@ def export_onnx(model: AnomalyModel) -> bytes:
     return buffer.getvalue()
 
 
+DISCRETE_OPERATIONS = ("ArgMin", "ArgMax")  # a choice among near-equal values: a vector quantizer's codeword
+
+
+def makes_discrete_choices(graph: bytes) -> bool:
+    """Whether an ONNX ``graph`` picks by ``DISCRETE_OPERATIONS`` (DMAD's and DSR's vector quantizers:
+    ``argmin`` of codeword distances), where two runtimes may pick differently between near-equal
+    values; False when ``onnx`` cannot read it."""
+    try:
+        import onnx
+
+        nodes = onnx.load_from_string(graph).graph.node
+    except Exception:  # noqa: BLE001 - not installed, or not an ONNX graph (OpenVINO IR)
+        return False
+    return any(node.op_type in DISCRETE_OPERATIONS for node in nodes)
+
+
 def _blocking_operation(error: Exception) -> str:
     text = str(error)
     found = re.search(r"operator '?([\w:.]+)'?", text)

@@ -29,8 +29,8 @@ class Verdict:
     (empty for a video model), both held to the same margin. ``fps``: frames (images) per second
     through the pipeline in the same run, per reduced precision and per fp32 runtime
     (``fp32:onnxruntime``, ``fp32:openvino``; torch's is not kept: it may have run on a GPU); empty
-    in a shipped verdict. ``refused``: precisions the start-of-run check refused in that run, with
-    its one line (no AUC was measured for them)."""
+    in a shipped verdict. ``refused``: precisions the start-of-run check refused (no AUC was measured
+    for them), each with the check's clause and where it was measured."""
 
     micro_auc: dict[str, float] = field(default_factory=dict)
     events_agree: dict[str, bool] = field(default_factory=dict)
@@ -42,7 +42,7 @@ class Verdict:
     def refusal(self, precision: str) -> str | None:
         """Why ``precision`` may not be this checkpoint's default (one clause), or None."""
         if precision in self.refused:
-            return f"refused by the start-of-run check when its verdict was measured ({self.source}): {self.refused[precision]}"
+            return f"refused by the start-of-run check: {self.refused[precision]}"
         if "fp32" not in self.micro_auc or precision not in self.micro_auc:
             return "no measured AUC for this checkpoint (anomstream bench --accuracy, docs/backends.md)"
         drop = self.micro_auc["fp32"] - self.micro_auc[precision]
@@ -93,15 +93,13 @@ def measured_verdict(sha256: str) -> Verdict:
 
 def save_verdict(sha256: str, verdict: Verdict) -> Path:
     """Keep ``verdict`` for the checkpoint with ``sha256`` in the user's cache; returns the file.
-    Precisions measured before on the same test set and neither measured nor refused now are kept;
+    Precisions measured before on the same test set (by the user, else in the shipped verdict) and
+    neither measured nor refused now are kept;
     a precision refused now loses its earlier figures, one measured now its earlier refusal; a
     verdict measured on another test set is replaced whole (its figures are not comparable with these)."""
     path = _user_verdicts()
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    earlier = known.get(sha256, {})
+    known = _read_verdicts(path)
+    earlier = known.get(sha256) or _read_verdicts(PRECISION_VERDICTS).get(sha256, {})  # a shipped one's figures
     if not isinstance(earlier, dict) or _test_set(earlier.get("source", "")) != _test_set(verdict.source):
         earlier = {}
     now = {*verdict.micro_auc, *verdict.refused} - {"fp32"}
@@ -125,9 +123,19 @@ def save_verdict(sha256: str, verdict: Verdict) -> Path:
     return path
 
 
+def _read_verdicts(path: Path) -> dict:
+    """A verdicts file's entries by sha256; empty when it is missing or not a JSON object."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _test_set(source: str) -> str:
-    """The test set a verdict was measured on: its source's first words (``ped2 test set``)."""
-    return source.partition(",")[0]
+    """The dataset whose test set a verdict was measured on: its source's first word (``ped2`` of
+    ``ped2 test set, ...`` and of the shipped ``Ped2 test set (12 clips, ...)``)."""
+    return (source.split() or [""])[0].lower()
 
 
 def _user_verdicts() -> Path:

@@ -126,7 +126,8 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     gpus = ray.cluster_resources().get("GPU", 0)
     on_gpu = settings.backend != "torch" and (settings.device == "cuda" or
                                              settings.device == "auto" and gpus >= settings.gpu_fraction)
-    cache = GraphCache(model, checkpoint, sha256, reference, *int8_footage(settings.quantization_data, calibrated))
+    footage, given = int8_footage(settings.quantization_data, calibrated)
+    cache = GraphCache(model, checkpoint, sha256, reference, footage, footage_given=given)
     return choose_backend(settings.backend, settings.precision, cache, on_gpu)
 
 

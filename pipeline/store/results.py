@@ -42,7 +42,7 @@ CAMERA_REWRITE_S = 5.0  # a camera attr whose state did not change is written ag
 FLUSH_S = 1.0  # a live stream's rows that arrived are on disk (and in ``written``) at most this late...
 FLUSH_ROWS = 256  # ...or once this many wait (a recording's: only then, or at its end)
 ROW_CHUNK = 1024  # rows per chunk of the per-frame scalar arrays (rounded up to the batch chunk)
-RESUMED_ATTRS = ("writer",)  # stream attrs a resumed stream takes from the run that goes on with it
+RESUMED_ATTRS = ("writer", "scene_check")  # stream attrs a resumed stream takes from the run that goes on with it
 
 
 @dataclass
