@@ -85,6 +85,23 @@ def _model_fps(core: Scorer, batches: list[WindowBatch], repeats: int) -> float:
     return repeats * sum(b.size for b in batches) / (time.perf_counter() - started)
 
 
+def check_backend_specs(text: str | None) -> list[str]:
+    """``--backends`` (comma-separated ``BACKEND[:PRECISION]``; None: torch) as a list, each checked
+    before anything is measured; one-line AnomstreamError naming the first that is not one."""
+    from .backends.choice import PRECISIONS
+    from .backends.runners import BACKENDS
+
+    specs = [spec.strip() for spec in (text or "torch").split(",") if spec.strip()]
+    if not specs:
+        raise AnomstreamError(f"--backends {text!r}: no backend named; e.g. torch,openvino,openvino:int8-bf16")
+    for spec in specs:
+        name, precision, _ = backend_label(spec)
+        if name not in BACKENDS or precision not in PRECISIONS or precision == "auto":
+            raise AnomstreamError(f"--backends: {spec!r} is not BACKEND[:PRECISION] with BACKEND one of "
+                                  f"{', '.join(BACKENDS)} and PRECISION one of {', '.join(PRECISIONS[1:])}")
+    return specs
+
+
 def backend_label(spec: str) -> tuple[str, str, str]:
     """``openvino:bf16`` -> (``openvino``, ``bf16``, ``openvino_bf16``); a name alone is fp32."""
     name, _, precision = spec.partition(":")
@@ -218,6 +235,7 @@ def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOp
     backends, out = list(options.backends), options.out
     if save_verdict and backend_label(backends[0])[1] != "fp32":
         raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
+    made = not Path(out).exists()
     Path(out).mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="anomstream-accuracy-", dir=out))
     measured, unmeasured = {}, []  # unmeasured: (spec, "refused" by the start-of-run check or "failed", why)
@@ -234,6 +252,8 @@ def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOp
                 unmeasured.append((spec, "refused" if isinstance(error, CheckRefusal) else "failed", str(error)))
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+        if made and not any(Path(out).iterdir()):
+            Path(out).rmdir()  # a folder made for the scratch stores, left empty
     first, still = measured[backends[0]], dataset in STILL_SETS
     print(f"{dataset} test set, {checkpoint}: " + ("stored score's image AUROC, pooled pixel AUROC, events" if still
           else "stored score's micro AUC (macro, offline min-max micro), events"))
@@ -242,7 +262,7 @@ def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOp
         print(_accuracy_line(row, first, still))
         results.update(_accuracy_results(row, first, still))
     for spec, kind, why in unmeasured:
-        print(f"{backend_label(spec)[2]:16s} {kind}: {why}")
+        print(f"{backend_label(spec)[2]:18s} {kind}: {why}")
     if save_verdict:
         print(f"verdict: {_keep_verdict(checkpoint, f'{dataset} test set', measured, unmeasured, still)}")
     return results
@@ -299,7 +319,7 @@ def _accuracy_line(row: BackendAccuracy, first: BackendAccuracy, still: bool) ->
     moved = 'same' if shift == 0 else 'differ' if shift is None else f'shifted up to {shift} frames'
     events = f"events {len(row.events)} ({moved})"
     if still:
-        return (f"{row.label:16s} image {row.micro_auc:.4f} ({row.micro_auc - first.micro_auc:+.4f})  pixel "
+        return (f"{row.label:18s} image {row.micro_auc:.4f} ({row.micro_auc - first.micro_auc:+.4f})  pixel "
                 f"{row.pixel_auroc:.4f} ({row.pixel_auroc - first.pixel_auroc:+.4f})  {events}  pipeline {row.fps:.1f} images/s")
-    return (f"{row.label:16s} micro {row.micro_auc:.6f} ({row.micro_auc - first.micro_auc:+.6f})  macro "
+    return (f"{row.label:18s} micro {row.micro_auc:.6f} ({row.micro_auc - first.micro_auc:+.6f})  macro "
             f"{row.macro_auc:.6f}  offline {row.offline_micro_auc:.6f}  {events}  pipeline {row.fps:.1f} fps")

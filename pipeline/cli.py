@@ -47,8 +47,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _score_settings(args: argparse.Namespace):
     """The config's score section with command-line overrides (validated as the config is), and
     the model the config names."""
+    from .backends.choice import check_quantization_data
     from .config import ScoreSection, check_device_name, load_score_config, with_overrides
 
+    check_quantization_data(args.quantization_data)
     if _device(args):
         check_device_name(_device(args))  # its form; whether the cluster has the device: the run checks
     section, model_name = load_score_config(args.config) if args.config else (ScoreSection(), None)
@@ -198,8 +200,10 @@ def _live_summary(stream_id: str, accounting: dict) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .backends.choice import check_quantization_data
     from .backends.export import export_checkpoint
 
+    check_quantization_data(args.quantization_data)
     metadata = export_checkpoint(args.checkpoint, args.format, args.out, args.calibration, args.precision,
                                  args.quantization_data)
     worst = max((metadata.get("parity_with_torch") or {}).values(), default=None)
@@ -364,9 +368,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, run_bench
+    from .backends.choice import check_quantization_data
+    from .bench import BenchOptions, check_backend_specs, run_bench
 
-    backends = [b.strip() for b in (args.backends or "").split(",") if b.strip()] or ["torch"]
+    backends = check_backend_specs(args.backends)
+    check_quantization_data(args.quantization_data)
     if not args.rounds and not args.accuracy:
         raise AnomstreamError("--rounds 0: nothing to measure without --accuracy DATASET:ROOT")
     if args.save_verdict and not args.accuracy:

@@ -186,3 +186,25 @@ def test_each_option_is_declared_once():
     for option in SAME_NAME_OTHER_OPTION:  # never one option copied: the declarations differ
         keywords = Counter(" ".join(ast.dump(keyword) for keyword in call.keywords) for call in declared[option])
         assert max(keywords.values()) == 1, option
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["bench", "--backends", ","], "error: --backends ',': no backend named; e.g. torch,openvino,openvino:int8-bf16"),
+    (["bench", "--backends", "onnxruntime,openvino:int9"],
+     "error: --backends: 'openvino:int9' is not BACKEND[:PRECISION] with BACKEND one of torch, onnxruntime, openvino "
+     "and PRECISION one of fp32, bf16, int8, int8-bf16"),
+    (["bench", "--backends", "onnxrt"], "error: --backends: 'onnxrt' is not BACKEND[:PRECISION] with BACKEND one of "
+     "torch, onnxruntime, openvino and PRECISION one of fp32, bf16, int8, int8-bf16"),
+    (["bench", "--backends", "onnxruntime,openvino:int8", "--quantization-data", "no/such/folder"],
+     "error: --quantization-data no/such/folder: not found (normal footage: a video, a frame or image folder, or a "
+     "dataset spec such as mtd:ROOT?split=train)"),
+    (["score", "clip.mp4", "--out", "s.zarr", "--quantization-data", "mtd:no/such/mtd?split=train"],
+     "error: --quantization-data mtd:no/such/mtd?split=train: not found (normal footage: a video, a frame or image "
+     "folder, or a dataset spec such as mtd:ROOT?split=train)")])
+def test_bench_and_score_refuse_what_they_could_not_use_before_any_work(argv, error, capsys, tmp_path, monkeypatch):
+    """A typo in --backends, or footage that is not there, is one line and exit 2 at once, not a
+    traceback or a 'failed' row after the other backends were measured (a new user's trial)."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [error]
+    assert list(tmp_path.iterdir()) == []  # nothing made (no bench_out)

@@ -318,12 +318,19 @@ def test_footage_whose_files_changed_is_quantized_again_and_absent_footage_uses_
     assert calibrations.footage_refusal("int8") == (
         f"the calibration's footage {footage} is not on this machine (a path from the folder the checkpoint was "
         f"calibrated in: run from there, or give --quantization-data)")
-    named = GraphCache(shipped_cache.model, shipped_cache.checkpoint, shipped_cache.sha256, None, ["mtd:data/mtd"],
-                       footage_given=False)  # a dataset spec names no path the cache checks: the reader says it
-    with pytest.raises(AnomstreamError, match=r"^the calibration's footage mtd:data/mtd: .*not found.* \(a path from "
-                                              r"the folder the checkpoint was calibrated in: run from there, or give "
-                                              r"--quantization-data\)$"):
+    spec = "mtd:data/mtd?split=train&seed=0"  # a still dataset's root, named from another folder
+    named = GraphCache(shipped_cache.model, shipped_cache.checkpoint, shipped_cache.sha256, None, [spec],
+                       footage_given=False)
+    assert footage_path(spec) == Path("data/mtd") and named.footage_refusal("bf16") is None
+    with pytest.raises(AnomstreamError, match=r"^--precision int8: the calibration's footage mtd:data/mtd\?split=train"
+                                              r"&seed=0 is not on this machine \(a path from the folder the checkpoint "
+                                              r"was calibrated in: run from there, or give --quantization-data\)$"):
         named.graph("int8")
+    still = GraphCache(shipped_cache.model, shipped_cache.checkpoint, "4" * 64, None, [str(frames[0])],
+                       footage_given=False)  # there, but not footage: said as such, no hint about folders
+    with pytest.raises(AnomstreamError, match=r"^the calibration's footage .*000\.jpg: a still image, not a video; "
+                                              r"score the folder that holds it$"):
+        still.graph("int8")
     clip = str(ped2 / "testing" / "frames" / "02")
     assert footage_path(f"{clip}?start=00:00:01") == Path(clip) and footage_path("D:\\normal") == Path("D:\\normal")
     assert [footage_path(spec) for spec in ("rtsp://cam/x", "camera:0", f"ped2:{ped2}", "linescan:x?tile=4")] == [None] * 4

@@ -237,10 +237,10 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
     lines = capsys.readouterr().out.splitlines()
     start = lines.index(f"mtd test set, {padim_checkpoint}: stored score's image AUROC, pooled pixel AUROC, events")
     image, pixel = f"{pooled['image_auroc']:.4f}", f"{pooled['pixel_auroc']:.4f}"
-    assert lines[start + 1].startswith(f"onnxruntime      image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
-    assert lines[start + 2].startswith(f"openvino         image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
-    assert lines[start + 3] == f"openvino_bf16    refused: {refusal}"
-    assert lines[start + 4] == ("openvino_int8    failed: --precision int8: no normal footage to quantize on "
+    assert lines[start + 1].startswith(f"onnxruntime        image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
+    assert lines[start + 2].startswith(f"openvino           image {image} (+0.0000)  pixel {pixel} (+0.0000)  events ")
+    assert lines[start + 3] == f"openvino_bf16      refused: {refusal}"
+    assert lines[start + 4] == ("openvino_int8      failed: --precision int8: no normal footage to quantize on "
                                 "(--quantization-data)")
     kept = measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1])
     assert lines[start + 5] == f"verdict: {tmp_path / 'cache' / 'anomstream' / 'precision_verdicts.json'} (bf16 refused)"
@@ -253,7 +253,7 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
     assert main([*bench, "--backends", "onnxruntime,openvino:int8", "--quantization-data",
                  f"mtd:{small_mtd}?split=train"]) == 0
     int8 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("openvino_int8 "))
-    assert not int8.startswith("openvino_int8    failed"), int8  # measured, or refused by the check: footage found
+    assert not int8.startswith("openvino_int8      failed"), int8  # measured, or refused by the check: footage found
     kept = measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1])
     assert kept.refused["bf16"] == clause and ("int8" in kept.refused) != ("int8" in kept.micro_auc)
 

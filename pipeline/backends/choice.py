@@ -145,7 +145,7 @@ def _auto_precision(requested: str, cache: GraphCache, on_gpu: bool) -> BackendC
                 return replace(chosen, note="; ".join([verdict.summary(precision), *reasons]),
                                required=requested != "auto")
             except Exception as error:  # noqa: BLE001 - the graph, NNCF, the footage or the check: next precision
-                reasons.append(f"{precision}: {first_line(error)}")
+                reasons.append(f"{precision}: {first_line(error, None)}")  # the whole line: the store's note
     chosen = fallback or choose_backend(requested, "fp32", cache)
     return replace(chosen, note="; ".join(filter(None, [chosen.note, *reasons])) or None)
 
@@ -294,8 +294,7 @@ class GraphCache:
         return f"{self._footage_named} {missing[0]} is not on this machine {CALIBRATION_FOOTAGE_HINT}"
 
     def _missing_footage(self) -> list[str]:
-        """Footage specs that name a path not on this machine (relative ones: from the working folder)."""
-        return [spec for spec in self.footage if (path := footage_path(spec)) is not None and not path.exists()]
+        return missing_footage(self.footage)
 
     def parity(self, backend: str, precision: str) -> dict[str, float]:
         """:func:`parity` of ``backend`` in ``precision`` with ``map_detail`` (the runtime's version
@@ -329,13 +328,8 @@ class GraphCache:
         if self._windows is None:
             from ..calibration.sample import sample_windows
 
-            try:
-                self._windows = sample_windows(self.model, self.footage, QUANTIZATION_WINDOWS + CHECK_WINDOWS,
-                                               self._footage_named)
-            except AnomstreamError as error:  # not opened (not found from here), or too short ("no window")
-                if self._footage_named == "--quantization-data" or "no window of" in str(error):
-                    raise
-                raise AnomstreamError(f"{first_line(error)} {CALIBRATION_FOOTAGE_HINT}") from None
+            self._windows = sample_windows(self.model, self.footage, QUANTIZATION_WINDOWS + CHECK_WINDOWS,
+                                           self._footage_named)  # not found from here: footage_refusal said so
         every = max(2, len(self._windows) // CHECK_WINDOWS)  # short footage: half of it to quantize on
         checked = np.zeros(len(self._windows), bool)
         checked[every // 2::every] = True
@@ -370,12 +364,34 @@ _PREFIXED = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")  # rtsp://, s3://, camera:,
 
 def footage_path(spec: str) -> Path | None:
     """The local file or folder a footage spec names, as the sources read it (the spec itself, else
-    before its ``?``: a clip's cut), whether or not it is on this machine; None for a spec that names
-    no local path (a camera, a remote store, a prefixed spec such as ``ped2:`` or ``linescan:``)."""
+    before its ``?``: a clip's cut; a still dataset spec such as ``mtd:ROOT?split=train``: its root),
+    whether or not it is on this machine; None for a spec that names no local path (a camera, a
+    remote store, another prefixed spec such as ``ped2:`` or ``linescan:``)."""
+    from ..datasets.specs import is_dataset_spec, parse_dataset_spec
+
     for candidate in (spec, spec.split("?")[0]):
         if Path(candidate).exists():
             return Path(candidate)
+    if is_dataset_spec(spec):
+        try:
+            return parse_dataset_spec(spec, check_root=False).root
+        except AnomstreamError:  # a malformed spec: its reader says why
+            return None
     return None if _PREFIXED.match(spec) else Path(spec.split("?")[0])
+
+
+def missing_footage(specs: list[str]) -> list[str]:
+    """Footage specs that name a path not on this machine (relative ones: from the working folder)."""
+    return [spec for spec in specs if (path := footage_path(spec)) is not None and not path.exists()]
+
+
+def check_quantization_data(specs: list[str] | None) -> None:
+    """One-line AnomstreamError naming ``--quantization-data`` when a spec names a path not on this
+    machine (checked before a run, not found after its other work)."""
+    missing = missing_footage(list(specs or []))
+    if missing:
+        raise AnomstreamError(f"--quantization-data {missing[0]}: not found (normal footage: a video, a frame or "
+                              f"image folder, or a dataset spec such as mtd:ROOT?split=train)")
 
 
 def footage_fingerprint(specs: list[str]) -> str | None:
