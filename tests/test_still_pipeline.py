@@ -252,7 +252,9 @@ def test_bench_measures_a_still_checkpoints_verdict_by_image_and_pixel_auroc(ray
 
     assert main([*bench, "--backends", "onnxruntime,openvino:int8", "--quantization-data",
                  f"mtd:{small_mtd}?split=train"]) == 0
-    int8 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("openvino_int8 "))
+    printed = capsys.readouterr()
+    assert "Statistics collection" in printed.err and "Statistics collection" not in printed.out  # NNCF's bars: stderr
+    int8 = next(line for line in printed.out.splitlines() if line.startswith("openvino_int8 "))
     assert not int8.startswith("openvino_int8      failed"), int8  # measured, or refused by the check: footage found
     kept = measured_verdict(read_checkpoint_and_hash(str(padim_checkpoint))[1])
     assert kept.refused["bf16"] == clause and ("int8" in kept.refused) != ("int8" in kept.micro_auc)

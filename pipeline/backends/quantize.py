@@ -15,9 +15,11 @@ The quantized model travels as bytes (:func:`pipeline.backends.ir.pack_ir`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,8 +60,9 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     quiet = logging.getLogger("nncf")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    try:
-        quantized = nncf.quantize(model, dataset, subset_size=len(batches), ignored_scope=scope)
+    try:  # its progress bars on stderr, with the other progress: stdout holds results (bench's table)
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(model, dataset, subset_size=len(batches), ignored_scope=scope)
     except Exception as error:  # noqa: BLE001 - NNCF's own errors
         raise BackendError(f"--precision int8: NNCF could not quantize the graph ({first_line(error)})") from None
     finally:
