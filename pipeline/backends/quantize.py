@@ -19,7 +19,6 @@ import contextlib
 import io
 import logging
 import re
-import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,8 +59,8 @@ def quantize_int8(onnx: bytes, batches: Iterable[np.ndarray], excluded: tuple[st
     quiet = logging.getLogger("nncf")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    try:  # its progress bars on stderr, with the other progress: stdout holds results (bench's table)
-        with contextlib.redirect_stdout(sys.stderr):
+    try:  # its progress bars not shown: they broke into bench's table on stdout and into --quiet runs
+        with contextlib.redirect_stdout(io.StringIO()):
             quantized = nncf.quantize(model, dataset, subset_size=len(batches), ignored_scope=scope)
     except Exception as error:  # noqa: BLE001 - NNCF's own errors
         raise BackendError(f"--precision int8: NNCF could not quantize the graph ({first_line(error)})") from None
