@@ -18,19 +18,21 @@ between medians.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .backends.choice import BackendChoice, GraphCache, choose_backend, int8_footage
+from .backends.choice import BackendChoice, GraphCache, choose_backend
 from .backends.verdict import matrix_flags
 from .calibration.stored import run_calibration
 from .checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
@@ -67,6 +69,21 @@ class BenchOptions:
     device: str | None = None
     quantization_data: tuple[str, ...] = ()
     out: str = "bench_out"
+
+
+@contextlib.contextmanager
+def _scratch(out: str, prefix: str) -> Iterator[Path]:
+    """A new temporary folder inside ``out`` (made if missing) for scratch stores, removed at the end,
+    and ``out`` too when it was made here and is left empty: nothing else in it is touched."""
+    made = not Path(out).exists()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if made and not any(Path(out).iterdir()):
+            Path(out).rmdir()
 
 
 def _decoded_batches(spec: str, core: Scorer, batch_size: int) -> list[WindowBatch]:
@@ -115,8 +132,7 @@ def _backend_scorers(checkpoint: str, options: BenchOptions, threads: int) -> di
     calibrated = run_calibration(payload, sha256, None)
     reference = calibrated.reference if calibrated else None
     model = set_reference_maps(model_from_payload(payload, checkpoint), reference)
-    footage, given = int8_footage(list(options.quantization_data), calibrated)
-    cache = GraphCache(model, checkpoint, sha256, reference, footage, footage_given=given)
+    cache = GraphCache.for_run(model, checkpoint, sha256, calibrated, list(options.quantization_data))
     scorers = {}
     for spec in options.backends:
         name, precision, label = backend_label(spec)
@@ -169,24 +185,21 @@ def run_bench(spec: str, checkpoint: str, options: BenchOptions = BenchOptions()
     removed at the end: nothing else in it is touched."""
     cores = os.cpu_count() or 1
     out, batch_size, repeats, rounds = options.out, options.batch_size, options.repeats, options.rounds
-    made = not Path(out).exists()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix="anomstream-bench-", dir=out))
-    scorers = _backend_scorers(checkpoint, options, cores)
-    core = next(iter(scorers.values()))[0]
-    started = time.perf_counter()
-    batches = _decoded_batches(spec, core, batch_size)
-    count = sum(b.size for b in batches)
-    results: dict[str, float] = {"decode_fps": count / (time.perf_counter() - started)}
-    for scorer, _ in scorers.values():
-        for batch in batches:  # warm-up: every batch shape once
-            scorer.score(batch)
+    with _scratch(out, "anomstream-bench-") as out_dir:
+        scorers = _backend_scorers(checkpoint, options, cores)
+        core = next(iter(scorers.values()))[0]
+        started = time.perf_counter()
+        batches = _decoded_batches(spec, core, batch_size)
+        count = sum(b.size for b in batches)
+        results: dict[str, float] = {"decode_fps": count / (time.perf_counter() - started)}
+        for scorer, _ in scorers.values():
+            for batch in batches:  # warm-up: every batch shape once
+                scorer.score(batch)
 
-    labels = list(scorers) if len(scorers) > 1 else []
-    samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "pipeline1_busy", "pipeline2_busy",
-                                                                 *(f"model_fps_{label}" for label in labels),
-                                                                 *(f"pipeline2_fps_{label}" for label in labels))}
-    try:
+        labels = list(scorers) if len(scorers) > 1 else []
+        samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "pipeline1_busy", "pipeline2_busy",
+                                                                     *(f"model_fps_{label}" for label in labels),
+                                                                     *(f"pipeline2_fps_{label}" for label in labels))}
         for round_number in range(rounds):
             torch.set_num_threads(cores)
             for label, (scorer, _) in scorers.items():
@@ -204,10 +217,6 @@ def run_bench(spec: str, checkpoint: str, options: BenchOptions = BenchOptions()
             _pipeline_fps(samples, scorers, spec, checkpoint, options, out_dir)
             print(f"round {round_number + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()),
                   flush=True)
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        if made and not any(Path(out).iterdir()):
-            Path(out).rmdir()  # a folder bench made for its scratch stores, left empty
     results.update({key: statistics.median(values) for key, values in samples.items()})
     _ratios(results, labels)
     results["rounds"] = rounds
@@ -235,11 +244,8 @@ def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOp
     backends, out = list(options.backends), options.out
     if save_verdict and backend_label(backends[0])[1] != "fp32":
         raise AnomstreamError("--save-verdict: the first backend is the reference and must compute in fp32")
-    made = not Path(out).exists()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix="anomstream-accuracy-", dir=out))
     measured, unmeasured = {}, []  # unmeasured: (spec, "refused" by the start-of-run check or "failed", why)
-    try:
+    with _scratch(out, "anomstream-accuracy-") as out_dir:
         for spec in backends:
             name, precision, label = backend_label(spec)
             settings = ScoreSection(replicas=2, backend=name, precision=precision,
@@ -250,10 +256,6 @@ def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOp
                 if spec == backends[0]:
                     raise
                 unmeasured.append((spec, "refused" if isinstance(error, CheckRefusal) else "failed", str(error)))
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        if made and not any(Path(out).iterdir()):
-            Path(out).rmdir()  # a folder made for the scratch stores, left empty
     first, still = measured[backends[0]], dataset in STILL_SETS
     print(f"{dataset} test set, {checkpoint}: " + ("stored score's image AUROC, pooled pixel AUROC, events" if still
           else "stored score's micro AUC (macro, offline min-max micro), events"))

@@ -177,14 +177,6 @@ def _checked(backend: str, precision: str, cache: GraphCache) -> BackendChoice:
     return BackendChoice(backend, precision, cache.graph(precision))
 
 
-def int8_footage(quantization_data: list[str] | None, calibrated: Any) -> tuple[list[str], bool]:
-    """The normal footage int8 quantizes on, and whether the user named it: ``quantization_data``
-    (``--quantization-data``), else the footage ``calibrated`` (the run's calibration) was fitted on."""
-    if quantization_data:
-        return list(quantization_data), True
-    return (list(calibrated.footage) if calibrated else []), False
-
-
 def _check_fp32(backend: str, cache: GraphCache) -> None:
     """CheckRefusal unless ``backend``'s fp32 outputs are torch's: each within ``TOLERANCE`` of its
     range; in a graph that makes discrete choices (``makes_discrete_choices``: DSR's codeword between
@@ -232,6 +224,18 @@ class GraphCache:
         self._graphs: dict[str, bytes] = {}
         self._failed: dict[str, AnomstreamError] = {}  # a graph that could not be made: not tried again (auto's int8s)
         self._windows: np.ndarray | None = None
+
+    @classmethod
+    def for_run(cls, model: AnomalyModel | Callable[[], AnomalyModel], checkpoint: str | Path, sha256: str,
+                calibrated: Any, quantization_data: list[str] | None) -> GraphCache:
+        """The cache of a run's checkpoint with its calibration ``calibrated`` (None: uncalibrated):
+        its reference maps, and int8's footage ``quantization_data`` (``--quantization-data``) or else
+        the footage the calibration was fitted on."""
+        reference = calibrated.reference if calibrated else None
+        if quantization_data:
+            return cls(model, checkpoint, sha256, reference, list(quantization_data), footage_given=True)
+        return cls(model, checkpoint, sha256, reference, list(calibrated.footage) if calibrated else [],
+                   footage_given=False)
 
     @cached_property
     def _int8_name(self) -> str:
@@ -286,15 +290,12 @@ class GraphCache:
             return None
         if not self.footage:
             return "no normal footage to quantize on (--quantization-data)"
-        missing = self._missing_footage()
+        missing = missing_footage(self.footage)
         if not missing:
             return None
         if self._footage_named == "--quantization-data":
             return f"--quantization-data {missing[0]}: not on this machine"
         return f"{self._footage_named} {missing[0]} is not on this machine {CALIBRATION_FOOTAGE_HINT}"
-
-    def _missing_footage(self) -> list[str]:
-        return missing_footage(self.footage)
 
     def parity(self, backend: str, precision: str) -> dict[str, float]:
         """:func:`parity` of ``backend`` in ``precision`` with ``map_detail`` (the runtime's version
@@ -306,7 +307,7 @@ class GraphCache:
         """:func:`rank_agreement` of ``backend`` in ``precision`` on ``CHECK_WINDOWS`` windows of the
         footage (noise windows when no footage is named or it is not here; int8 needs the footage, or
         its check already measured), measured once."""
-        on_footage = bool(self.footage) and (precision in QUANTIZED or not self._missing_footage())
+        on_footage = bool(self.footage) and (precision in QUANTIZED or not missing_footage(self.footage))
         where = self._int8_name if on_footage else "noise"
         return self._measured(f"{backend}-{_runtime_version(backend)}-{precision}-ranks+map-{where}",
                               lambda: rank_agreement(backend, precision, self.model, self.graph(precision),

@@ -17,7 +17,7 @@ from .. import __version__
 from ..calibration.stored import run_calibration
 from ..checkpoint import model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from ..errors import AnomstreamError
-from .choice import QUANTIZATION_WINDOWS, GraphCache, choose_backend, int8_footage, parity
+from .choice import QUANTIZATION_WINDOWS, GraphCache, choose_backend, parity
 from .graph import INPUT_NAME, ONNX_OPSET, output_names
 from .ir import is_ir, read_ir
 from .quantize import quantized_share
@@ -56,14 +56,13 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, calibra
     payload, sha256 = read_checkpoint_and_hash(checkpoint)
     calibrated = run_calibration(payload, sha256, calibration)
     model = set_reference_maps(model_from_payload(payload, checkpoint), calibrated.reference if calibrated else None)
-    footage, given = int8_footage(quantization_data, calibrated)
-    cache = GraphCache(model, checkpoint, sha256, calibrated.reference if calibrated else None, footage, footage_given=given)
+    cache = GraphCache.for_run(model, checkpoint, sha256, calibrated, quantization_data)
     # before anything is written; int8: refused in one line unless it ranks normal windows as torch fp32 does
     graph = choose_backend("openvino", "int8", cache).graph if precision == "int8" else cache.graph(precision)
     runtime = "openvino" if fmt == "openvino" else "onnxruntime"
     if precision == "int8":
         measured = {"rank_agreement_with_torch": cache.rank_agreement("openvino", "int8"),
-                    "quantization": {"footage": footage, "windows": QUANTIZATION_WINDOWS,
+                    "quantization": {"footage": cache.footage, "windows": QUANTIZATION_WINDOWS,
                                      "quantized_convolutions": "{} of {}".format(*quantized_share(graph)),
                                      "kept_in_float": list(model.float_scopes())}}
     else:

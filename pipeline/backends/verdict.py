@@ -81,10 +81,7 @@ def measured_verdict(sha256: str) -> Verdict:
     """The verdict for the checkpoint with ``sha256``: the user's own (``save_verdict``) before the
     shipped one; an empty Verdict (every reduced precision refused) when none was measured."""
     for path in (_user_verdicts(), PRECISION_VERDICTS):
-        try:
-            found = json.loads(path.read_text()).get(sha256)
-        except (OSError, ValueError, AttributeError):  # missing, not JSON, not an object
-            continue
+        found = _read_verdicts(path).get(sha256)
         if isinstance(found, dict):
             return Verdict(found.get("micro_auc", {}), found.get("events_agree", {}), found.get("source", ""),
                            found.get("pixel_auroc", {}), found.get("fps", {}), found.get("refused", {}))

@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ...models.registry import build_model
 from ...workers.writer import WriterConfig
 from .. import __version__
-from ..backends.choice import BackendChoice, GraphCache, choose_backend, int8_footage
+from ..backends.choice import BackendChoice, GraphCache, choose_backend
 from ..calibration.stored import run_calibration
 from ..checkpoint import checkpoint_params, model_from_payload, read_checkpoint_and_hash, set_reference_maps
 from ..config import ScoreSection
@@ -126,8 +126,7 @@ def _backend(settings: ScoreSection, payload: dict[str, Any], checkpoint: str | 
     gpus = ray.cluster_resources().get("GPU", 0)
     on_gpu = settings.backend != "torch" and (settings.device == "cuda" or
                                              settings.device == "auto" and gpus >= settings.gpu_fraction)
-    footage, given = int8_footage(settings.quantization_data, calibrated)
-    cache = GraphCache(model, checkpoint, sha256, reference, footage, footage_given=given)
+    cache = GraphCache.for_run(model, checkpoint, sha256, calibrated, settings.quantization_data)
     return choose_backend(settings.backend, settings.precision, cache, on_gpu)
 
 
