@@ -8,6 +8,7 @@ import getpass
 import http.server
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -20,6 +21,24 @@ from pathlib import Path
 from anomstream.pipeline.sources.camera_server import spawn
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server a test starts later: one below the kernel's
+    ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), so that no socket opened in between
+    (Ray's workers, the browser, a client) is handed it by the kernel."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 below {low}")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -293,14 +312,10 @@ class MosquittoBroker:
 
     def __init__(self, folder: Path, port: int = 0, credentials: str | None = None, start: bool = True) -> None:
         self.folder, self.credentials = Path(folder), credentials
-        if not port:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-        self.port = port
+        self.port = port or free_port()
         self.process: subprocess.Popen | None = None
         # as root it would become user mosquitto, who cannot read this test's folder: stay who we are
-        lines = [f"listener {port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error",
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error",
                  f"user {getpass.getuser()}"]
         if credentials is None:
             lines.append("allow_anonymous true")
@@ -327,7 +342,8 @@ class MosquittoBroker:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"mosquitto did not start: {self.process.stderr.read().decode().strip()}") from None
                 time.sleep(0.05)
-        raise RuntimeError("mosquitto did not listen within 10 s")
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} within 10 s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

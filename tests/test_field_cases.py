@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import free_port
 
 from anomstream.pipeline.cli import main
 from anomstream.pipeline.store import open_results
@@ -29,11 +30,6 @@ def _streams(store: Path) -> dict[str, tuple[int, bool]]:
     root = open_results(store)
     return {k: (int(root[k].attrs["written"]), bool(root[k].attrs["complete"])) for k in sorted(root.group_keys())}
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_case_02_rotated_clip_scores_as_the_upright_one(ray_session, field_cases, tmp_path):
@@ -83,7 +79,7 @@ def test_case_11_empty_clip_among_good_ones(ray_session, field_cases, tmp_path, 
 
 def test_case_12_leftover_ray_address_is_ignored(field_cases, tmp_path):
     """Its own process: the test session's Ray is running, as a user's cluster might be."""
-    port = _free_port()
+    port = free_port()
     clip = field_cases / "12-ray-address-env" / "clip.mp4"
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     command = [sys.executable, "-m", "anomstream.pipeline.cli", "score", str(clip), "--quiet"]

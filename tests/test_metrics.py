@@ -5,7 +5,6 @@ with prometheus_client's parser. A live run's /metrics against a hung RTSP camer
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
 
 from anomstream.pipeline.errors import AnomstreamError
 from anomstream.pipeline.sources.base import LiveStatus
@@ -20,7 +20,7 @@ from anomstream.pipeline.store import FrameStatus
 from anomstream.pipeline.store.accounting import StreamAccounting
 from anomstream.pipeline.view.access import TOKEN_VARIABLE, view_token
 from anomstream.pipeline.view.metrics import metrics_text
-from anomstream.pipeline.view.server import LiveView
+from anomstream.pipeline.view.server import LiveView, reserve_port
 
 TOKEN = "a-token-of-24-characters"
 
@@ -66,11 +66,6 @@ def test_metrics_say_what_the_accounting_says():
     assert samples[("anomstream_outbox_messages", (("sink", "mqtt"),))] == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
     request = urllib.request.Request(url, headers=headers or {})
@@ -89,7 +84,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def test_a_token_guards_every_endpoint_and_metrics_serve_alone():
     accounting = _accounting()
-    port = _free_port()
+    port = free_port()
     server = LiveView(lambda: accounting, "127.0.0.1", port, token=TOKEN, page=False, run_figures=lambda: {"events": 1})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -133,3 +128,19 @@ def test_a_view_beyond_loopback_needs_a_token(monkeypatch, tmp_path):
     assert view_token("0.0.0.0", token_file) == f"{TOKEN}-from-file"
     with pytest.raises(AnomstreamError, match=r"^--view-token-file .*missing: cannot be read \(No such file or directory\)$"):
         view_token("0.0.0.0", tmp_path / "missing")
+
+
+def test_a_reserved_port_is_held_until_the_view_serves_on_it_and_freed_with_it():
+    """A run binds --view/--metrics before Ray starts processes that take ports of their own (one
+    took the view's port between the check and the serving once: the run ended)."""
+    port = free_port()
+    listener = reserve_port("127.0.0.1", port, "--metrics")
+    with pytest.raises(AnomstreamError, match=rf"^--metrics: cannot serve on 127\.0\.0\.1:{port} \(Address already in use"):
+        reserve_port("127.0.0.1", port, "--metrics")
+    server = LiveView(_accounting, "127.0.0.1", port, page=False, listener=listener)
+    try:
+        status, body, _ = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["streams"] == 2
+    finally:
+        server.close()
+    reserve_port("127.0.0.1", port).close()  # free again

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import urllib.request
@@ -20,7 +19,7 @@ import urllib.request
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import MosquittoBroker, MqttListener, RtspCamera, rtsp_server_missing
+from servers import MosquittoBroker, MqttListener, RtspCamera, free_port, rtsp_server_missing
 
 from anomstream.pipeline.cli import main
 from anomstream.pipeline.store import FrameStatus, open_results
@@ -37,11 +36,6 @@ def rtsp_ready():
     if missing:
         pytest.skip(f"no RTSP server here: {missing}")
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _camera_attrs(out, stream_id: str) -> dict:
@@ -82,7 +76,7 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     stream = f"rtsp_127.0.0.1_{flaky.port}_cam"
     seen: dict[str, float] = {}
     scraped: dict = {}
-    metrics_port = _free_port()
+    metrics_port = free_port()
 
     def outages():
         _wait_for(out, stream, "live")
@@ -212,7 +206,7 @@ def test_the_view_shows_a_hung_camera_as_stalled_while_it_hangs(rtsp_ready, ray_
     from test_live_view import _browser
 
     browser = _browser()
-    camera, steady, port = RtspCamera(), RtspCamera(), _free_port()
+    camera, steady, port = RtspCamera(), RtspCamera(), free_port()
     out, codes = tmp_path / "view.zarr", []
     run = threading.Thread(target=lambda: codes.append(main([
         "live", camera.url(), steady.url(), "--out", str(out), "--duration", "30", "--stall-timeout", str(STALL_S),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ from ..store.lock import StoreLock
 from ..store.results import stored_precision
 from ..stream.live import LiveOptions
 from ..stream.windows import WindowShape
-from ..view.server import VIEW_PICTURE_SIZE, LiveView, check_port
+from ..view.server import VIEW_PICTURE_SIZE, LiveView, reserve_port
 from .actors import SMALL_CPU, ActorPool, Placement
 from .loop import ScoringLoop
 from .opening import StreamSetup
@@ -308,19 +309,35 @@ def score_sources(plan: RunPlan, reporter: Reporter | None = None) -> RunReport:
         if _nothing_to_run(plan, run, report):
             return report
         report.started = True
-        for option, served in (("--view", plan.view), ("--metrics", plan.metrics)):
-            if served is not None:
-                check_port(*served, option)
         stop = threading.Event()
-        with _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
+        with _reserved(plan) as listeners, \
+                _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
             ensure_ray(plan.address)
             install()
-            _run_on_ray(plan, run, report, reporter or reporter_for(plan.progress), stop)
+            _run_on_ray(plan, run, report, reporter or reporter_for(plan.progress), stop, listeners)
     return report
 
 
-def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Reporter, stop: threading.Event) -> None:
-    """Start the actors, run the loop, finish the store's attrs; every actor is killed at the end."""
+@contextmanager
+def _reserved(plan: RunPlan) -> Iterator[dict[str, socket.socket]]:
+    """The sockets bound to ``plan.view`` and ``plan.metrics`` ("--view"/"--metrics" -> socket) from
+    the start of the run (Ray's processes take ports as they start, one of them could be this one's);
+    closed at its end. Raises AnomstreamError (one line, naming the option) when one cannot be bound."""
+    listeners: dict[str, socket.socket] = {}
+    try:
+        for option, served in (("--view", plan.view), ("--metrics", plan.metrics)):
+            if served is not None:
+                listeners[option] = reserve_port(*served, option)
+        yield listeners
+    finally:
+        for listener in listeners.values():
+            listener.close()
+
+
+def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Reporter, stop: threading.Event,
+                listeners: dict[str, socket.socket]) -> None:
+    """Start the actors, run the loop, finish the store's attrs; every actor is killed at the end;
+    ``listeners``: the sockets :func:`_reserved` bound for the live view and /metrics."""
     settings, sources = plan.settings, run.inputs.sources
     gpus_per_node = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
     check_replica_device(settings, gpus_per_node)
@@ -346,7 +363,7 @@ def _run_on_ray(plan: RunPlan, run: _Prepared, report: RunReport, reporter: Repo
                                                 [r.reason for r in run.inputs.left_out]))
         ray.get(writers.root.note_attrs.remote({"backend": {"name": backend.backend, "precision": backend.precision,
                                                             "note": backend.note}, "writers": settings.writers}))
-        with _served(plan, writers, report, reporter):
+        with _served(plan, writers, report, reporter, listeners):
             warm = _live_options(plan, settings.batch_size, on_gpu=False).batch  # exported graphs warm up; they run on CPUs
             _place_replicas(pool, report, backend, _batch_sizes(sources, settings.batch_size, warm))
             started = time.time()  # actors are up: from here the clock measures throughput
@@ -369,9 +386,11 @@ def _writer_config(plan: RunPlan, run: _Prepared) -> WriterConfig:
 
 
 @contextmanager
-def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Reporter) -> Iterator[None]:
+def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Reporter,
+            listeners: dict[str, socket.socket]) -> Iterator[None]:
     """While the run goes on: the live view on ``plan.view`` (with /metrics and /healthz) and
-    /metrics and /healthz alone on ``plan.metrics`` (either None: not served)."""
+    /metrics and /healthz alone on ``plan.metrics`` (either None: not served), each on the socket
+    ``listeners`` holds for its option."""
     servers: list[LiveView] = []
     folder = events_folder(plan.out).absolute()
 
@@ -381,11 +400,11 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Repo
     try:
         if plan.view is not None:
             servers.append(LiveView(writers.view_snapshot, *plan.view, token=plan.view_token, run_figures=figures,
-                                    snapshots=folder))
+                                    snapshots=folder, listener=listeners["--view"]))
             print(f"live view: {servers[-1].url}", file=sys.stderr, flush=True)
         if plan.metrics is not None:
             servers.append(LiveView(writers.accounting, *plan.metrics, token=plan.view_token, page=False,
-                                    run_figures=figures))
+                                    run_figures=figures, listener=listeners["--metrics"]))
             print(f"metrics: {servers[-1].url}metrics", file=sys.stderr, flush=True)
         yield
     finally:

@@ -36,12 +36,13 @@ VIEW_PICTURE_SIZE = 640  # the longer side of a camera's picture on the page, pi
 EVENT_ID = re.compile(r"[0-9a-f]{20}")
 
 
-def check_port(host: str, port: int, option: str = "--view") -> None:
-    """Raises AnomstreamError (one line, naming ``option`` and the address) when nothing can listen
-    on ``host:port``."""
+def reserve_port(host: str, port: int, option: str = "--view") -> socket.socket:
+    """A socket bound to ``host:port`` and listening, for a LiveView to serve on later: a run binds
+    its addresses before Ray starts processes that take ports of their own. Raises AnomstreamError
+    (one line, naming ``option`` and the address) when nothing can listen there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.create_server((host, port)):
-            pass
+        return socket.create_server((host, port), family=family)
     except OSError as error:
         raise AnomstreamError(f"{option}: cannot serve on {host}:{port} ({error.strerror or error})") from None
 
@@ -50,15 +51,17 @@ class LiveView:
     """Serves ``snapshot()`` (stream id -> the writer's view snapshot, or its accounting attrs alone
     when ``page`` is False) on ``host:port`` from a daemon thread; ``run_figures()``: the run's own
     figures for /metrics (``events``); ``token``: what every request must carry (None: none);
-    ``snapshots``: the events folder whose ``<event_id>.jpg`` the page shows (None: none).
-    Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
+    ``snapshots``: the events folder whose ``<event_id>.jpg`` the page shows (None: none);
+    ``listener``: the socket :func:`reserve_port` bound for ``host:port`` (None: bound here); it is
+    closed with the view. Raises AnomstreamError (one line, naming the address) when it cannot listen there."""
 
     def __init__(self, snapshot: Callable[[], dict[str, dict[str, Any]]], host: str, port: int,
                  token: str | None = None, page: bool = True,
-                 run_figures: Callable[[], dict[str, Any]] | None = None, snapshots: Path | None = None) -> None:
+                 run_figures: Callable[[], dict[str, Any]] | None = None, snapshots: Path | None = None,
+                 listener: socket.socket | None = None) -> None:
         import uvicorn
 
-        check_port(host, port)  # uvicorn would log a traceback-like report instead
+        self.listener = listener or reserve_port(host, port)  # uvicorn would log a traceback-like report instead
 
         self._snapshot, self._cached, self._cached_at = snapshot, {}, 0.0
         self._recent: dict[str, deque[tuple[float, dict[str, Any]]]] = {}  # stream id -> (frame_time, its view)
@@ -66,11 +69,13 @@ class LiveView:
         self._lock = threading.Lock()
         config = uvicorn.Config(self._app(), host=host, port=port, log_level="error", access_log=False)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="live view", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, name="live view",
+                                       daemon=True)
         self.thread.start()
         while not self.server.started and self.thread.is_alive():
             time.sleep(0.05)
         if not self.server.started:
+            self.listener.close()
             raise AnomstreamError(f"--view: cannot serve on {host}:{port}")
         self.url = f"http://{host}:{port}/"
 
@@ -176,3 +181,4 @@ class LiveView:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
+        self.listener.close()
