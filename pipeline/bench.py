@@ -263,8 +263,9 @@ def run_accuracy(checkpoint: str, accuracy: str, options: BenchOptions = BenchOp
     for row in measured.values():
         print(_accuracy_line(row, first, still))
         results.update(_accuracy_results(row, first, still))
-    for spec, kind, why in unmeasured:
-        print(f"{backend_label(spec)[2]:18s} {kind}: {why}")
+    for spec, kind, why in unmeasured:  # a refusal without score's advice (--precision fp32)
+        print(f"{backend_label(spec)[2]:18s} " + (f"refused by the start-of-run check: {_check_clause(why)}"
+                                                  if kind == "refused" else f"failed: {why}"))
     if save_verdict:
         print(f"verdict: {_keep_verdict(checkpoint, f'{dataset} test set', measured, unmeasured, still)}")
     return results
