@@ -164,6 +164,30 @@ def test_a_latest_stream_asks_again_after_its_only_batch_was_dropped():
     assert dispatcher.to_request() == ["cam"]  # the loop's settle asks again instead of calling it a stall
 
 
+def test_cameras_that_send_nothing_claim_no_replica_from_a_camera_that_does():
+    """Two cameras down and one live on two replicas (latest): the down ones' requests wait for
+    frames that do not come and used to claim both replicas, so the live one asked for a batch
+    rarely (80 % of its frames dropped behind, the replicas 2-3 % busy: a new user's trial)."""
+    dispatcher = _dispatcher("live", "down1", "down2", policy="latest", replicas=2)
+    streams = dispatcher.streams
+
+    def answer(stream_id: str, size: int, sequence: int = 0) -> None:
+        streams[stream_id].decode_pending = False  # as the loop does with each answer
+        dispatcher.accept(stream_id, BatchHeader(stream_id, sequence if size else -1, 0, size, scorable=size), "b")
+
+    assert dispatcher.to_request() == ["live", "down1"]  # each claims a free replica
+    answer("down1", 0)  # no frame within the wait: silent
+    assert dispatcher.to_request() == ["down2", "down1"]  # a silent camera asks without a claim
+    answer("down2", 0)
+    answer("live", 16)
+    assert [a.replica for a in dispatcher.assign(0.0, None)] == [0]
+    assert streams["down1"].decode_pending and streams["down1"].silent
+    assert dispatcher.to_request() == ["live", "down2"]  # one replica free, claimed by no silent camera
+    answer("down2", 16, 0)  # back: it claims again
+    assert not streams["down2"].silent and streams["down2"].queued == 1
+    assert dispatcher.to_request() == []  # live's and down2's batches hold both replicas
+
+
 def test_every_stream_waits_its_turn_and_backpressure_bounds_the_queue():
     dispatcher = _dispatcher("a", "b", replicas=1)  # capacity 2
     assert dispatcher.to_request() == ["a", "b"]

@@ -270,6 +270,10 @@ def test_cameras_from_a_file_get_their_names_credentials_and_own_settings(rtsp_r
   - name: dock
     url: rtsp://127.0.0.1:9/nothing
     enabled: false
+  - name: roof
+    url: rtsp://127.0.0.1:9/roof
+  - name: attic
+    url: rtsp://127.0.0.1:9/attic
 """)
     out = tmp_path / "fleet.zarr"
     try:
@@ -280,8 +284,13 @@ def test_cameras_from_a_file_get_their_names_credentials_and_own_settings(rtsp_r
     printed = capsys.readouterr()
     assert code == 0, printed.err
     root = open_results(out)
-    assert sorted(root.group_keys()) == ["gate", "yard"]
+    assert sorted(root.group_keys()) == ["attic", "gate", "roof", "yard"]
     gate, yard = root["gate"], root["yard"]
+    # two cameras down (nothing listens there) beside two replicas do not starve the live ones: their
+    # waits for frames claimed both replicas, and yard (latest) lost ~80 % of its frames behind
+    assert root["roof"].attrs["camera"]["state"] == root["attic"].attrs["camera"]["state"] == "stopped"
+    assert root["roof"].attrs["written"] == root["attic"].attrs["written"] == 0
+    assert yard.attrs["frame_counts"]["dropped_behind"] < yard.attrs["frame_counts"]["scored"] / 4, yard.attrs["frame_counts"]
     assert gate.attrs["maps_every"] == 3 and gate.attrs["event_rule"] == {"threshold": 1000, "low_threshold": None}
     assert yard.attrs["maps_every"] == 1 and "event_rule" not in yard.attrs
     assert _accounted(gate)["scored"] > 20 and _accounted(yard)["scored"] > 20

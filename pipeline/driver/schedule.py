@@ -105,6 +105,7 @@ class StreamState:
     rewinds: int = 0  # times decoded again after a fault
     cut: int | None = None  # ended with an error at this batch: it and later ones are not written
     queued: int = 0  # decoded batches waiting for a replica
+    silent: bool = False  # its last answer held no frame (a camera down, stalled or connecting): asks claim no replica
     scoring: int = 0  # batches inside a replica
     to_write: dict[int, WriteItem] = field(default_factory=dict)  # batch sequence -> its rows, waiting for their turn
 
@@ -116,10 +117,11 @@ class StreamState:
         """Whether to ask the decoder for the next batch now. ``every`` keeps the queue of decoded
         batches (``waiting``, all streams) under ``capacity`` (backpressure); ``latest`` asks only
         when a replica is free for it and it has nothing waiting, so that the frames taken from the
-        source are scored at once and are the newest there are."""
+        source are scored at once and are the newest there are; a silent one also when none is (its
+        request mostly waits for a frame that does not come, and its answers carry the camera's state)."""
         if self.ended is not None or self.decode_pending:
             return False
-        return self.queued == 0 and replica_free if self.policy == "latest" else waiting < capacity
+        return self.queued == 0 and (replica_free or self.silent) if self.policy == "latest" else waiting < capacity
 
     def rewind(self, decoder: Any, row: int | None = None, sequence: int | None = None) -> int:
         """Forget what is decoded but not yet sent to the writer (a fault lost it, or may have): the
