@@ -7,12 +7,14 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from ..models.errors import ModelInputError
 from .assets import SHIPPED_CHECKPOINT
 from .datasets.layouts import LAYOUT_SPLITS
+from .driver.signals import stop_on_signals
 from .errors import AnomstreamError, UndefinedMetricError, cause_line
 
 STILL_DATASETS = tuple(LAYOUT_SPLITS)
@@ -153,8 +155,10 @@ def _run_scoring(args: argparse.Namespace, options, live=None, duration_s: float
     plan = RunPlan(specs=specs, stream_ids=stream_ids, checkpoint=args.checkpoint, expected_model=model_name,
                    calibration=args.calibration, out=args.out, mode=_mode(args), rotate_s=rotate_s, settings=settings,
                    source_options=options, live=live or LiveOptions(), duration_s=duration_s, events=events, **(served or {}),
-                   address=args.address, progress=not args.quiet)
+                   address=args.address, progress=not args.quiet, stop=getattr(args, "stop", None))
     report = score_sources(plan)
+    if plan.stop is not None and plan.stop.is_set() and not report.started:
+        print("stopped while the run started: nothing was read or written", file=sys.stderr)
     if report.streams and not report.started:  # a resume found each stream complete, or refused it
         complete = sum(stream.skipped for stream in report.streams.values())
         refused = len(report.streams) - complete
@@ -765,9 +769,12 @@ def expand_path_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # live: a signal asks a clean stop from here on, while Ray and the model still load (it ended the process)
+    args.stop = threading.Event() if args.command == "live" else None
     try:
-        expand_path_arguments(args)
-        return args.run(args)
+        with stop_on_signals(args.stop, enabled=args.stop is not None):
+            expand_path_arguments(args)
+            return args.run(args)
     except (AnomstreamError, ModelInputError) as error:
         cause = getattr(error, "cause", None) or error  # raised inside a Ray actor
         print(f"error: {cause}", file=sys.stderr)

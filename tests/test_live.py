@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,38 @@ def test_sigterm_while_starting_stops_cleanly_and_leaves_a_readable_store(vtest,
     assert f"{key}: " in stdout and "latency ms" in stdout
     if sum(counts.values()) == 0:
         assert f"warning: {key}: {camera.url}: no frame received before the run stopped" in stderr
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for SIGTERM (/proc/PID/status, SigCgt)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def test_sigterm_before_the_model_is_loaded_ends_live_cleanly_with_nothing_written(tmp_path):
+    """SIGTERM in the first seconds (imports, the checkpoint), before the run knows its sources:
+    it ended the process (exit -15, a Ray started by then left behind); now exit 0 and one line,
+    and nothing is started."""
+    out = tmp_path / "early.zarr"
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", "rtsp://127.0.0.1:9/cam", "--out", str(out),
+               "--quiet"]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches_sigterm(run.pid) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.005)
+        os.kill(run.pid, signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    assert stderr == "stopped while the run started: nothing was read or written\n" and stdout == ""
+    assert not out.exists()
 
 
 def test_live_refuses_resume_and_a_taken_view_port_and_redacts_secrets(ray_session, shipped_checkpoint, tmp_path,

@@ -6,6 +6,7 @@ A :class:`RunPlan` is frozen: the driver reads it and never changes it, so every
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +41,10 @@ class RunPlan:
     and ``stream_ids``; their own settings and credentials go onto their sources). ``address``: a Ray cluster to join
     (None: a local Ray of the run's own); ``max_active_streams``: decoders at most (None: replicas
     + 1, or every live source); ``progress``: the console reporter (progress bar, live table, event
-    lines) instead of a silent one."""
+    lines) instead of a silent one. ``stop``: the event SIGINT/SIGTERM set from the command's start
+    (``anomstream live``: :func:`pipeline.driver.signals.stop_on_signals`); the run then stops on
+    it cleanly from its first moment, and starts nothing when it is set already (None: the run's
+    own, from when it knows a source is live)."""
 
     specs: tuple[str, ...]
     checkpoint: str
@@ -62,6 +66,7 @@ class RunPlan:
     address: str | None = None
     max_active_streams: int | None = None
     progress: bool = True
+    stop: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

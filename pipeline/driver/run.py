@@ -8,12 +8,11 @@ in frame order per stream whichever replica finished first.
 from __future__ import annotations
 
 import math
-import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +50,7 @@ from .ray_setup import ensure_ray
 from .report import RunReport
 from .reporter import Reporter, reporter_for
 from .resume import nothing_to_resume
+from .signals import stop_on_signals
 from .writers import WriterSet
 
 REPLICA_RESTARTS = 3  # Ray restarts a lost replica process this often (then the loop replaces the actor)
@@ -185,36 +185,6 @@ def _unique_ids(sources: list[Source]) -> None:
             seen[source.stream_id] = 0
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[Callable[[], None]]:
-    """While a live run goes on (from its start: Ray and the model take seconds to come up), SIGINT
-    and SIGTERM ask it to stop cleanly (every frame read is written) instead of raising; a second
-    signal interrupts at once. Yields ``install``, to call again after ``ray.init`` (which sets
-    handlers of its own)."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-
-    def handle(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    def install() -> None:
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, handle)
-
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    install()
-    try:
-        yield install
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-
-
 @dataclass
 class _Prepared:
     """What the driver knows of a run before Ray starts: the checkpoint's ``payload`` and its
@@ -300,18 +270,18 @@ def score_sources(plan: RunPlan, reporter: Reporter | None = None) -> RunReport:
     it goes (default: the console reporter when ``plan.progress``, else none). The run holds the
     store's lock throughout (:mod:`pipeline.store.lock`): another run on the same store refuses.
     """
+    stop = plan.stop or threading.Event()
     run = _prepare(plan)
     report = RunReport(run.out, failed=run.inputs.failed, left_out=run.inputs.left_out)
-    if not run.inputs.sources:
+    if not run.inputs.sources or stop.is_set():  # stopped while it started: nothing read, nothing written
         return report
     _unique_ids(run.inputs.sources)
+    live = plan.stop is not None or any(source.is_live for source in run.inputs.sources)
     with StoreLock(run.out):  # one run per store: a second one refuses here, naming this one
         if _nothing_to_run(plan, run, report):
             return report
         report.started = True
-        stop = threading.Event()
-        with _reserved(plan) as listeners, \
-                _stop_on_signals(stop, enabled=any(source.is_live for source in run.inputs.sources)) as install:
+        with _reserved(plan) as listeners, stop_on_signals(stop, enabled=live) as install:
             ensure_ray(plan.address)
             install()
             _run_on_ray(plan, run, report, reporter or reporter_for(plan.progress), stop, listeners)
