@@ -67,6 +67,38 @@ def test_metrics_say_what_the_accounting_says():
 
 
 
+def test_an_event_open_is_a_gauge_until_it_ends():
+    """An event that lasts (a scene the model does not fit: open for the whole run) counted in no
+    metric: anomstream_events_total counts ended events (a new user's trial)."""
+    from anomstream.pipeline.driver.report import RunReport
+    from anomstream.pipeline.driver.reporter import BusyReporter, EventRelay
+
+    class Writers:
+        news: list = []
+
+        def take_events(self, lost_ok: bool = False) -> list:
+            news, Writers.news = Writers.news, []
+            return news
+
+    report = RunReport("out.zarr")
+    relay = EventRelay(Writers(), report, BusyReporter(), live=True, enabled=True)
+
+    def scrape(*messages: dict) -> dict:
+        Writers.news = list(messages)
+        relay.relay(final=True)
+        run = {"events": report.events,
+               "events_open": {stream_id: len(ids) for stream_id, ids in report.open_events.items()}}
+        samples = _samples(metrics_text(_accounting(), run))
+        return {key[1][0][1]: value for key, value in samples.items() if key[0] == "anomstream_event_open"}
+
+    assert scrape() == {"cam1": 0, "clip": 0}
+    assert scrape({"type": "start", "stream_id": "cam1", "event_id": "e1"}) == {"cam1": 1, "clip": 0}
+    assert scrape({"type": "start", "stream_id": "cam1", "event_id": "e2"},
+                  {"type": "end", "stream_id": "cam1", "event_id": "e1"}) == {"cam1": 1, "clip": 0}
+    assert scrape({"type": "end", "stream_id": "cam1", "event_id": "e2"}) == {"cam1": 0, "clip": 0}
+    assert report.events == 2
+
+
 def _get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
     request = urllib.request.Request(url, headers=headers or {})
     opener = urllib.request.build_opener(_NoRedirect)

@@ -124,6 +124,7 @@ def test_a_hung_then_restarted_rtsp_camera_is_seen_at_once_and_the_other_goes_on
     assert samples[("anomstream_frame_latency_seconds_count", (("stream", stream),))] == \
         samples[("anomstream_frames_total", (("status", "scored"), ("stream", stream)))]
     assert ("anomstream_outbox_messages", (("sink", "mqtt"),)) in samples
+    assert samples[("anomstream_event_open", (("stream", stream),))] in (0, 1)
     assert scraped["healthz"]["cameras"][stream] == "stalled" and scraped["healthz"]["cameras_not_live"] == 1
     # seen stalled in the store within the stall timeout of the last frame (+ the writer's and this poll's lag)
     assert seen["stalled"] - seen["hung"] < STALL_S + 1.5, seen

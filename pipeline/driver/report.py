@@ -35,6 +35,7 @@ class RunReport:
     device: str = "cpu"
     replica_busy: list[float] = field(default_factory=list)  # share of ``seconds`` each replica spent scoring
     events: int = 0  # events that ended in this run (all streams)
+    open_events: dict[str, set[str]] = field(default_factory=dict)  # stream id -> ids of its events open now
     undelivered: int = 0  # webhook messages left in the outbox at the end (an outbox.Undelivered: .problems say why)
     faults: FaultLog = field(default_factory=FaultLog)  # what the run survived (lost replicas, decoders, batches)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> replicas placed there

@@ -137,7 +137,8 @@ def reporter_for(progress: bool) -> Reporter:
 
 
 class EventRelay:
-    """The writers' event messages: each end counted in ``report.events``, each message shown by
+    """The writers' event messages: each end counted in ``report.events``, the events open kept in
+    ``report.open_events``, each message shown by
     ``reporter``, as they come in a live run (every EVENTS_EVERY_S s) and at the end otherwise.
     ``enabled``: the run detects events. Messages taken from writers about to be replaced are held
     until the end (:meth:`hold`)."""
@@ -165,4 +166,7 @@ class EventRelay:
                 print(f"warning: {scene_line(message['stream_id'], message)}", file=sys.stderr, flush=True)
                 continue
             self.report.events += message["type"] == "end"
+            if message["type"] in ("start", "end"):
+                open_now = self.report.open_events.setdefault(message["stream_id"], set())
+                (open_now.add if message["type"] == "start" else open_now.discard)(message["event_id"])
             self.reporter.event(message)

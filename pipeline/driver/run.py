@@ -365,7 +365,8 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Repo
     folder = events_folder(plan.out).absolute()
 
     def figures() -> dict[str, Any]:
-        return {"events": report.events, "replica_busy": reporter.busy_shares(), "outbox": outbox_depth(folder)}
+        return {"events": report.events, "replica_busy": reporter.busy_shares(), "outbox": outbox_depth(folder),
+                "events_open": {stream_id: len(ids) for stream_id, ids in report.open_events.items()}}
 
     try:
         if plan.view is not None:

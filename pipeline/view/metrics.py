@@ -16,6 +16,8 @@ Metrics (labels ``stream`` and as named):
 - ``anomstream_scene_fit{state}``: 1 for whether the calibrated model fits the stream's scene
   (``fits``, ``misfit``, ``drift``: :mod:`pipeline.calibration.scene`), once judged;
 - ``anomstream_events_total``: events that ended in this run (all streams, no ``stream`` label);
+- ``anomstream_event_open``: 1 while an event is open on the stream (an alert that lasts: an
+  event that has not ended is in no count above), for every stream;
 - ``anomstream_replica_busy_ratio{node}``: the share of time the node's replicas spent in the model
   over the last seconds (:mod:`pipeline.driver.busy`; once the first answers are in);
 - ``anomstream_outbox_messages{sink}``: messages waiting in an outbox (``webhook``, ``mqtt``): a
@@ -36,8 +38,8 @@ SCENE_STATES = ("fits", "misfit", "drift")
 
 class _RunCollector:
     """One scrape's figures: ``streams`` (stream id -> accounting attrs, as ``WriterActor.accounting``
-    gives them), ``run`` (``events``: events ended; ``replica_busy``: node id -> share;
-    ``outbox``: sink -> messages waiting)."""
+    gives them), ``run`` (``events``: events ended; ``events_open``: stream id -> events open;
+    ``replica_busy``: node id -> share; ``outbox``: sink -> messages waiting)."""
 
     def __init__(self, streams: dict[str, dict[str, Any]], run: dict[str, Any]) -> None:
         self.streams, self.run = streams, run
@@ -80,7 +82,17 @@ class _RunCollector:
                                                                                                      counts["counts"])]
                 histogram.add_metric([stream_id], buckets, counts["sum_s"])
         events = CounterMetricFamily("anomstream_events", "Events that ended in this run", value=self.run.get("events", 0))
-        yield from (frames, gaps, state, age, latency, histogram, scene, events, *self._run_gauges())
+        yield from (frames, gaps, state, age, latency, histogram, scene, events, *self._open_events(), *self._run_gauges())
+
+    def _open_events(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        if "events_open" not in self.run:
+            return
+        open_now = GaugeMetricFamily("anomstream_event_open", "1 while an event is open on the stream", labels=["stream"])
+        for stream_id in sorted(self.streams):
+            open_now.add_metric([stream_id], float(self.run["events_open"].get(stream_id, 0) > 0))
+        yield open_now
 
     def _run_gauges(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
