@@ -453,7 +453,9 @@ def _device(args: argparse.Namespace) -> str | None:
 def _quiet_parent() -> argparse.ArgumentParser:
     """``--quiet``: demo, train, score, live and calibrate."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--quiet", action="store_true", help="no progress bars")
+    parent.add_argument("--quiet", action="store_true",
+                        help="no progress bars, and under score / live no live table nor event and camera lines "
+                             "(warnings, errors and the summary are still printed)")
     return parent
 
 

@@ -211,3 +211,46 @@ def test_an_event_snapshot_has_the_frame_s_own_shape_and_a_caption(tmp_path):
 
     event = Event("street", "id", 1, 3, 1_796_000_000.1, 1_796_000_000.3, 1, 1_796_000_000.1, 9.0, 5.0)
     assert snapshot_caption(event) == "street  frame 1  2026-11-30 00:53:20 UTC  peak 9.00 > 5.00"
+
+
+def test_a_broker_away_is_told_while_the_run_goes_on_and_again_after_it_came_back(mosquitto_ready, tmp_path):
+    """A live run with its MQTT broker away said nothing until it ended (a new user's trial):
+    messages waiting 30 s are told once, and once more after the broker came back and went again."""
+    from anomstream.pipeline.driver.outboxes import OutboxWatch
+    from anomstream.pipeline.events.recorder import outbox_depth
+
+    broker = MosquittoBroker(tmp_path, start=False)
+    folder = tmp_path / "events"
+    settings = EventSettings(EventRule(5.0, end_after=2, min_frames=2, merge_gap=0), str(folder),
+                             mqtt=parse_mqtt(f"mqtt://127.0.0.1:{broker.port}/site"))
+    recorder = EventRecorder(settings, "run-key")
+    now = [0.0]
+    watch = OutboxWatch(folder, clock=lambda: now[0])
+    warning = "warning: mqtt: {} message(s) waiting in " + str(folder / "outbox_mqtt") + " for {} s: the receiver " \
+              "is away or refuses them (kept, sent when it answers)"
+    try:
+        recorder.open_stream("cam 1")
+        recorder.camera("cam 1", LiveStatus("connecting", time.time()))
+        assert watch.check() == []  # waiting from now on
+        now[0] = 31.0
+        assert watch.check() == [warning.format(outbox_depth(folder)["mqtt"], 31)]
+        now[0] = 62.0
+        assert watch.check() == []  # told once
+        broker.start()
+        deadline = time.monotonic() + 30
+        while outbox_depth(folder)["mqtt"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        now[0] = 70.0
+        assert watch.check() == [] and outbox_depth(folder)["mqtt"] == 0  # delivered: nothing to tell
+        broker.stop()
+        recorder.camera("cam 1", LiveStatus("live", time.time(), time.time()))
+        deadline = time.monotonic() + 10
+        while not outbox_depth(folder)["mqtt"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        now[0] = 75.0
+        assert watch.check() == []
+        now[0] = 106.0
+        assert watch.check() == [warning.format(outbox_depth(folder)["mqtt"], 31)]
+    finally:
+        recorder.close(0)
+        broker.stop()

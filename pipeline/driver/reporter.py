@@ -14,7 +14,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ..calibration.scene import scene_line
+from ..events.recorder import events_folder
 from .busy import NodeBusy
+from .outboxes import OutboxWatch
 from .report import RunReport, event_line, live_table
 from .schedule import ReplicaSlot
 from .writers import WriterSet
@@ -148,6 +150,7 @@ class EventRelay:
         self.live, self.enabled = live, enabled
         self.held: list[dict[str, Any]] = []
         self.due = time.monotonic() + EVENTS_EVERY_S
+        self.outboxes = OutboxWatch(events_folder(report.store)) if live and enabled else None
 
     def hold(self) -> None:
         """Before the writers are replaced: what the ones that still answer detected so far (a
@@ -156,7 +159,10 @@ class EventRelay:
             self.held += self.writers.take_events(lost_ok=True)
 
     def relay(self, final: bool = False) -> None:
-        """The news since the last call, when due (``final``: at the end of the run)."""
+        """The news since the last call, when due (``final``: at the end of the run); a receiver
+        away for a while is told as the run goes on (:class:`~pipeline.driver.outboxes.OutboxWatch`)."""
+        if self.outboxes is not None and not final:
+            self.outboxes.check()
         if not self.enabled or not (final or (self.live and time.monotonic() >= self.due)):
             return
         self.due = time.monotonic() + EVENTS_EVERY_S
