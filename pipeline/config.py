@@ -163,8 +163,8 @@ def format_error(source: str, error: ValidationError, prefix: str = "", shown: i
             message = "unknown key"
         elif complaint["type"] in ("model_type", "dataclass_type"):  # pydantic names our class here
             message = f"should be a mapping of keys, got {type(complaint['input']).__name__} {complaint['input']!r:.40}"
-        else:
-            message = complaint["msg"]
+        else:  # without pydantic's "Value error, " before our own validators' messages
+            message = complaint["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         parts.append(f"{location}: {message}" if location else message)
     more = f" (+{error.error_count() - shown} more)" if error.error_count() > shown else ""
     return f"{source}: {'; '.join(parts)}{more}"
@@ -272,7 +272,8 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML") from None
+        problem = f" ({error.problem})" if getattr(error, "problem", None) else ""
+        raise ConfigError(f"{path}:{where} invalid YAML{problem}") from None
 
 
 def load_config(path: str | Path) -> AnomstreamConfig:

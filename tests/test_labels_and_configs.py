@@ -351,7 +351,8 @@ def test_case16_configs_as_people_write_them(field2, home, tmp_path, monkeypatch
     assert err == (f"error: {case / 'dup.yaml'}: score: key given twice (lines 2 and 7); give it once "
                    f"(YAML would keep only the last)\n")
     code, out, err = run(["score", clip, "--config", str(case / "tabs.yaml"), "--out", "t.zarr"], capsys)
-    assert (code, out, err) == (2, "", f"error: {case / 'tabs.yaml'}: line 2 invalid YAML\n")
+    assert (code, out, err) == (2, "", f"error: {case / 'tabs.yaml'}: line 2 invalid YAML (found character '\\t' "
+                                       f"that cannot start any token)\n")
     code, out, err = run(["score", clip, "--config", str(case / "types.yaml"), "--out", "t.zarr"], capsys)
     assert (code, out) == (2, "")
     assert err == (f"error: {case / 'types.yaml'}: score.batch_size: Input should be a valid integer, got a number "

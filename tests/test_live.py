@@ -241,7 +241,11 @@ def test_live_refuses_resume_and_a_taken_view_port_and_redacts_secrets(ray_sessi
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         assert main(["live", "rtsp://127.0.0.1:9/cam", "--out", str(tmp_path / "v.zarr"), "--view", str(port)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: --view: cannot serve on 127.0.0.1:{port} (")
+        assert capsys.readouterr().err == f"error: --view: cannot serve on 127.0.0.1:{port} (Address already in use)\n"
+        assert main(["live", "rtsp://127.0.0.1:9/cam", "--out", str(tmp_path / "v.zarr"), "--view", str(port + 1),
+                     "--metrics", str(port + 1)]) == 2
+    assert capsys.readouterr().err == (f"error: --metrics {port + 1}: the port --view serves on (the live view serves "
+                                       f"/metrics and /healthz too); give another port or leave --metrics out\n")
     assert not (tmp_path / "v.zarr").exists()
     url = "http://admin:pw123@127.0.0.1:9/x?token=s3cret"
     code = main(["live", url, "--out", str(tmp_path / "s.zarr"), "--reconnect-attempts", "0",

@@ -128,7 +128,7 @@ def test_refused_credentials_keep_the_messages_and_say_so_without_the_password(m
         assert len(outbox.waiting()) == 1 and outbox.close(0) == 1
         (problem,) = outbox.problems()
         assert problem.startswith(f"MQTT broker mqtt://***@127.0.0.1:{broker.port}/anomstream: Not authorized")
-        assert problem.endswith(f"1 message(s) kept in {tmp_path / 'outbox' / 'pending'} for the next run with a MQTT broker")
+        assert problem.endswith(f"1 message(s) kept in {tmp_path / 'outbox' / 'pending'} for the next run with an MQTT broker")
         assert "wrong-pass" not in problem
         right = parse_mqtt(f"mqtt://anomstream:right-pass@127.0.0.1:{broker.port}")
         again = Outbox(tmp_path / "outbox", MqttSender(right, "test-right"), backoff_s=0.05)

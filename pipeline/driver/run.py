@@ -294,6 +294,9 @@ def _reserved(plan: RunPlan) -> Iterator[dict[str, socket.socket]]:
     the start of the run (Ray's processes take ports as they start, one of them could be this one's);
     closed at its end. Raises AnomstreamError (one line, naming the option) when one cannot be bound."""
     listeners: dict[str, socket.socket] = {}
+    if plan.view is not None and plan.view == plan.metrics:
+        raise AnomstreamError(f"--metrics {plan.metrics[1]}: the port --view serves on (the live view serves /metrics "
+                              f"and /healthz too); give another port or leave --metrics out")
     try:
         for option, served in (("--view", plan.view), ("--metrics", plan.metrics)):
             if served is not None:

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import format_error, read_yaml
-from ..errors import AnomstreamError
+from ..errors import AnomstreamError, ConfigError
 from ..events.detector import EventRule
 from ..events.webhook import shown_url
 from ..paths import expand_path
@@ -108,7 +108,10 @@ def read_cameras(path: str | Path, checkpoint: str | Path | None = None) -> list
     ``password_env`` that is not set, a ``password_file`` that cannot be read or that others can,
     a ``checkpoint`` other than ``checkpoint`` (the run's)."""
     where = f"--cameras {path}"
-    data = read_yaml(Path(path))
+    try:
+        data = read_yaml(Path(path))
+    except ConfigError as error:
+        raise ConfigError(f"--cameras {error}") from None
     listed = data.get("cameras") if isinstance(data, dict) else None
     for index, camera in enumerate(listed if isinstance(listed, list) else []):
         if isinstance(camera, dict) and "password" in camera:

@@ -16,6 +16,7 @@ the run's token (:mod:`pipeline.view.access`).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -44,7 +45,8 @@ def reserve_port(host: str, port: int, option: str = "--view") -> socket.socket:
     try:
         return socket.create_server((host, port), family=family)
     except OSError as error:
-        raise AnomstreamError(f"{option}: cannot serve on {host}:{port} ({error.strerror or error})") from None
+        cause = os.strerror(error.errno) if error.errno else str(error)  # not create_server's "(while attempting ...)"
+        raise AnomstreamError(f"{option}: cannot serve on {host}:{port} ({cause})") from None
 
 
 class LiveView:
