@@ -176,3 +176,15 @@ def test_a_reserved_port_is_held_until_the_view_serves_on_it_and_freed_with_it()
     finally:
         server.close()
     reserve_port("127.0.0.1", port).close()  # free again
+
+
+def test_the_live_table_shows_whole_stream_names():
+    """Names longer than the column were cut (``rtsp_127.0.0.1_18554_nop`` for two cameras told apart
+    only by their path: a new user's trial)."""
+    from anomstream.pipeline.driver.report import live_table
+
+    attrs = _accounting()["cam1"]
+    names = ["rtsp_127.0.0.1_18554_nopath", "rtsp_127.0.0.1_18554_nopass", "cam1"]
+    lines = live_table({name: attrs for name in names}).splitlines()
+    assert [line.split()[0] for line in lines] == ["stream", *names]
+    assert len({line.index(" stalled") for line in lines[1:]}) == 1  # the columns stay aligned

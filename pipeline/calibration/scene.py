@@ -100,8 +100,9 @@ class SceneCheck:
 
 def scene_line(stream_id: str, verdict: dict) -> str:
     """One line for stderr: what was measured, what was expected, what to do."""
-    measured = (f"{verdict['share']:.0%} of frames {verdict['first_frame']}-{verdict['last_frame']} above the threshold "
-                f"{verdict['threshold']:.2f}, where the footage it was calibrated on has {verdict['expected']:.2%}")
+    measured = (f"{verdict['share']:.0%} of frames {verdict['first_frame']}-{verdict['last_frame']} above the "
+                f"calibrated threshold {verdict['threshold']:.2f}, where the footage it was calibrated on has "
+                f"{verdict['expected']:.2%}")
     if verdict["state"] == "misfit":
         return (f"{stream_id}: the model does not fit this scene: {measured}; train and calibrate one on this "
                 f"camera's normal footage: anomstream fit FOOTAGE --out model.pt (docs/own-camera.md)")

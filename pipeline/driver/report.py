@@ -68,8 +68,9 @@ def event_line(message: dict[str, Any]) -> str:
 def live_table(accounting: dict[str, dict[str, Any]]) -> str:
     """A compact per-stream table of live figures: a camera's state and the age of its newest frame
     (seconds), frames captured / scored / dropped / not scored for a gap or a frozen feed, latency
-    percentiles (ms), gaps."""
-    lines = [f"{'stream':24s} {'state':>11s} {'last':>6s} {'captured':>8s} {'scored':>7s} {'dropped':>7s} {'gap':>5s} "
+    percentiles (ms), gaps. Stream names are shown whole (the column as wide as the longest)."""
+    width = max([24, *map(len, accounting)])
+    lines = [f"{'stream':{width}s} {'state':>11s} {'last':>6s} {'captured':>8s} {'scored':>7s} {'dropped':>7s} {'gap':>5s} "
              f"{'p50':>7s} {'p95':>7s} {'p99':>7s} {'gaps':>4s}"]
     for stream_id, attrs in accounting.items():
         counts, latency = attrs["frame_counts"], attrs["latency_ms"] or {}
@@ -78,6 +79,6 @@ def live_table(accounting: dict[str, dict[str, Any]]) -> str:
         state, last = camera.get("state", "-"), "-" if age is None else f"{age:.1f}s"
         unscored = counts["source_gap"] + counts["frozen"] + counts["decode_error"]
         shown = [f"{latency[key]:7.0f}" if key in latency else f"{'-':>7s}" for key in ("p50", "p95", "p99")]
-        lines.append(f"{stream_id[:24]:24s} {state:>11s} {last:>6s} {sum(counts.values()):8d} {counts['scored']:7d} "
+        lines.append(f"{stream_id:{width}s} {state:>11s} {last:>6s} {sum(counts.values()):8d} {counts['scored']:7d} "
                      f"{counts['dropped_behind']:7d} {unscored:5d} {' '.join(shown)} {len(attrs['gaps']):4d}")
     return "\n".join(lines)
