@@ -117,7 +117,7 @@ def test_live_prints_each_streams_error(ray_session, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     expected = ("error: rtsp_127.0.0.1_9_cam: rtsp://127.0.0.1:9/cam: camera is unreachable or cannot be opened "
-                "(frames before it are kept: 0)")
+                "(Connection refused) (frames before it are kept: 0)")
     assert err == [expected]
 
 

@@ -318,7 +318,7 @@ def test_camera_connect_timeout_names_the_wait():
     camera = CameraSource("rtsp://127.0.0.1:9/none", open_timeout_s=1,
                           reconnect=Reconnect(backoff_s=0.2, connect_timeout_s=1))
     with pytest.raises(SourceError, match=r"^rtsp://127.0.0.1:9/none: camera is unreachable or cannot be opened "
-                                          r"\(retried for 1 s\)$"):
+                                          r"\(Connection refused\) \(retried for 1 s\)$"):
         next(camera.frames())
 
 

@@ -276,7 +276,7 @@ def test_cameras_from_a_file_get_their_names_credentials_and_own_settings(rtsp_r
     url: rtsp://127.0.0.1:9/nothing
     enabled: false
   - name: roof
-    url: rtsp://127.0.0.1:9/roof
+    url: {open_camera.url().rsplit("/", 1)[0]}/roof
   - name: attic
     url: rtsp://127.0.0.1:9/attic
 """)
@@ -295,6 +295,9 @@ def test_cameras_from_a_file_get_their_names_credentials_and_own_settings(rtsp_r
     # waits for frames claimed both replicas, and yard (latest) lost ~80 % of its frames behind
     assert root["roof"].attrs["camera"]["state"] == root["attic"].attrs["camera"]["state"] == "stopped"
     assert root["roof"].attrs["written"] == root["attic"].attrs["written"] == 0
+    downs = {m["stream_id"]: m["reason"] for m in _camera_messages(out) if m["type"] == "camera_down"}
+    assert downs["roof"].endswith("/roof: camera is unreachable or cannot be opened (Server returned 404 Not Found)")
+    assert downs["attic"].endswith("/attic: camera is unreachable or cannot be opened (Connection refused)")
     assert yard.attrs["frame_counts"]["dropped_behind"] < yard.attrs["frame_counts"]["scored"] / 4, yard.attrs["frame_counts"]
     assert gate.attrs["maps_every"] == 3 and gate.attrs["event_rule"] == {"threshold": 1000, "low_threshold": None}
     assert yard.attrs["maps_every"] == 1 and "event_rule" not in yard.attrs
