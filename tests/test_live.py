@@ -235,9 +235,11 @@ def test_sigterm_before_the_model_is_loaded_ends_live_cleanly_with_nothing_writt
 
 def test_live_refuses_resume_and_a_taken_view_port_and_redacts_secrets(ray_session, shipped_checkpoint, tmp_path,
                                                                          capsys):
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     for command in ("live", "score"):  # a camera under score is live too
         assert main([command, "rtsp://127.0.0.1:9/cam", "--out", str(tmp_path / "r.zarr"), "--resume"]) == 2
         assert capsys.readouterr().err.startswith("error: --resume: a live stream cannot continue a store")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # live's set back
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         assert main(["live", "rtsp://127.0.0.1:9/cam", "--out", str(tmp_path / "v.zarr"), "--view", str(port)]) == 2

@@ -7,7 +7,7 @@ import pytest
 from anomstream.pipeline.driver.dispatch import Dispatcher
 from anomstream.pipeline.driver.faults import FaultLog
 from anomstream.pipeline.driver.recovery import BatchRetry, Redecode, ReplicaRecovery, WriterTakeover, model_failed
-from anomstream.pipeline.driver.schedule import Decoded, ReplicaPool, ReplicaSlot, StreamState, WriteKind
+from anomstream.pipeline.driver.schedule import SILENT_ANSWERS, Decoded, ReplicaPool, ReplicaSlot, StreamState, WriteKind
 from anomstream.pipeline.errors import AnomstreamError
 from anomstream.pipeline.stream.windows import BatchHeader, EndOfStream
 
@@ -167,7 +167,9 @@ def test_a_latest_stream_asks_again_after_its_only_batch_was_dropped():
 def test_cameras_that_send_nothing_claim_no_replica_from_a_camera_that_does():
     """Two cameras down and one live on two replicas (latest): the down ones' requests wait for
     frames that do not come and used to claim both replicas, so the live one asked for a batch
-    rarely (80 % of its frames dropped behind, the replicas 2-3 % busy: a new user's trial)."""
+    rarely (80 % of its frames dropped behind, the replicas 2-3 % busy: a new user's trial). After
+    SILENT_ANSWERS empty answers in a row (~2 s) a camera asks without a claim; a slow camera
+    (an empty answer now and then) still claims."""
     dispatcher = _dispatcher("live", "down1", "down2", policy="latest", replicas=2)
     streams = dispatcher.streams
 
@@ -176,16 +178,21 @@ def test_cameras_that_send_nothing_claim_no_replica_from_a_camera_that_does():
         dispatcher.accept(stream_id, BatchHeader(stream_id, sequence if size else -1, 0, size, scorable=size), "b")
 
     assert dispatcher.to_request() == ["live", "down1"]  # each claims a free replica
-    answer("down1", 0)  # no frame within the wait: silent
-    assert dispatcher.to_request() == ["down2", "down1"]  # a silent camera asks without a claim
-    answer("down2", 0)
+    answer("down1", 0)
+    assert not streams["down1"].silent and dispatcher.to_request() == ["down2"]  # one empty answer: down1 still claims
+    for _ in range(3 * SILENT_ANSWERS):  # the down cameras answer nothing, each in its turn
+        for stream_id in ("down1", "down2"):
+            if streams[stream_id].decode_pending:
+                answer(stream_id, 0)
+        dispatcher.to_request()
+    assert streams["down1"].silent and streams["down2"].silent
+    assert streams["down1"].decode_pending and streams["down2"].decode_pending  # both ask, neither claims
     answer("live", 16)
     assert [a.replica for a in dispatcher.assign(0.0, None)] == [0]
-    assert streams["down1"].decode_pending and streams["down1"].silent
-    assert dispatcher.to_request() == ["live", "down2"]  # one replica free, claimed by no silent camera
-    answer("down2", 16, 0)  # back: it claims again
+    assert dispatcher.to_request() == ["live"]  # the idle replica is live's: no silent camera claims it
+    answer("down2", 16)  # back: not silent, its batch waits for a replica
     assert not streams["down2"].silent and streams["down2"].queued == 1
-    assert dispatcher.to_request() == []  # live's and down2's batches hold both replicas
+    assert dispatcher.to_request() == []  # live's request and down2's batch claim what is free
 
 
 def test_every_stream_waits_its_turn_and_backpressure_bounds_the_queue():

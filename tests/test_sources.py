@@ -191,3 +191,20 @@ def test_a_network_capture_decodes_straight_to_the_size_frames_are_used_at(share
     camera = CameraSource("rtsp://127.0.0.1:9/cam", decoding=Decoding(scale_in_decoder=True))
     camera.use_size(128)
     assert camera.decode_size == DecodeSize(128)
+
+
+def test_a_picture_the_decoder_held_back_at_a_read_timeout_is_no_sign_of_life():
+    """A hung RTSP camera: the read times out after 2.5 s and FFmpeg's decoder gives out the
+    picture it held, taken a frame after the last one (measured: the camera then looked live for
+    another read timeout). Told by the stream's own timestamps, whatever the camera's clock says
+    against this machine's: a picture taken after the silence is a real one."""
+    from anomstream.pipeline.sources.network import NetworkCapture
+
+    capture = NetworkCapture.__new__(NetworkCapture)  # the rule alone: no connection needed
+    capture.read_timeout_s, capture._stamp = 2.5, None
+    assert not capture._held_back(2.51, 100.1)  # a connection's first picture
+    capture._stamp = 100.0
+    assert capture._held_back(2.51, 100.1)  # a frame after the last one, a read timeout later
+    assert not capture._held_back(2.51, 102.6)  # taken after the silence: the camera came back
+    assert not capture._held_back(0.4, 100.1)  # a picture in time
+    assert not capture._held_back(2.51, None)  # no timestamp: cannot tell, taken

@@ -45,8 +45,8 @@ class Dispatcher:
     def to_request(self) -> list[str]:
         """Streams that ask their decoder for a batch now, longest waiting first; each is marked as
         waiting for its answer. A ``latest`` stream asks only when a replica is free for it, but for
-        a silent one (its last answer held no frame: a camera that is down claimed a replica for
-        each wait, and as many down cameras as replicas starved the live ones, 80 % of their frames
+        a silent one (:attr:`StreamState.silent`: a camera that is down claimed a replica for each
+        wait, and as many down cameras as replicas starved the live ones, 80 % of their frames
         dropped while the replicas idled)."""
         latest = [s for s in self.streams.values() if s.policy == "latest"]
         claimed = sum((s.decode_pending and not s.silent) + s.queued for s in latest)
@@ -69,7 +69,7 @@ class Dispatcher:
         if isinstance(header, EndOfStream):
             stream.ended = header
             return True
-        stream.silent = not header.size
+        stream.empty_answers = 0 if header.size else stream.empty_answers + 1
         if header.size and not header.scorable:  # warm-up, gap or frozen frames only
             stream.to_write[header.sequence] = WriteItem(WriteKind.UNSCORED, header.size, batch)
             return True

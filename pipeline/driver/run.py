@@ -294,7 +294,7 @@ def _reserved(plan: RunPlan) -> Iterator[dict[str, socket.socket]]:
     the start of the run (Ray's processes take ports as they start, one of them could be this one's);
     closed at its end. Raises AnomstreamError (one line, naming the option) when one cannot be bound."""
     listeners: dict[str, socket.socket] = {}
-    if plan.view is not None and plan.view == plan.metrics:
+    if plan.view is not None and plan.view == plan.metrics and plan.view[1]:
         raise AnomstreamError(f"--metrics {plan.metrics[1]}: the port --view serves on (the live view serves /metrics "
                               f"and /healthz too); give another port or leave --metrics out")
     try:
@@ -368,8 +368,9 @@ def _served(plan: RunPlan, writers: WriterSet, report: RunReport, reporter: Repo
     folder = events_folder(plan.out).absolute()
 
     def figures() -> dict[str, Any]:
+        open_events = list(report.open_events.items())  # one copy: the driver's thread adds streams as events start
         return {"events": report.events, "replica_busy": reporter.busy_shares(), "outbox": outbox_depth(folder),
-                "events_open": {stream_id: len(ids) for stream_id, ids in report.open_events.items()}}
+                "events_open": {stream_id: len(ids) for stream_id, ids in open_events}}
 
     try:
         if plan.view is not None:

@@ -14,6 +14,8 @@ from typing import Any
 from ..stream.live import Policy
 from ..stream.windows import BatchHeader, EndOfStream
 
+SILENT_ANSWERS = 4  # answers without a frame in a row (each waits LiveOptions.idle_wait_s, 0.5 s) that make a stream silent
+
 
 @dataclass
 class ReplicaSlot:
@@ -105,9 +107,15 @@ class StreamState:
     rewinds: int = 0  # times decoded again after a fault
     cut: int | None = None  # ended with an error at this batch: it and later ones are not written
     queued: int = 0  # decoded batches waiting for a replica
-    silent: bool = False  # its last answer held no frame (a camera down, stalled or connecting): asks claim no replica
+    empty_answers: int = 0  # its decoder's answers in a row without a frame
     scoring: int = 0  # batches inside a replica
     to_write: dict[int, WriteItem] = field(default_factory=dict)  # batch sequence -> its rows, waiting for their turn
+
+    @property
+    def silent(self) -> bool:
+        """Its camera sent nothing for SILENT_ANSWERS answers in a row (~2 s: down, stalled,
+        connecting): its requests claim no replica (a slow camera's still do)."""
+        return self.empty_answers >= SILENT_ANSWERS
 
     @property
     def finished(self) -> bool:

@@ -35,5 +35,5 @@ def stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[Callable[[
     try:
         yield install
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, handler in previous.items():  # None: one set outside Python, which cannot be set back
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)

@@ -378,12 +378,9 @@ class CameraSource(Source):
                                      self.reconnect.stall_timeout_s / 2, self.decoding, self.decode_size)
         except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as error:
             raise CameraRefused(self._refusal_text(isinstance(error, av.error.HTTPUnauthorizedError))) from None
-        except Exception as error:  # noqa: BLE001 - unreachable, refused, not a video
-            # FFmpeg's cause (``Connection refused``, ``Server returned 404 Not Found``): its strerror,
-            # not str(error), which holds the URL
-            cause = getattr(error, "strerror", None) or type(error).__name__
-            raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened "
-                              f"({self.scrub(str(cause))})") from None
+        except Exception as error:  # noqa: BLE001 - unreachable, refused, not a video: FFmpeg's strerror, not its URL
+            cause = self.scrub(str(getattr(error, "strerror", None) or error))
+            raise SourceError(f"{self.describe()}: camera is unreachable or cannot be opened ({cause})") from None
         self.info, self.decoded = capture.info, capture.output
         return capture
 

@@ -116,7 +116,7 @@ class NetworkCapture:
         self.failure: str | None = None
         self.captured: float | None = None  # the last picture's capture time on the camera's clock (RTCP)
         self.least_lag: float | None = None  # the smallest arrival - captured of this connection (seconds)
-        self.pictures = 0  # pictures read from this connection
+        self._stamp: float | None = None  # the last picture's timestamp in the stream (seconds)
 
     def read(self) -> np.ndarray | None:
         """The next picture, uint8 (H, W, 3) RGB; None when the connection is over (see ``failure``)."""
@@ -127,11 +127,11 @@ class NetworkCapture:
             silent = time.monotonic() - started >= 0.9 * self.read_timeout_s
             self.failure = "stall" if silent else "disconnect"
             return None
-        captured = self._camera_time(frame.pts)
-        if self._held_back(time.monotonic() - started, captured):
+        stamp = float(frame.pts * self._time_base) if frame.pts is not None else None
+        if self._held_back(time.monotonic() - started, stamp):
             self.failure = "stall"
             return None
-        self.captured, self.pictures = captured, self.pictures + 1
+        self.captured, self._stamp = self._camera_time(frame.pts), stamp
         if self.captured is not None:
             lag = time.time() - self.captured
             self.least_lag = lag if self.least_lag is None else min(self.least_lag, lag)
@@ -139,16 +139,17 @@ class NetworkCapture:
             return frame.to_ndarray(format="rgb24")
         return frame.to_ndarray(format="rgb24", width=self.output[0], height=self.output[1], interpolation="AREA")
 
-    def _held_back(self, waited_s: float, captured: float | None) -> bool:
+    def _held_back(self, waited_s: float, stamp: float | None) -> bool:
         """Whether a picture that came after ``waited_s`` of silence is one the decoder held back
         and gave out when the demuxer's read timed out (a hung camera: it came a read timeout
-        after the last one, taken before the silence, and the next read timed out again, so the
-        camera was seen ``stalled`` after twice the read timeout, as if it had sent a frame). Such a
-        picture ends the connection as a stall; a picture taken after the silence, or the first of
-        a connection (a camera back from a hang may stamp it late), does not."""
-        silent = 0.9 * self.read_timeout_s
-        return (self.pictures > 0 and waited_s >= silent
-                and (captured is None or time.time() - captured >= silent))
+        after the last one, and the next read timed out again, so the camera was seen ``stalled``
+        after twice the read timeout, as if it had sent a frame). Told by the stream's own
+        timestamps (``stamp``, seconds; no clock of this machine's): it was taken a frame or so
+        after the last picture, not about ``waited_s`` later as a picture sent after a silence is.
+        Such a picture ends the connection as a stall."""
+        if stamp is None or self._stamp is None or waited_s < 0.9 * self.read_timeout_s:
+            return False
+        return stamp - self._stamp < waited_s / 2
 
     def _camera_time(self, pts: int | None) -> float | None:
         """When the camera took a picture of timestamp ``pts``, by its own clock (seconds since the

@@ -16,7 +16,6 @@ the run's token (:mod:`pipeline.view.access`).
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -45,7 +44,7 @@ def reserve_port(host: str, port: int, option: str = "--view") -> socket.socket:
     try:
         return socket.create_server((host, port), family=family)
     except OSError as error:
-        cause = os.strerror(error.errno) if error.errno else str(error)  # not create_server's "(while attempting ...)"
+        cause = (error.strerror or str(error)).split(" (while attempting")[0]  # create_server repeats the address
         raise AnomstreamError(f"{option}: cannot serve on {host}:{port} ({cause})") from None
 
 
@@ -79,7 +78,7 @@ class LiveView:
         if not self.server.started:
             self.listener.close()
             raise AnomstreamError(f"--view: cannot serve on {host}:{port}")
-        self.url = f"http://{host}:{port}/"
+        self.url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
