@@ -233,6 +233,28 @@ def test_sigterm_before_the_model_is_loaded_ends_live_cleanly_with_nothing_writt
     assert not out.exists()
 
 
+def test_sigterm_while_ray_starts_stops_cleanly(tmp_path):
+    """SIGTERM as soon as ray.init has started Ray's first process: Ray's own handlers (sys.exit,
+    and abseil's in the driver's core worker) ended the run with exit 15 or -6 and left Ray's
+    processes behind; now the run's handler stays and it stops cleanly."""
+    out = tmp_path / "ray.zarr"
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", "rtsp://127.0.0.1:9/cam", "--out", str(out),
+               "--quiet"]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and run.poll() is None and not children.read_text().strip():
+            time.sleep(0.01)
+        os.kill(run.pid, signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=90)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+
+
 def test_live_refuses_resume_and_a_taken_view_port_and_redacts_secrets(ray_session, shipped_checkpoint, tmp_path,
                                                                          capsys):
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -45,7 +48,9 @@ def ensure_ray(address: str | None = None) -> None:
     host = _loopback_host(address)
     local = {"_node_ip_address": host} if host else {}
     try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local)
+        with _own_sigterm_handler():
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     **local)
     except (ConnectionError, ValueError) as error:
         raise AnomstreamError(f"--address {address}: cannot join Ray cluster ({str(error).splitlines()[0]})") from None
     finally:
@@ -93,3 +98,28 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     if os.environ.get("RAY_USE_TLS", "0") in ("0", "") and (len(reply) < 4 or reply[3] != HTTP2_SETTINGS):
         raise AnomstreamError(f"--address {address}: something listens at {target} but it is not a Ray cluster "
                               f"(no gRPC answer)")
+
+
+@contextmanager
+def _own_sigterm_handler() -> Iterator[None]:
+    """While ``ray.init`` runs: a SIGTERM handler of Python's already set (a live run's, which asks
+    a clean stop: :mod:`pipeline.driver.signals`) stays, instead of the one ray.init sets first
+    thing (``sys.exit``), which ended a live run signalled while Ray started with exit status 15
+    and Ray's processes left behind. Ray's own private hook; where it is missing, nothing changes."""
+    private = getattr(ray, "_private", None)
+    utils, constants = getattr(private, "utils", None), getattr(private, "ray_constants", None)
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None or not callable(signal.getsignal(signal.SIGTERM)):  # no handler of Python's to keep
+        yield
+        return
+    # the driver's core worker would also catch SIGTERM in C++ (abseil's failure handler: exit -6)
+    failure_handler = getattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    utils.set_sigterm_handler = lambda handler: None
+    if failure_handler is not None:
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
+        if failure_handler is not None:
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = failure_handler
