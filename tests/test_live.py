@@ -173,25 +173,34 @@ def test_latest_drops_whole_windows_and_every_drops_nothing(ray_session, sample_
     np.testing.assert_allclose(group["score_raw"][:][4:], reference[4:40], rtol=1e-4, atol=1e-5)
 
 
-def test_sigterm_while_starting_stops_cleanly_and_leaves_a_readable_store(vtest, shipped_checkpoint, tmp_path):
-    """SIGTERM as soon as the store exists (Ray up, replicas still loading the model): exit 0, the
-    stream closed as stopped, every row accounted for."""
-    camera = LoopbackCamera(vtest, 10)
-    out = tmp_path / "term.zarr"
-    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", camera.url, "--out", str(out),
-               "--checkpoint", str(shipped_checkpoint), "--quiet"]
+def _live_signalled_when(url: str, out: Path, ready, *options: str) -> tuple[int, str, str]:
+    """``anomstream live URL --out OUT OPTIONS --quiet`` in a process of its own, sent SIGTERM once
+    ``ready(pid)`` holds (polled for 120 s at most): (exit status, stdout, stderr)."""
+    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", url, "--out", str(out), *options, "--quiet"]
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "zarr.json").exists() and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.05)
+        while time.monotonic() < deadline and run.poll() is None and not ready(run.pid):
+            time.sleep(0.005)
         os.kill(run.pid, signal.SIGTERM)
         stdout, stderr = run.communicate(timeout=90)
     finally:
         if run.poll() is None:
             run.kill()
+    return run.returncode, stdout, stderr
+
+
+def test_sigterm_while_starting_stops_cleanly_and_leaves_a_readable_store(vtest, shipped_checkpoint, tmp_path):
+    """SIGTERM as soon as the store exists (Ray up, replicas still loading the model): exit 0, the
+    stream closed as stopped, every row accounted for."""
+    camera = LoopbackCamera(vtest, 10)
+    out = tmp_path / "term.zarr"
+    try:
+        code, stdout, stderr = _live_signalled_when(camera.url, out, lambda pid: (out / "zarr.json").exists(),
+                                                    "--checkpoint", str(shipped_checkpoint))
+    finally:
         camera.stop()
-    assert run.returncode == 0, stderr
+    assert code == 0, stderr
     (key,) = open_results(out).group_keys()
     group = open_results(out)[key]
     assert group.attrs["stopped"] is True and group.attrs["complete"] is True
@@ -213,22 +222,11 @@ def _catches_sigterm(pid: int) -> bool:
 
 def test_sigterm_before_the_model_is_loaded_ends_live_cleanly_with_nothing_written(tmp_path):
     """SIGTERM in the first seconds (imports, the checkpoint), before the run knows its sources:
-    it ended the process (exit -15, a Ray started by then left behind); now exit 0 and one line,
+    it ended the process (exit 15, a Ray started by then left behind); now exit 0 and one line,
     and nothing is started."""
     out = tmp_path / "early.zarr"
-    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", "rtsp://127.0.0.1:9/cam", "--out", str(out),
-               "--quiet"]
-    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not _catches_sigterm(run.pid) and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.005)
-        os.kill(run.pid, signal.SIGTERM)
-        stdout, stderr = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 0, stderr
+    code, stdout, stderr = _live_signalled_when("rtsp://127.0.0.1:9/cam", out, _catches_sigterm)
+    assert code == 0, stderr
     assert stderr == "stopped while the run started: nothing was read or written\n" and stdout == ""
     assert not out.exists()
 
@@ -237,21 +235,11 @@ def test_sigterm_while_ray_starts_stops_cleanly(tmp_path):
     """SIGTERM as soon as ray.init has started Ray's first process: Ray's own handlers (sys.exit,
     and abseil's in the driver's core worker) ended the run with exit 15 or -6 and left Ray's
     processes behind; now the run's handler stays and it stops cleanly."""
-    out = tmp_path / "ray.zarr"
-    command = [sys.executable, "-m", "anomstream.pipeline.cli", "live", "rtsp://127.0.0.1:9/cam", "--out", str(out),
-               "--quiet"]
-    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and run.poll() is None and not children.read_text().strip():
-            time.sleep(0.01)
-        os.kill(run.pid, signal.SIGTERM)
-        stdout, stderr = run.communicate(timeout=90)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 0, stderr
+    def started_ray(pid: int) -> bool:
+        return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().strip())
+
+    code, _, stderr = _live_signalled_when("rtsp://127.0.0.1:9/cam", tmp_path / "ray.zarr", started_ray)
+    assert code == 0, stderr
     assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
 
 
