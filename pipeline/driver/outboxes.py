@@ -44,4 +44,3 @@ class OutboxWatch:
         for line in lines:
             print(line, file=sys.stderr, flush=True)
         return lines
-

@@ -119,7 +119,7 @@ class MqttSender:
     """Publishes outbox messages to ``broker`` through one paho-mqtt client (its own network thread,
     reconnecting by itself); ``client_id`` should be unique to the run."""
 
-    kind = "MQTT broker"
+    kind, article = "MQTT broker", "an"
 
     def __init__(self, broker: MqttBroker, client_id: str, timeout_s: float = 5.0) -> None:
         import paho.mqtt.client as mqtt

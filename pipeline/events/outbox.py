@@ -148,7 +148,7 @@ class Outbox:
         if left and self.sender is not None:
             why = self.failure or f"{self.sender.shown}: the run ended before they were sent"
             lines.append(f"{why}; {left} message(s) kept in {self.pending} for the next run with "
-                         f"{'an' if self.sender.kind[0] in 'AEIMOU' else 'a'} {self.sender.kind}")
+                         f"{self.sender.article} {self.sender.kind}")
         return lines
 
     def close(self, wait_s: float = 5.0) -> int:

@@ -22,6 +22,7 @@ class Sender(Protocol):
     """Delivers one outbox message at a time (on the outbox's thread)."""
 
     kind: str  # what the messages are kept for, in messages: "webhook", "MQTT broker"
+    article: str  # before ``kind`` in messages: "a", "an"
     shown: str  # who it sends to, credentials masked
 
     def send(self, message: dict[str, Any], body: bytes) -> None:

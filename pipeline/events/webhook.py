@@ -128,7 +128,7 @@ def wanted(message: dict[str, Any]) -> bool:
 class WebhookSender:
     """Sends an outbox message as the body of a POST to ``webhook`` (``Idempotency-Key``: its id)."""
 
-    kind = "webhook"
+    kind, article = "webhook", "a"
 
     def __init__(self, webhook: Webhook, timeout_s: float = 5.0) -> None:
         self.webhook, self.timeout_s = webhook, timeout_s
